@@ -1,0 +1,1 @@
+"""Model weights: convert the bundled GGUF default model, make and apply weight diffs."""

@@ -1,0 +1,92 @@
+"""The FastAPI app factory.
+
+Usage:
+    app = create_app(ServerSettings())          # loads the configured model in the background
+    app = create_app(settings, engine=engine)   # serves an engine built elsewhere (tests, bench)
+
+Importing this module imports neither vLLM nor torch: the engine is built in the lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server import __version__
+from server.default_model import ensure_default_model
+from server.engine import SamplingOptions, VllmEngine, build_engine
+from server.errors import install_error_handlers
+from server.metrics import ServerMetrics
+from server.request_context import RequestContextMiddleware
+from server.routes import generate, status
+from server.runtime import Runtime
+from server.settings import ServerSettings
+
+log = logging.getLogger("alpaca.server")
+
+WARMUP_PROMPT = "Hello"
+
+
+def create_app(settings: ServerSettings | None = None, engine: VllmEngine | None = None) -> FastAPI:
+    """Build the app. Without `engine`, the lifespan loads the model and owns the engine."""
+    settings = settings or ServerSettings()
+    runtime = Runtime(settings=settings, metrics=ServerMetrics(settings.served_model_name))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(_start_engine(runtime, engine))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            if engine is None and runtime.engine is not None:
+                runtime.engine.shutdown()
+
+    app = FastAPI(
+        title="alpaca-serve",
+        version=__version__,
+        description="Alpaca-style instruction following over HTTP, backed by vLLM.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(generate.router)
+    app.include_router(status.router)
+    return app
+
+
+async def _start_engine(runtime: Runtime, engine: VllmEngine | None) -> None:
+    """Load the model (unless given), answer one warm-up request, then declare readiness."""
+    try:
+        if engine is None:
+            model_path = runtime.settings.model
+            if model_path is None:
+                model_path = await ensure_default_model(runtime.settings.cache_dir)
+            engine = await asyncio.to_thread(
+                build_engine, runtime.settings, model_path, runtime.metrics.queue_time.observe
+            )
+        runtime.engine = engine
+        await _warm_up(engine)
+        runtime.ready = True
+        log.info("ready: serving %s (context %d tokens)", engine.model_name, engine.max_model_len)
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:
+        runtime.load_error = f"{type(err).__name__}: {err}"
+        log.exception("the model failed to load")
+        if runtime.on_fatal is not None:
+            runtime.on_fatal(runtime.load_error)
+
+
+async def _warm_up(engine: VllmEngine) -> None:
+    options = SamplingOptions(
+        max_new_tokens=1, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+        stop=(), seed=None,
+    )
+    async for _ in engine.generate(engine.tokenize(WARMUP_PROMPT), options, "warmup"):
+        pass

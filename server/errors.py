@@ -1,0 +1,90 @@
+"""Every error leaves the server as `{"error": {"message", "type", "param"}}`, never a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+class APIError(Exception):
+    """An error with its HTTP status, raised by route code and rendered by the handler below."""
+
+    def __init__(self, status: int, message: str, type: str, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+
+
+def invalid(message: str, param: str | None) -> APIError:
+    return APIError(422, message, "invalid_request_error", param)
+
+
+def error_body(message: str, type: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param}}
+
+
+def _param_name(loc: tuple[Any, ...]) -> str | None:
+    parts = [part for part in loc if part != "body"]
+    if not parts:
+        return None
+    name = str(parts[0])
+    for part in parts[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name
+
+
+def _describe(error: dict[str, Any]) -> str:
+    param = _param_name(tuple(error.get("loc", ())))
+    message = error.get("msg", "invalid value")
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if error.get("type") == "missing":
+        return f"{param} is required" if param else "the request body is missing"
+    if param is None and error.get("type") in ("model_attributes_type", "model_type", "dict_type"):
+        return "the request body must be a JSON object"
+    if error.get("type") == "extra_forbidden":
+        return f"{param} is not a known field"
+    text = f"{param}: {message}" if param else message
+    if "input" in error and error.get("type") not in ("model_type", "dict_type"):
+        text += f" (got {error['input']!r})"
+    return text
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    if any(error.get("type") == "json_invalid" for error in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid")
+        reason = (detail.get("ctx") or {}).get("error", "")
+        message = "the request body is not valid JSON" + (f": {reason}" if reason else "")
+        return JSONResponse(error_body(message, "invalid_json"), status_code=400)
+    if len(errors) == 1 and tuple(errors[0].get("loc", ())) == ("body",) and isinstance(
+        errors[0].get("input"), bytes
+    ):
+        content_type = request.headers.get("content-type", "none")
+        message = f"send the body as JSON with Content-Type: application/json (got {content_type})"
+        return JSONResponse(error_body(message, "unsupported_media_type"), status_code=415)
+    message = "; ".join(_describe(error) for error in errors)
+    param = _param_name(tuple(errors[0].get("loc", ()))) if errors else None
+    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=422)
+
+
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return JSONResponse(error_body(exc.message, exc.type, exc.param), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

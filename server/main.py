@@ -1,0 +1,89 @@
+"""`alpaca-serve`: run the HTTP server.
+
+Usage:
+    alpaca-serve                                  # the bundled default model on 127.0.0.1:8000
+    alpaca-serve --model ./alpaca-7b --port 8080  # any Hugging Face LLaMA-family folder
+
+Every setting is also an environment variable with the ALPACA_ prefix (ALPACA_PORT=8080, ...);
+command-line options win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from server.request_context import RequestIdLogFilter
+from server.settings import ServerSettings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alpaca-serve",
+        description="Serve an Alpaca-style model over HTTP (POST /generate), backed by vLLM. "
+        "Every setting can also be given as an ALPACA_* environment variable; see README.",
+    )
+    parser.add_argument("--host", help="address to listen on (ALPACA_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (ALPACA_PORT, default 8000)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="Hugging Face folder of a LLaMA-family model (ALPACA_MODEL; default: the bundled "
+        "SmolLM2-135M-Instruct, converted once into ALPACA_CACHE_DIR)",
+    )
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RequestIdLogFilter())
+    root = logging.getLogger("alpaca")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        settings = ServerSettings(**overrides)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in err.errors()
+        )
+        print(f"alpaca-serve: error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from server.app import create_app
+
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+
+    def stop(reason: str) -> None:
+        server.should_exit = True
+
+    app.state.runtime.on_fatal = stop
+    server.run()
+    if app.state.runtime.load_error:
+        print(f"alpaca-serve: error: {app.state.runtime.load_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

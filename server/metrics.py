@@ -1,0 +1,75 @@
+"""Prometheus metrics of one app, in a registry of its own (so several apps can share a process).
+
+Names follow vLLM's (`vllm:time_to_first_token_seconds` is `alpaca_time_to_first_token_seconds`
+here) so existing dashboards carry over with a prefix change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                   7.5, 10.0, 20.0, 40.0, 80.0, 160.0)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4,
+                         0.5, 0.75, 1.0, 2.5, 5.0)
+
+# What became of a request, the label of alpaca_requests_total.
+OUTCOMES = ("success", "invalid", "client_disconnected", "unavailable", "error")
+
+
+class ServerMetrics:
+    def __init__(self, model_name: str):
+        self.registry = CollectorRegistry()
+        labels = {"model_name": model_name}
+        self.requests = Counter(
+            "alpaca_requests", "Generation requests by outcome.",
+            ["model_name", "outcome"], registry=self.registry,
+        )
+        for outcome in OUTCOMES:
+            self.requests.labels(model_name=model_name, outcome=outcome)
+        self._model_name = model_name
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(
+                name, doc, ["model_name"], buckets=buckets, registry=self.registry
+            ).labels(**labels)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, ["model_name"], registry=self.registry).labels(**labels)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, ["model_name"], registry=self.registry).labels(**labels)
+
+        self.time_to_first_token = histogram(
+            "alpaca_time_to_first_token_seconds",
+            "From the request's arrival to its first generated text.", LATENCY_BUCKETS)
+        self.inter_token_latency = histogram(
+            "alpaca_inter_token_latency_seconds",
+            "Between two consecutive pieces of generated text of one request.",
+            TOKEN_LATENCY_BUCKETS)
+        self.e2e_latency = histogram(
+            "alpaca_e2e_request_latency_seconds",
+            "From the request's arrival to its last generated text.", LATENCY_BUCKETS)
+        self.queue_time = histogram(
+            "alpaca_request_queue_time_seconds",
+            "Time a request waited in the engine's queue before it was scheduled.",
+            LATENCY_BUCKETS)
+        self.prompt_tokens = counter("alpaca_prompt_tokens", "Prompt tokens processed.")
+        self.generation_tokens = counter("alpaca_generation_tokens", "Tokens generated.")
+        self.running = gauge("alpaca_num_requests_running", "Requests the engine is running.")
+        self.waiting = gauge("alpaca_num_requests_waiting", "Requests waiting in the engine.")
+        self.kv_cache_usage = gauge(
+            "alpaca_kv_cache_usage_perc", "Share of the KV cache in use (1 = full).")
+        self.engine_ready = gauge(
+            "alpaca_engine_ready", "1 when the engine is loaded and answering, else 0.")
+
+    def count(self, outcome: str) -> None:
+        self.requests.labels(model_name=self._model_name, outcome=outcome).inc()
+
+    def render(self, refresh: Callable[[], None] | None = None) -> bytes:
+        """The text exposition format, after `refresh` has updated the gauges."""
+        if refresh is not None:
+            refresh()
+        return generate_latest(self.registry)

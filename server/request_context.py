@@ -1,0 +1,73 @@
+"""Request ids: one per HTTP request, sent back as `X-Request-Id`, used as the engine request id
+and stamped on every log line written while the request is handled."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from contextvars import ContextVar
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+log = logging.getLogger("alpaca.server")
+
+
+def new_request_id() -> str:
+    return f"gen-{uuid.uuid4().hex}"
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Adds `request_id` to every log record (`-` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class RequestContextMiddleware:
+    """Gives each request an id and arrival time, and turns an unhandled error into a JSON 500."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["arrival"] = time.perf_counter()
+        token = request_id_var.set(request_id)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error")
+            if not started:
+                body = json.dumps(
+                    {"error": {"message": "internal server error", "type": "internal_error",
+                               "param": None}}
+                ).encode()
+                await send({"type": "http.response.start", "status": 500, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+                ]})
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            request_id_var.reset(token)

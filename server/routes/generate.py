@@ -1,0 +1,172 @@
+"""`POST /generate`: one answer from an instruction (Alpaca template) or a raw prompt."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from server.engine import EngineUnavailableError, SamplingOptions
+from server.errors import APIError, error_body, invalid
+from server.generation import Generation, run_unless_disconnected
+from server.runtime import Runtime, RuntimeDep
+from server.schemas import ErrorResponse, GenerateRequest, GenerateResponse, Usage
+from training.prompts import SECTION_HEADERS, format_prompt
+
+router = APIRouter()
+
+
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    responses={
+        200: {"description": "the answer; with `stream: true`, server-sent events instead"},
+        400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
+        422: {"model": ErrorResponse, "description": "a parameter is invalid"},
+        503: {"model": ErrorResponse, "description": "the model is loading or the engine died"},
+    },
+)
+async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep):
+    engine = runtime.require_engine()
+    prompt_ids, options = _prepare(body, runtime)
+    generation = Generation(
+        engine,
+        runtime.metrics,
+        prompt_ids,
+        options,
+        request.state.request_id,
+        request.state.arrival,
+    )
+    if body.stream:
+        return EventStreamResponse(_events(generation))
+
+    async def collect() -> None:
+        async for _ in generation.run():
+            pass
+
+    try:
+        finished, _ = await run_unless_disconnected(collect(), request.receive)
+    except EngineUnavailableError as err:
+        raise APIError(503, str(err), "engine_unavailable") from err
+    if not finished:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    return GenerateResponse(
+        id=generation.request_id,
+        model=engine.model_name,
+        text=generation.answer.text,
+        finish_reason=generation.finish_reason,
+        usage=Usage(
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+        ),
+    )
+
+
+def _prepare(body: GenerateRequest, runtime: Runtime) -> tuple[list[int], SamplingOptions]:
+    """Check what depends on the settings and the model, and build the prompt tokens."""
+    settings = runtime.settings
+    engine = runtime.require_engine()
+    if body.prompt is not None:
+        if body.instruction is not None:
+            raise invalid("give either instruction or prompt, not both", "prompt")
+        if body.input:
+            raise invalid("input goes with instruction; a raw prompt already holds it", "input")
+        if not body.prompt.strip():
+            raise invalid("prompt is empty", "prompt")
+        prompt, prompt_param = body.prompt, "prompt"
+    elif body.instruction is None:
+        raise invalid("instruction is required (or a raw prompt)", "instruction")
+    elif not body.instruction.strip():
+        raise invalid("instruction is empty", "instruction")
+    else:
+        prompt, prompt_param = format_prompt(body.instruction, body.input), "instruction"
+
+    max_new_tokens = body.max_new_tokens or settings.default_max_new_tokens
+    if max_new_tokens > settings.max_new_tokens_limit:
+        raise invalid(
+            f"max_new_tokens is {max_new_tokens}, above this server's limit of "
+            f"{settings.max_new_tokens_limit}",
+            "max_new_tokens",
+        )
+    prompt_ids = engine.tokenize(prompt)
+    context = engine.max_model_len
+    if len(prompt_ids) >= context:
+        raise invalid(
+            f"the prompt is {len(prompt_ids)} tokens, which fills the model's context of "
+            f"{context} tokens",
+            prompt_param,
+        )
+    if len(prompt_ids) + max_new_tokens > context:
+        raise invalid(
+            f"the prompt is {len(prompt_ids)} tokens and max_new_tokens is {max_new_tokens}: "
+            f"{len(prompt_ids) + max_new_tokens} in all, above the model's context of {context} "
+            f"tokens (at most {context - len(prompt_ids)} new tokens fit)",
+            "max_new_tokens",
+        )
+    options = SamplingOptions(
+        max_new_tokens=max_new_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
+        stop=tuple(dict.fromkeys([*body.stop, *SECTION_HEADERS])),
+        seed=body.seed,
+    )
+    return prompt_ids, options
+
+
+def _sse(payload: object) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+async def _events(generation: Generation) -> AsyncIterator[bytes]:
+    """One event per new piece of text, a final event with the finish reason, then [DONE]."""
+    try:
+        async for text in generation.run():
+            yield _sse({"id": generation.request_id, "text": text})
+    except EngineUnavailableError as err:
+        yield _sse(error_body(str(err), "engine_unavailable"))
+    else:
+        yield _sse({
+            "id": generation.request_id,
+            "text": "",
+            "finish_reason": generation.finish_reason,
+            "usage": {
+                "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": generation.completion_tokens,
+            },
+        })
+    yield b"data: [DONE]\n\n"
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events that stop, and abort the generation, as soon as the client leaves.
+
+    Starlette's own StreamingResponse notices a disconnect only on some ASGI servers and leaves
+    the generator to the garbage collector; this one watches for it and closes the generator.
+    """
+
+    def __init__(self, events: AsyncIterator[bytes]):
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def pump() -> None:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": self.raw_headers})
+            async for chunk in self.events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        try:
+            await run_unless_disconnected(pump(), receive)
+        finally:
+            await self.events.aclose()
+

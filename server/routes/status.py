@@ -1,0 +1,69 @@
+"""Liveness, readiness, server information and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from server import __version__
+from server.engine import EngineUnavailableError
+from server.errors import error_body
+from server.runtime import RuntimeDep
+from server.schemas import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+from training.prompts import TEMPLATE_NAME
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict:
+    """Liveness: the process is up and serving HTTP, whatever the engine's state."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(runtime: RuntimeDep):
+    """Readiness: 200 once the engine has loaded and answered a warm-up; 503 before and after."""
+    if runtime.load_error:
+        body = error_body(f"the model failed to load: {runtime.load_error}", "engine_unavailable")
+        return JSONResponse(body, status_code=503)
+    if runtime.engine is None or not runtime.ready:
+        return JSONResponse(error_body("the model is loading", "engine_unavailable"), 503)
+    try:
+        await runtime.engine.check_health()
+    except EngineUnavailableError as err:
+        return JSONResponse(error_body(str(err), "engine_unavailable"), status_code=503)
+    return {"status": "ready", "model": runtime.engine.model_name}
+
+
+@router.get("/info")
+async def info(runtime: RuntimeDep) -> dict:
+    """The model, its limits and the request defaults."""
+    settings, engine = runtime.settings, runtime.engine
+    return {
+        "model": engine.model_name if engine else settings.served_model_name,
+        "version": __version__,
+        "ready": runtime.ready and engine is not None and engine.alive,
+        "device": engine.device if engine else None,
+        "dtype": engine.dtype if engine else None,
+        "prompt_template": TEMPLATE_NAME,
+        "limits": {
+            "max_model_len": engine.max_model_len if engine else settings.max_model_len,
+            "max_new_tokens_limit": settings.max_new_tokens_limit,
+        },
+        "defaults": {
+            "max_new_tokens": settings.default_max_new_tokens,
+            "temperature": DEFAULT_TEMPERATURE,
+            "top_p": DEFAULT_TOP_P,
+            "top_k": DEFAULT_TOP_K,
+            "repetition_penalty": 1.0,
+        },
+    }
+
+
+@router.get("/metrics")
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(
+        runtime.metrics.render(runtime.refresh_gauges), media_type=CONTENT_TYPE_LATEST
+    )

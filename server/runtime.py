@@ -1,0 +1,57 @@
+"""What the routes share while the app runs: settings, metrics and (once loaded) the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.engine import EngineUnavailableError, VllmEngine
+from server.errors import APIError
+from server.metrics import ServerMetrics
+from server.settings import ServerSettings
+
+
+@dataclass
+class Runtime:
+    settings: ServerSettings
+    metrics: ServerMetrics
+    engine: VllmEngine | None = None
+    ready: bool = False
+    load_error: str | None = None
+    # Called when the engine cannot be loaded, so the process can stop instead of idling unready.
+    on_fatal: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def require_engine(self) -> VllmEngine:
+        """The engine, or a 503 saying why there is none to use."""
+        if self.engine is None or not self.ready:
+            raise APIError(503, "the model is still loading; retry shortly", "engine_unavailable")
+        if not self.engine.alive:
+            raise APIError(503, "the engine has stopped", "engine_unavailable")
+        return self.engine
+
+    def refresh_gauges(self) -> None:
+        engine = self.engine
+        alive = engine is not None and self.ready and engine.alive
+        self.metrics.engine_ready.set(1 if alive else 0)
+        if engine is None:
+            return
+        if engine.num_unfinished_requests() == 0:
+            # The scheduler reports only while it works; with nothing in flight it holds nothing.
+            running = waiting = 0
+        else:
+            running, waiting = engine.load.running, engine.load.waiting
+        self.metrics.running.set(running)
+        self.metrics.waiting.set(waiting)
+        self.metrics.kv_cache_usage.set(engine.load.kv_cache_usage if running else 0.0)
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+__all__ = ["Runtime", "RuntimeDep", "get_runtime", "EngineUnavailableError"]

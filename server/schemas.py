@@ -1,0 +1,83 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Sampling defaults for an instruction-following model: mildly random, no repetition penalty.
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.9
+DEFAULT_TOP_K = 50
+MAX_STOP_SEQUENCES = 8
+
+
+class GenerateRequest(BaseModel):
+    """`POST /generate`. Give `instruction` (and optionally `input`), or a raw `prompt`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    instruction: str | None = Field(
+        None, description="what the model should do; formatted with the Alpaca template"
+    )
+    input: str = Field(
+        "", description="optional context; the with-input template is used when it is non-empty"
+    )
+    prompt: str | None = Field(
+        None, description="a prompt the caller formatted itself, sent to the model as it is"
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="most tokens to generate (default: the server's setting)"
+    )
+    temperature: float = Field(
+        DEFAULT_TEMPERATURE, ge=0.0, le=2.0, description="0 picks the most likely token"
+    )
+    top_p: float = Field(DEFAULT_TOP_P, gt=0.0, le=1.0, description="nucleus sampling mass")
+    top_k: int = Field(DEFAULT_TOP_K, ge=0, description="sample among the k likeliest; 0: all")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, le=2.0, description="above 1 discourages repeating tokens"
+    )
+    stop: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_STOP_SEQUENCES,
+        description="generation ends before any of these strings; they are not returned",
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="makes sampling reproducible"
+    )
+    stream: bool = Field(False, description="send server-sent events as the text is generated")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings_are_not_empty(cls, value: list[str]) -> list[str]:
+        for index, item in enumerate(value):
+            if not item:
+                raise ValueError(f"stop[{index}] is empty; every stop string needs a character")
+        return value
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+FinishReason = Literal["stop", "length", "eos"]
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    model: str
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,90 @@
+"""Server configuration: one pydantic-settings class, read from `ALPACA_*` environment variables.
+
+Usage: `ServerSettings()` reads the environment; `ServerSettings(port=9000)` overrides it.
+Unsafe or inconsistent values are rejected here, at load, not when a request arrives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.default_model import DEFAULT_MODEL_NAME
+
+
+class ServerSettings(BaseSettings):
+    """Every setting is also an environment variable: `port` is `ALPACA_PORT`, and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="ALPACA_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
+    model: Path | None = Field(
+        None,
+        description="Hugging Face folder of a LLaMA-family model to serve; "
+        "empty: the bundled SmolLM2-135M-Instruct",
+    )
+    model_name: str | None = Field(
+        None, description="name reported by /info and in metrics (default: the folder name)"
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "alpaca-serve",
+        description="where the bundled default model is converted to, once",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the engine runs; auto: cuda when a GPU is visible, else cpu"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and activations; auto: float32 on cpu, bfloat16 on cuda"
+    )
+    max_model_len: int = Field(
+        2048, ge=16, description="context length: prompt plus new tokens, at most"
+    )
+    max_new_tokens_limit: int = Field(
+        1024, ge=1, description="largest max_new_tokens a request may ask for"
+    )
+    default_max_new_tokens: int = Field(
+        256, ge=1, description="max_new_tokens when a request does not say"
+    )
+    enforce_eager: bool = Field(
+        True,
+        description="skip model compilation: loads in seconds; false compiles (minutes) for "
+        "more throughput",
+    )
+    cpu_kv_cache_gib: float = Field(2.0, gt=0, description="KV cache size on cpu, in GiB")
+    cpu_reserved_cores: int = Field(
+        0, ge=0, description="cores kept out of the cpu engine's compute threads"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="share of GPU memory the engine may take on cuda"
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across")
+    max_num_seqs: int = Field(64, ge=1, description="requests the engine batches together")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ServerSettings:
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(
+                f"default_max_new_tokens ({self.default_max_new_tokens}) is above "
+                f"max_new_tokens_limit ({self.max_new_tokens_limit})"
+            )
+        if self.max_new_tokens_limit >= self.max_model_len:
+            raise ValueError(
+                f"max_new_tokens_limit ({self.max_new_tokens_limit}) leaves no room for a prompt "
+                f"in max_model_len ({self.max_model_len})"
+            )
+        if self.model is not None and not (self.model / "config.json").is_file():
+            raise ValueError(
+                f"model folder {self.model} has no config.json (expected a Hugging Face folder)"
+            )
+        return self
+
+    @property
+    def served_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        return self.model.name if self.model else DEFAULT_MODEL_NAME
