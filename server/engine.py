@@ -181,6 +181,8 @@ def build_engine(
     dtype = resolve_dtype(settings, device)
     if device == "cpu":
         configure_cpu_environment(settings)
+    # Models are local folders; never wait on a hub this machine may not reach.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.metrics.loggers import StatLoggerBase

@@ -55,7 +55,14 @@ def _describe(error: dict[str, Any]) -> str:
     return text
 
 
+def _count_invalid(request: Request) -> None:
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None and request.url.path == "/generate":
+        runtime.metrics.count("invalid")
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    _count_invalid(request)
     errors = list(exc.errors())
     if any(error.get("type") == "json_invalid" for error in errors):
         detail = next(e for e in errors if e.get("type") == "json_invalid")
@@ -74,6 +81,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    if 400 <= exc.status < 500:
+        _count_invalid(request)
     return JSONResponse(error_body(exc.message, exc.type, exc.param), status_code=exc.status)
 
 

@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = ServerSettings(**overrides)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in err.errors()
+            (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in err.errors()
         )
         print(f"alpaca-serve: error: invalid settings: {problems}", file=sys.stderr)
         return 2

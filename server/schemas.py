@@ -6,10 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# Sampling defaults for an instruction-following model: mildly random, no repetition penalty.
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.9
-DEFAULT_TOP_K = 50
+# Sampling defaults for an instruction-following model, as alpaca-lora's demo used them:
+# nearly greedy (temperature 0.1, top_p 0.75, top_k 40), no repetition penalty.
+DEFAULT_TEMPERATURE = 0.1
+DEFAULT_TOP_P = 0.75
+DEFAULT_TOP_K = 40
 MAX_STOP_SEQUENCES = 8
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.default_model import DEFAULT_MODEL_NAME
@@ -64,6 +64,11 @@ class ServerSettings(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across")
     max_num_seqs: int = Field(64, ge=1, description="requests the engine batches together")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @field_validator("model", "model_name", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ServerSettings:

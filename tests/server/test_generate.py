@@ -1,0 +1,130 @@
+"""`POST /generate` through the real vLLM engine, on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import stream_events
+from training.prompts import format_prompt
+
+pytestmark = pytest.mark.slow
+
+GREEDY = {"temperature": 0.0}
+
+
+def generate(client, **body):
+    response = client.post("/generate", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_answer_carries_the_request_id_and_token_usage(client, tiny_tokenizer):
+    response = client.post("/generate", json={"instruction": "Name a colour.", "max_new_tokens": 8})
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["id"] == response.headers["X-Request-Id"]
+    assert answer["finish_reason"] in ("length", "eos", "stop")
+    expected_prompt = tiny_tokenizer(format_prompt("Name a colour."))["input_ids"]
+    assert answer["usage"]["prompt_tokens"] == len(expected_prompt)
+    assert 1 <= answer["usage"]["completion_tokens"] <= 8
+
+
+def test_input_field_selects_the_with_input_template(client, tiny_tokenizer):
+    answer = generate(client, instruction="Translate.", input="Bonjour", max_new_tokens=1)
+    expected = tiny_tokenizer(format_prompt("Translate.", "Bonjour"))["input_ids"]
+    assert answer["usage"]["prompt_tokens"] == len(expected)
+
+
+def test_raw_prompt_is_sent_as_it_is(client, tiny_tokenizer):
+    prompt = "Once upon a time"
+    answer = generate(client, prompt=prompt, max_new_tokens=4, **GREEDY)
+    assert answer["usage"]["prompt_tokens"] == len(tiny_tokenizer(prompt)["input_ids"])
+
+
+def test_instruction_and_its_formatted_prompt_give_the_same_answer(client):
+    by_instruction = generate(client, instruction="List two fruits.", max_new_tokens=16, **GREEDY)
+    by_prompt = generate(
+        client, prompt=format_prompt("List two fruits."), max_new_tokens=16, **GREEDY
+    )
+    assert by_instruction["text"] == by_prompt["text"]
+    assert by_instruction["usage"] == by_prompt["usage"]
+
+
+def test_answer_is_stripped_and_never_contains_the_prompt(client):
+    answer = generate(client, instruction="Describe the sea.", max_new_tokens=24, **GREEDY)
+    assert answer["text"] == answer["text"].strip()
+    assert "Below is an instruction" not in answer["text"]
+    assert "Describe the sea." not in answer["text"]
+
+
+def test_max_new_tokens_bounds_the_answer_and_reports_length(client):
+    answer = generate(client, instruction="Write a long story.", max_new_tokens=12, **GREEDY)
+    assert answer["finish_reason"] == "length"
+    assert answer["usage"]["completion_tokens"] == 12
+
+
+def test_default_max_new_tokens_applies_when_the_request_does_not_say(client):
+    from tests.conftest import TINY_DEFAULT_MAX_NEW_TOKENS
+
+    answer = generate(client, instruction="Write a long story.", **GREEDY)
+    assert answer["usage"]["completion_tokens"] == TINY_DEFAULT_MAX_NEW_TOKENS
+
+
+def test_greedy_decoding_is_deterministic(client):
+    first = generate(client, instruction="Count to ten.", max_new_tokens=20, **GREEDY)
+    second = generate(client, instruction="Count to ten.", max_new_tokens=20, **GREEDY)
+    assert first["text"] == second["text"]
+
+
+def test_a_seed_makes_sampling_reproducible(client):
+    body = {"instruction": "Invent a word.", "max_new_tokens": 20, "temperature": 1.0,
+            "top_k": 0, "top_p": 1.0}
+    first = generate(client, seed=1234, **body)
+    again = generate(client, seed=1234, **body)
+    others = {generate(client, seed=seed, **body)["text"] for seed in (1, 2, 3)}
+    assert first["text"] == again["text"]
+    assert len(others | {first["text"]}) > 1
+
+
+def test_a_stop_string_ends_the_answer_before_it(client):
+    body = {"instruction": "Tell me about cats.", "max_new_tokens": 40, **GREEDY}
+    full = generate(client, **body)["text"]
+    words = full.split()
+    assert len(words) >= 6, full
+    stop = words[len(words) // 2]
+    cut = generate(client, stop=[stop], **body)
+    assert cut["finish_reason"] == "stop"
+    assert stop not in cut["text"]
+    assert cut["text"] == full[: full.index(stop)].strip()
+
+
+def test_streaming_sends_deltas_then_a_final_event_then_done(client):
+    body = {"instruction": "Tell me about dogs.", "max_new_tokens": 24, **GREEDY}
+    whole = generate(client, **body)
+    response, events = stream_events(client, body)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert events[-1] == "[DONE]"
+    final = events[-2]
+    pieces = events[:-2]
+    assert pieces, "no text events before the final one"
+    assert all(event["text"] for event in pieces), "an empty delta was sent"
+    assert all("finish_reason" not in event for event in pieces)
+    assert all(event["id"] == response.headers["X-Request-Id"] for event in events[:-1])
+    assert final["text"] == ""
+    assert final["finish_reason"] == whole["finish_reason"]
+    assert final["usage"] == whole["usage"]
+    # Deltas, not cumulative text: joined they are exactly the non-streamed answer.
+    assert "".join(event["text"] for event in pieces) == whole["text"]
+
+
+def test_streamed_pieces_never_hold_a_broken_character(client):
+    """Random tokens of a byte-level tokenizer often leave characters half-finished."""
+    body = {"instruction": "Écris un poème 🎉 日本語", "max_new_tokens": 64,
+            "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 7}
+    whole = generate(client, **body)
+    _, events = stream_events(client, body)
+    pieces = [event["text"] for event in events[:-2]]
+    assert "".join(pieces) == whole["text"]
+    for piece in pieces[:-1]:
+        assert not piece.endswith("\ufffd"), pieces

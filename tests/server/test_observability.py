@@ -1,0 +1,147 @@
+"""Metrics, health, readiness, info, request ids and client disconnects, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+
+from tests.conftest import (
+    TINY_CONTEXT,
+    TINY_MAX_NEW_TOKENS_LIMIT,
+    read_metrics,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+SUCCESS = "alpaca_requests_total{outcome=success}"
+DISCONNECTED = "alpaca_requests_total{outcome=client_disconnected}"
+
+
+def test_health_ready_and_info_describe_a_loaded_server(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    info = client.get("/info").json()
+    assert info["ready"] is True
+    assert info["prompt_template"] == "alpaca"
+    assert info["limits"] == {
+        "max_model_len": TINY_CONTEXT, "max_new_tokens_limit": TINY_MAX_NEW_TOKENS_LIMIT
+    }
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+
+
+def test_every_response_has_a_fresh_request_id(client):
+    ids = {client.get(path).headers["X-Request-Id"] for path in ("/health", "/info", "/metrics")}
+    assert len(ids) == 3
+
+
+def test_request_id_is_the_engine_request_id_and_appears_in_the_log(client, tiny_server):
+    response = client.post("/generate", json={"instruction": "Hi.", "max_new_tokens": 2})
+    request_id = response.headers["X-Request-Id"]
+    log = wait_for(lambda: request_id in tiny_server.log_text() and tiny_server.log_text())
+    lines = [line for line in log.splitlines() if request_id in line]
+    assert any("generation" in line and "completion_tokens=" in line for line in lines)
+
+
+def test_prompts_are_not_written_to_the_log(client, tiny_server):
+    secret = "my-secret-instruction-4821"
+    client.post("/generate", json={"instruction": secret, "max_new_tokens": 2})
+    assert secret not in tiny_server.log_text()
+
+
+def test_a_generation_moves_the_metrics(client):
+    before = read_metrics(client)
+    answer = client.post(
+        "/generate", json={"instruction": "Say a lot.", "max_new_tokens": 16, "temperature": 0}
+    ).json()
+    after = wait_for(lambda: (m := read_metrics(client))[
+        "alpaca_request_queue_time_seconds_count"] > before[
+        "alpaca_request_queue_time_seconds_count"] and m)
+    assert after, "queue time was never observed"
+    assert after[SUCCESS] == before[SUCCESS] + 1
+    assert after["alpaca_prompt_tokens_total"] == (
+        before["alpaca_prompt_tokens_total"] + answer["usage"]["prompt_tokens"]
+    )
+    assert after["alpaca_generation_tokens_total"] == (
+        before["alpaca_generation_tokens_total"] + answer["usage"]["completion_tokens"]
+    )
+    for histogram in ("time_to_first_token", "e2e_request_latency"):
+        name = f"alpaca_{histogram}_seconds_count"
+        assert after[name] == before[name] + 1, name
+    assert after["alpaca_inter_token_latency_seconds_count"] > (
+        before["alpaca_inter_token_latency_seconds_count"]
+    )
+    assert after["alpaca_engine_ready"] == 1
+
+
+def test_running_gauge_counts_a_request_in_flight_and_returns_to_zero(client, tiny_server):
+    import httpx
+
+    seen_running = []
+
+    def long_request():
+        with httpx.Client(base_url=tiny_server.url, timeout=120) as other:
+            other.post("/generate", json={"instruction": "Go on.", "max_new_tokens": 400})
+
+    worker = threading.Thread(target=long_request)
+    worker.start()
+    try:
+        seen_running.append(
+            wait_for(lambda: read_metrics(client)["alpaca_num_requests_running"] >= 1, 20, 0.05)
+        )
+    finally:
+        worker.join()
+    assert seen_running == [True]
+    assert wait_for(lambda: read_metrics(client)["alpaca_num_requests_running"] == 0, 10)
+
+
+def _engine_idle(client) -> bool:
+    metrics = read_metrics(client)
+    return metrics["alpaca_num_requests_running"] == 0 and metrics[
+        "alpaca_num_requests_waiting"] == 0
+
+
+def test_a_streaming_client_that_disconnects_aborts_its_request(client, tiny_server):
+    before = read_metrics(client)
+    body = {"instruction": "Write forever.", "max_new_tokens": TINY_MAX_NEW_TOKENS_LIMIT,
+            "stream": True}
+    with client.stream("POST", "/generate", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                assert json.loads(line[6:])["text"]
+                break
+    # The connection is closed here, after the first event.
+    after = wait_for(
+        lambda: (m := read_metrics(client))[DISCONNECTED] == before[DISCONNECTED] + 1 and m, 10
+    )
+    assert after, "the disconnect was not noticed"
+    assert wait_for(lambda: _engine_idle(client), 10)
+    generated = after["alpaca_generation_tokens_total"] - before["alpaca_generation_tokens_total"]
+    assert generated < TINY_MAX_NEW_TOKENS_LIMIT
+    assert after[SUCCESS] == before[SUCCESS]
+
+
+def test_a_waiting_client_that_disconnects_aborts_its_request(client, tiny_server):
+    before = read_metrics(client)
+    body = json.dumps(
+        {"instruction": "Write forever.", "max_new_tokens": TINY_MAX_NEW_TOKENS_LIMIT}
+    ).encode()
+    with socket.create_connection(("127.0.0.1", tiny_server.port)) as sock:
+        sock.sendall(
+            b"POST /generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        assert wait_for(lambda: read_metrics(client)["alpaca_num_requests_running"] >= 1, 10, 0.05)
+    after = wait_for(
+        lambda: (m := read_metrics(client))[DISCONNECTED] == before[DISCONNECTED] + 1 and m, 10
+    )
+    assert after, "the disconnect was not noticed"
+    assert wait_for(lambda: _engine_idle(client), 10)
+    generated = after["alpaca_generation_tokens_total"] - before["alpaca_generation_tokens_total"]
+    assert generated < TINY_MAX_NEW_TOKENS_LIMIT
+    assert after[SUCCESS] == before[SUCCESS]
