@@ -19,6 +19,7 @@ from server import __version__
 from server.default_model import ensure_default_model
 from server.engine import SamplingOptions, VllmEngine, build_engine
 from server.errors import install_error_handlers
+from server.filters import build_filter_chain
 from server.metrics import ServerMetrics
 from server.request_context import RequestContextMiddleware
 from server.routes import generate, status
@@ -31,9 +32,16 @@ WARMUP_PROMPT = "Hello"
 
 
 def create_app(settings: ServerSettings | None = None, engine: VllmEngine | None = None) -> FastAPI:
-    """Build the app. Without `engine`, the lifespan loads the model and owns the engine."""
+    """Build the app. Without `engine`, the lifespan loads the model and owns the engine.
+
+    Raises FilterConfigError when a configured content filter cannot be built.
+    """
     settings = settings or ServerSettings()
-    runtime = Runtime(settings=settings, metrics=ServerMetrics(settings.served_model_name))
+    metrics = ServerMetrics(settings.served_model_name)
+    filters = build_filter_chain(
+        settings.filters, settings.blocklist, metrics.count_block, metrics.count_filter_failure
+    )
+    runtime = Runtime(settings=settings, metrics=metrics, filters=filters)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

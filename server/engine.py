@@ -110,10 +110,9 @@ class VllmEngine:
         completion_tokens = 0
         if self._llm.errored:
             raise EngineUnavailableError("the engine has stopped")
+        outputs = self._llm.generate({"prompt_token_ids": prompt_ids}, params, request_id)
         try:
-            async for out in self._llm.generate(
-                {"prompt_token_ids": prompt_ids}, params, request_id
-            ):
+            async for out in outputs:
                 result = out.outputs[0]
                 completion_tokens += len(result.token_ids)
                 yield Piece(
@@ -126,6 +125,9 @@ class VllmEngine:
             if type(err).__name__ == "EngineDeadError":
                 raise EngineUnavailableError("the engine has stopped") from err
             raise
+        finally:
+            # A consumer that stops early closes this generator; closing vLLM's aborts the request.
+            await outputs.aclose()
 
     async def check_health(self) -> None:
         """Raise EngineUnavailableError when the engine process is gone."""

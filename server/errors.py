@@ -9,23 +9,32 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+
 class APIError(Exception):
     """An error with its HTTP status, raised by route code and rendered by the handler below."""
 
-    def __init__(self, status: int, message: str, type: str, param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str,
+        param: str | None = None,
+        **extra: Any,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
         self.param = param
+        self.extra = extra
 
 
 def invalid(message: str, param: str | None) -> APIError:
     return APIError(422, message, "invalid_request_error", param)
 
 
-def error_body(message: str, type: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param}}
+def error_body(message: str, type: str, param: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, **extra}}
 
 
 def _param_name(loc: tuple[Any, ...]) -> str | None:
@@ -81,9 +90,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    if 400 <= exc.status < 500:
+    if exc.status == 422:
         _count_invalid(request)
-    return JSONResponse(error_body(exc.message, exc.type, exc.param), status_code=exc.status)
+    body = error_body(exc.message, exc.type, exc.param, **exc.extra)
+    return JSONResponse(body, status_code=exc.status)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from starlette.types import Receive
 
 from server.engine import EngineUnavailableError, SamplingOptions, VllmEngine
+from server.filters import FilterChain, FilterOutcome, Verdict
 from server.metrics import ServerMetrics
 
 log = logging.getLogger("alpaca.server")
@@ -65,6 +66,8 @@ class Generation:
         options: SamplingOptions,
         request_id: str,
         arrival: float,
+        filters: FilterChain | None = None,
+        on_finish: Callable[[Generation], None] | None = None,
     ):
         self.engine = engine
         self.metrics = metrics
@@ -72,9 +75,15 @@ class Generation:
         self.options = options
         self.request_id = request_id
         self.arrival = arrival
+        self.filters = filters
+        self.on_finish = on_finish
         self.answer = AnswerText()
+        self.text = ""  # what the client has been given: the answer up to any blocked piece
         self.finish_reason: str | None = None
+        self.blocked: Verdict | None = None
+        self.filter_outcomes: list[FilterOutcome] = []
         self.completion_tokens = 0
+        self.latency_s = 0.0
 
     @property
     def prompt_tokens(self) -> int:
@@ -84,10 +93,9 @@ class Generation:
         """Yield the answer's new text as it is generated (never an empty string)."""
         first_at = last_at = None
         outcome = "error"
+        pieces = self.engine.generate(self.prompt_ids, self.options, self.request_id)
         try:
-            async for piece in self.engine.generate(
-                self.prompt_ids, self.options, self.request_id
-            ):
+            async for piece in pieces:
                 now = time.perf_counter()
                 new_tokens = piece.completion_tokens - self.completion_tokens
                 self.completion_tokens = piece.completion_tokens
@@ -104,9 +112,18 @@ class Generation:
                 text = self.answer.feed(piece.text)
                 if piece.finish_reason is not None:
                     text += self.answer.finish()
+                if text and self.filters:
+                    verdict, outcomes = await self.filters.check_output(self.answer.text)
+                    if not verdict.allowed:
+                        # Nothing of the offending piece reaches the client; leaving the loop
+                        # closes the engine's stream, which aborts the request.
+                        self.filter_outcomes.extend(outcomes)
+                        self.blocked, self.finish_reason = verdict, "content_filter"
+                        break
                 if text:
+                    self.text += text
                     yield text
-            outcome = "success"
+            outcome = "blocked" if self.blocked else "success"
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "client_disconnected"
             raise
@@ -114,15 +131,19 @@ class Generation:
             outcome = "unavailable"
             raise
         finally:
+            await pieces.aclose()
             self.metrics.prompt_tokens.inc(self.prompt_tokens)
             self.metrics.count(outcome)
             if last_at is not None:
                 self.metrics.e2e_latency.observe(last_at - self.arrival)
+            self.latency_s = time.perf_counter() - self.arrival
+            if outcome in ("success", "blocked") and self.on_finish is not None:
+                self.on_finish(self)
             log.info(
                 "generation %s: outcome=%s finish_reason=%s prompt_tokens=%d "
                 "completion_tokens=%d seconds=%.3f",
                 self.request_id, outcome, self.finish_reason, self.prompt_tokens,
-                self.completion_tokens, time.perf_counter() - self.arrival,
+                self.completion_tokens, self.latency_s,
             )
 
 

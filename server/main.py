@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from server.request_context import RequestIdLogFilter
 from server.settings import ServerSettings
@@ -63,13 +64,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"alpaca-serve: error: invalid settings: {problems}", file=sys.stderr)
         return 2
+    except SettingsError as err:
+        cause = f": {err.__cause__}" if err.__cause__ else ""
+        print(f"alpaca-serve: error: invalid settings: {err}{cause}", file=sys.stderr)
+        return 2
 
     import uvicorn
 
     from server.app import create_app
+    from server.filters import FilterConfigError
 
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except FilterConfigError as err:
+        print(f"alpaca-serve: error: {err}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=10,

@@ -16,7 +16,7 @@ TOKEN_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 
                          0.5, 0.75, 1.0, 2.5, 5.0)
 
 # What became of a request, the label of alpaca_requests_total.
-OUTCOMES = ("success", "invalid", "client_disconnected", "unavailable", "error")
+OUTCOMES = ("success", "invalid", "blocked", "client_disconnected", "unavailable", "error")
 
 
 class ServerMetrics:
@@ -62,8 +62,25 @@ class ServerMetrics:
         self.waiting = gauge("alpaca_num_requests_waiting", "Requests waiting in the engine.")
         self.kv_cache_usage = gauge(
             "alpaca_kv_cache_usage_perc", "Share of the KV cache in use (1 = full).")
+        self.filter_blocks = Counter(
+            "alpaca_filter_blocks", "Requests blocked by a content filter, by hook and category.",
+            ["model_name", "hook", "category"], registry=self.registry,
+        )
+        self.filter_failures = Counter(
+            "alpaca_filter_failures",
+            "Content filters that raised or timed out, by filter, hook and kind.",
+            ["model_name", "filter", "hook", "kind"], registry=self.registry,
+        )
         self.engine_ready = gauge(
             "alpaca_engine_ready", "1 when the engine is loaded and answering, else 0.")
+
+    def count_block(self, hook: str, category: str) -> None:
+        self.filter_blocks.labels(model_name=self._model_name, hook=hook, category=category).inc()
+
+    def count_filter_failure(self, filter: str, hook: str, kind: str) -> None:
+        self.filter_failures.labels(
+            model_name=self._model_name, filter=filter, hook=hook, kind=kind
+        ).inc()
 
     def count(self, outcome: str) -> None:
         self.requests.labels(model_name=self._model_name, outcome=outcome).inc()

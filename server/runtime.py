@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from server.engine import EngineUnavailableError, VllmEngine
 from server.errors import APIError
+from server.filters import FilterChain
 from server.metrics import ServerMetrics
 from server.settings import ServerSettings
 
@@ -18,6 +19,7 @@ from server.settings import ServerSettings
 class Runtime:
     settings: ServerSettings
     metrics: ServerMetrics
+    filters: FilterChain = field(default_factory=lambda: FilterChain([]))
     engine: VllmEngine | None = None
     ready: bool = False
     load_error: str | None = None

@@ -63,7 +63,14 @@ class Usage(BaseModel):
     completion_tokens: int
 
 
-FinishReason = Literal["stop", "length", "eos"]
+FinishReason = Literal["stop", "length", "eos", "content_filter"]
+
+
+class FilterBlock(BaseModel):
+    """Why a content filter cut the answer."""
+
+    category: str
+    reason: str
 
 
 class GenerateResponse(BaseModel):
@@ -72,12 +79,16 @@ class GenerateResponse(BaseModel):
     text: str
     finish_reason: FinishReason
     usage: Usage
+    filter: FilterBlock | None = Field(
+        None, description="set when finish_reason is content_filter: what the filter found"
+    )
 
 
 class ErrorDetail(BaseModel):
     message: str
     type: str
     param: str | None = None
+    category: str | None = Field(None, description="with type content_filter: what was found")
 
 
 class ErrorResponse(BaseModel):

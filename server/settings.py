@@ -7,12 +7,24 @@ Unsafe or inconsistent values are rejected here, at load, not when a request arr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.default_model import DEFAULT_MODEL_NAME
+
+
+class FilterSettings(BaseModel):
+    """One entry of ALPACA_FILTERS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factory: str = Field(pattern=r"^[\w.]+:\w+$", description="package.module:factory")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments")
+    name: str | None = Field(None, description="name in logs and metrics")
+    fail_open: bool = Field(False, description="allow, instead of block, when the filter fails")
+    timeout_s: float = Field(2.0, gt=0, description="limit for an async hook, in seconds")
 
 
 class ServerSettings(BaseSettings):
@@ -64,8 +76,19 @@ class ServerSettings(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across")
     max_num_seqs: int = Field(64, ge=1, description="requests the engine batches together")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    blocklist: Path | None = Field(
+        None,
+        description="blocklist file for the built-in content filter (one entry a line: "
+        "`phrase`, `category: phrase` or `category: re:pattern`)",
+    )
+    filters: list[FilterSettings] = Field(
+        default_factory=list,
+        description="content filters, as JSON: "
+        '[{"factory": "package.module:factory", "options": {...}, "fail_open": false, '
+        '"timeout_s": 2.0}]',
+    )
 
-    @field_validator("model", "model_name", mode="before")
+    @field_validator("model", "model_name", "blocklist", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -82,6 +105,8 @@ class ServerSettings(BaseSettings):
                 f"max_new_tokens_limit ({self.max_new_tokens_limit}) leaves no room for a prompt "
                 f"in max_model_len ({self.max_model_len})"
             )
+        if self.blocklist is not None and not self.blocklist.is_file():
+            raise ValueError(f"blocklist file {self.blocklist} does not exist")
         if self.model is not None and not (self.model / "config.json").is_file():
             raise ValueError(
                 f"model folder {self.model} has no config.json (expected a Hugging Face folder)"

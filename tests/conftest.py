@@ -161,7 +161,7 @@ def read_metrics(client: httpx.Client) -> dict[str, float]:
 
 
 def stream_events(client: httpx.Client, body: dict) -> tuple[httpx.Response, list]:
-    """POST a streaming request; returns the response and its events (JSON, or the string [DONE])."""
+    """POST a streaming request; returns the response and its events (JSON, or "[DONE]")."""
     events: list = []
     with client.stream("POST", "/generate", json={**body, "stream": True}) as response:
         for line in response.iter_lines():

@@ -11,9 +11,10 @@ from starlette.types import Receive, Scope, Send
 
 from server.engine import EngineUnavailableError, SamplingOptions
 from server.errors import APIError, error_body, invalid
+from server.filters import FilterInput
 from server.generation import Generation, run_unless_disconnected
 from server.runtime import Runtime, RuntimeDep
-from server.schemas import ErrorResponse, GenerateRequest, GenerateResponse, Usage
+from server.schemas import ErrorResponse, FilterBlock, GenerateRequest, GenerateResponse, Usage
 from training.prompts import SECTION_HEADERS, format_prompt
 
 router = APIRouter()
@@ -24,14 +25,16 @@ router = APIRouter()
     response_model=GenerateResponse,
     responses={
         200: {"description": "the answer; with `stream: true`, server-sent events instead"},
-        400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
+        400: {"model": ErrorResponse,
+              "description": "the body is not valid JSON, or a content filter refused it"},
         422: {"model": ErrorResponse, "description": "a parameter is invalid"},
         503: {"model": ErrorResponse, "description": "the model is loading or the engine died"},
     },
 )
 async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep):
     engine = runtime.require_engine()
-    prompt_ids, options = _prepare(body, runtime)
+    prompt, prompt_ids, options = _prepare(body, runtime)
+    input_outcomes = await _check_input(body, prompt, runtime)
     generation = Generation(
         engine,
         runtime.metrics,
@@ -39,7 +42,9 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
         options,
         request.state.request_id,
         request.state.arrival,
+        filters=runtime.filters,
     )
+    generation.filter_outcomes.extend(input_outcomes)
     if body.stream:
         return EventStreamResponse(_events(generation))
 
@@ -56,16 +61,45 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
     return GenerateResponse(
         id=generation.request_id,
         model=engine.model_name,
-        text=generation.answer.text,
+        text=generation.text,
         finish_reason=generation.finish_reason,
         usage=Usage(
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
         ),
+        filter=_block_info(generation),
     )
 
 
-def _prepare(body: GenerateRequest, runtime: Runtime) -> tuple[list[int], SamplingOptions]:
+async def _check_input(body: GenerateRequest, prompt: str, runtime: Runtime) -> list:
+    """Run the input filters; a block is a 400 and the request never reaches the engine."""
+    if not runtime.filters:
+        return []
+    request = FilterInput(instruction=body.instruction, input=body.input, prompt=prompt)
+    verdict, outcomes = await runtime.filters.check_input(request)
+    if not verdict.allowed:
+        runtime.metrics.count("blocked")
+        raise APIError(
+            400,
+            f"the request was refused by the content filter (category: {verdict.category}): "
+            f"{verdict.reason}",
+            "content_filter",
+            "prompt" if body.prompt is not None else "instruction",
+            category=verdict.category,
+        )
+    return outcomes
+
+
+def _block_info(generation: Generation) -> FilterBlock | None:
+    if generation.blocked is None:
+        return None
+    return FilterBlock(
+        category=generation.blocked.category or "unknown",
+        reason=generation.blocked.reason or "",
+    )
+
+
+def _prepare(body: GenerateRequest, runtime: Runtime) -> tuple[str, list[int], SamplingOptions]:
     """Check what depends on the settings and the model, and build the prompt tokens."""
     settings = runtime.settings
     engine = runtime.require_engine()
@@ -115,7 +149,7 @@ def _prepare(body: GenerateRequest, runtime: Runtime) -> tuple[list[int], Sampli
         stop=tuple(dict.fromkeys([*body.stop, *SECTION_HEADERS])),
         seed=body.seed,
     )
-    return prompt_ids, options
+    return prompt, prompt_ids, options
 
 
 def _sse(payload: object) -> bytes:
@@ -130,7 +164,7 @@ async def _events(generation: Generation) -> AsyncIterator[bytes]:
     except EngineUnavailableError as err:
         yield _sse(error_body(str(err), "engine_unavailable"))
     else:
-        yield _sse({
+        final = {
             "id": generation.request_id,
             "text": "",
             "finish_reason": generation.finish_reason,
@@ -138,7 +172,11 @@ async def _events(generation: Generation) -> AsyncIterator[bytes]:
                 "prompt_tokens": generation.prompt_tokens,
                 "completion_tokens": generation.completion_tokens,
             },
-        })
+        }
+        block = _block_info(generation)
+        if block is not None:
+            final["filter"] = block.model_dump()
+        yield _sse(final)
     yield b"data: [DONE]\n\n"
 
 

@@ -44,6 +44,10 @@ def test_help_explains_every_option():
         ([], {"ALPACA_MAX_MODEL_LEN": "256", "ALPACA_MAX_NEW_TOKENS_LIMIT": "256"},
          "leaves no room for a prompt"),
         ([], {"ALPACA_DEVICE": "tpu"}, "device"),
+        ([], {"ALPACA_BLOCKLIST": "/no/such/list.txt"}, "blocklist file /no/such/list.txt"),
+        ([], {"ALPACA_FILTERS": '[{"factory": "no_such_module:build"}]'},
+         "cannot import filter factory 'no_such_module:build'"),
+        ([], {"ALPACA_FILTERS": "not json"}, "filters"),
     ],
 )
 def test_bad_settings_stop_the_server_with_one_line(args, env, fragment):

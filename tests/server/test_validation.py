@@ -1,4 +1,4 @@
-"""Bad requests get a 4xx with `{"error": {"message", "type", "param"}}` and never reach the engine."""
+"""Bad requests get a 4xx with a JSON error naming the parameter, and never reach the engine."""
 
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def test_prompt_plus_max_new_tokens_above_the_context_states_the_numbers(client,
     prompt_tokens = len(tiny_tokenizer(format_prompt(instruction))["input_ids"])
     max_new = TINY_CONTEXT - prompt_tokens + 1
     assert 1 <= max_new <= TINY_MAX_NEW_TOKENS_LIMIT
-    response = client.post("/generate", json={"instruction": instruction, "max_new_tokens": max_new})
+    body = {"instruction": instruction, "max_new_tokens": max_new}
+    response = client.post("/generate", json=body)
     error = assert_error(response, 422, "invalid_request_error", "max_new_tokens")
     for number in (prompt_tokens, max_new, prompt_tokens + max_new, TINY_CONTEXT):
         assert str(number) in error["message"], error["message"]

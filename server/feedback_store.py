@@ -1,0 +1,629 @@
+"""Durable storage for generation records and human feedback, over SQLite or PostgreSQL.
+
+Usage:
+    store = open_store("sqlite:///home/me/.local/share/alpaca-serve/alpaca.sqlite3")
+    store = open_store("postgresql://alpaca:secret@127.0.0.1:5432/alpaca")
+    store.record_generations([GenerationRecord(id="gen-1", ...)])
+    row_id, created = store.save_rating(RatingFeedback("gen-1", "up", session_id="s-42"))
+    store.summary()                     # thumbs and flags per model, pairwise wins
+    for row in store.export_rows():     # Alpaca records (instruction, input, output) + feedback
+        ...
+    store.close()
+
+Every method is synchronous and thread-safe (one connection behind a lock), so the server calls
+them through `asyncio.to_thread`. Each write is one transaction, committed durably before the
+method returns: SQLite runs in WAL mode with `synchronous=FULL`; PostgreSQL commits as configured
+(durable by default). Opening a store creates the schema and applies any pending migrations.
+
+No client address is stored anywhere. NUL characters, which PostgreSQL cannot store in text, are
+replaced with U+FFFD on both backends so that the two keep the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
+
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "alpaca-serve"
+DATABASE_FILENAME = "alpaca.sqlite3"
+
+# A comparison's winner is one of its two generation ids, or one of these.
+COMPARISON_OUTCOMES = ("tie", "both_bad")
+
+EXPORT_PAGE_SIZE = 500  # generations read per transaction while exporting
+ID_CHUNK = 500  # ids per `IN (...)` list, well under SQLite's limit on bound parameters
+
+
+class StoreError(RuntimeError):
+    """The database cannot be reached, opened or migrated; the message says why, in one line."""
+
+
+class UnknownGenerationError(LookupError):
+    """Feedback names a generation id the store has not recorded."""
+
+
+@dataclass
+class GenerationRecord:
+    """One answered request, as kept for feedback and export."""
+
+    id: str
+    created_at: float  # unix seconds
+    model: str
+    params: dict  # the sampling parameters the request ran with
+    instruction: str | None  # None when the request sent a raw prompt
+    input: str
+    prompt: str  # the exact text the engine received
+    response: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    filter_verdicts: list[dict]
+
+
+@dataclass
+class RatingFeedback:
+    """A thumbs up or down on one generation, with optional details."""
+
+    generation_id: str
+    rating: Literal["up", "down"]
+    session_id: str | None = None  # one rating per (generation, session): a later one replaces it
+    comment: str | None = None
+    flag: str | None = None  # a category such as "harmful" or "incorrect"
+    preferred_response: str | None = None  # the answer the user would rather have read
+
+    def __post_init__(self) -> None:
+        if self.rating not in ("up", "down"):
+            raise ValueError(f"rating must be 'up' or 'down', got {self.rating!r}")
+
+
+@dataclass
+class ComparisonFeedback:
+    """A side-by-side judgement of two generations of the same instruction."""
+
+    generation_ids: tuple[str, str]
+    winner: str  # one of the two ids, "tie" or "both_bad"
+    session_id: str | None = None  # one judgement per (pair, session): a later one replaces it
+
+    def __post_init__(self) -> None:
+        self.generation_ids = tuple(self.generation_ids)
+        if len(self.generation_ids) != 2 or self.generation_ids[0] == self.generation_ids[1]:
+            raise ValueError(
+                f"a comparison needs two different generation ids, got {self.generation_ids!r}"
+            )
+        if self.winner not in (*self.generation_ids, *COMPARISON_OUTCOMES):
+            raise ValueError(
+                f"winner must be one of the two generation ids, 'tie' or 'both_bad', "
+                f"got {self.winner!r}"
+            )
+
+
+def open_store(url: str) -> FeedbackStore:
+    """Open the store at `url` (sqlite:///ABSOLUTE/PATH or postgresql://...), migrating it."""
+    return FeedbackStore(_backend_for(url))
+
+
+def default_database_url(data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    """The URL of the server's default store: `alpaca.sqlite3` in `data_dir`."""
+    return "sqlite://" + quote(str(Path(data_dir).expanduser().resolve() / DATABASE_FILENAME))
+
+
+# Each entry moves the schema up one version, in order. Append new versions (for example an
+# `ALTER TABLE ... ADD COLUMN`); never edit or reorder one that has been released.
+# Placeholders: {id} an auto-increment primary key, {real} a double, {json} a JSON document.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: generations, ratings, comparisons
+        """CREATE TABLE generations (
+            id TEXT PRIMARY KEY,
+            created_at {real} NOT NULL,
+            model TEXT NOT NULL,
+            params {json} NOT NULL,
+            instruction TEXT,
+            input TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            response TEXT NOT NULL,
+            finish_reason TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            latency_s {real} NOT NULL,
+            filter_verdicts {json} NOT NULL
+        )""",
+        "CREATE INDEX generations_by_time ON generations (created_at, id)",
+        """CREATE TABLE ratings (
+            id {id},
+            generation_id TEXT NOT NULL REFERENCES generations (id),
+            session_id TEXT,
+            rating TEXT NOT NULL CHECK (rating IN ('up', 'down')),
+            comment TEXT,
+            flag TEXT,
+            preferred_response TEXT,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL
+        )""",
+        "CREATE INDEX ratings_by_generation ON ratings (generation_id)",
+        """CREATE UNIQUE INDEX ratings_one_per_session ON ratings (generation_id, session_id)
+            WHERE session_id IS NOT NULL""",
+        """CREATE TABLE comparisons (
+            id {id},
+            generation_a TEXT NOT NULL REFERENCES generations (id),
+            generation_b TEXT NOT NULL REFERENCES generations (id),
+            winner TEXT NOT NULL,
+            session_id TEXT,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            CHECK (generation_a < generation_b),
+            CHECK (winner IN (generation_a, generation_b, 'tie', 'both_bad'))
+        )""",
+        """CREATE UNIQUE INDEX comparisons_one_per_session
+            ON comparisons (generation_a, generation_b, session_id)
+            WHERE session_id IS NOT NULL""",
+    ),
+)
+
+GENERATION_COLUMNS = (
+    "id", "created_at", "model", "params", "instruction", "input", "prompt", "response",
+    "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "filter_verdicts",
+)
+
+
+class FeedbackStore:
+    """Generation records and feedback in one database. Build it with `open_store(url)`."""
+
+    def __init__(self, backend: _Backend):
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._conn: Any = backend.connect()
+        try:
+            self._migrate()
+        except backend.errors as err:
+            self.close()
+            raise StoreError(f"cannot open {backend.description}: {_one_line(err)}") from err
+        except BaseException:
+            self.close()
+            raise
+
+    def record_generations(self, records: list[GenerationRecord]) -> None:
+        """Insert `records` in one transaction; an id already recorded is left as it is."""
+        rows = [
+            (
+                r.id, r.created_at, _text(r.model), json.dumps(_text(r.params)),
+                _text(r.instruction), _text(r.input), _text(r.prompt), _text(r.response),
+                r.finish_reason, r.prompt_tokens, r.completion_tokens, r.latency_s,
+                json.dumps(_text(r.filter_verdicts)),
+            )
+            for r in records
+        ]
+        if not rows:
+            return
+        marks = ", ".join("?" * len(GENERATION_COLUMNS))
+        with self._transaction() as tx:
+            tx.executemany(
+                f"INSERT INTO generations ({', '.join(GENERATION_COLUMNS)}) VALUES ({marks}) "
+                "ON CONFLICT (id) DO NOTHING",
+                rows,
+            )
+
+    def generation_exists(self, ids: list[str]) -> set[str]:
+        """The subset of `ids` that the store has recorded."""
+        with self._transaction(write=False) as tx:
+            return _existing_ids(tx, ids)
+
+    def save_rating(self, fb: RatingFeedback) -> tuple[int, bool]:
+        """Store a rating; returns (row id, created). With a session id, a later rating of the
+        same generation replaces the earlier one (created is False); without, every call adds."""
+        now = time.time()
+        details = (fb.rating, _text(fb.comment), _text(fb.flag), _text(fb.preferred_response))
+        with self._transaction() as tx:
+            _require_generations(tx, [fb.generation_id])
+            inserted = tx.one(
+                "INSERT INTO ratings (rating, comment, flag, preferred_response, generation_id, "
+                "session_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (generation_id, session_id) WHERE session_id IS NOT NULL "
+                "DO NOTHING RETURNING id",
+                (*details, fb.generation_id, _text(fb.session_id), now, now),
+            )
+            if inserted is not None:
+                return inserted[0], True
+            updated = tx.one(
+                "UPDATE ratings SET rating = ?, comment = ?, flag = ?, preferred_response = ?, "
+                "updated_at = ? WHERE generation_id = ? AND session_id = ? RETURNING id",
+                (*details, now, fb.generation_id, _text(fb.session_id)),
+            )
+            return updated[0], False
+
+    def save_comparison(self, fb: ComparisonFeedback) -> tuple[int, bool]:
+        """Store a comparison; returns (row id, created). With a session id, a later judgement
+        of the same pair, in either order, replaces the earlier one."""
+        now = time.time()
+        first, second = sorted(fb.generation_ids)
+        with self._transaction() as tx:
+            _require_generations(tx, [first, second])
+            inserted = tx.one(
+                "INSERT INTO comparisons (winner, generation_a, generation_b, session_id, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (generation_a, generation_b, session_id) "
+                "WHERE session_id IS NOT NULL DO NOTHING RETURNING id",
+                (fb.winner, first, second, _text(fb.session_id), now, now),
+            )
+            if inserted is not None:
+                return inserted[0], True
+            updated = tx.one(
+                "UPDATE comparisons SET winner = ?, updated_at = ? "
+                "WHERE generation_a = ? AND generation_b = ? AND session_id = ? RETURNING id",
+                (fb.winner, now, first, second, _text(fb.session_id)),
+            )
+            return updated[0], False
+
+    def summary(self) -> dict:
+        """Ratings and flags per model (models with at least one rating), and pairwise results
+        per pair of models (model_a < model_b; a model compared with itself counts too)."""
+        with self._transaction(write=False) as tx:
+            rating_counts = tx.rows(
+                "SELECT g.model, r.rating, r.flag, COUNT(*) FROM ratings r "
+                "JOIN generations g ON g.id = r.generation_id "
+                "GROUP BY g.model, r.rating, r.flag"
+            )
+            comparison_counts = tx.rows(
+                "SELECT ga.model, gb.model, "
+                "SUM(CASE WHEN c.winner = c.generation_a THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN c.winner = c.generation_b THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN c.winner = 'tie' THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN c.winner = 'both_bad' THEN 1 ELSE 0 END) "
+                "FROM comparisons c "
+                "JOIN generations ga ON ga.id = c.generation_a "
+                "JOIN generations gb ON gb.id = c.generation_b "
+                "GROUP BY ga.model, gb.model"
+            )
+        models: dict[str, dict] = {}
+        for model, rating, flag, count in rating_counts:
+            entry = models.setdefault(model, {"up": 0, "down": 0, "flags": {}})
+            entry[rating] += int(count)
+            if flag is not None:
+                entry["flags"][flag] = entry["flags"].get(flag, 0) + int(count)
+        pairs: dict[tuple[str, str], dict] = {}
+        for model_1, model_2, wins_1, wins_2, ties, both_bad in comparison_counts:
+            model_a, model_b = sorted((model_1, model_2))
+            entry = pairs.setdefault(
+                (model_a, model_b),
+                {"model_a": model_a, "model_b": model_b,
+                 "wins_a": 0, "wins_b": 0, "ties": 0, "both_bad": 0},
+            )
+            if model_1 > model_2:
+                wins_1, wins_2 = wins_2, wins_1
+            entry["wins_a"] += int(wins_1)
+            entry["wins_b"] += int(wins_2)
+            entry["ties"] += int(ties)
+            entry["both_bad"] += int(both_bad)
+        return {
+            "models": dict(sorted(models.items())),
+            "pairwise": [pairs[key] for key in sorted(pairs)],
+        }
+
+    def export_rows(self, include_unrated: bool = False) -> Iterator[dict]:
+        """Generations joined with their ratings, oldest first: one dict per (generation,
+        rating), or per generation with rating None for unrated ones when `include_unrated`.
+
+        Keys: instruction, input, output (the response), then rating, comment, flag,
+        preferred_response, generation_id, model, created_at, finish_reason, prompt, params,
+        filter_verdicts, prompt_tokens, completion_tokens, latency_s. Raw-prompt generations
+        (instruction None) are always skipped: they cannot become Alpaca records. Rows are read
+        in pages, each in its own transaction, so no lock is held while the caller works;
+        generations recorded during an export may or may not be included."""
+        after: tuple[float, str] | None = None
+        while True:
+            with self._transaction(write=False) as tx:
+                generations, ratings = _export_page(tx, after)
+            for generation in generations:
+                row = {
+                    "instruction": generation["instruction"],
+                    "input": generation["input"],
+                    "output": generation["response"],
+                }
+                details = {
+                    "generation_id": generation["id"],
+                    "model": generation["model"],
+                    "created_at": generation["created_at"],
+                    "finish_reason": generation["finish_reason"],
+                    "prompt": generation["prompt"],
+                    "params": _json_value(generation["params"]),
+                    "filter_verdicts": _json_value(generation["filter_verdicts"]),
+                    "prompt_tokens": generation["prompt_tokens"],
+                    "completion_tokens": generation["completion_tokens"],
+                    "latency_s": generation["latency_s"],
+                }
+                feedback = ratings.get(generation["id"], [])
+                if not feedback and include_unrated:
+                    feedback = [(None, None, None, None)]
+                for rating, comment, flag, preferred_response in feedback:
+                    yield {
+                        **row,
+                        "rating": rating,
+                        "comment": comment,
+                        "flag": flag,
+                        "preferred_response": preferred_response,
+                        **details,
+                    }
+            if len(generations) < EXPORT_PAGE_SIZE:
+                return
+            after = (generations[-1]["created_at"], generations[-1]["id"])
+
+    def close(self) -> None:
+        """Close the connection; later calls raise StoreError. Closing twice is harmless."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> FeedbackStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        """Create the version table, then apply, in one transaction, each migration not yet
+        applied. A database newer than this code is refused rather than guessed at."""
+        types = self._backend.types
+        with self._transaction() as tx:
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                f"version INTEGER PRIMARY KEY, applied_at {types['real']} NOT NULL)"
+            )
+            self._backend.lock_schema(tx)
+            current = tx.one("SELECT MAX(version) FROM schema_version")[0] or 0
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"{self._backend.description} has schema version {current}, newer than "
+                    f"this alpaca-serve knows ({len(MIGRATIONS)}): upgrade alpaca-serve"
+                )
+            for version in range(current + 1, len(MIGRATIONS) + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    tx.execute(statement.format(**types))
+                tx.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[_Transaction]:
+        with self._lock:
+            if self._conn is None:
+                raise StoreError("the feedback store is closed")
+            if self._backend.is_broken(self._conn):
+                # The server restarted or the network dropped: reconnect once, here. If that
+                # fails the old connection stays, so the next call tries again.
+                fresh = self._backend.connect()
+                self._conn.close()
+                self._conn = fresh
+            with self._backend.transaction(self._conn, write) as cursor:
+                yield _Transaction(cursor, self._backend.placeholder)
+
+
+def _export_page(
+    tx: _Transaction, after: tuple[float, str] | None
+) -> tuple[list[dict], dict[str, list[tuple]]]:
+    """One page of instruction generations after `after` (created_at, id), and their ratings."""
+    where, params = "instruction IS NOT NULL", ()
+    if after is not None:
+        where += " AND (created_at > ? OR (created_at = ? AND id > ?))"
+        params = (after[0], after[0], after[1])
+    generations = [
+        dict(zip(GENERATION_COLUMNS, row, strict=True))
+        for row in tx.rows(
+            f"SELECT {', '.join(GENERATION_COLUMNS)} FROM generations WHERE {where} "
+            "ORDER BY created_at, id LIMIT ?",
+            (*params, EXPORT_PAGE_SIZE),
+        )
+    ]
+    ratings: dict[str, list[tuple]] = defaultdict(list)
+    for chunk in _chunks([g["id"] for g in generations]):
+        for generation_id, *feedback in tx.rows(
+            "SELECT generation_id, rating, comment, flag, preferred_response FROM ratings "
+            f"WHERE generation_id IN ({', '.join('?' * len(chunk))}) ORDER BY id",
+            chunk,
+        ):
+            ratings[generation_id].append(tuple(feedback))
+    return generations, ratings
+
+
+def _existing_ids(tx: _Transaction, ids: Iterable[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(list(dict.fromkeys(ids))):
+        marks = ", ".join("?" * len(chunk))
+        found.update(row[0] for row in tx.rows(f"SELECT id FROM generations WHERE id IN ({marks})",
+                                               chunk))
+    return found
+
+
+def _require_generations(tx: _Transaction, ids: list[str]) -> None:
+    found = _existing_ids(tx, ids)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise UnknownGenerationError(f"no generation recorded with id {missing[0]!r}")
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), ID_CHUNK):
+        yield items[start:start + ID_CHUNK]
+
+
+def _text(value: Any) -> Any:
+    """`value` with NUL characters replaced (PostgreSQL rejects them), through dicts and lists."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_text(v) for v in value]
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON column as Python: SQLite returns the text, PostgreSQL (jsonb) the parsed value."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _redact(url: str) -> str:
+    """`url` with any password replaced by ***, for error messages."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+class _Transaction:
+    """A cursor inside one transaction; SQL is written with `?` and adapted to the backend."""
+
+    def __init__(self, cursor: Any, placeholder: str):
+        self._cursor = cursor
+        self._placeholder = placeholder
+
+    def _sql(self, sql: str) -> str:
+        return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        self._cursor.execute(self._sql(sql), tuple(params))
+        return self._cursor
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        self._cursor.executemany(self._sql(sql), rows)
+
+    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        return self.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: Iterable[Any] = ()) -> tuple | None:
+        return self.execute(sql, params).fetchone()
+
+
+def _backend_for(url: str) -> _Backend:
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "sqlite":
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        if parts.netloc or parts.query or not path.startswith("/") or path.endswith("/"):
+            raise ValueError(
+                f"a SQLite database URL is sqlite:///ABSOLUTE/PATH/FILE.sqlite3, got {url!r}"
+            )
+        return _SqliteBackend(Path(path))
+    if scheme in ("postgresql", "postgres"):
+        return _PostgresBackend(url)
+    raise ValueError(
+        f"unsupported database URL {_redact(url)!r}: expected sqlite:///ABSOLUTE/PATH or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    )
+
+
+class _Backend:
+    """What differs between databases: connecting, transactions, placeholders, column types."""
+
+    placeholder: str
+    types: dict[str, str]
+    errors: tuple[type[BaseException], ...]
+    description: str
+
+    def connect(self) -> Any:
+        raise NotImplementedError
+
+    def is_broken(self, conn: Any) -> bool:
+        return False
+
+    def lock_schema(self, tx: _Transaction) -> None:
+        """Keep other processes from migrating at the same time, until the transaction ends."""
+
+    def transaction(self, conn: Any, write: bool) -> AbstractContextManager[Any]:
+        """A cursor in one transaction: committed when the block ends, rolled back on error."""
+        raise NotImplementedError
+
+
+class _SqliteBackend(_Backend):
+    placeholder = "?"
+    types = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL", "json": "TEXT"}
+    errors = (sqlite3.Error,)
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.description = f"SQLite database {path}"
+
+    def connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are begun and ended here, explicitly.
+            conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as err:
+            raise StoreError(f"cannot open {self.description}: {_one_line(err)}") from err
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{self.description} cannot use WAL journal mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as err:
+            conn.close()
+            raise StoreError(f"cannot open {self.description}: {_one_line(err)}") from err
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def transaction(self, conn: sqlite3.Connection, write: bool) -> Iterator[sqlite3.Cursor]:
+        # IMMEDIATE takes the write lock up front, so a read-then-write never has to upgrade.
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        cursor = conn.cursor()
+        try:
+            yield cursor
+        except BaseException:
+            if conn.in_transaction:  # SQLite ends some failed transactions by itself
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            cursor.close()
+        conn.execute("COMMIT")
+
+
+class _PostgresBackend(_Backend):
+    placeholder = "%s"
+    types = {"id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+             "real": "DOUBLE PRECISION", "json": "JSONB"}
+
+    def __init__(self, url: str):
+        self.url = url
+        self.description = f"PostgreSQL database {_redact(url)}"
+        self.errors = ()  # set on connect, once psycopg is imported
+
+    def connect(self) -> Any:
+        try:
+            import psycopg
+        except ImportError as err:
+            raise StoreError(
+                "PostgreSQL needs psycopg: pip install 'psycopg[binary]>=3.1'"
+            ) from err
+        self.errors = (psycopg.Error,)
+        try:
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as err:
+            raise StoreError(f"cannot connect to {self.description}: {_one_line(err)}") from err
+
+    def is_broken(self, conn: Any) -> bool:
+        return conn.closed or conn.broken
+
+    def lock_schema(self, tx: _Transaction) -> None:
+        tx.execute("LOCK TABLE schema_version IN SHARE ROW EXCLUSIVE MODE")
+
+    @contextmanager
+    def transaction(self, conn: Any, write: bool) -> Iterator[Any]:
+        with conn.transaction(), conn.cursor() as cursor:
+            yield cursor
