@@ -27,6 +27,9 @@ over all the phase's requests of all rounds pooled. TTFT is the time from a requ
 its first non-empty text (engine: first piece with text; http: first event with text; the server
 strips leading white space, so its first text may come a token later). The http figures include
 the httpx client, which shares the event loop (and the CPUs) with the server.
+
+On a machine with few cores the engine's worker process and this process compete for the CPUs,
+and single rounds vary a lot: run more `--rounds` and compare the best-round column as well.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import json
 import math
 import os
 import socket
+import tempfile
 import statistics
 import sys
 import time
@@ -238,6 +242,8 @@ def make_settings(args: argparse.Namespace):
 
     return ServerSettings(
         model=args.model,
+        # The server's generation log is part of its overhead, but not the user's data.
+        data_dir=Path(tempfile.mkdtemp(prefix="alpaca-bench-")),
         enforce_eager=True,
         cpu_kv_cache_gib=args.kv_cache_gib,
         max_new_tokens_limit=max(1024, args.max_new_tokens),
@@ -473,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(e["msg"] for e in err.errors())
         print(f"alpaca-bench: error: invalid settings: {problems}", file=sys.stderr)
         return 2
+    # Fail now, not after loading the model, if the server or the HTTP stack cannot be imported.
+    import httpx  # noqa: F401
+    import uvicorn  # noqa: F401
+
+    import server.app  # noqa: F401
+
     _import_vllm(settings)
     model_path, engine = load_engine(settings)
     try:

@@ -19,10 +19,12 @@ from server import __version__
 from server.default_model import ensure_default_model
 from server.engine import SamplingOptions, VllmEngine, build_engine
 from server.errors import install_error_handlers
+from server.feedback_store import FeedbackStore, open_store
 from server.filters import build_filter_chain
+from server.generation_log import GenerationRecorder
 from server.metrics import ServerMetrics
 from server.request_context import RequestContextMiddleware
-from server.routes import generate, status
+from server.routes import feedback, generate, status
 from server.runtime import Runtime
 from server.settings import ServerSettings
 
@@ -31,8 +33,13 @@ log = logging.getLogger("alpaca.server")
 WARMUP_PROMPT = "Hello"
 
 
-def create_app(settings: ServerSettings | None = None, engine: VllmEngine | None = None) -> FastAPI:
-    """Build the app. Without `engine`, the lifespan loads the model and owns the engine.
+def create_app(
+    settings: ServerSettings | None = None,
+    engine: VllmEngine | None = None,
+    store: FeedbackStore | None = None,
+) -> FastAPI:
+    """Build the app. Without `engine`, the lifespan loads the model and owns the engine; without
+    `store`, it opens the configured feedback store and owns it.
 
     Raises FilterConfigError when a configured content filter cannot be built.
     """
@@ -45,12 +52,18 @@ def create_app(settings: ServerSettings | None = None, engine: VllmEngine | None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        runtime.store = store or await asyncio.to_thread(open_store, settings.store_url)
+        runtime.recorder = GenerationRecorder(runtime.store)
+        runtime.recorder.start()
         loading = asyncio.create_task(_start_engine(runtime, engine))
         try:
             yield
         finally:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
+            await runtime.recorder.close()
+            if store is None:
+                runtime.store.close()
             if engine is None and runtime.engine is not None:
                 runtime.engine.shutdown()
 
@@ -65,6 +78,7 @@ def create_app(settings: ServerSettings | None = None, engine: VllmEngine | None
     app.add_middleware(RequestContextMiddleware)
     app.include_router(generate.router)
     app.include_router(status.router)
+    app.include_router(feedback.router)
     return app
 
 

@@ -93,6 +93,7 @@ class Generation:
         """Yield the answer's new text as it is generated (never an empty string)."""
         first_at = last_at = None
         outcome = "error"
+        output_outcomes: list[FilterOutcome] = []
         pieces = self.engine.generate(self.prompt_ids, self.options, self.request_id)
         try:
             async for piece in pieces:
@@ -113,11 +114,10 @@ class Generation:
                 if piece.finish_reason is not None:
                     text += self.answer.finish()
                 if text and self.filters:
-                    verdict, outcomes = await self.filters.check_output(self.answer.text)
+                    verdict, output_outcomes = await self.filters.check_output(self.answer.text)
                     if not verdict.allowed:
                         # Nothing of the offending piece reaches the client; leaving the loop
                         # closes the engine's stream, which aborts the request.
-                        self.filter_outcomes.extend(outcomes)
                         self.blocked, self.finish_reason = verdict, "content_filter"
                         break
                 if text:
@@ -137,6 +137,7 @@ class Generation:
             if last_at is not None:
                 self.metrics.e2e_latency.observe(last_at - self.arrival)
             self.latency_s = time.perf_counter() - self.arrival
+            self.filter_outcomes.extend(output_outcomes)  # the last output check's verdicts
             if outcome in ("success", "blocked") and self.on_finish is not None:
                 self.on_finish(self)
             log.info(

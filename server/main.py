@@ -72,12 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.feedback_store import StoreError, open_store
     from server.filters import FilterConfigError
 
     configure_logging(settings.log_level)
     try:
-        app = create_app(settings)
+        store = open_store(settings.store_url)
+    except (StoreError, ValueError) as err:
+        print(f"alpaca-serve: error: feedback store: {err}", file=sys.stderr)
+        return 2
+    try:
+        app = create_app(settings, store=store)
     except FilterConfigError as err:
+        store.close()
         print(f"alpaca-serve: error: {err}", file=sys.stderr)
         return 2
     config = uvicorn.Config(
@@ -90,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
 
     app.state.runtime.on_fatal = stop
-    server.run()
+    try:
+        server.run()
+    finally:
+        store.close()
     if app.state.runtime.load_error:
         print(f"alpaca-serve: error: {app.state.runtime.load_error}", file=sys.stderr)
         return 1

@@ -71,6 +71,10 @@ class ServerMetrics:
             "Content filters that raised or timed out, by filter, hook and kind.",
             ["model_name", "filter", "hook", "kind"], registry=self.registry,
         )
+        self.feedback = Counter(
+            "alpaca_feedback", "Feedback saved, by kind (rating or comparison).",
+            ["model_name", "kind"], registry=self.registry,
+        )
         self.engine_ready = gauge(
             "alpaca_engine_ready", "1 when the engine is loaded and answering, else 0.")
 
@@ -81,6 +85,9 @@ class ServerMetrics:
         self.filter_failures.labels(
             model_name=self._model_name, filter=filter, hook=hook, kind=kind
         ).inc()
+
+    def count_feedback(self, kind: str) -> None:
+        self.feedback.labels(model_name=self._model_name, kind=kind).inc()
 
     def count(self, outcome: str) -> None:
         self.requests.labels(model_name=self._model_name, outcome=outcome).inc()

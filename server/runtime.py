@@ -10,7 +10,9 @@ from fastapi import Depends, Request
 
 from server.engine import EngineUnavailableError, VllmEngine
 from server.errors import APIError
+from server.feedback_store import FeedbackStore
 from server.filters import FilterChain
+from server.generation_log import GenerationRecorder
 from server.metrics import ServerMetrics
 from server.settings import ServerSettings
 
@@ -21,6 +23,8 @@ class Runtime:
     metrics: ServerMetrics
     filters: FilterChain = field(default_factory=lambda: FilterChain([]))
     engine: VllmEngine | None = None
+    store: FeedbackStore | None = None
+    recorder: GenerationRecorder | None = None
     ready: bool = False
     load_error: str | None = None
     # Called when the engine cannot be loaded, so the process can stop instead of idling unready.

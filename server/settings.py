@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.default_model import DEFAULT_MODEL_NAME
+from server.feedback_store import DEFAULT_DATA_DIR, default_database_url
 
 
 class FilterSettings(BaseModel):
@@ -76,6 +77,15 @@ class ServerSettings(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across")
     max_num_seqs: int = Field(64, ge=1, description="requests the engine batches together")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR,
+        description="folder of the SQLite database of generations and feedback",
+    )
+    database_url: str | None = Field(
+        None,
+        description="postgresql://user:password@host:port/db to keep generations and feedback in "
+        "PostgreSQL (several server replicas); empty: SQLite in data_dir",
+    )
     blocklist: Path | None = Field(
         None,
         description="blocklist file for the built-in content filter (one entry a line: "
@@ -88,7 +98,7 @@ class ServerSettings(BaseSettings):
         '"timeout_s": 2.0}]',
     )
 
-    @field_validator("model", "model_name", "blocklist", mode="before")
+    @field_validator("model", "model_name", "blocklist", "database_url", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -112,6 +122,11 @@ class ServerSettings(BaseSettings):
                 f"model folder {self.model} has no config.json (expected a Hugging Face folder)"
             )
         return self
+
+    @property
+    def store_url(self) -> str:
+        """Where generations and feedback are kept."""
+        return self.database_url or default_database_url(self.data_dir)
 
     @property
     def served_model_name(self) -> str:

@@ -39,10 +39,14 @@ class ServerProcess:
         self.log_path = log_path
         full_env = {**os.environ, **env, "ALPACA_PORT": str(self.port), "ALPACA_HOST": "127.0.0.1"}
         full_env.setdefault("ALPACA_CPU_KV_CACHE_GIB", "1")
+        # Generations and feedback go to a SQLite file beside the log unless the test says.
+        self.data_dir = log_path.parent / f"data-{self.port}"
+        full_env.setdefault("ALPACA_DATA_DIR", str(self.data_dir))
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.main"],
             env=full_env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so kill_hard takes the engine too
         )
         self.client = httpx.Client(base_url=self.url, timeout=120)
 
@@ -63,6 +67,11 @@ class ServerProcess:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"server not ready after {timeout}s:\n{self.log_text()[-5000:]}")
+
+    def kill_hard(self) -> None:
+        """SIGKILL the server and its engine processes: no shutdown code runs."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def stop(self) -> None:
         self.client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -11,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.engine import EngineUnavailableError, SamplingOptions
 from server.errors import APIError, error_body, invalid
+from server.feedback_store import GenerationRecord
 from server.filters import FilterInput
 from server.generation import Generation, run_unless_disconnected
 from server.runtime import Runtime, RuntimeDep
@@ -43,6 +45,7 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
         request.state.request_id,
         request.state.arrival,
         filters=runtime.filters,
+        on_finish=lambda done: runtime.recorder.submit(_generation_record(done, body, prompt)),
     )
     generation.filter_outcomes.extend(input_outcomes)
     if body.stream:
@@ -88,6 +91,34 @@ async def _check_input(body: GenerateRequest, prompt: str, runtime: Runtime) -> 
             category=verdict.category,
         )
     return outcomes
+
+
+def _generation_record(generation: Generation, body: GenerateRequest, prompt: str):
+    """What the generation log keeps of a finished generation (never the client's address)."""
+    options = generation.options
+    return GenerationRecord(
+        id=generation.request_id,
+        created_at=time.time() - generation.latency_s,
+        model=generation.engine.model_name,
+        params={
+            "max_new_tokens": options.max_new_tokens,
+            "temperature": options.temperature,
+            "top_p": options.top_p,
+            "top_k": options.top_k,
+            "repetition_penalty": options.repetition_penalty,
+            "stop": body.stop,
+            "seed": options.seed,
+        },
+        instruction=body.instruction,
+        input=body.input,
+        prompt=prompt,
+        response=generation.text,
+        finish_reason=generation.finish_reason or "unknown",
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+        latency_s=generation.latency_s,
+        filter_verdicts=[outcome.as_record() for outcome in generation.filter_outcomes],
+    )
 
 
 def _block_info(generation: Generation) -> FilterBlock | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -19,9 +20,8 @@ from server.feedback_store import FeedbackStore, open_store
 TEST_DATABASE_VARIABLE = "ALPACA_TEST_DATABASE_URL"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A URL whose connections see only a fresh, empty schema (through search_path)."""
+def postgres_base_url() -> str:
+    """The test PostgreSQL server's URL; skips (fails under CI) when none is configured."""
     base = os.environ.get(TEST_DATABASE_VARIABLE)
     if not base:
         message = (
@@ -31,6 +31,13 @@ def postgres_url() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+    return base
+
+
+@contextmanager
+def postgres_schema_url() -> Iterator[str]:
+    """A URL whose connections see only a fresh, empty schema (through search_path)."""
+    base = postgres_base_url()
     import psycopg
 
     schema = f"test_{uuid.uuid4().hex[:16]}"
@@ -42,6 +49,12 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(base, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with postgres_schema_url() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -72,7 +72,8 @@ def test_a_blocklisted_instruction_is_refused_with_its_category_and_never_reache
 
 def test_the_input_field_and_raw_prompts_are_filtered_too(filtered_server):
     client = filtered_server.client
-    by_input = client.post("/generate", json={"instruction": "Repeat.", "input": "smash the window"})
+    body = {"instruction": "Repeat.", "input": "smash the window"}
+    by_input = client.post("/generate", json=body)
     assert by_input.status_code == 400
     by_prompt = client.post("/generate", json={"prompt": "then smash the window"})
     assert by_prompt.status_code == 400
@@ -158,3 +159,16 @@ def test_a_streamed_answer_that_hits_the_blocklist_is_cut_and_ends_with_the_reas
     assert answer["finish_reason"] == "content_filter"
     assert answer["filter"]["category"] == "spoiler"
     assert answer["text"] == sent
+
+    # The generation log keeps the cut answer and the verdict that cut it.
+    from server.feedback_store import default_database_url, open_store
+
+    def recorded():
+        with open_store(default_database_url(filtered_server.data_dir)) as store:
+            return {row["generation_id"]: row for row in store.export_rows(include_unrated=True)}
+
+    row = wait_for(lambda: recorded().get(answer["id"]), 10)
+    assert row["finish_reason"] == "content_filter"
+    assert row["output"] == sent
+    assert {"filter": "blocklist", "hook": "output", "allowed": False, "category": "spoiler",
+            "reason": answer["filter"]["reason"], "failed": False} in row["filter_verdicts"]

@@ -1,0 +1,195 @@
+"""`POST /feedback`, `GET /feedback/summary` and the generation log, through a running server,
+once with SQLite and once with PostgreSQL behind it."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.feedback_store import default_database_url, open_store
+from tests.conftest import ServerProcess, stream_events, tiny_server_env, wait_for
+from tests.server.conftest import postgres_schema_url
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory):
+    """A tiny-model server and the URL of its store."""
+    if request.param == "sqlite":
+        tiny = request.getfixturevalue("tiny_server")
+        yield tiny, default_database_url(tiny.data_dir)
+        return
+    model = request.getfixturevalue("tiny_model_dir")
+    with postgres_schema_url() as url:
+        log = tmp_path_factory.mktemp("logs") / "postgres-server.log"
+        process = ServerProcess({**tiny_server_env(model), "ALPACA_DATABASE_URL": url}, log)
+        try:
+            process.wait_until_ready()
+            yield process, url
+        finally:
+            process.stop()
+
+
+@pytest.fixture
+def client(server):
+    return server[0].client
+
+
+@pytest.fixture
+def store(server):
+    with open_store(server[1]) as opened:
+        yield opened
+
+
+def generate(client, **body) -> str:
+    response = client.post("/generate", json={"max_new_tokens": 4, **body})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def rating_totals(client) -> dict:
+    models = client.get("/feedback/summary").json()["models"]
+    totals = {"up": 0, "down": 0}
+    for counts in models.values():
+        totals["up"] += counts["up"]
+        totals["down"] += counts["down"]
+    return totals
+
+
+def test_a_rating_is_saved_with_201_and_counted_in_the_summary(client, store):
+    generation_id = generate(client, instruction="Name a planet.")
+    before = rating_totals(client)
+    response = client.post("/feedback", json={"generation_id": generation_id, "rating": "up",
+                                              "comment": "good", "flag": "incorrect"})
+    assert response.status_code == 201, response.text
+    assert response.json()["created"] is True
+    assert rating_totals(client) == {**before, "up": before["up"] + 1}
+    rows = [row for row in store.export_rows() if row["generation_id"] == generation_id]
+    assert [(r["rating"], r["comment"], r["flag"]) for r in rows] == [("up", "good", "incorrect")]
+
+
+def test_a_second_rating_from_the_same_session_updates_the_first(client, store):
+    generation_id = generate(client, instruction="Name a river.")
+    before = rating_totals(client)
+    first = client.post("/feedback", json={"generation_id": generation_id, "rating": "up",
+                                           "session_id": "session-a"})
+    assert first.status_code == 201
+    second = client.post("/feedback", json={"generation_id": generation_id, "rating": "down"},
+                         headers={"X-Session-Id": "session-a"})
+    assert second.status_code == 200
+    assert second.json() == {"id": first.json()["id"], "created": False}
+    assert rating_totals(client) == {"up": before["up"], "down": before["down"] + 1}
+    rows = [row for row in store.export_rows() if row["generation_id"] == generation_id]
+    assert [row["rating"] for row in rows] == ["down"]
+
+
+def test_ratings_from_different_or_no_sessions_are_kept_apart(client, store):
+    generation_id = generate(client, instruction="Name a mountain.")
+    for body in ({"session_id": "s1"}, {"session_id": "s2"}, {}, {}):
+        response = client.post(
+            "/feedback", json={"generation_id": generation_id, "rating": "up", **body}
+        )
+        assert response.status_code == 201
+    rows = [row for row in store.export_rows() if row["generation_id"] == generation_id]
+    assert len(rows) == 4
+
+
+def test_a_blind_comparison_is_saved_and_tabulated(client):
+    first = generate(client, instruction="Write a haiku.", seed=1, temperature=1.0)
+    second = generate(client, instruction="Write a haiku.", seed=2, temperature=1.0)
+    before = client.get("/feedback/summary").json()["pairwise"]
+    response = client.post(
+        "/feedback", json={"generation_ids": [first, second], "winner": second,
+                           "session_id": "judge"}
+    )
+    assert response.status_code == 201, response.text
+    again = client.post(
+        "/feedback", json={"generation_ids": [second, first], "winner": "tie",
+                           "session_id": "judge"}
+    )
+    assert again.status_code == 200
+    after = client.get("/feedback/summary").json()["pairwise"]
+
+    def total(table, key):
+        return sum(row[key] for row in table)
+
+    assert total(after, "ties") == total(before, "ties") + 1
+    assert total(after, "wins_a") + total(after, "wins_b") == (
+        total(before, "wins_a") + total(before, "wins_b")
+    )
+
+
+INVALID_FEEDBACK = [
+    ({"rating": "up"}, 422, "generation_id"),
+    ({"generation_id": "GEN", "rating": "meh"}, 422, "rating"),
+    ({"generation_id": "GEN", "rating": "up", "comment": "x" * 2001}, 422, "comment"),
+    ({"generation_id": "GEN", "rating": "up", "flag": "boring"}, 422, "flag"),
+    ({"generation_id": "GEN", "rating": 1}, 422, "rating"),
+    ({"generation_id": "GEN", "rating": "up", "extra": 1}, 422, "extra"),
+    ({"generation_ids": ["GEN"], "winner": "tie"}, 422, "generation_ids"),
+    ({"generation_ids": ["GEN", "GEN"], "winner": "tie"}, 422, "generation_ids"),
+    ({"generation_ids": ["GEN", "OTHER"], "winner": "nobody"}, 422, "winner"),
+    ({"generation_id": "gen-does-not-exist", "rating": "up"}, 404, "generation_id"),
+    ({"generation_ids": ["GEN", "gen-does-not-exist"], "winner": "tie"}, 404, "generation_ids"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "param"), INVALID_FEEDBACK)
+def test_bad_feedback_is_refused_and_changes_nothing(client, body, status, param):
+    generation_id = generate(client, instruction="Say yes.")
+    other_id = generate(client, instruction="Say no.")
+
+    def fill(value):
+        if isinstance(value, list):
+            return [fill(item) for item in value]
+        return {"GEN": generation_id, "OTHER": other_id}.get(value, value)
+
+    before = client.get("/feedback/summary").json()
+    response = client.post("/feedback", json={key: fill(v) for key, v in body.items()})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["type"] == ("not_found" if status == 404 else "invalid_request_error")
+    assert client.get("/feedback/summary").json() == before
+
+
+def test_comment_length_error_states_the_limit(client):
+    generation_id = generate(client, instruction="Say yes.")
+    response = client.post(
+        "/feedback", json={"generation_id": generation_id, "rating": "up", "comment": "x" * 2001}
+    )
+    assert "2000" in response.json()["error"]["message"]
+
+
+def test_malformed_feedback_json_is_a_400(client):
+    response = client.post(
+        "/feedback", content=b'{"generation_id": ', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_json"
+
+
+def test_every_finished_generation_is_recorded_without_the_client_address(client, store):
+    generation_id = generate(client, instruction="Translate.", input="Hallo", temperature=0.0,
+                             max_new_tokens=6, stop=["zzz"])
+    _, events = stream_events(client, {"instruction": "Stream it.", "max_new_tokens": 3})
+    streamed_id = events[0]["id"]
+    prompt_id = generate(client, prompt="A raw prompt")
+    assert wait_for(
+        lambda: store.generation_exists([generation_id, streamed_id, prompt_id])
+        == {generation_id, streamed_id, prompt_id}, 10
+    )
+    rows = {row["generation_id"]: row for row in store.export_rows(include_unrated=True)}
+    row = rows[generation_id]
+    assert (row["instruction"], row["input"]) == ("Translate.", "Hallo")
+    assert "### Input:\nHallo" in row["prompt"]
+    assert row["params"]["max_new_tokens"] == 6
+    assert row["params"]["stop"] == ["zzz"]
+    assert row["params"]["temperature"] == 0.0
+    assert row["finish_reason"] in ("length", "eos", "stop")
+    assert row["completion_tokens"] >= 1 and row["prompt_tokens"] > 10
+    assert row["latency_s"] > 0
+    assert row["rating"] is None
+    assert streamed_id in rows
+    assert prompt_id not in rows  # raw prompts are recorded but cannot become Alpaca records
+    assert "127.0.0.1" not in repr(row)
