@@ -11,7 +11,7 @@ sampling settings:
 - "engine": N concurrent clients call `engine.generate` directly (tokenizing their prompt first,
   as the server does);
 - "http": the same engine is served by `create_app(settings, engine=engine)` under uvicorn, on
-  127.0.0.1 in this same event loop, and N concurrent httpx clients stream `POST /generate`
+  127.0.0.1 in this same event loop, and N concurrent aiohttp clients stream `POST /generate`
   (`"stream": true`) and parse its server-sent events.
 
 Each client sends `--requests-per-client` requests one after the other; prompt k of the phase is
@@ -26,7 +26,7 @@ the phase / its wall time) as the MEAN over rounds (the best round is shown too)
 over all the phase's requests of all rounds pooled. TTFT is the time from a request's start to
 its first non-empty text (engine: first piece with text; http: first event with text; the server
 strips leading white space, so its first text may come a token later). The http figures include
-the httpx client, which shares the event loop (and the CPUs) with the server.
+the aiohttp client, which shares the event loop (and the CPUs) with the server.
 
 On a machine with few cores the engine's worker process and this process compete for the CPUs,
 and single rounds vary a lot: run more `--rounds` and compare the best-round column as well.
@@ -41,9 +41,9 @@ import json
 import math
 import os
 import socket
-import tempfile
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,10 +145,12 @@ class EngineClient:
 
 
 class HttpClient:
-    """Streams `POST /generate` and reads its server-sent events."""
+    """Streams `POST /generate` and reads its server-sent events (aiohttp: a light client, so
+    that the figures show the server's cost more than the client's)."""
 
-    def __init__(self, client, max_new_tokens: int):
-        self.client = client  # an httpx.AsyncClient with the server's base_url
+    def __init__(self, session, base_url: str, max_new_tokens: int):
+        self.session = session  # an aiohttp.ClientSession
+        self.url = f"{base_url}/generate"
         self.max_new_tokens = max_new_tokens
 
     async def request(self, instruction: str) -> RequestResult:
@@ -159,11 +161,11 @@ class HttpClient:
         start = time.perf_counter()
         ttft = None
         tokens = None
-        async with self.client.stream("POST", "/generate", json=body) as response:
-            if response.status_code != 200:
-                await response.aread()
-                raise RuntimeError(f"POST /generate: {response.status_code} {response.text}")
-            async for line in response.aiter_lines():
+        async with self.session.post(self.url, json=body) as response:
+            if response.status != 200:
+                raise RuntimeError(f"POST /generate: {response.status} {await response.text()}")
+            async for raw in response.content:
+                line = raw.decode().strip()
                 if not line.startswith("data:"):
                     continue
                 data = line[len("data:"):].strip()
@@ -219,8 +221,9 @@ def _free_socket(host: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
-async def _wait_ready(client, server_task: asyncio.Task, timeout_s: float = 120.0) -> None:
-    import httpx
+async def _wait_ready(session, base_url: str, server_task: asyncio.Task,
+                      timeout_s: float = 120.0) -> None:
+    import aiohttp
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -228,10 +231,10 @@ async def _wait_ready(client, server_task: asyncio.Task, timeout_s: float = 120.
             server_task.result()  # raises what stopped it
             raise RuntimeError("the HTTP server stopped before it was ready")
         try:
-            response = await client.get("/ready")
-            if response.status_code == 200:
-                return
-        except httpx.TransportError:
+            async with session.get(f"{base_url}/ready") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
             pass
         await asyncio.sleep(0.1)
     raise RuntimeError(f"GET /ready did not answer 200 within {timeout_s:g} s")
@@ -282,7 +285,7 @@ def load_engine(settings):
 
 async def run_rounds(engine, settings, workload: Workload, rounds: int) -> list[RoundResult]:
     """Serve `engine` over HTTP in this loop, then alternate the engine and http phases."""
-    import httpx
+    import aiohttp
     import uvicorn
 
     from server.app import create_app
@@ -294,15 +297,15 @@ async def run_rounds(engine, settings, workload: Workload, rounds: int) -> list[
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     server_task = asyncio.create_task(server.serve(sockets=[sock]))
-    connections = workload.clients + WARMUP_REQUESTS + 4
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    base_url = f"http://127.0.0.1:{port}"
+    connector = aiohttp.TCPConnector(limit=workload.clients + WARMUP_REQUESTS + 4)
     results: list[RoundResult] = []
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=None,
-                                     limits=limits, trust_env=False) as http:
-            await _wait_ready(http, server_task)
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=None)) as http:
+            await _wait_ready(http, base_url, server_task)
             clients = {"engine": EngineClient(engine, workload.max_new_tokens),
-                       "http": HttpClient(http, workload.max_new_tokens)}
+                       "http": HttpClient(http, base_url, workload.max_new_tokens)}
             for round_no in range(1, rounds + 1):
                 for phase in PHASES:
                     result = await run_phase(clients[phase], phase, round_no, workload)
@@ -480,15 +483,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alpaca-bench: error: invalid settings: {problems}", file=sys.stderr)
         return 2
     # Fail now, not after loading the model, if the server or the HTTP stack cannot be imported.
-    import httpx  # noqa: F401
+    import aiohttp  # noqa: F401
     import uvicorn  # noqa: F401
+    import uvloop
 
     import server.app  # noqa: F401
 
     _import_vllm(settings)
     model_path, engine = load_engine(settings)
     try:
-        rounds = asyncio.run(run_rounds(engine, settings, workload, args.rounds))
+        # uvloop, as `alpaca-serve` runs under (uvicorn picks it when installed).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            rounds = runner.run(run_rounds(engine, settings, workload, args.rounds))
     finally:
         engine.shutdown()
     figures = summarize(rounds, args, model_path, engine)
