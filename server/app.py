@@ -79,7 +79,32 @@ def create_app(
     app.include_router(generate.router)
     app.include_router(status.router)
     app.include_router(feedback.router)
+    if settings.ui:
+        app = _mount_demo(app, settings)
     return app
+
+
+UI_PATH = "/ui"
+
+
+def _mount_demo(app: FastAPI, settings: ServerSettings) -> FastAPI:
+    """The Gradio demo at /ui; it talks to this server over HTTP like any client."""
+    try:
+        import gradio as gr
+
+        from demo.app import build_demo
+        from demo.settings import DemoSettings
+    except ImportError as err:
+        raise UIUnavailableError(
+            f"the UI at {UI_PATH} needs the demo extra ({err.name} is missing): "
+            "pip install 'alpaca-serve[demo]', or set ALPACA_UI=false"
+        ) from err
+    demo_settings = DemoSettings(server_url=settings.local_url)
+    return gr.mount_gradio_app(app, build_demo(demo_settings), path=UI_PATH)
+
+
+class UIUnavailableError(RuntimeError):
+    """The UI is enabled but cannot be built."""
 
 
 async def _start_engine(runtime: Runtime, engine: VllmEngine | None) -> None:
@@ -95,7 +120,11 @@ async def _start_engine(runtime: Runtime, engine: VllmEngine | None) -> None:
         runtime.engine = engine
         await _warm_up(engine)
         runtime.ready = True
-        log.info("ready: serving %s (context %d tokens)", engine.model_name, engine.max_model_len)
+        url = runtime.settings.local_url
+        log.info("ready: serving %s (context %d tokens) at %s/generate", engine.model_name,
+                 engine.max_model_len, url)
+        if runtime.settings.ui:
+            log.info("demo UI at %s%s", url, UI_PATH)
     except asyncio.CancelledError:
         raise
     except Exception as err:

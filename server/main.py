@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from server.app import create_app
+    from server.app import UIUnavailableError, create_app
     from server.feedback_store import StoreError, open_store
     from server.filters import FilterConfigError
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         app = create_app(settings, store=store)
-    except FilterConfigError as err:
+    except (FilterConfigError, UIUnavailableError) as err:
         store.close()
         print(f"alpaca-serve: error: {err}", file=sys.stderr)
         return 2
@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
 
     app.state.runtime.on_fatal = stop
+    url = settings.local_url
+    print(f"alpaca-serve: API {url}/generate (docs {url}/docs)"
+          + (f", demo {url}/ui" if settings.ui else "")
+          + " - ready once the model has loaded (GET /ready)", flush=True)
     try:
         server.run()
     finally:

@@ -86,6 +86,7 @@ class ServerSettings(BaseSettings):
         description="postgresql://user:password@host:port/db to keep generations and feedback in "
         "PostgreSQL (several server replicas); empty: SQLite in data_dir",
     )
+    ui: bool = Field(True, description="mount the Gradio demo at /ui")
     blocklist: Path | None = Field(
         None,
         description="blocklist file for the built-in content filter (one entry a line: "
@@ -122,6 +123,13 @@ class ServerSettings(BaseSettings):
                 f"model folder {self.model} has no config.json (expected a Hugging Face folder)"
             )
         return self
+
+    @property
+    def local_url(self) -> str:
+        """The server's own address, as a process on this machine reaches it."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
 
     @property
     def store_url(self) -> str:

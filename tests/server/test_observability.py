@@ -106,6 +106,18 @@ def _engine_idle(client) -> bool:
         "alpaca_num_requests_waiting"] == 0
 
 
+def assert_aborted_after_disconnect(client, before: dict) -> None:
+    """The request was counted as disconnected, left the engine, and stopped generating."""
+    after = wait_for(
+        lambda: (m := read_metrics(client))[DISCONNECTED] == before[DISCONNECTED] + 1 and m, 10
+    )
+    assert after, "the disconnect was not noticed"
+    assert wait_for(lambda: _engine_idle(client), 10)
+    generated = after["alpaca_generation_tokens_total"] - before["alpaca_generation_tokens_total"]
+    assert generated < TINY_MAX_NEW_TOKENS_LIMIT
+    assert after[SUCCESS] == before[SUCCESS]
+
+
 def test_a_streaming_client_that_disconnects_aborts_its_request(client, tiny_server):
     before = read_metrics(client)
     body = {"instruction": "Write forever.", "max_new_tokens": TINY_MAX_NEW_TOKENS_LIMIT,
@@ -116,14 +128,7 @@ def test_a_streaming_client_that_disconnects_aborts_its_request(client, tiny_ser
                 assert json.loads(line[6:])["text"]
                 break
     # The connection is closed here, after the first event.
-    after = wait_for(
-        lambda: (m := read_metrics(client))[DISCONNECTED] == before[DISCONNECTED] + 1 and m, 10
-    )
-    assert after, "the disconnect was not noticed"
-    assert wait_for(lambda: _engine_idle(client), 10)
-    generated = after["alpaca_generation_tokens_total"] - before["alpaca_generation_tokens_total"]
-    assert generated < TINY_MAX_NEW_TOKENS_LIMIT
-    assert after[SUCCESS] == before[SUCCESS]
+    assert_aborted_after_disconnect(client, before)
 
 
 def test_a_waiting_client_that_disconnects_aborts_its_request(client, tiny_server):
@@ -137,11 +142,4 @@ def test_a_waiting_client_that_disconnects_aborts_its_request(client, tiny_serve
             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
         )
         assert wait_for(lambda: read_metrics(client)["alpaca_num_requests_running"] >= 1, 10, 0.05)
-    after = wait_for(
-        lambda: (m := read_metrics(client))[DISCONNECTED] == before[DISCONNECTED] + 1 and m, 10
-    )
-    assert after, "the disconnect was not noticed"
-    assert wait_for(lambda: _engine_idle(client), 10)
-    generated = after["alpaca_generation_tokens_total"] - before["alpaca_generation_tokens_total"]
-    assert generated < TINY_MAX_NEW_TOKENS_LIMIT
-    assert after[SUCCESS] == before[SUCCESS]
+    assert_aborted_after_disconnect(client, before)

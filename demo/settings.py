@@ -1,0 +1,69 @@
+"""Demo configuration, read from `ALPACA_DEMO_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The Alpaca evaluation set (user-oriented self-instruct instructions), where this checkout has it.
+EVALUATION_SET = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    / "user_oriented_instructions.jsonl"
+)
+
+
+class CompareArm(BaseModel):
+    """One side of the blind comparison: a server and the sampling settings it is asked with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(description="shown to the user only after the vote")
+    server_url: str | None = Field(None, description="default: the demo's server")
+    temperature: float = Field(0.1, ge=0, le=2)
+    top_p: float = Field(0.75, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=1)
+
+
+DEFAULT_ARMS = [
+    CompareArm(label="greedy decoding (temperature 0)", temperature=0.0, top_p=1.0),
+    CompareArm(label="sampling (temperature 0.9, top-p 0.95)", temperature=0.9, top_p=0.95),
+]
+
+
+class DemoSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ALPACA_DEMO_", extra="ignore")
+
+    server_url: str = Field("http://127.0.0.1:8000", description="the alpaca-serve to talk to")
+    host: str = Field("127.0.0.1", description="address the standalone demo listens on")
+    port: int = Field(7860, ge=1, le=65535, description="port of the standalone demo")
+    examples_file: Path | None = Field(
+        None,
+        description="JSON lines with `instruction` (and `instances[0].input`) to offer as "
+        "examples; default: the Alpaca evaluation set when present",
+    )
+    max_examples: int = Field(8, ge=0, description="how many examples to show")
+    compare_arms: list[CompareArm] = Field(
+        default_factory=lambda: list(DEFAULT_ARMS),
+        description="the two sides of the Compare tab, as JSON",
+    )
+
+    @field_validator("compare_arms")
+    @classmethod
+    def _exactly_two(cls, arms: list[CompareArm]) -> list[CompareArm]:
+        if len(arms) != 2:
+            raise ValueError(f"compare_arms needs exactly two entries (got {len(arms)})")
+        return arms
+
+    @field_validator("examples_file")
+    @classmethod
+    def _examples_exist(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"examples file {path} does not exist")
+        return path
+
+    def example_source(self) -> Path | None:
+        if self.examples_file is not None:
+            return self.examples_file
+        return EVALUATION_SET if EVALUATION_SET.is_file() else None

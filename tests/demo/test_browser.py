@@ -1,0 +1,102 @@
+"""The demo in a real browser (headless Chromium driven by Playwright) against a real server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.conftest import ROOT, read_metrics, wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+# Headless, and quiet on a closed network: no background updates, sync or QUIC probes.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+ARTIFACTS = ROOT / ".artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        message = "Debian's chromium is needed (apt-get install chromium; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, tiny_server):
+    context = browser.new_context(viewport={"width": 1200, "height": 1000})
+    page = context.new_page()
+    page.goto(f"{tiny_server.url}/ui/")
+    page.locator("#instruction textarea").wait_for()
+    yield page
+    context.close()
+
+
+def totals(client) -> dict:
+    summary = client.get("/feedback/summary").json()
+    up = sum(model["up"] for model in summary["models"].values())
+    votes = sum(row["wins_a"] + row["wins_b"] + row["ties"] + row["both_bad"]
+                for row in summary["pairwise"])
+    return {"up": up, "votes": votes}
+
+
+def test_a_chat_answer_streams_in_and_a_like_reaches_the_server(page, tiny_server):
+    client = tiny_server.client
+    before_feedback = totals(client)
+    before = read_metrics(client)["alpaca_requests_total{outcome=success}"]
+
+    page.locator("#instruction textarea").fill("Name three colours.")
+    page.locator("#send").click()
+    answer = page.locator('#chatbot [aria-label^="bot\'s message"]').last
+    lengths = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if answer.count():
+            lengths.add(len(answer.inner_text()))
+        if read_metrics(client)["alpaca_requests_total{outcome=success}"] > before:
+            break
+        time.sleep(0.05)
+    final_text = answer.inner_text()
+    assert final_text.strip(), "no answer appeared"
+    growing = sorted(length for length in lengths if 0 < length < len(final_text))
+    assert growing, f"the answer appeared all at once (lengths seen: {sorted(lengths)})"
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-page.png"), full_page=True)
+
+    page.locator('#chatbot [aria-label="Like"]').last.click()
+    status = page.locator("#feedback-status")
+    status.filter(has_text="saved").wait_for(timeout=20_000)
+    assert wait_for(lambda: totals(client)["up"] == before_feedback["up"] + 1, 10)
+
+
+def test_a_blind_vote_in_the_compare_tab_reaches_the_server(page, tiny_server):
+    client = tiny_server.client
+    before = totals(client)
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-instruction textarea").fill("Write a short poem.")
+    page.locator("#compare-go").click()
+    reveal = page.locator("#compare-reveal")
+    reveal.filter(has_text="Which answer is better").wait_for(timeout=90_000)
+    assert page.locator("#answer-a textarea").input_value().strip()
+    assert page.locator("#answer-b textarea").input_value().strip()
+    page.locator("#vote-a").click()
+    reveal.filter(has_text="Vote saved").wait_for(timeout=20_000)
+    text = reveal.inner_text()
+    assert "greedy decoding" in text and "sampling" in text  # the sources are revealed
+    assert wait_for(lambda: totals(client)["votes"] == before["votes"] + 1, 10)
