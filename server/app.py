@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server import __version__
+from server.admission import Admission
 from server.default_model import ensure_default_model
 from server.engine import SamplingOptions, VllmEngine, build_engine
 from server.errors import install_error_handlers
@@ -48,7 +49,12 @@ def create_app(
     filters = build_filter_chain(
         settings.filters, settings.blocklist, metrics.count_block, metrics.count_filter_failure
     )
-    runtime = Runtime(settings=settings, metrics=metrics, filters=filters)
+    runtime = Runtime(
+        settings=settings,
+        metrics=metrics,
+        filters=filters,
+        admission=Admission(settings.max_concurrent, settings.max_queue),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -19,9 +19,11 @@ class APIError(Exception):
         message: str,
         type: str,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
         **extra: Any,
     ):
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.message = message
         self.type = type
@@ -93,7 +95,7 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     if exc.status == 422:
         _count_invalid(request)
     body = error_body(exc.message, exc.type, exc.param, **exc.extra)
-    return JSONResponse(body, status_code=exc.status)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

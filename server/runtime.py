@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from server.admission import Admission
 from server.engine import EngineUnavailableError, VllmEngine
 from server.errors import APIError
 from server.feedback_store import FeedbackStore
@@ -22,6 +23,7 @@ class Runtime:
     settings: ServerSettings
     metrics: ServerMetrics
     filters: FilterChain = field(default_factory=lambda: FilterChain([]))
+    admission: Admission = field(default_factory=lambda: Admission(64, 256))
     engine: VllmEngine | None = None
     store: FeedbackStore | None = None
     recorder: GenerationRecorder | None = None
@@ -42,6 +44,7 @@ class Runtime:
         engine = self.engine
         alive = engine is not None and self.ready and engine.alive
         self.metrics.engine_ready.set(1 if alive else 0)
+        self.metrics.admission_queue.set(self.admission.waiting)
         if engine is None:
             return
         if engine.num_unfinished_requests() == 0:

@@ -76,6 +76,12 @@ class ServerSettings(BaseSettings):
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across")
     max_num_seqs: int = Field(64, ge=1, description="requests the engine batches together")
+    max_concurrent: int = Field(
+        64, ge=1, description="requests generating at once; more wait in the queue"
+    )
+    max_queue: int = Field(
+        256, ge=0, description="requests waiting for a slot; past it, 429 with Retry-After"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     data_dir: Path = Field(
         DEFAULT_DATA_DIR,

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_CONTEXT = 1024
 TINY_MAX_NEW_TOKENS_LIMIT = 512
 TINY_DEFAULT_MAX_NEW_TOKENS = 32
+TINY_MAX_CONCURRENT = 4
+TINY_MAX_QUEUE = 8
 
 
 def free_port() -> int:
@@ -132,6 +134,8 @@ def tiny_server_env(model_dir: Path) -> dict[str, str]:
         "ALPACA_MAX_MODEL_LEN": str(TINY_CONTEXT),
         "ALPACA_MAX_NEW_TOKENS_LIMIT": str(TINY_MAX_NEW_TOKENS_LIMIT),
         "ALPACA_DEFAULT_MAX_NEW_TOKENS": str(TINY_DEFAULT_MAX_NEW_TOKENS),
+        "ALPACA_MAX_CONCURRENT": str(TINY_MAX_CONCURRENT),
+        "ALPACA_MAX_QUEUE": str(TINY_MAX_QUEUE),
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
@@ -21,6 +21,8 @@ from training.prompts import SECTION_HEADERS, format_prompt
 
 router = APIRouter()
 
+RETRY_AFTER_S = 1  # what a refused client is told to wait before trying again
+
 
 @router.post(
     "/generate",
@@ -30,26 +32,51 @@ router = APIRouter()
         400: {"model": ErrorResponse,
               "description": "the body is not valid JSON, or a content filter refused it"},
         422: {"model": ErrorResponse, "description": "a parameter is invalid"},
+        429: {"model": ErrorResponse, "description": "at capacity; see Retry-After"},
         503: {"model": ErrorResponse, "description": "the model is loading or the engine died"},
     },
 )
 async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep):
     engine = runtime.require_engine()
-    prompt, prompt_ids, options = _prepare(body, runtime)
-    input_outcomes = await _check_input(body, prompt, runtime)
-    generation = Generation(
-        engine,
-        runtime.metrics,
-        prompt_ids,
-        options,
-        request.state.request_id,
-        request.state.arrival,
-        filters=runtime.filters,
-        on_finish=lambda done: runtime.recorder.submit(_generation_record(done, body, prompt)),
-    )
-    generation.filter_outcomes.extend(input_outcomes)
-    if body.stream:
-        return EventStreamResponse(_events(generation))
+    ticket = runtime.admission.admit()
+    if ticket is None:
+        runtime.metrics.count("rejected")
+        raise APIError(
+            429,
+            f"the server is at capacity ({runtime.admission.max_concurrent} generating, "
+            f"{runtime.admission.max_queue} waiting); retry shortly",
+            "overloaded",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    streaming = False
+    try:
+        prompt, prompt_ids, options = _prepare(body, runtime)
+        input_outcomes = await _check_input(body, prompt, runtime)
+        await ticket.acquire()  # wait in the queue for a generation slot
+        generation = Generation(
+            engine,
+            runtime.metrics,
+            prompt_ids,
+            options,
+            request.state.request_id,
+            request.state.arrival,
+            filters=runtime.filters,
+            on_finish=lambda done: runtime.recorder.submit(
+                _generation_record(done, body, prompt)
+            ),
+        )
+        generation.filter_outcomes.extend(input_outcomes)
+        if body.stream:
+            streaming = True  # the response releases the ticket when the stream ends
+            return EventStreamResponse(_events(generation), on_close=ticket.release)
+        return await _answer(generation, request)
+    finally:
+        if not streaming:
+            ticket.release()
+
+
+async def _answer(generation: Generation, request: Request):
+    """The whole answer as one JSON body; the generation is aborted if the client leaves."""
 
     async def collect() -> None:
         async for _ in generation.run():
@@ -63,7 +90,7 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
         return Response(status_code=499)  # the client is gone; nobody reads this
     return GenerateResponse(
         id=generation.request_id,
-        model=engine.model_name,
+        model=generation.engine.model_name,
         text=generation.text,
         finish_reason=generation.finish_reason,
         usage=Usage(
@@ -218,13 +245,14 @@ class EventStreamResponse(StreamingResponse):
     the generator to the garbage collector; this one watches for it and closes the generator.
     """
 
-    def __init__(self, events: AsyncIterator[bytes]):
+    def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], None]):
         super().__init__(
             events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
         self.events = events
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def pump() -> None:
@@ -237,5 +265,8 @@ class EventStreamResponse(StreamingResponse):
         try:
             await run_unless_disconnected(pump(), receive)
         finally:
-            await self.events.aclose()
+            try:
+                await self.events.aclose()
+            finally:
+                self.on_close()
 
