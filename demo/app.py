@@ -52,8 +52,8 @@ def _session(request: gr.Request | None) -> str:
 
 
 def build_demo(settings: DemoSettings) -> gr.Blocks:
-    client = ServerClient(settings.server_url)
-    arm_clients = [ServerClient(arm.server_url or settings.server_url)
+    client = ServerClient(settings.server_url, settings.api_key)
+    arm_clients = [ServerClient(arm.server_url or settings.server_url, settings.api_key)
                    for arm in settings.compare_arms]
     examples = load_examples(settings.example_source(), settings.max_examples)
 

@@ -27,6 +27,8 @@ def explain(status: int, body: Any, server_url: str) -> str:
         return f"This request was refused by the content filter ({error.get('category')})."
     if status == 422:
         return f"The request was not accepted: {message}"
+    if status == 401:
+        return "The server wants an API key the demo does not have (set ALPACA_DEMO_API_KEY)."
     if status == 429:
         return "The server is busy right now; please try again in a moment."
     if status == 503:
@@ -37,12 +39,14 @@ def explain(status: int, body: Any, server_url: str) -> str:
 
 
 class ServerClient:
-    def __init__(self, server_url: str, timeout_s: float = 300.0):
+    def __init__(self, server_url: str, api_key: str | None = None, timeout_s: float = 300.0):
         self.server_url = server_url.rstrip("/")
         self.timeout = httpx.Timeout(timeout_s, connect=10.0)
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.server_url, timeout=self.timeout, trust_env=False)
+        return httpx.AsyncClient(base_url=self.server_url, timeout=self.timeout, trust_env=False,
+                                 headers=self.headers)
 
     async def stream_generate(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The server's streamed events for `body`, as dicts; raises DemoError on failure."""

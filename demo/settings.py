@@ -36,6 +36,7 @@ class DemoSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALPACA_DEMO_", extra="ignore")
 
     server_url: str = Field("http://127.0.0.1:8000", description="the alpaca-serve to talk to")
+    api_key: str | None = Field(None, description="API key the demo sends, if the server wants one")
     host: str = Field("127.0.0.1", description="address the standalone demo listens on")
     port: int = Field(7860, ge=1, le=65535, description="port of the standalone demo")
     examples_file: Path | None = Field(

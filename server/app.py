@@ -14,8 +14,10 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from server import __version__
+from server.access import AccessMiddleware
 from server.admission import Admission
 from server.default_model import ensure_default_model
 from server.engine import SamplingOptions, VllmEngine, build_engine
@@ -81,6 +83,27 @@ def create_app(
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    # Added innermost first: request ids outside everything, then CORS, then the key check.
+    if settings.api_key_list:
+        open_prefixes = [] if settings.metrics_require_key else ["/metrics"]
+        if not settings.ui_require_key:
+            open_prefixes.append(UI_PATH)
+        app.add_middleware(
+            AccessMiddleware,
+            keys=settings.api_key_list,
+            open_prefixes=open_prefixes,
+            rate_limit_per_minute=settings.rate_limit_per_minute,
+        )
+    if settings.cors_origin_list:
+        wildcard = "*" in settings.cors_origin_list
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=["*"] if wildcard else settings.cors_origin_list,
+            allow_credentials=not wildcard,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(generate.router)
     app.include_router(status.router)
@@ -105,7 +128,8 @@ def _mount_demo(app: FastAPI, settings: ServerSettings) -> FastAPI:
             f"the UI at {UI_PATH} needs the demo extra ({err.name} is missing): "
             "pip install 'alpaca-serve[demo]', or set ALPACA_UI=false"
         ) from err
-    demo_settings = DemoSettings(server_url=settings.local_url)
+    keys = settings.api_key_list
+    demo_settings = DemoSettings(server_url=settings.local_url, api_key=keys[0] if keys else None)
     return gr.mount_gradio_app(app, build_demo(demo_settings), path=UI_PATH)
 
 

@@ -93,6 +93,24 @@ class ServerSettings(BaseSettings):
         "PostgreSQL (several server replicas); empty: SQLite in data_dir",
     )
     ui: bool = Field(True, description="mount the Gradio demo at /ui")
+    api_keys: str | None = Field(
+        None,
+        description="comma-separated API keys; when set (or api_keys_file is), every route but "
+        "/health and /ready needs `Authorization: Bearer <key>`",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="file of API keys, one a line (`#` starts a comment)"
+    )
+    metrics_require_key: bool = Field(False, description="also require a key on /metrics")
+    ui_require_key: bool = Field(False, description="also require a key on the demo at /ui")
+    rate_limit_per_minute: int | None = Field(
+        None, ge=1, description="requests a minute allowed per API key (bursts up to that)"
+    )
+    cors_origins: str | None = Field(
+        None,
+        description="comma-separated origins allowed to call the API from a browser; `*` for "
+        "any (then without credentials)",
+    )
     blocklist: Path | None = Field(
         None,
         description="blocklist file for the built-in content filter (one entry a line: "
@@ -105,7 +123,10 @@ class ServerSettings(BaseSettings):
         '"timeout_s": 2.0}]',
     )
 
-    @field_validator("model", "model_name", "blocklist", "database_url", mode="before")
+    @field_validator(
+        "model", "model_name", "blocklist", "database_url", "api_keys", "api_keys_file",
+        "cors_origins", mode="before",
+    )
     @classmethod
     def _empty_means_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -122,6 +143,10 @@ class ServerSettings(BaseSettings):
                 f"max_new_tokens_limit ({self.max_new_tokens_limit}) leaves no room for a prompt "
                 f"in max_model_len ({self.max_model_len})"
             )
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ValueError(f"api_keys_file {self.api_keys_file} does not exist")
+        if self.rate_limit_per_minute is not None and not self.api_key_list:
+            raise ValueError("rate_limit_per_minute is per API key: set api_keys as well")
         if self.blocklist is not None and not self.blocklist.is_file():
             raise ValueError(f"blocklist file {self.blocklist} does not exist")
         if self.model is not None and not (self.model / "config.json").is_file():
@@ -129,6 +154,19 @@ class ServerSettings(BaseSettings):
                 f"model folder {self.model} has no config.json (expected a Hugging Face folder)"
             )
         return self
+
+    @property
+    def api_key_list(self) -> list[str]:
+        """Every configured key, from api_keys and api_keys_file."""
+        keys = [key.strip() for key in (self.api_keys or "").split(",")]
+        if self.api_keys_file is not None and self.api_keys_file.is_file():
+            for line in self.api_keys_file.read_text().splitlines():
+                keys.append(line.split("#", 1)[0].strip())
+        return [key for key in keys if key]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
     @property
     def local_url(self) -> str:

@@ -48,6 +48,9 @@ def test_help_explains_every_option():
         ([], {"ALPACA_FILTERS": '[{"factory": "no_such_module:build"}]'},
          "cannot import filter factory 'no_such_module:build'"),
         ([], {"ALPACA_FILTERS": "not json"}, "filters"),
+        ([], {"ALPACA_RATE_LIMIT_PER_MINUTE": "10"}, "set api_keys as well"),
+        ([], {"ALPACA_API_KEYS_FILE": "/no/keys.txt"}, "api_keys_file /no/keys.txt"),
+        ([], {"ALPACA_MAX_QUEUE": "-1"}, "max_queue"),
     ],
 )
 def test_bad_settings_stop_the_server_with_one_line(args, env, fragment):

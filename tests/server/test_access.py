@@ -1,0 +1,103 @@
+"""API keys, the per-key rate limit and CORS, on a server that asks for keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.access import RateLimiter
+from tests.conftest import ServerProcess, tiny_server_env
+
+pytestmark = pytest.mark.slow
+
+ALLOWED_ORIGIN = "https://demo.example.org"
+RATE_LIMIT = 20
+PROTECTED = [
+    ("POST", "/generate", {"instruction": "hi", "max_new_tokens": 2}),
+    ("POST", "/feedback", {"generation_id": "gen-x", "rating": "up"}),
+    ("GET", "/feedback/summary", None),
+    ("GET", "/info", None),
+    ("GET", "/docs", None),
+    ("GET", "/openapi.json", None),
+    ("GET", "/no-such-route", None),
+]
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keyed")
+    keys_file = folder / "keys.txt"
+    keys_file.write_text("# the rate-limit test's own key\nkey-three\n")
+    env = {
+        **tiny_server_env(tiny_model_dir),
+        "ALPACA_API_KEYS": "key-one, key-two",
+        "ALPACA_API_KEYS_FILE": str(keys_file),
+        "ALPACA_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
+        "ALPACA_CORS_ORIGINS": ALLOWED_ORIGIN,
+    }
+    server = ServerProcess(env, folder / "server.log")
+    try:
+        server.wait_until_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def call(server, method, path, body, key=None):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return server.client.request(method, path, json=body, headers=headers)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
+def test_every_protected_route_wants_a_valid_key(keyed_server, method, path, body):
+    for key, message in ((None, "missing API key"), ("wrong-key", "invalid API key")):
+        response = call(keyed_server, method, path, body, key)
+        assert response.status_code == 401, (path, key)
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert response.headers["X-Request-Id"]
+        assert response.json()["error"]["type"] == "unauthorized"
+        assert message in response.json()["error"]["message"]
+    assert call(keyed_server, method, path, body, "key-one").status_code != 401
+
+
+def test_keys_from_the_file_and_the_list_all_work(keyed_server):
+    for key in ("key-one", "key-two", "key-three"):
+        assert call(keyed_server, "GET", "/info", None, key).status_code == 200
+
+
+def test_probes_metrics_and_the_demo_stay_open(keyed_server):
+    for path in ("/health", "/ready", "/metrics", "/ui/"):
+        assert keyed_server.client.get(path).status_code == 200, path
+
+
+def test_a_key_past_its_rate_limit_gets_429_with_retry_after(keyed_server):
+    statuses = [call(keyed_server, "GET", "/info", None, "key-three").status_code
+                for _ in range(RATE_LIMIT + 5)]
+    assert statuses[:RATE_LIMIT - 1] == [200] * (RATE_LIMIT - 1)
+    assert statuses[-1] == 429
+    refused = call(keyed_server, "GET", "/info", None, "key-three")
+    assert refused.json()["error"]["type"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) >= 1
+    # Another key has its own budget.
+    assert call(keyed_server, "GET", "/info", None, "key-two").status_code == 200
+
+
+def test_cors_allows_only_the_listed_origin(keyed_server):
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    allowed = keyed_server.client.options(
+        "/generate", headers={"Origin": ALLOWED_ORIGIN, **preflight}
+    )
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    other = keyed_server.client.options(
+        "/generate", headers={"Origin": "https://evil.example", **preflight}
+    )
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_the_rate_limiter_refills_over_time():
+    limiter = RateLimiter(per_minute=60)
+    assert all(limiter.allow("k", now=0.0)[0] for _ in range(60))
+    allowed, wait_s = limiter.allow("k", now=0.0)
+    assert not allowed and wait_s == pytest.approx(1.0)
+    assert limiter.allow("k", now=1.0)[0]
