@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -25,6 +26,7 @@ from server.errors import install_error_handlers
 from server.feedback_store import FeedbackStore, open_store
 from server.filters import build_filter_chain
 from server.generation_log import GenerationRecorder
+from server.lifecycle import watch_engine
 from server.metrics import ServerMetrics
 from server.request_context import RequestContextMiddleware
 from server.routes import feedback, generate, status
@@ -64,11 +66,13 @@ def create_app(
         runtime.recorder = GenerationRecorder(runtime.store)
         runtime.recorder.start()
         loading = asyncio.create_task(_start_engine(runtime, engine))
+        watching = asyncio.create_task(watch_engine(runtime, partial(_engine_died, runtime)))
         try:
             yield
         finally:
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
+            for task in (loading, watching):
+                task.cancel()
+            await asyncio.gather(loading, watching, return_exceptions=True)
             await runtime.recorder.close()
             if store is None:
                 runtime.store.close()
@@ -162,6 +166,12 @@ async def _start_engine(runtime: Runtime, engine: VllmEngine | None) -> None:
         log.exception("the model failed to load")
         if runtime.on_fatal is not None:
             runtime.on_fatal(runtime.load_error)
+
+
+def _engine_died(runtime: Runtime, reason: str) -> None:
+    runtime.fatal_error = reason
+    if runtime.on_fatal is not None:
+        runtime.on_fatal(reason)
 
 
 async def _warm_up(engine: VllmEngine) -> None:

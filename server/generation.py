@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from starlette.types import Receive
 
-from server.engine import EngineUnavailableError, SamplingOptions, VllmEngine
+from server.engine import EngineUnavailableError, Piece, SamplingOptions, VllmEngine
 from server.filters import FilterChain, FilterOutcome, Verdict
 from server.metrics import ServerMetrics
 
@@ -68,6 +68,8 @@ class Generation:
         arrival: float,
         filters: FilterChain | None = None,
         on_finish: Callable[[Generation], None] | None = None,
+        deadline: float | None = None,
+        stop_event: asyncio.Event | None = None,
     ):
         self.engine = engine
         self.metrics = metrics
@@ -77,6 +79,8 @@ class Generation:
         self.arrival = arrival
         self.filters = filters
         self.on_finish = on_finish
+        self.deadline = deadline  # time.perf_counter() value past which generation is aborted
+        self.stop_event = stop_event  # set when the server stops waiting for generations
         self.answer = AnswerText()
         self.text = ""  # what the client has been given: the answer up to any blocked piece
         self.finish_reason: str | None = None
@@ -84,6 +88,7 @@ class Generation:
         self.filter_outcomes: list[FilterOutcome] = []
         self.completion_tokens = 0
         self.latency_s = 0.0
+        self.ttft_ms: float | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -96,13 +101,14 @@ class Generation:
         output_outcomes: list[FilterOutcome] = []
         pieces = self.engine.generate(self.prompt_ids, self.options, self.request_id)
         try:
-            async for piece in pieces:
+            async for piece in self._until_stopped(pieces):
                 now = time.perf_counter()
                 new_tokens = piece.completion_tokens - self.completion_tokens
                 self.completion_tokens = piece.completion_tokens
                 if new_tokens:
                     if first_at is None:
                         first_at = now
+                        self.ttft_ms = round((now - self.arrival) * 1000, 1)
                         self.metrics.time_to_first_token.observe(now - self.arrival)
                     else:
                         self.metrics.inter_token_latency.observe((now - last_at) / new_tokens)
@@ -130,6 +136,9 @@ class Generation:
         except EngineUnavailableError:
             outcome = "unavailable"
             raise
+        except GenerationInterrupted as err:
+            outcome = err.kind
+            raise
         finally:
             await pieces.aclose()
             self.metrics.prompt_tokens.inc(self.prompt_tokens)
@@ -146,6 +155,59 @@ class Generation:
                 self.request_id, outcome, self.finish_reason, self.prompt_tokens,
                 self.completion_tokens, self.latency_s,
             )
+
+
+    async def _until_stopped(self, pieces: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
+        """The engine's pieces, until the deadline passes or the server stops waiting.
+
+        Each step runs as its own task so that it can be cancelled; cancelling it aborts the
+        request in the engine.
+        """
+        if self.deadline is None and self.stop_event is None:
+            async for piece in pieces:
+                yield piece
+            return
+        stopping = asyncio.ensure_future(
+            self.stop_event.wait() if self.stop_event is not None else asyncio.Event().wait()
+        )
+        step: asyncio.Future | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(pieces))
+                remaining = None
+                if self.deadline is not None:
+                    remaining = max(self.deadline - time.perf_counter(), 0.0)
+                await asyncio.wait(
+                    {step, stopping}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not step.done():
+                    step.cancel()
+                    await asyncio.gather(step, return_exceptions=True)
+                    if stopping.done():
+                        raise GenerationInterrupted("shutdown", "the server is shutting down")
+                    raise GenerationInterrupted(
+                        "timeout", "the request took longer than the server's time limit"
+                    )
+                try:
+                    piece = step.result()
+                except StopAsyncIteration:
+                    return
+                yield piece
+        finally:
+            # Also when the consumer is cancelled (a client that left): stop the pending step
+            # first, which aborts the request, so that the engine stream can then be closed.
+            stopping.cancel()
+            if step is not None and not step.done():
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
+
+
+class GenerationInterrupted(Exception):
+    """Generation was aborted: `kind` is "timeout" (the deadline) or "shutdown" (drain over)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 async def wait_for_disconnect(receive: Receive) -> None:

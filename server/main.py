@@ -49,6 +49,11 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    access = logging.getLogger("alpaca.access")
+    json_lines = logging.StreamHandler()
+    json_lines.setFormatter(logging.Formatter("%(message)s"))
+    access.handlers[:] = [json_lines]
+    access.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from server.app import UIUnavailableError, create_app
     from server.feedback_store import StoreError, open_store
     from server.filters import FilterConfigError
+    from server.lifecycle import FINAL_EVENT_GRACE_S, DrainingServer
 
     configure_logging(settings.log_level)
     try:
@@ -89,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
+        # The drain (server.lifecycle) has already let requests finish or cut them by now.
+        timeout_graceful_shutdown=FINAL_EVENT_GRACE_S + 3,
+        # uvicorn's access log carries client addresses; requests are logged as JSON instead.
+        access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.runtime, settings.drain_timeout_s)
 
     def stop(reason: str) -> None:
         server.should_exit = True
@@ -105,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         server.run()
     finally:
         store.close()
-    if app.state.runtime.load_error:
-        print(f"alpaca-serve: error: {app.state.runtime.load_error}", file=sys.stderr)
+    runtime = app.state.runtime
+    if runtime.load_error or runtime.fatal_error:
+        print(f"alpaca-serve: error: {runtime.load_error or runtime.fatal_error}", file=sys.stderr)
         return 1
     return 0
 

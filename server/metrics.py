@@ -16,8 +16,8 @@ TOKEN_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 
                          0.5, 0.75, 1.0, 2.5, 5.0)
 
 # What became of a request, the label of alpaca_requests_total.
-OUTCOMES = ("success", "invalid", "blocked", "rejected", "client_disconnected", "unavailable",
-            "error")
+OUTCOMES = ("success", "invalid", "blocked", "rejected", "client_disconnected", "timeout",
+            "shutdown", "unavailable", "error")
 
 
 class ServerMetrics:

@@ -16,6 +16,9 @@ REQUEST_ID_HEADER = "X-Request-Id"
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 log = logging.getLogger("alpaca.server")
+# One JSON line per request: id, route, status, timings, token counts. Never the prompt, the
+# answer or the client's address.
+access_log = logging.getLogger("alpaca.access")
 
 
 def new_request_id() -> str:
@@ -43,14 +46,16 @@ class RequestContextMiddleware:
         request_id = new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["arrival"] = time.perf_counter()
+        state["arrival"] = arrival = time.perf_counter()
         token = request_id_var.set(request_id)
         started = False
+        status = 500
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
@@ -70,4 +75,27 @@ class RequestContextMiddleware:
                 ]})
                 await send({"type": "http.response.body", "body": body})
         finally:
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(json.dumps(_access_record(
+                    request_id, scope, status, time.perf_counter() - arrival
+                )))
             request_id_var.reset(token)
+
+
+def _access_record(request_id: str, scope: Scope, status: int, seconds: float) -> dict:
+    record = {
+        "request_id": request_id,
+        "method": scope.get("method"),
+        "path": scope.get("path"),
+        "status": status,
+        "duration_ms": round(seconds * 1000, 1),
+    }
+    generation = scope.get("state", {}).get("generation")
+    if generation is not None:
+        record.update(
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            finish_reason=generation.finish_reason,
+            ttft_ms=generation.ttft_ms,
+        )
+    return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -28,12 +29,19 @@ class Runtime:
     store: FeedbackStore | None = None
     recorder: GenerationRecorder | None = None
     ready: bool = False
+    # Set when SIGTERM arrives: /ready turns 503 and new requests are refused.
+    draining: bool = False
+    # Set when the drain timeout is over: generations still running are cut.
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     load_error: str | None = None
+    fatal_error: str | None = None  # why the process must stop (the engine died)
     # Called when the engine cannot be loaded, so the process can stop instead of idling unready.
     on_fatal: Callable[[str], None] | None = field(default=None, repr=False)
 
     def require_engine(self) -> VllmEngine:
         """The engine, or a 503 saying why there is none to use."""
+        if self.draining:
+            raise APIError(503, "the server is shutting down", "shutting_down")
         if self.engine is None or not self.ready:
             raise APIError(503, "the model is still loading; retry shortly", "engine_unavailable")
         if not self.engine.alive:

@@ -76,6 +76,12 @@ class ServerSettings(BaseSettings):
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across")
     max_num_seqs: int = Field(64, ge=1, description="requests the engine batches together")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="a request still generating after this long is aborted"
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long open requests may finish before abort"
+    )
     max_concurrent: int = Field(
         64, ge=1, description="requests generating at once; more wait in the queue"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +15,7 @@ from server.engine import EngineUnavailableError, SamplingOptions
 from server.errors import APIError, error_body, invalid
 from server.feedback_store import GenerationRecord
 from server.filters import FilterInput
-from server.generation import Generation, run_unless_disconnected
+from server.generation import Generation, GenerationInterrupted, run_unless_disconnected
 from server.runtime import Runtime, RuntimeDep
 from server.schemas import ErrorResponse, FilterBlock, GenerateRequest, GenerateResponse, Usage
 from training.prompts import SECTION_HEADERS, format_prompt
@@ -33,6 +34,7 @@ RETRY_AFTER_S = 1  # what a refused client is told to wait before trying again
               "description": "the body is not valid JSON, or a content filter refused it"},
         422: {"model": ErrorResponse, "description": "a parameter is invalid"},
         429: {"model": ErrorResponse, "description": "at capacity; see Retry-After"},
+        504: {"model": ErrorResponse, "description": "the request ran past the time limit"},
         503: {"model": ErrorResponse, "description": "the model is loading or the engine died"},
     },
 )
@@ -52,7 +54,13 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
     try:
         prompt, prompt_ids, options = _prepare(body, runtime)
         input_outcomes = await _check_input(body, prompt, runtime)
-        await ticket.acquire()  # wait in the queue for a generation slot
+        deadline = request.state.arrival + runtime.settings.request_timeout_s
+        try:  # wait in the queue for a generation slot
+            await asyncio.wait_for(ticket.acquire(), deadline - time.perf_counter())
+        except asyncio.TimeoutError:
+            runtime.metrics.count("timeout")
+            raise APIError(503, "no generation slot came free within the server's time limit",
+                           "overloaded", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         generation = Generation(
             engine,
             runtime.metrics,
@@ -64,8 +72,11 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
             on_finish=lambda done: runtime.recorder.submit(
                 _generation_record(done, body, prompt)
             ),
+            deadline=deadline,
+            stop_event=runtime.stop_event,
         )
         generation.filter_outcomes.extend(input_outcomes)
+        request.state.generation = generation  # for the request's log line
         if body.stream:
             streaming = True  # the response releases the ticket when the stream ends
             return EventStreamResponse(_events(generation), on_close=ticket.release)
@@ -86,6 +97,9 @@ async def _answer(generation: Generation, request: Request):
         finished, _ = await run_unless_disconnected(collect(), request.receive)
     except EngineUnavailableError as err:
         raise APIError(503, str(err), "engine_unavailable") from err
+    except GenerationInterrupted as err:
+        status, kind = (504, "timeout") if err.kind == "timeout" else (503, "shutting_down")
+        raise APIError(status, str(err), kind) from err
     if not finished:
         return Response(status_code=499)  # the client is gone; nobody reads this
     return GenerateResponse(
@@ -221,6 +235,8 @@ async def _events(generation: Generation) -> AsyncIterator[bytes]:
             yield _sse({"id": generation.request_id, "text": text})
     except EngineUnavailableError as err:
         yield _sse(error_body(str(err), "engine_unavailable"))
+    except GenerationInterrupted as err:
+        yield _sse(error_body(str(err), "timeout" if err.kind == "timeout" else "shutting_down"))
     else:
         final = {
             "id": generation.request_id,

@@ -25,6 +25,8 @@ async def health() -> dict:
 @router.get("/ready")
 async def ready(runtime: RuntimeDep):
     """Readiness: 200 once the engine has loaded and answered a warm-up; 503 before and after."""
+    if runtime.draining:
+        return JSONResponse(error_body("the server is shutting down", "shutting_down"), 503)
     if runtime.load_error:
         body = error_body(f"the model failed to load: {runtime.load_error}", "engine_unavailable")
         return JSONResponse(body, status_code=503)

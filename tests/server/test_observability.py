@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 
@@ -46,6 +47,30 @@ def test_request_id_is_the_engine_request_id_and_appears_in_the_log(client, tiny
     log = wait_for(lambda: request_id in tiny_server.log_text() and tiny_server.log_text())
     lines = [line for line in log.splitlines() if request_id in line]
     assert any("generation" in line and "completion_tokens=" in line for line in lines)
+
+
+def test_each_request_gets_one_json_log_line_without_text_or_address(client, tiny_server):
+    response = client.post("/generate", json={"instruction": "Log me, secret-7731.",
+                                              "max_new_tokens": 3})
+    request_id = response.headers["X-Request-Id"]
+
+    def json_line():
+        for line in tiny_server.log_text().splitlines():
+            if line.startswith("{") and request_id in line:
+                return json.loads(line)
+        return None
+
+    record = wait_for(json_line, 10)
+    assert record["path"] == "/generate" and record["method"] == "POST"
+    assert record["status"] == 200
+    assert record["prompt_tokens"] == response.json()["usage"]["prompt_tokens"]
+    assert record["completion_tokens"] == response.json()["usage"]["completion_tokens"]
+    assert record["duration_ms"] > 0 and record["ttft_ms"] > 0
+    log = tiny_server.log_text()
+    assert "secret-7731" not in log
+    # No client addresses: uvicorn's access lines ("127.0.0.1:50902 - \"GET ...") are off.
+    assert not re.search(r"\d+\.\d+\.\d+\.\d+:\d+ - \"", log)
+    assert '"client"' not in log
 
 
 def test_prompts_are_not_written_to_the_log(client, tiny_server):
