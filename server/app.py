@@ -28,7 +28,7 @@ from server.filters import build_filter_chain
 from server.generation_log import GenerationRecorder
 from server.lifecycle import watch_engine
 from server.metrics import ServerMetrics
-from server.request_context import RequestContextMiddleware
+from server.request_context import BodyLimitMiddleware, RequestContextMiddleware
 from server.routes import feedback, generate, status
 from server.runtime import Runtime
 from server.settings import ServerSettings
@@ -108,6 +108,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(generate.router)
     app.include_router(status.router)

@@ -99,6 +99,11 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        # FastAPI's words for a body it could not decode, such as one that is not UTF-8.
+        _count_invalid(request)
+        message = "the request body could not be read as JSON text (it must be UTF-8)"
+        return JSONResponse(error_body(message, "invalid_json"), status_code=400)
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse(
         error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers

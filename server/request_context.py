@@ -99,3 +99,60 @@ def _access_record(request_id: str, scope: Scope, status: int, seconds: float) -
             ttft_ms=generation.ttft_ms,
         )
     return record
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_bytes` with 413, whether or not they announce a length.
+
+    The body is read here (up to the limit) and handed on as it came, so the app never sees an
+    over-long one and memory per request stays bounded.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send, int(declared))
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client left; let the app see it
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(send, size)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send, size: int) -> None:
+        payload = json.dumps({"error": {
+            "message": f"the request body is {'over ' if size > self.max_bytes else ''}{size} "
+                       f"bytes, above the limit of {self.max_bytes}",
+            "type": "request_too_large", "param": None,
+        }}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"connection", b"close"),
+        ]})
+        await send({"type": "http.response.body", "body": payload})

@@ -82,6 +82,12 @@ class ServerSettings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long open requests may finish before abort"
     )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="largest request body, in bytes (413 past it)"
+    )
+    max_prompt_chars: int = Field(
+        100_000, ge=1, description="longest instruction + input, or raw prompt, in characters"
+    )
     max_concurrent: int = Field(
         64, ge=1, description="requests generating at once; more wait in the queue"
     )

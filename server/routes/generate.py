@@ -190,6 +190,14 @@ def _prepare(body: GenerateRequest, runtime: Runtime) -> tuple[str, list[int], S
     else:
         prompt, prompt_param = format_prompt(body.instruction, body.input), "instruction"
 
+    chars = len(prompt) if body.prompt is not None else len(body.instruction) + len(body.input)
+    if chars > settings.max_prompt_chars:
+        what = "the prompt" if body.prompt is not None else "instruction and input together"
+        raise invalid(
+            f"{what} is {chars} characters, above this server's limit of "
+            f"{settings.max_prompt_chars}",
+            prompt_param,
+        )
     max_new_tokens = body.max_new_tokens or settings.default_max_new_tokens
     if max_new_tokens > settings.max_new_tokens_limit:
         raise invalid(
