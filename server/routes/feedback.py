@@ -65,7 +65,13 @@ class FeedbackSaved(BaseModel):
     "/feedback",
     response_model=FeedbackSaved,
     status_code=201,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "oneOf": [RatingRequest.model_json_schema(), ComparisonRequest.model_json_schema()],
+    }}}}},
     responses={
+        400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
+        413: {"model": ErrorResponse, "description": "the body is over the size limit"},
+        415: {"model": ErrorResponse, "description": "the body was not sent as JSON"},
         200: {"model": FeedbackSaved, "description": "an earlier rating by this session updated"},
         404: {"model": ErrorResponse, "description": "no such generation"},
         422: {"model": ErrorResponse, "description": "a field is invalid"},

@@ -29,7 +29,12 @@ RETRY_AFTER_S = 1  # what a refused client is told to wait before trying again
     "/generate",
     response_model=GenerateResponse,
     responses={
-        200: {"description": "the answer; with `stream: true`, server-sent events instead"},
+        200: {
+            "description": "the answer; with `stream: true`, server-sent events instead",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        413: {"model": ErrorResponse, "description": "the body is over the size limit"},
+        415: {"model": ErrorResponse, "description": "the body was not sent as JSON"},
         400: {"model": ErrorResponse,
               "description": "the body is not valid JSON, or a content filter refused it"},
         422: {"model": ErrorResponse, "description": "a parameter is invalid"},
