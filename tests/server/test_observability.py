@@ -127,8 +127,8 @@ def test_running_gauge_counts_a_request_in_flight_and_returns_to_zero(client, ti
 
 def _engine_idle(client) -> bool:
     metrics = read_metrics(client)
-    return metrics["alpaca_num_requests_running"] == 0 and metrics[
-        "alpaca_num_requests_waiting"] == 0
+    return (metrics["alpaca_num_requests_running"], metrics["alpaca_num_requests_waiting"],
+            metrics["alpaca_admission_queue"]) == (0, 0, 0)
 
 
 def assert_aborted_after_disconnect(client, before: dict) -> None:
@@ -137,7 +137,7 @@ def assert_aborted_after_disconnect(client, before: dict) -> None:
         lambda: (m := read_metrics(client))[DISCONNECTED] == before[DISCONNECTED] + 1 and m, 10
     )
     assert after, "the disconnect was not noticed"
-    assert wait_for(lambda: _engine_idle(client), 10)
+    assert wait_for(lambda: _engine_idle(client), 3), "the slot was not freed within 3 s"
     generated = after["alpaca_generation_tokens_total"] - before["alpaca_generation_tokens_total"]
     assert generated < TINY_MAX_NEW_TOKENS_LIMIT
     assert after[SUCCESS] == before[SUCCESS]
