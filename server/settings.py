@@ -94,7 +94,9 @@ class ServerSettings(BaseSettings):
     max_queue: int = Field(
         256, ge=0, description="requests waiting for a slot; past it, 429 with Retry-After"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error; prompts and answers are never logged"
+    )
     data_dir: Path = Field(
         DEFAULT_DATA_DIR,
         description="folder of the SQLite database of generations and feedback",
