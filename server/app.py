@@ -29,7 +29,7 @@ from server.generation_log import GenerationRecorder
 from server.lifecycle import watch_engine
 from server.metrics import ServerMetrics
 from server.request_context import BodyLimitMiddleware, RequestContextMiddleware
-from server.routes import feedback, generate, status
+from server.routes import feedback, generate, openai_api, status
 from server.runtime import Runtime
 from server.settings import ServerSettings
 
@@ -113,6 +113,7 @@ def create_app(
     app.include_router(generate.router)
     app.include_router(status.router)
     app.include_router(feedback.router)
+    app.include_router(openai_api.router)
     if settings.ui:
         app = _mount_demo(app, settings)
     return app

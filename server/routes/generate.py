@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from server.admission import Ticket
 from server.engine import EngineUnavailableError, SamplingOptions
 from server.errors import APIError, error_body, invalid
 from server.feedback_store import GenerationRecord
@@ -44,6 +45,35 @@ RETRY_AFTER_S = 1  # what a refused client is told to wait before trying again
     },
 )
 async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep):
+    generation, ticket = await start_generation(body, request, runtime)
+    if body.stream:  # the response releases the ticket when the stream ends
+        return EventStreamResponse(_events(generation), on_close=ticket.release)
+    try:
+        if not await run_to_end(generation, request):
+            return Response(status_code=499)  # the client is gone; nobody reads this
+    finally:
+        ticket.release()
+    return GenerateResponse(
+        id=generation.request_id,
+        model=generation.engine.model_name,
+        text=generation.text,
+        finish_reason=generation.finish_reason,
+        usage=Usage(
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+        ),
+        filter=_block_info(generation),
+    )
+
+
+async def start_generation(
+    body: GenerateRequest, request: Request, runtime: Runtime
+) -> tuple[Generation, Ticket]:
+    """The one request path of every API: admission, validation, input filters, a slot.
+
+    Returns the generation, ready to run, and the ticket holding its slot; the caller releases
+    the ticket when the generation is over. Refusals are raised as APIError.
+    """
     engine = runtime.require_engine()
     ticket = runtime.admission.admit()
     if ticket is None:
@@ -55,7 +85,6 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
             "overloaded",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
-    streaming = False
     try:
         prompt, prompt_ids, options = _prepare(body, runtime)
         input_outcomes = await _check_input(body, prompt, runtime)
@@ -66,33 +95,28 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
             runtime.metrics.count("timeout")
             raise APIError(503, "no generation slot came free within the server's time limit",
                            "overloaded", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-        generation = Generation(
-            engine,
-            runtime.metrics,
-            prompt_ids,
-            options,
-            request.state.request_id,
-            request.state.arrival,
-            filters=runtime.filters,
-            on_finish=lambda done: runtime.recorder.submit(
-                _generation_record(done, body, prompt)
-            ),
-            deadline=deadline,
-            stop_event=runtime.stop_event,
-        )
-        generation.filter_outcomes.extend(input_outcomes)
-        request.state.generation = generation  # for the request's log line
-        if body.stream:
-            streaming = True  # the response releases the ticket when the stream ends
-            return EventStreamResponse(_events(generation), on_close=ticket.release)
-        return await _answer(generation, request)
-    finally:
-        if not streaming:
-            ticket.release()
+    except BaseException:
+        ticket.release()
+        raise
+    generation = Generation(
+        engine,
+        runtime.metrics,
+        prompt_ids,
+        options,
+        request.state.request_id,
+        request.state.arrival,
+        filters=runtime.filters,
+        on_finish=lambda done: runtime.recorder.submit(_generation_record(done, body, prompt)),
+        deadline=deadline,
+        stop_event=runtime.stop_event,
+    )
+    generation.filter_outcomes.extend(input_outcomes)
+    request.state.generation = generation  # for the request's log line
+    return generation, ticket
 
 
-async def _answer(generation: Generation, request: Request):
-    """The whole answer as one JSON body; the generation is aborted if the client leaves."""
+async def run_to_end(generation: Generation, request: Request) -> bool:
+    """Generate the whole answer; False if the client left first (the generation is aborted)."""
 
     async def collect() -> None:
         async for _ in generation.run():
@@ -105,19 +129,7 @@ async def _answer(generation: Generation, request: Request):
     except GenerationInterrupted as err:
         status, kind = (504, "timeout") if err.kind == "timeout" else (503, "shutting_down")
         raise APIError(status, str(err), kind) from err
-    if not finished:
-        return Response(status_code=499)  # the client is gone; nobody reads this
-    return GenerateResponse(
-        id=generation.request_id,
-        model=generation.engine.model_name,
-        text=generation.text,
-        finish_reason=generation.finish_reason,
-        usage=Usage(
-            prompt_tokens=generation.prompt_tokens,
-            completion_tokens=generation.completion_tokens,
-        ),
-        filter=_block_info(generation),
-    )
+    return finished
 
 
 async def _check_input(body: GenerateRequest, prompt: str, runtime: Runtime) -> list:

@@ -1,0 +1,196 @@
+"""OpenAI-compatible routes: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
+
+Usage (any OpenAI client):
+    client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="<key or anything>")
+    client.chat.completions.create(model="SmolLM2-135M-Instruct",
+                                   messages=[{"role": "user", "content": "Name a colour."}])
+
+Each request is turned into a `/generate` request and takes the same path: admission, validation,
+content filters, the generation log (the response's `id` is the generation id that
+`POST /feedback` takes), metrics and limits.
+
+Chat: the last message must come from the user; it is the Alpaca instruction. Earlier messages,
+if any (system prompts included), become the Alpaca input, one `Role: content` line each, so the
+with-input template carries the conversation so far. Completions: the prompt is sent as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.engine import EngineUnavailableError
+from server.errors import APIError, error_body, invalid
+from server.generation import Generation, GenerationInterrupted
+from server.routes.generate import EventStreamResponse, run_to_end, start_generation
+from server.runtime import Runtime, RuntimeDep
+from server.schemas import (
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    MAX_STOP_SEQUENCES,
+    ErrorResponse,
+    GenerateRequest,
+)
+
+router = APIRouter(prefix="/v1")
+
+# OpenAI's finish reasons: the end of sequence and a stop string are both "stop".
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length",
+                  "content_filter": "content_filter"}
+ERRORS = {
+    404: {"model": ErrorResponse, "description": "no such model"},
+    422: {"model": ErrorResponse, "description": "a parameter is invalid"},
+    429: {"model": ErrorResponse, "description": "at capacity; see Retry-After"},
+    503: {"model": ErrorResponse, "description": "the model is loading or the engine died"},
+}
+
+
+class _Sampling(BaseModel):
+    """The sampling fields both request kinds share, with OpenAI's names."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
+    top_p: float = Field(DEFAULT_TOP_P, gt=0.0, le=1.0)
+    stop: str | list[Annotated[str, Field(min_length=1)]] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    user: str | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+@router.get("/models")
+async def list_models(runtime: RuntimeDep) -> dict:
+    return {"object": "list", "data": [{
+        "id": runtime.settings.served_model_name, "object": "model",
+        "created": int(time.time()), "owned_by": "alpaca-serve",
+    }]}
+
+
+@router.post("/completions", responses=ERRORS)
+async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep):
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(prompts) != 1:
+        raise invalid("prompt must be one string (batches are not supported)", "prompt")
+    internal = _to_generate(body, runtime, prompt=prompts[0])
+    return await _respond(internal, request, runtime, "text_completion")
+
+
+@router.post("/chat/completions", responses=ERRORS)
+async def chat_completions(body: ChatRequest, request: Request, runtime: RuntimeDep):
+    *history, last = body.messages
+    if last.role != "user":
+        raise invalid("the last message must come from the user", "messages")
+    context = "\n".join(f"{message.role.capitalize()}: {message.content}" for message in history)
+    internal = _to_generate(body, runtime, instruction=last.content, input=context)
+    return await _respond(internal, request, runtime, "chat.completion")
+
+
+def _to_generate(body: _Sampling, runtime: Runtime, **text: str) -> GenerateRequest:
+    if body.model != runtime.settings.served_model_name:
+        raise APIError(404, f"the model {body.model!r} does not exist; this server serves "
+                       f"{runtime.settings.served_model_name!r}", "not_found", "model")
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > MAX_STOP_SEQUENCES:
+        raise invalid(f"stop takes at most {MAX_STOP_SEQUENCES} strings (got {len(stop)})",
+                      "stop")
+    return GenerateRequest(
+        **text,
+        max_new_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=DEFAULT_TOP_K if body.temperature else 0,
+        stop=stop,
+        seed=body.seed,
+        stream=body.stream,
+    )
+
+
+async def _respond(internal: GenerateRequest, request: Request, runtime: Runtime, kind: str):
+    generation, ticket = await start_generation(internal, request, runtime)
+    created = int(time.time())
+    if internal.stream:
+        return EventStreamResponse(_chunks(generation, kind, created), on_close=ticket.release)
+    try:
+        if not await run_to_end(generation, request):
+            return JSONResponse({}, status_code=499)
+    finally:
+        ticket.release()
+    finish = FINISH_REASONS.get(generation.finish_reason or "", "stop")
+    if kind == "chat.completion":
+        choice = {"index": 0, "message": {"role": "assistant", "content": generation.text},
+                  "finish_reason": finish, "logprobs": None}
+    else:
+        choice = {"index": 0, "text": generation.text, "finish_reason": finish, "logprobs": None}
+    return {
+        "id": generation.request_id,
+        "object": kind,
+        "created": created,
+        "model": generation.engine.model_name,
+        "choices": [choice],
+        "usage": _usage(generation),
+    }
+
+
+def _usage(generation: Generation) -> dict:
+    return {"prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "total_tokens": generation.prompt_tokens + generation.completion_tokens}
+
+
+async def _chunks(generation: Generation, kind: str, created: int) -> AsyncIterator[bytes]:
+    chat = kind == "chat.completion"
+    head = {"id": generation.request_id, "object": f"{kind}.chunk" if chat else kind,
+            "created": created, "model": generation.engine.model_name}
+
+    def chunk(piece: str | None, finish: str | None, role: bool = False) -> bytes:
+        if chat:
+            delta = {"role": "assistant"} if role else {}
+            if piece is not None:
+                delta["content"] = piece
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": piece or "", "finish_reason": finish, "logprobs": None}
+        body = {**head, "choices": [choice]}
+        if finish is not None:
+            body["usage"] = _usage(generation)
+        return f"data: {json.dumps(body)}\n\n".encode()
+
+    try:
+        if chat:
+            yield chunk("", None, role=True)
+        async for text in generation.run():
+            yield chunk(text, None)
+        yield chunk(None if chat else "", FINISH_REASONS.get(generation.finish_reason or "",
+                                                             "stop"))
+    except EngineUnavailableError as err:
+        yield f"data: {json.dumps(error_body(str(err), 'engine_unavailable'))}\n\n".encode()
+    except GenerationInterrupted as err:
+        kind_ = "timeout" if err.kind == "timeout" else "shutting_down"
+        yield f"data: {json.dumps(error_body(str(err), kind_))}\n\n".encode()
+    yield b"data: [DONE]\n\n"
