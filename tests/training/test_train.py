@@ -1,0 +1,309 @@
+"""`alpaca-train` on a tiny LLaMA on CPU: it learns, LoRA touches only adapters, the merge is exact,
+resume continues, bad data stops it early, and what it writes is served by the real server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, ServerProcess, tiny_server_env
+from training.args import DataArgs, LoraArgs, TrainArgs, parse_args
+from training.data import AlpacaRecord
+from training.prompts import TEMPLATE_NAME
+from training.train import (
+    build_trainer,
+    build_training_args,
+    load_model,
+    load_training_records,
+    main,
+)
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SAMPLE = DATA / "alpaca_data_first200.json"
+# Small and quick on two CPU cores: short examples, tiny batches.
+FAST = ["--preset", "tiny", "--model-max-length", "64", "--global-batch-size", "2",
+        "--micro-batch-size", "2", "--logging-steps", "1"]
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.train", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def short_records(n: int) -> list[AlpacaRecord]:
+    from training.data import load_records
+
+    return [r for r in load_records(SAMPLE) if len(r.output) < 60][:n]
+
+
+def write_records(path: Path, records: list) -> Path:
+    path.write_text(json.dumps(records))
+    return path
+
+
+def fixed_batch_loss(model, trainer) -> float:
+    import torch
+
+    batch = trainer.data_collator(list(trainer.train_dataset))
+    model.eval()
+    with torch.no_grad():
+        loss = model(**batch).loss.item()
+    model.train()
+    return loss
+
+
+def in_process_trainer(tmp_path, tiny_model_dir, records, *extra):
+    """The pieces `main` builds, kept in reach so a test can look inside the model."""
+    from transformers import AutoTokenizer
+
+    from training.tokenization import tokenize_records
+
+    args = parse_args(["--model", str(tiny_model_dir), "--data", str(SAMPLE),
+                       "--output-dir", str(tmp_path / "out"), *FAST, *extra])
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    examples, _ = tokenize_records(records, tokenizer, args.data.model_max_length)
+    training_args = build_training_args(args, args.train.gradient_accumulation_steps(1))
+    model = load_model(args, tokenizer)
+    return model, build_trainer(args, model, tokenizer, examples, training_args)
+
+
+def test_help_explains_every_option():
+    result = run_cli("--help")
+
+    assert result.returncode == 0
+    for group in (TrainArgs, DataArgs, LoraArgs):
+        for field in dataclasses.fields(group):
+            assert f"--{field.name.replace('_', '-')}" in result.stdout
+    assert "torchrun" in result.stdout
+
+
+def test_an_invalid_record_stops_the_run_before_training_naming_its_index(tmp_path):
+    good = {"instruction": "Say hi.", "output": "Hi!"}
+    data = write_records(tmp_path / "bad.json", [good, good, {"instruction": "No answer."}])
+
+    result = run_cli("--model", str(ROOT), "--data", str(data), "--output-dir",
+                     str(tmp_path / "out"))
+
+    assert result.returncode == 2
+    # --model is checked first; give it a real folder and the data error shows.
+    assert "--model" in result.stderr
+    config_dir = tmp_path / "model"
+    config_dir.mkdir()
+    (config_dir / "config.json").write_text("{}")
+    result = run_cli("--model", str(config_dir), "--data", str(data), "--output-dir",
+                     str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"alpaca-train: error: {data}: record 2: 'output' is missing"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_skip_invalid_drops_bad_records_and_counts_them(tmp_path):
+    good = {"instruction": "Say hi.", "output": "Hi!"}
+    data = write_records(tmp_path / "mixed.json", [good, {"instruction": 3, "output": ""}, good,
+                                                   "not an object"])
+
+    records, skipped = load_training_records(data, skip_invalid=True)
+
+    assert (len(records), skipped) == (2, 2)
+
+
+def test_a_global_batch_that_does_not_divide_is_a_one_line_error(tmp_path, capsys):
+    status = main(["--model", "m", "--data", "d", "--output-dir", str(tmp_path),
+                   "--global-batch-size", "10", "--micro-batch-size", "4"])
+
+    assert status == 2
+    assert capsys.readouterr().err == (
+        "alpaca-train: error: --global-batch-size 10 is not a multiple of --micro-batch-size 4\n"
+    )
+
+
+def test_presets_follow_the_alpaca_paper_and_accumulation_follows_the_world_size():
+    def resolved(*extra):
+        return parse_args(["--model", "m", "--data", "d", "--output-dir", "o", *extra])
+
+    seven = resolved()
+    assert (seven.train.global_batch_size, seven.train.learning_rate, seven.train.epochs,
+            seven.data.model_max_length, seven.train.warmup_ratio, seven.train.lr_scheduler,
+            seven.train.weight_decay) == (128, 2e-5, 3, 512, 0.03, "cosine", 0.0)
+    assert seven.train.gradient_accumulation_steps(world_size=8) == 4  # 4 x 4 x 8 = 128
+    assert seven.train.gradient_accumulation_steps(world_size=1) == 32
+    thirteen = resolved("--preset", "13b")
+    assert (thirteen.train.learning_rate, thirteen.train.epochs) == (1e-5, 5)
+    lora = resolved("--lora")
+    assert (lora.train.learning_rate, lora.lora.lora_r, lora.lora.lora_alpha,
+            lora.lora.lora_dropout, lora.lora.lora_target_modules) == (
+        3e-4, 8, 16, 0.05, ["q_proj", "v_proj"])
+    assert resolved("--learning-rate", "1e-4", "--lora").train.learning_rate == 1e-4
+
+
+def test_fsdp_shards_fully_and_wraps_the_decoder_layer_class_read_from_the_model(
+    tiny_model_dir, tmp_path
+):
+    args = parse_args(["--model", str(tiny_model_dir), "--data", "d", "--output-dir",
+                       str(tmp_path), "--fsdp"])
+
+    training_args = build_training_args(args, args.train.gradient_accumulation_steps(8))
+
+    assert training_args.fsdp
+    assert training_args.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert training_args.fsdp_config["reshard_after_forward"] is True  # full shard
+    assert training_args.gradient_accumulation_steps == 4
+
+
+def test_shipped_scale_out_configs_are_full_shard_fsdp_and_zero_3():
+    import yaml
+
+    configs = ROOT / "training" / "configs"
+    launcher = yaml.safe_load((configs / "fsdp.yaml").read_text())
+    assert launcher["distributed_type"] == "FSDP"
+    assert launcher["fsdp_config"]["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert launcher["fsdp_config"]["fsdp_reshard_after_forward"] is True
+    zero = json.loads((configs / "deepspeed_zero3.json").read_text())
+    assert zero["zero_optimization"]["stage"] == 3
+    assert zero["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    # Batch sizes and accumulation come from alpaca-train's arguments, not the file.
+    assert zero["train_batch_size"] == zero["gradient_accumulation_steps"] == "auto"
+
+
+def test_full_fine_tuning_loss_on_a_fixed_batch_falls_over_a_few_dozen_steps(
+    tmp_path, tiny_model_dir
+):
+    model, trainer = in_process_trainer(tmp_path, tiny_model_dir, short_records(2),
+                                        "--max-steps", "30", "--learning-rate", "1e-3",
+                                        "--save-steps", "1000")
+    before = fixed_batch_loss(model, trainer)
+
+    trainer.train()
+
+    after = fixed_batch_loss(model, trainer)
+    assert after < before - 2.0, (before, after)  # from ~10.8 (random) by more than 2 nats
+
+
+def test_lora_changes_every_adapter_weight_and_no_frozen_weight(tmp_path, tiny_model_dir):
+    import torch
+
+    model, trainer = in_process_trainer(tmp_path, tiny_model_dir, short_records(2), "--lora",
+                                        "--max-steps", "4", "--learning-rate", "1e-3",
+                                        "--save-steps", "1000")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    adapters = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in name for name in adapters)
+
+    trainer.train()
+
+    after = dict(model.named_parameters())
+    for name, old in before.items():
+        if name in adapters:
+            assert not torch.equal(after[name], old), f"adapter weight {name} did not change"
+        else:
+            assert torch.equal(after[name], old), f"frozen weight {name} changed"
+
+
+def test_training_resumes_from_the_saved_step(tmp_path, tiny_model_dir, capsys):
+    data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(4)])
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--output-dir",
+              str(tmp_path / "out"), *FAST, "--save-steps", "2"]
+    assert main([*common, "--max-steps", "2"]) == 0
+    capsys.readouterr()
+
+    assert main([*common, "--max-steps", "4"]) == 2  # refuses to start over on checkpoints
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*common, "--max-steps", "4", "--resume"]) == 0
+
+    log = capsys.readouterr().err
+    assert "resuming from" in log and "checkpoint-2" in log
+    assert "step 3/4" in log and "step 1/4" not in log
+    assert "done: 2 steps" in log
+    state = json.loads((tmp_path / "out" / "checkpoints" / "checkpoint-4" /
+                        "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("option", ["--packing", "--group-by-length"])
+def test_packing_and_length_grouping_train_to_a_servable_folder(
+    tmp_path, tiny_model_dir, capsys, option
+):
+    data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(8)])
+
+    status = main(["--model", str(tiny_model_dir), "--data", str(data), "--output-dir",
+                   str(tmp_path / "out"), *FAST, "--micro-batch-size", "2",
+                   "--global-batch-size", "4", "--max-steps", "2", option])
+
+    assert status == 0
+    assert "done: 2 steps" in capsys.readouterr().err
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def lora_output(tmp_path_factory, tiny_model_dir) -> Path:
+    """A LoRA run of the real command line, merged: the folder the server is given."""
+    out = tmp_path_factory.mktemp("lora-run") / "out"
+    result = run_cli("--model", str(tiny_model_dir), "--data", str(SAMPLE), "--output-dir",
+                     str(out), *FAST, "--lora", "--max-steps", "3", "--learning-rate", "1e-2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "done: 3 steps" in result.stderr
+    return out
+
+
+def test_lora_output_folder_describes_itself_and_holds_weights_tokenizer_and_adapter(
+    lora_output,
+):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "alpaca_train.json",
+                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
+        assert (lora_output / name).is_file(), name
+    info = json.loads((lora_output / "alpaca_train.json").read_text())
+    assert info["prompt_template"] == TEMPLATE_NAME
+    assert (info["method"], info["merged"]) == ("lora", True)
+    assert info["arguments"]["lora"]["lora_r"] == 8
+    assert info["arguments"]["train"]["max_steps"] == 3
+    assert info["result"]["global_step"] == 3 and info["result"]["tokens"] > 0
+
+
+def test_merged_model_equals_base_plus_adapter(lora_output, tiny_model_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    base = load_file(tiny_model_dir / "model.safetensors")
+    merged = load_file(lora_output / "model.safetensors")
+    adapter = load_file(lora_output / "adapter" / "adapter_model.safetensors")
+    config = json.loads((lora_output / "adapter" / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+
+    assert set(merged) == set(base)
+    merged_modules = 0
+    for name, weight in base.items():
+        module = name.removesuffix(".weight")
+        a = adapter.get(f"base_model.model.{module}.lora_A.weight")
+        if a is None:
+            assert torch.equal(merged[name], weight), f"{name} changed without an adapter"
+            continue
+        b = adapter[f"base_model.model.{module}.lora_B.weight"]
+        assert b.abs().max() > 0, f"{module}: adapter did not train"
+        torch.testing.assert_close(merged[name], weight + scale * (b @ a), rtol=0, atol=1e-6)
+        merged_modules += 1
+    assert merged_modules == 4  # q_proj and v_proj in 2 layers
+
+
+@pytest.mark.slow
+def test_a_model_trained_by_the_command_is_served_by_the_vllm_engine(lora_output, tmp_path):
+    server = ServerProcess(tiny_server_env(lora_output), tmp_path / "server.log")
+    try:
+        server.wait_until_ready()
+        response = server.client.post(
+            "/generate", json={"instruction": "Name a primary colour.", "max_new_tokens": 4}
+        )
+        info = server.client.get("/info").json()
+    finally:
+        server.stop()
+
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] >= 1
+    assert info["prompt_template"] == TEMPLATE_NAME
