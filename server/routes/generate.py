@@ -32,7 +32,8 @@ RETRY_AFTER_S = 1  # what a refused client is told to wait before trying again
     responses={
         200: {
             "description": "the answer; with `stream: true`, server-sent events instead",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            # One `data: {json}` event per piece, then `data: [DONE]` (see README).
+            "content": {"text/event-stream": {}},
         },
         413: {"model": ErrorResponse, "description": "the body is over the size limit"},
         415: {"model": ErrorResponse, "description": "the body was not sent as JSON"},

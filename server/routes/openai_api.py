@@ -45,7 +45,12 @@ router = APIRouter(prefix="/v1")
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length",
                   "content_filter": "content_filter"}
 ERRORS = {
+    400: {"model": ErrorResponse,
+          "description": "the body is not valid JSON, or a content filter refused it"},
     404: {"model": ErrorResponse, "description": "no such model"},
+    413: {"model": ErrorResponse, "description": "the body is over the size limit"},
+    415: {"model": ErrorResponse, "description": "the body was not sent as JSON"},
+    504: {"model": ErrorResponse, "description": "the request ran past the time limit"},
     422: {"model": ErrorResponse, "description": "a parameter is invalid"},
     429: {"model": ErrorResponse, "description": "at capacity; see Retry-After"},
     503: {"model": ErrorResponse, "description": "the model is loading or the engine died"},
