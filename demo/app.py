@@ -18,6 +18,7 @@ import gradio as gr
 
 from demo.client import DemoError, ServerClient
 from demo.settings import CompareArm, DemoSettings
+from evaluation.comparison import Vote, load_comparison, record_vote
 
 DISCLAIMER = (
     "**Before you start.** The answers come from a language model: they can be wrong, made up, "
@@ -56,6 +57,10 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
     arm_clients = [ServerClient(arm.server_url or settings.server_url, settings.api_key)
                    for arm in settings.compare_arms]
     examples = load_examples(settings.example_source(), settings.max_examples)
+    comparison = load_comparison(settings.comparison_file) if settings.comparison_file else None
+    votes_file = settings.votes_file or (
+        settings.comparison_file.with_suffix(".votes.jsonl") if settings.comparison_file else None
+    )
 
     async def respond(instruction, input_text, temperature, top_p, max_new_tokens, history, ids,
                       request: gr.Request):
@@ -163,11 +168,22 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
         message = "Which answer is better? Vote to see where each came from."
         yield texts[0], texts[1], *shown, message, state
 
+    def next_pair(request: gr.Request):
+        """A random pair of the comparison file, shown as A (left) and B (right)."""
+        pair = random.choice(comparison["pairs"])
+        shown = [gr.update(interactive=True)] * len(VOTES)
+        message = "Which answer is better? Vote to see where each came from."
+        instruction = pair["instruction"] + (f"\n\n{pair['input']}" if pair["input"] else "")
+        return (instruction, pair["left"]["output"], pair["right"]["output"], *shown, message,
+                {"pair": pair})
+
     def make_vote(choice: str):
         async def vote(state, request: gr.Request):
             keep = [gr.update()] * len(VOTES)
             if not state:
                 return *keep, "Get two answers first.", state
+            if "pair" in state:
+                return await vote_on_pair(state["pair"], request)
             first, second = state["ids"]
             winner = {"a": first, "b": second}.get(choice, choice)
             try:
@@ -178,6 +194,23 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
             reveal = (f"Vote saved ({VOTES[choice]}). **A** was {labels[0]}; "
                       f"**B** was {labels[1]}.")
             return *[gr.update(interactive=False)] * len(VOTES), reveal, {}
+        async def vote_on_pair(pair, request):
+            winner = {"a": "left", "b": "right"}.get(choice, choice)
+            ids = [pair["left"]["generation_id"], pair["right"]["generation_id"]]
+            try:
+                if None not in ids:  # both answers are this server's: the store gets it too
+                    await arm_clients[0].send_comparison(
+                        ids, {"left": ids[0], "right": ids[1]}.get(winner, winner),
+                        _session(request))
+            except DemoError as err:
+                return *[gr.update()] * len(VOTES), f"⚠️ Your vote was not saved: {err}", {}
+            await asyncio.to_thread(record_vote, votes_file,
+                                    Vote(pair["pair_id"], winner, "human", _session(request)))
+            labels = comparison["labels"]
+            left, right = labels if pair["left_is"] == "a" else labels[::-1]
+            reveal = f"Vote saved ({VOTES[choice]}). **A** was {left}; **B** was {right}."
+            return *[gr.update(interactive=False)] * len(VOTES), reveal, {}
+
         return vote
 
     with gr.Blocks(title="Alpaca demo") as blocks:
@@ -219,6 +252,9 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
                         "as A and B in random order. Vote, then see which was which.")
             compare_instruction = gr.Textbox(label="Instruction", elem_id="compare-instruction")
             go = gr.Button("Get two answers", variant="primary", elem_id="compare-go")
+            if comparison:
+                next_button = gr.Button("Next pair from the evaluation set",
+                                        elem_id="compare-next")
             with gr.Row():
                 answer_a = gr.Textbox(label="A", elem_id="answer-a", lines=8, interactive=False)
                 answer_b = gr.Textbox(label="B", elem_id="answer-b", lines=8, interactive=False)
@@ -229,6 +265,9 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
             compare_state = gr.State({})
             go.click(compare, [compare_instruction],
                      [answer_a, answer_b, *votes, reveal, compare_state])
+            if comparison:
+                next_button.click(next_pair, None, [compare_instruction, answer_a, answer_b,
+                                                    *votes, reveal, compare_state])
             for key, button in zip(VOTES, votes, strict=True):
                 button.click(make_vote(key), [compare_state], [*votes, reveal, compare_state])
     return blocks

@@ -45,6 +45,14 @@ class DemoSettings(BaseSettings):
         "examples; default: the Alpaca evaluation set when present",
     )
     max_examples: int = Field(8, ge=0, description="how many examples to show")
+    comparison_file: Path | None = Field(
+        None, description="a comparison from `alpaca-eval compare` whose pairs the Compare tab "
+        "offers for blind votes",
+    )
+    votes_file: Path | None = Field(
+        None, description="where those votes are appended (default: beside the comparison, "
+        "NAME.votes.jsonl), for `alpaca-eval report`",
+    )
     compare_arms: list[CompareArm] = Field(
         default_factory=lambda: list(DEFAULT_ARMS),
         description="the two sides of the Compare tab, as JSON",

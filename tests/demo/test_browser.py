@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -100,3 +101,44 @@ def test_a_blind_vote_in_the_compare_tab_reaches_the_server(page, tiny_server):
     text = reveal.inner_text()
     assert "greedy decoding" in text and "sampling" in text  # the sources are revealed
     assert wait_for(lambda: totals(client)["votes"] == before["votes"] + 1, 10)
+
+
+def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_server, tmp_path):
+    """The Compare tab offers the pairs of an `alpaca-eval compare` file and records the votes."""
+    from demo.app import build_demo
+    from demo.settings import DemoSettings
+    from tests.conftest import free_port
+
+    comparison = tmp_path / "comparison.json"
+    comparison.write_text(json.dumps({"labels": ["ours", "text-davinci-003"], "seed": 0, "pairs": [{
+        "pair_id": "pair-000", "instruction": "Say hello.", "input": "",
+        "motivation_app": "Gmail", "left_is": "b",
+        "left": {"output": "Hello there, friend!", "generation_id": None},
+        "right": {"output": "Hi.", "generation_id": None},
+    }]}))
+    blocks = build_demo(DemoSettings(server_url=tiny_server.url, comparison_file=comparison))
+    port = free_port()
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                  quiet=True)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-next").click()
+        reveal = page.locator("#compare-reveal")
+        reveal.filter(has_text="Which answer is better").wait_for(timeout=20_000)
+        assert page.locator("#answer-a textarea").input_value() == "Hello there, friend!"
+        assert page.locator("#answer-b textarea").input_value() == "Hi."
+        assert "davinci" not in reveal.inner_text()  # the sources stay hidden until the vote
+        page.locator("#vote-a").click()
+        reveal.filter(has_text="Vote saved").wait_for(timeout=20_000)
+        assert "A was text-davinci-003" in reveal.inner_text()
+        assert "B was ours" in reveal.inner_text()
+        votes = [json.loads(line) for line in
+                 (tmp_path / "comparison.votes.jsonl").read_text().splitlines()]
+        assert [(v["pair_id"], v["winner"], v["voter"]) for v in votes] == [
+            ("pair-000", "left", "human")]
+    finally:
+        context.close()
+        blocks.close()

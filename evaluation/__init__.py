@@ -1,0 +1,15 @@
+"""Blind pairwise evaluation of served models: answers, comparisons, votes and reports.
+
+Usage:
+    alpaca-eval answer --server-url http://127.0.0.1:8000 --out ours.jsonl
+    alpaca-eval compare --a ours.jsonl \
+        --b ../shared/data/user_oriented_text-davinci-003_predictions.jsonl \
+        --label-a ours --label-b text-davinci-003 --out comparison.json
+    alpaca-eval vote --comparison comparison.json --votes votes.jsonl \
+        --pair-id pair-000 --winner left
+    alpaca-eval judge --comparison comparison.json --votes votes.jsonl \
+        --judge-url http://judge:8000
+    alpaca-eval report --comparison comparison.json --votes votes.jsonl --chart report.png
+
+`evaluation` is a client of the server's HTTP API like the demo: it never imports `server`.
+"""

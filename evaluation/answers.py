@@ -1,0 +1,224 @@
+"""Instruction files in, model answers out: the first step of an evaluation.
+
+Usage:
+    items = load_instructions(Path("../shared/data/user_oriented_instructions.jsonl"), limit=20)
+    answers, failures = generate_answers("http://127.0.0.1:8000", items, concurrency=4)
+    write_jsonl(Path("ours.jsonl"), answers)
+    answers = load_answers(Path("../shared/data/user_oriented_text-davinci-003_predictions.jsonl"))
+
+Instruction files: the self-instruct user-oriented JSON lines (`instruction`,
+`instances[0].input`, `motivation_app`) or an Alpaca JSON list (`instruction`, `input`).
+Answer files: what `generate_answers` writes (JSON lines `{id, instruction, input,
+motivation_app, output, generation_id, model}`), self-instruct prediction files such as the
+text-davinci-003 one (`{prompt, instruction, input, response, target}`: the answer is `response`),
+or an Alpaca JSON list with `output`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Statuses worth asking again: the server is busy (429) or loading / draining (503).
+RETRY_STATUSES = (429, 503)
+MAX_ATTEMPTS = 6
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+
+
+class EvaluationError(Exception):
+    """A problem worded for the person running the command, in one line."""
+
+
+@dataclass
+class AnswerFailure:
+    """An instruction the server did not answer, and why."""
+
+    id: str
+    reason: str
+
+
+def load_instructions(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """`{id, instruction, input, motivation_app}` items from a self-instruct JSON-lines file or an
+    Alpaca JSON list, in file order; at most `limit` of them."""
+    records = _read_records(path)
+    items = []
+    for number, record in enumerate(records, 1):
+        instruction = record.get("instruction")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise EvaluationError(f"{path}: record {number} has no instruction")
+        if "instances" in record:
+            instances = record.get("instances") or [{}]
+            input_text = instances[0].get("input", "") or ""
+        else:
+            input_text = record.get("input", "") or ""
+        items.append({
+            "id": str(record.get("id", f"item-{number - 1}")),
+            "instruction": instruction,
+            "input": input_text,
+            "motivation_app": record.get("motivation_app"),
+        })
+        if limit is not None and len(items) == limit:
+            break
+    return items
+
+
+def load_answers(path: Path) -> list[dict[str, Any]]:
+    """Answers as `{id, instruction, input, motivation_app, output, generation_id, model}`, from
+    any of the answer file formats (see the module docstring)."""
+    answers = []
+    for number, record in enumerate(_read_records(path), 1):
+        if "output" in record:
+            output = record["output"]
+        elif "response" in record:
+            output = record["response"]
+        else:
+            raise EvaluationError(
+                f"{path}: record {number} has neither `output` nor `response`; "
+                "is this an answer file?"
+            )
+        instruction = record.get("instruction")
+        if not isinstance(instruction, str):
+            raise EvaluationError(f"{path}: record {number} has no instruction")
+        answers.append({
+            "id": str(record.get("id", f"line-{number}")),
+            "instruction": instruction,
+            "input": record.get("input", "") or "",
+            "motivation_app": record.get("motivation_app"),
+            # Stripped: the davinci file's leading blank lines would give its side away.
+            "output": (output if isinstance(output, str) else json.dumps(output)).strip(),
+            "generation_id": record.get("generation_id"),
+            "model": record.get("model"),
+        })
+    return answers
+
+
+def generate_answers(
+    server_url: str,
+    items: list[dict[str, Any]],
+    *,
+    concurrency: int = 4,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.1,
+    api_key: str | None = None,
+    timeout_s: float = 600.0,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], list[AnswerFailure]]:
+    """Ask the server (`POST /generate`, not streamed) for an answer to each item, at most
+    `concurrency` at a time. Returns the answers in the items' order and the failures."""
+    return asyncio.run(_generate_all(
+        server_url, items, concurrency=concurrency, max_new_tokens=max_new_tokens,
+        temperature=temperature, api_key=api_key, timeout_s=timeout_s, progress=progress,
+    ))
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write `records` as JSON lines (UTF-8, one object a line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+async def _generate_all(server_url, items, *, concurrency, max_new_tokens, temperature, api_key,
+                        timeout_s, progress):
+    import httpx
+    from tqdm import tqdm
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    limit = asyncio.Semaphore(max(1, concurrency))
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    failures: list[AnswerFailure] = []
+    bar = tqdm(total=len(items), desc="answers", unit="answer", disable=not progress)
+
+    async def answer(index: int, item: dict[str, Any], client: httpx.AsyncClient) -> None:
+        body: dict[str, Any] = {"instruction": item["instruction"], "input": item["input"],
+                                "temperature": temperature}
+        if max_new_tokens is not None:
+            body["max_new_tokens"] = max_new_tokens
+        async with limit:
+            try:
+                reply = await _post_with_retries(client, "/generate", body)
+                results[index] = {
+                    **item, "output": reply["text"], "generation_id": reply["id"],
+                    "model": reply.get("model"),
+                }
+            except EvaluationError as err:
+                failures.append(AnswerFailure(item["id"], str(err)))
+                bar.write(f"failed: {item['id']}: {err}")
+            bar.update(1)
+
+    timeout = httpx.Timeout(timeout_s, connect=10.0)
+    async with httpx.AsyncClient(base_url=server_url.rstrip("/"), headers=headers,
+                                 timeout=timeout, trust_env=False) as client:
+        try:
+            await asyncio.gather(*(answer(i, item, client) for i, item in enumerate(items)))
+        finally:
+            bar.close()
+    return [r for r in results if r is not None], failures
+
+
+async def _post_with_retries(client, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST `body`, waiting and trying again on 429/503 (honouring `Retry-After`)."""
+    import httpx
+
+    backoff = FIRST_BACKOFF_S
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            response = await client.post(path, json=body)
+        except httpx.TransportError as err:
+            # Refused connections mean no server there: trying again will not help.
+            if attempt == MAX_ATTEMPTS or isinstance(err, httpx.ConnectError):
+                raise EvaluationError(
+                    f"cannot reach {client.base_url} ({type(err).__name__})"
+                ) from err
+        else:
+            if response.status_code == 200:
+                return response.json()
+            if response.status_code not in RETRY_STATUSES or attempt == MAX_ATTEMPTS:
+                raise EvaluationError(_describe(response))
+            retry_after = response.headers.get("Retry-After", "")
+            if retry_after.replace(".", "", 1).isdigit():
+                backoff = max(backoff, float(retry_after))
+        await asyncio.sleep(min(backoff, MAX_BACKOFF_S))
+        backoff *= 2
+    raise AssertionError("unreachable")
+
+
+def _describe(response) -> str:
+    try:
+        message = response.json().get("error", {}).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return f"the server answered {response.status_code}: {message or response.text[:200]}"
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON list file or a JSON-lines file, whichever `path` holds."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise EvaluationError(f"cannot read {path}: {err.strerror or err}") from err
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise EvaluationError(f"{path} is not valid JSON: {err}") from err
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise EvaluationError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
+    if not records:
+        raise EvaluationError(f"{path} holds no records")
+    bad = next((i for i, r in enumerate(records, 1) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise EvaluationError(f"{path}: record {bad} is not a JSON object")
+    return records

@@ -1,0 +1,260 @@
+"""`alpaca-eval`: answer an instruction set, compare two answer files blind, vote, report.
+
+Usage:
+    alpaca-eval answer --server-url http://127.0.0.1:8000 --limit 20 --out ours.jsonl
+    alpaca-eval compare --a ours.jsonl \
+        --b ../shared/data/user_oriented_text-davinci-003_predictions.jsonl \
+        --label-a ours --label-b text-davinci-003 --seed 7 --out comparison.json
+    alpaca-eval vote --comparison comparison.json --votes votes.jsonl --pair-id pair-000 \
+        --winner left [--session-id alice] [--server-url http://127.0.0.1:8000]
+    alpaca-eval judge --comparison comparison.json --votes votes.jsonl \
+        --judge-url http://127.0.0.1:8001 [--judge-model NAME]
+    alpaca-eval report --comparison comparison.json --votes votes.jsonl --chart report.png \
+        [--include-machine]
+
+Every subcommand has `--help`. Errors are one line, `alpaca-eval SUBCOMMAND: error: ...`, with
+a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+from pathlib import Path
+
+# The Alpaca evaluation set (user-oriented self-instruct instructions), beside the project.
+DEFAULT_INSTRUCTIONS = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    / "user_oriented_instructions.jsonl"
+)
+DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from evaluation.answers import EvaluationError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except EvaluationError as err:
+        sys.exit(f"{args.prog}: error: {err}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alpaca-eval",
+        description="Blind pairwise evaluation: generate answers with a server, pair them with "
+        "another model's answers, collect votes (people or an automatic judge), report.",
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    answer = _command(commands, "answer", run_answer,
+                      "answer an instruction file through a server, writing JSON lines")
+    answer.add_argument("--server-url", default=DEFAULT_SERVER_URL,
+                        help=f"the alpaca-serve to ask (default: {DEFAULT_SERVER_URL})")
+    answer.add_argument("--instructions", type=Path, default=DEFAULT_INSTRUCTIONS,
+                        help="self-instruct user-oriented JSON lines (instruction, "
+                        "instances[0].input, motivation_app) or an Alpaca JSON list "
+                        "(instruction, input); default: ../shared/data/"
+                        "user_oriented_instructions.jsonl beside the project")
+    answer.add_argument("--limit", type=int, default=None,
+                        help="answer only the first N instructions (default: all)")
+    answer.add_argument("--concurrency", type=int, default=4,
+                        help="requests in flight at once (default: 4)")
+    answer.add_argument("--max-new-tokens", type=int, default=None,
+                        help="most tokens per answer (default: the server's default)")
+    answer.add_argument("--temperature", type=float, default=0.1,
+                        help="sampling temperature, 0 for greedy (default: 0.1)")
+    answer.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for one answer (default: 600)")
+    answer.add_argument("--api-key", default=None,
+                        help="sent as a bearer token when the server wants one")
+    answer.add_argument("--out", type=Path, required=True,
+                        help="answers file to write: JSON lines {id, instruction, input, "
+                        "motivation_app, output, generation_id, model}")
+    answer.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    compare = _command(commands, "compare", run_compare,
+                       "pair two answer files into a blind comparison file")
+    compare.add_argument("--a", type=Path, required=True,
+                         help="answer file of side A (from `answer`, a self-instruct predictions "
+                         "file such as the text-davinci-003 one, or an Alpaca JSON list)")
+    compare.add_argument("--b", type=Path, required=True, help="answer file of side B")
+    compare.add_argument("--label-a", default=None,
+                         help="name of side A in reports (default: the model named in the file, "
+                         "else the file name)")
+    compare.add_argument("--label-b", default=None, help="name of side B (default: as --label-a)")
+    compare.add_argument("--seed", type=int, default=None,
+                         help="seed for the pair order and sides (default: random; recorded in "
+                         "the file either way)")
+    compare.add_argument("--out", type=Path, required=True, help="comparison JSON file to write")
+
+    vote = _command(commands, "vote", run_vote, "record one vote on a pair of a comparison")
+    vote.add_argument("--comparison", type=Path, required=True, help="comparison file")
+    vote.add_argument("--votes", type=Path, required=True,
+                      help="votes file (JSON lines) to append to; created if missing")
+    vote.add_argument("--pair-id", required=True, help="the pair voted on, e.g. pair-000")
+    vote.add_argument("--winner", required=True, choices=["left", "right", "tie", "both_bad"],
+                      help="which side was better, as shown: left, right, tie or both_bad")
+    vote.add_argument("--session-id", default="cli",
+                      help="who votes; a later vote by the same session on the same pair "
+                      "replaces the earlier one (default: cli)")
+    vote.add_argument("--voter", choices=["human", "machine"], default="human",
+                      help="a person or an automatic judge (default: human)")
+    vote.add_argument("--server-url", default=None,
+                      help="also send the vote to this server's pairwise feedback when both "
+                      "answers carry a generation id of that server")
+    vote.add_argument("--api-key", default=None,
+                      help="sent as a bearer token with --server-url when the server wants one")
+
+    judge = _command(commands, "judge", run_judge,
+                     "fill machine votes with an OpenAI-compatible chat model as the judge")
+    judge.add_argument("--comparison", type=Path, required=True, help="comparison file")
+    judge.add_argument("--votes", type=Path, required=True,
+                       help="votes file to append the machine votes to")
+    judge.add_argument("--judge-url", required=True,
+                       help="base URL of an OpenAI-compatible API (…/v1/chat/completions)")
+    judge.add_argument("--judge-model", default=None,
+                       help="model name to ask (default: the first one /v1/models lists)")
+    judge.add_argument("--judge-api-key", default=None, help="bearer token for the judge")
+    judge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    report = _command(commands, "report", run_report,
+                      "print wins / ties / losses with a 95% interval, by category, and a chart")
+    report.add_argument("--comparison", type=Path, required=True, help="comparison file")
+    report.add_argument("--votes", type=Path, required=True, help="votes file (JSON lines)")
+    report.add_argument("--chart", type=Path, default=None,
+                        help="PNG bar chart to write (default: none)")
+    report.add_argument("--include-machine", action="store_true",
+                        help="also report the automatic judge's votes, in their own section")
+    report.add_argument("--top-categories", type=int, default=10,
+                        help="categories (motivation_app) to list, most voted first (default: 10)")
+    report.add_argument("--json", type=Path, default=None,
+                        help="also write the counts and intervals as JSON to this file")
+    return parser
+
+
+def run_answer(args: argparse.Namespace) -> None:
+    from evaluation.answers import (
+        EvaluationError,
+        generate_answers,
+        load_instructions,
+        write_jsonl,
+    )
+
+    if args.limit is not None and args.limit < 1:
+        raise EvaluationError(f"--limit must be at least 1, got {args.limit}")
+    if args.concurrency < 1:
+        raise EvaluationError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise EvaluationError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    items = load_instructions(args.instructions, args.limit)
+    answers, failures = generate_answers(
+        args.server_url, items, concurrency=args.concurrency, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, api_key=args.api_key, timeout_s=args.timeout,
+        progress=not args.no_progress,
+    )
+    if not answers:
+        first = failures[0].reason if failures else "no instructions"
+        raise EvaluationError(f"all {len(items)} instructions failed; the first: {first}")
+    write_jsonl(args.out, answers)
+    print(f"wrote {len(answers)} answers to {args.out} ({len(failures)} failed)")
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from evaluation.answers import EvaluationError, load_answers
+    from evaluation.comparison import build_comparison, save_comparison
+
+    answers_a, answers_b = load_answers(args.a), load_answers(args.b)
+    label_a = args.label_a or _default_label(answers_a, args.a)
+    label_b = args.label_b or _default_label(answers_b, args.b)
+    if label_a == label_b:
+        label_b += " (B)"
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    comparison = build_comparison(answers_a, answers_b, label_a, label_b, seed)
+    if not comparison["pairs"]:
+        raise EvaluationError(f"no instruction of {args.a} is answered in {args.b}: "
+                              "nothing to compare")
+    save_comparison(args.out, comparison)
+    unmatched = comparison["unmatched"]
+    print(f"wrote {len(comparison['pairs'])} pairs ({label_a} vs {label_b}, seed {seed}) to "
+          f"{args.out}; without a partner: {unmatched['a']} of A, {unmatched['b']} of B")
+
+
+def run_vote(args: argparse.Namespace) -> None:
+    from evaluation.answers import EvaluationError
+    from evaluation.comparison import Vote, find_pair, load_comparison, record_vote, send_pairwise
+
+    pair = find_pair(load_comparison(args.comparison), args.pair_id)
+    vote = Vote(args.pair_id, args.winner, args.voter, args.session_id)
+    record_vote(args.votes, vote)
+    message = f"recorded: {args.pair_id} {args.winner} ({args.voter}, session {args.session_id})"
+    if args.server_url:
+        try:
+            sent = send_pairwise(args.server_url, pair, args.winner, args.session_id,
+                                 args.api_key)
+        except EvaluationError as err:
+            raise EvaluationError(f"the vote is in {args.votes} but did not reach the "
+                                  f"feedback store: {err}") from err
+        message += ("; sent to the feedback store" if sent else
+                    "; not sent to the server: a side has no generation id")
+    print(message)
+
+
+def run_judge(args: argparse.Namespace) -> None:
+    from evaluation.comparison import judge_comparison, load_comparison, record_vote
+
+    comparison = load_comparison(args.comparison)
+    votes, unreadable = judge_comparison(
+        comparison, args.judge_url, model=args.judge_model, api_key=args.judge_api_key,
+        progress=not args.no_progress,
+    )
+    for vote in votes:
+        record_vote(args.votes, vote)
+    print(f"recorded {len(votes)} machine votes in {args.votes}"
+          + (f"; {len(unreadable)} replies were not A, B or tie: {', '.join(unreadable)}"
+             if unreadable else ""))
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from evaluation.answers import EvaluationError
+    from evaluation.comparison import load_comparison, load_votes
+    from evaluation.report import format_report, tally_votes, write_chart
+
+    if args.top_categories < 1:
+        raise EvaluationError(f"--top-categories must be at least 1, got {args.top_categories}")
+    if args.chart is not None and args.chart.suffix.lower() != ".png":
+        raise EvaluationError(f"--chart must name a .png file, got {args.chart}")
+    comparison = load_comparison(args.comparison)
+    votes = load_votes(args.votes)
+    voters = ["human", "machine"] if args.include_machine else ["human"]
+    tallies = {voter: tally_votes(comparison, votes, voter) for voter in voters}
+    print(format_report(comparison, tallies, args.top_categories))
+    machine_left_out = sum(1 for vote in votes if vote.voter == "machine")
+    if not args.include_machine and machine_left_out:
+        print(f"\n({machine_left_out} machine votes not shown; add --include-machine)")
+    if args.json is not None:
+        summary = {"labels": comparison["labels"],
+                   **{voter: tally.as_dict() for voter, tally in tallies.items()}}
+        args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    if args.chart is not None:
+        write_chart(args.chart, comparison, tallies, args.top_categories)
+        print(f"chart written to {args.chart}")
+
+
+def _command(commands, name: str, run, help_text: str) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)
+    command.set_defaults(run=run, prog=command.prog)
+    return command
+
+
+def _default_label(answers: list[dict], path: Path) -> str:
+    models = {answer.get("model") for answer in answers} - {None}
+    return models.pop() if len(models) == 1 else path.stem
+
+
+if __name__ == "__main__":
+    main()
