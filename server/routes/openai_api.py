@@ -22,8 +22,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.engine import EngineUnavailableError
 from server.errors import APIError, error_body, invalid
@@ -45,6 +46,8 @@ router = APIRouter(prefix="/v1")
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length",
                   "content_filter": "content_filter"}
 ERRORS = {
+    200: {"description": "the answer; with `stream: true`, server-sent events instead",
+          "content": {"text/event-stream": {}}},
     400: {"model": ErrorResponse,
           "description": "the body is not valid JSON, or a content filter refused it"},
     404: {"model": ErrorResponse, "description": "no such model"},
@@ -57,6 +60,10 @@ ERRORS = {
 }
 
 
+StopString = Annotated[str, Field(min_length=1)]
+StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
+
+
 class _Sampling(BaseModel):
     """The sampling fields both request kinds share, with OpenAI's names."""
 
@@ -67,7 +74,7 @@ class _Sampling(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
     top_p: float = Field(DEFAULT_TOP_P, gt=0.0, le=1.0)
-    stop: str | list[Annotated[str, Field(min_length=1)]] | None = None
+    stop: StopString | StopList | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
@@ -124,7 +131,7 @@ def _to_generate(body: _Sampling, runtime: Runtime, **text: str) -> GenerateRequ
     if len(stop) > MAX_STOP_SEQUENCES:
         raise invalid(f"stop takes at most {MAX_STOP_SEQUENCES} strings (got {len(stop)})",
                       "stop")
-    return GenerateRequest(
+    fields = dict(
         **text,
         max_new_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
@@ -134,6 +141,12 @@ def _to_generate(body: _Sampling, runtime: Runtime, **text: str) -> GenerateRequ
         seed=body.seed,
         stream=body.stream,
     )
+    try:
+        return GenerateRequest(**fields)
+    except ValidationError as err:  # a rule of /generate the OpenAI fields did not catch
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in err.errors()]
+        ) from err
 
 
 async def _respond(internal: GenerateRequest, request: Request, runtime: Runtime, kind: str):

@@ -117,3 +117,11 @@ def test_errors_surface_as_the_sdks_exceptions(sdk, model, kwargs, error, param)
     with pytest.raises(error) as raised:
         sdk.chat.completions.create(**body)
     assert raised.value.body["param"] == param
+
+
+@pytest.mark.parametrize("stop", ["", [""], ["x"] * 9])
+def test_bad_stop_values_are_422_not_server_errors(client, model, stop):
+    response = client.post("/v1/completions",
+                           json={"model": model, "prompt": "hi", "stop": stop})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"].startswith("stop")
