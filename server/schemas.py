@@ -93,3 +93,31 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+def error_doc(description: str) -> dict:
+    """One documented error answer of a route, for FastAPI's `responses`."""
+    return {"model": ErrorResponse, "description": description}
+
+
+# What any route with a JSON body may answer before it looks at the fields.
+BODY_ERRORS = {
+    400: error_doc("the body is not valid JSON"),
+    413: error_doc("the body is over the size limit"),
+    415: error_doc("the body was not sent as JSON"),
+}
+
+# What the generation routes (/generate and the /v1 routes) may answer.
+GENERATION_RESPONSES = {
+    **BODY_ERRORS,
+    200: {
+        "description": "the answer; with `stream: true`, server-sent events instead",
+        # One `data: {json}` event per piece, then `data: [DONE]` (see README).
+        "content": {"text/event-stream": {}},
+    },
+    400: error_doc("the body is not valid JSON, or a content filter refused it"),
+    422: error_doc("a parameter is invalid"),
+    429: error_doc("at capacity; see Retry-After"),
+    503: error_doc("the model is loading or the engine died"),
+    504: error_doc("the request ran past the time limit"),
+}

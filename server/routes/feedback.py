@@ -20,7 +20,7 @@ from server.feedback_store import (
     UnknownGenerationError,
 )
 from server.runtime import Runtime, RuntimeDep
-from server.schemas import ErrorResponse
+from server.schemas import BODY_ERRORS, error_doc
 
 router = APIRouter()
 
@@ -69,12 +69,10 @@ class FeedbackSaved(BaseModel):
         "oneOf": [RatingRequest.model_json_schema(), ComparisonRequest.model_json_schema()],
     }}}}},
     responses={
-        400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
-        413: {"model": ErrorResponse, "description": "the body is over the size limit"},
-        415: {"model": ErrorResponse, "description": "the body was not sent as JSON"},
+        **BODY_ERRORS,
         200: {"model": FeedbackSaved, "description": "an earlier rating by this session updated"},
-        404: {"model": ErrorResponse, "description": "no such generation"},
-        422: {"model": ErrorResponse, "description": "a field is invalid"},
+        404: error_doc("no such generation"),
+        422: error_doc("a field is invalid"),
     },
 )
 async def post_feedback(

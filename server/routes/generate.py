@@ -18,7 +18,13 @@ from server.feedback_store import GenerationRecord
 from server.filters import FilterInput
 from server.generation import Generation, GenerationInterrupted, run_unless_disconnected
 from server.runtime import Runtime, RuntimeDep
-from server.schemas import ErrorResponse, FilterBlock, GenerateRequest, GenerateResponse, Usage
+from server.schemas import (
+    GENERATION_RESPONSES,
+    FilterBlock,
+    GenerateRequest,
+    GenerateResponse,
+    Usage,
+)
 from training.prompts import SECTION_HEADERS, format_prompt
 
 router = APIRouter()
@@ -29,21 +35,7 @@ RETRY_AFTER_S = 1  # what a refused client is told to wait before trying again
 @router.post(
     "/generate",
     response_model=GenerateResponse,
-    responses={
-        200: {
-            "description": "the answer; with `stream: true`, server-sent events instead",
-            # One `data: {json}` event per piece, then `data: [DONE]` (see README).
-            "content": {"text/event-stream": {}},
-        },
-        413: {"model": ErrorResponse, "description": "the body is over the size limit"},
-        415: {"model": ErrorResponse, "description": "the body was not sent as JSON"},
-        400: {"model": ErrorResponse,
-              "description": "the body is not valid JSON, or a content filter refused it"},
-        422: {"model": ErrorResponse, "description": "a parameter is invalid"},
-        429: {"model": ErrorResponse, "description": "at capacity; see Retry-After"},
-        504: {"model": ErrorResponse, "description": "the request ran past the time limit"},
-        503: {"model": ErrorResponse, "description": "the model is loading or the engine died"},
-    },
+    responses=GENERATION_RESPONSES,
 )
 async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep):
     generation, ticket = await start_generation(body, request, runtime)

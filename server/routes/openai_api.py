@@ -35,9 +35,10 @@ from server.schemas import (
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
+    GENERATION_RESPONSES,
     MAX_STOP_SEQUENCES,
-    ErrorResponse,
     GenerateRequest,
+    error_doc,
 )
 
 router = APIRouter(prefix="/v1")
@@ -45,19 +46,7 @@ router = APIRouter(prefix="/v1")
 # OpenAI's finish reasons: the end of sequence and a stop string are both "stop".
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length",
                   "content_filter": "content_filter"}
-ERRORS = {
-    200: {"description": "the answer; with `stream: true`, server-sent events instead",
-          "content": {"text/event-stream": {}}},
-    400: {"model": ErrorResponse,
-          "description": "the body is not valid JSON, or a content filter refused it"},
-    404: {"model": ErrorResponse, "description": "no such model"},
-    413: {"model": ErrorResponse, "description": "the body is over the size limit"},
-    415: {"model": ErrorResponse, "description": "the body was not sent as JSON"},
-    504: {"model": ErrorResponse, "description": "the request ran past the time limit"},
-    422: {"model": ErrorResponse, "description": "a parameter is invalid"},
-    429: {"model": ErrorResponse, "description": "at capacity; see Retry-After"},
-    503: {"model": ErrorResponse, "description": "the model is loading or the engine died"},
-}
+ERRORS = {**GENERATION_RESPONSES, 404: error_doc("no such model")}
 
 
 StopString = Annotated[str, Field(min_length=1)]
