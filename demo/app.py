@@ -18,7 +18,7 @@ import gradio as gr
 
 from demo.client import DemoError, ServerClient
 from demo.settings import CompareArm, DemoSettings
-from evaluation.comparison import Vote, load_comparison, record_vote
+from evaluation.comparison import load_comparison
 
 DISCLAIMER = (
     "**Before you start.** The answers come from a language model: they can be wrong, made up, "
@@ -58,9 +58,6 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
                    for arm in settings.compare_arms]
     examples = load_examples(settings.example_source(), settings.max_examples)
     comparison = load_comparison(settings.comparison_file) if settings.comparison_file else None
-    votes_file = settings.votes_file or (
-        settings.comparison_file.with_suffix(".votes.jsonl") if settings.comparison_file else None
-    )
 
     async def respond(instruction, input_text, temperature, top_p, max_new_tokens, history, ids,
                       request: gr.Request):
@@ -197,15 +194,12 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
         async def vote_on_pair(pair, request):
             winner = {"a": "left", "b": "right"}.get(choice, choice)
             ids = [pair["left"]["generation_id"], pair["right"]["generation_id"]]
-            try:
-                if None not in ids:  # both answers are this server's: the store gets it too
-                    await arm_clients[0].send_comparison(
-                        ids, {"left": ids[0], "right": ids[1]}.get(winner, winner),
-                        _session(request))
+            try:  # the comparison was built against the demo's own server
+                await client.send_comparison(
+                    ids, {"left": ids[0], "right": ids[1]}.get(winner, winner),
+                    _session(request))
             except DemoError as err:
                 return *[gr.update()] * len(VOTES), f"⚠️ Your vote was not saved: {err}", {}
-            await asyncio.to_thread(record_vote, votes_file,
-                                    Vote(pair["pair_id"], winner, "human", _session(request)))
             labels = comparison["labels"]
             left, right = labels if pair["left_is"] == "a" else labels[::-1]
             reveal = f"Vote saved ({VOTES[choice]}). **A** was {left}; **B** was {right}."

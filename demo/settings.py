@@ -46,12 +46,8 @@ class DemoSettings(BaseSettings):
     )
     max_examples: int = Field(8, ge=0, description="how many examples to show")
     comparison_file: Path | None = Field(
-        None, description="a comparison from `alpaca-eval compare` whose pairs the Compare tab "
-        "offers for blind votes",
-    )
-    votes_file: Path | None = Field(
-        None, description="where those votes are appended (default: beside the comparison, "
-        "NAME.votes.jsonl), for `alpaca-eval report`",
+        None, description="a comparison from `alpaca-eval compare` (built against the same "
+        "server) whose pairs the Compare tab offers for blind votes, stored as pairwise feedback",
     )
     compare_arms: list[CompareArm] = Field(
         default_factory=lambda: list(DEFAULT_ARMS),
@@ -70,6 +66,27 @@ class DemoSettings(BaseSettings):
     def _examples_exist(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():
             raise ValueError(f"examples file {path} does not exist")
+        return path
+
+    @field_validator("comparison_file")
+    @classmethod
+    def _comparison_is_votable(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        from evaluation.answers import EvaluationError
+        from evaluation.comparison import load_comparison
+
+        try:
+            comparison = load_comparison(path)
+        except EvaluationError as err:
+            raise ValueError(str(err)) from err
+        if not comparison["pairs"]:
+            raise ValueError(f"{path} has no pairs")
+        if any(pair[side].get("generation_id") is None
+               for pair in comparison["pairs"] for side in ("left", "right")):
+            raise ValueError(f"{path} has answers without a generation id, so votes on them "
+                             "cannot be stored: build it with `alpaca-eval compare "
+                             "--server-url` against the demo's server")
         return path
 
     def example_source(self) -> Path | None:

@@ -5,11 +5,11 @@ Usage:
     alpaca-eval compare --a ours.jsonl \
         --b ../shared/data/user_oriented_text-davinci-003_predictions.jsonl \
         --label-a ours --label-b text-davinci-003 --out comparison.json
-    alpaca-eval vote --comparison comparison.json --votes votes.jsonl \
-        --pair-id pair-000 --winner left
-    alpaca-eval judge --comparison comparison.json --votes votes.jsonl \
-        --judge-url http://judge:8000
-    alpaca-eval report --comparison comparison.json --votes votes.jsonl --chart report.png
+    alpaca-eval vote --comparison comparison.json --pair-id pair-000 --winner left
+    alpaca-eval judge --comparison comparison.json --judge-url http://judge:8000
+    alpaca-eval report --comparison comparison.json --chart report.png
+
+Answers and votes live in the server's feedback store (see `evaluation.store`).
 
 `evaluation` is a client of the server's HTTP API like the demo: it never imports `server`.
 """

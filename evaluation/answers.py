@@ -179,7 +179,7 @@ async def _post_with_retries(client, path: str, body: dict[str, Any]) -> dict[st
             if response.status_code == 200:
                 return response.json()
             if response.status_code not in RETRY_STATUSES or attempt == MAX_ATTEMPTS:
-                raise EvaluationError(_describe(response))
+                raise EvaluationError(describe_error(response))
             retry_after = response.headers.get("Retry-After", "")
             if retry_after.replace(".", "", 1).isdigit():
                 backoff = max(backoff, float(retry_after))
@@ -188,7 +188,7 @@ async def _post_with_retries(client, path: str, body: dict[str, Any]) -> dict[st
     raise AssertionError("unreachable")
 
 
-def _describe(response) -> str:
+def describe_error(response) -> str:
     try:
         message = response.json().get("error", {}).get("message")
     except (ValueError, AttributeError):

@@ -5,12 +5,15 @@ Usage:
     alpaca-eval compare --a ours.jsonl \
         --b ../shared/data/user_oriented_text-davinci-003_predictions.jsonl \
         --label-a ours --label-b text-davinci-003 --seed 7 --out comparison.json
-    alpaca-eval vote --comparison comparison.json --votes votes.jsonl --pair-id pair-000 \
-        --winner left [--session-id alice] [--server-url http://127.0.0.1:8000]
-    alpaca-eval judge --comparison comparison.json --votes votes.jsonl \
-        --judge-url http://127.0.0.1:8001 [--judge-model NAME]
-    alpaca-eval report --comparison comparison.json --votes votes.jsonl --chart report.png \
-        [--include-machine]
+    alpaca-eval vote --comparison comparison.json --pair-id pair-000 --winner left \
+        [--session-id alice]
+    alpaca-eval judge --comparison comparison.json --judge-url http://127.0.0.1:8001 \
+        [--judge-model NAME]
+    alpaca-eval report --comparison comparison.json --chart report.png [--include-machine]
+
+Votes live in the feedback store of the server the comparison was built against (its URL is in
+the comparison file; `--server-url` overrides it): `compare` imports the answers that server did
+not give, `vote` and `judge` send votes to it, and `report` reads them back.
 
 Every subcommand has `--help`. Errors are one line, `alpaca-eval SUBCOMMAND: error: ...`, with
 a non-zero exit status.
@@ -91,41 +94,39 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seed for the pair order and sides (default: random; recorded in "
                          "the file either way)")
     compare.add_argument("--out", type=Path, required=True, help="comparison JSON file to write")
+    _store_options(compare, "the alpaca-serve whose feedback store keeps the answers and votes: "
+                   "answers it did not give (for example the davinci file's) are imported "
+                   f"into it (default: {DEFAULT_SERVER_URL})", default=DEFAULT_SERVER_URL)
 
-    vote = _command(commands, "vote", run_vote, "record one vote on a pair of a comparison")
+    vote = _command(commands, "vote", run_vote,
+                    "record one person's vote on a pair of a comparison in the feedback store")
     vote.add_argument("--comparison", type=Path, required=True, help="comparison file")
-    vote.add_argument("--votes", type=Path, required=True,
-                      help="votes file (JSON lines) to append to; created if missing")
     vote.add_argument("--pair-id", required=True, help="the pair voted on, e.g. pair-000")
     vote.add_argument("--winner", required=True, choices=["left", "right", "tie", "both_bad"],
                       help="which side was better, as shown: left, right, tie or both_bad")
     vote.add_argument("--session-id", default="cli",
                       help="who votes; a later vote by the same session on the same pair "
                       "replaces the earlier one (default: cli)")
-    vote.add_argument("--voter", choices=["human", "machine"], default="human",
-                      help="a person or an automatic judge (default: human)")
-    vote.add_argument("--server-url", default=None,
-                      help="also send the vote to this server's pairwise feedback when both "
-                      "answers carry a generation id of that server")
-    vote.add_argument("--api-key", default=None,
-                      help="sent as a bearer token with --server-url when the server wants one")
+    _store_options(vote, STORE_HELP)
 
     judge = _command(commands, "judge", run_judge,
                      "fill machine votes with an OpenAI-compatible chat model as the judge")
     judge.add_argument("--comparison", type=Path, required=True, help="comparison file")
-    judge.add_argument("--votes", type=Path, required=True,
-                       help="votes file to append the machine votes to")
     judge.add_argument("--judge-url", required=True,
-                       help="base URL of an OpenAI-compatible API (…/v1/chat/completions)")
+                       help="base URL of an OpenAI-compatible API (…/v1/chat/completions); "
+                       "this server's own URL works too")
     judge.add_argument("--judge-model", default=None,
                        help="model name to ask (default: the first one /v1/models lists)")
     judge.add_argument("--judge-api-key", default=None, help="bearer token for the judge")
+    judge.add_argument("--one-order", action="store_true",
+                       help="ask once per pair instead of twice with the answers swapped "
+                       "(half the cost, but position bias goes uncorrected)")
     judge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _store_options(judge, STORE_HELP)
 
     report = _command(commands, "report", run_report,
                       "print wins / ties / losses with a 95% interval, by category, and a chart")
     report.add_argument("--comparison", type=Path, required=True, help="comparison file")
-    report.add_argument("--votes", type=Path, required=True, help="votes file (JSON lines)")
     report.add_argument("--chart", type=Path, default=None,
                         help="PNG bar chart to write (default: none)")
     report.add_argument("--include-machine", action="store_true",
@@ -134,7 +135,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="categories (motivation_app) to list, most voted first (default: 10)")
     report.add_argument("--json", type=Path, default=None,
                         help="also write the counts and intervals as JSON to this file")
+    _store_options(report, "the alpaca-serve whose feedback store holds the votes (default: "
+                   "the one recorded in the comparison file)")
     return parser
+
+
+STORE_HELP = ("the alpaca-serve whose feedback store keeps the votes (default: the one recorded "
+              "in the comparison file)")
+
+
+def _store_options(command: argparse.ArgumentParser, help_text: str,
+                   default: str | None = None) -> None:
+    command.add_argument("--server-url", default=default, help=help_text)
+    command.add_argument("--api-key", default=None,
+                         help="sent as a bearer token to that server when it wants one")
+
+
+def _open_store(args: argparse.Namespace, comparison: dict):
+    """The feedback store of `--server-url`, or of the server the comparison was built with."""
+    from evaluation.answers import EvaluationError
+    from evaluation.store import FeedbackStoreClient
+
+    url = args.server_url or comparison.get("server_url")
+    if not url:
+        raise EvaluationError(f"{args.comparison} names no server: pass --server-url")
+    return FeedbackStoreClient(url, args.api_key)
 
 
 def run_answer(args: argparse.Namespace) -> None:
@@ -166,7 +191,8 @@ def run_answer(args: argparse.Namespace) -> None:
 
 def run_compare(args: argparse.Namespace) -> None:
     from evaluation.answers import EvaluationError, load_answers
-    from evaluation.comparison import build_comparison, save_comparison
+    from evaluation.comparison import attach_generation_ids, build_comparison, save_comparison
+    from evaluation.store import FeedbackStoreClient
 
     answers_a, answers_b = load_answers(args.a), load_answers(args.b)
     label_a = args.label_a or _default_label(answers_a, args.a)
@@ -178,50 +204,51 @@ def run_compare(args: argparse.Namespace) -> None:
     if not comparison["pairs"]:
         raise EvaluationError(f"no instruction of {args.a} is answered in {args.b}: "
                               "nothing to compare")
+    with FeedbackStoreClient(args.server_url, args.api_key) as store:
+        imported = attach_generation_ids(comparison, store)
     save_comparison(args.out, comparison)
     unmatched = comparison["unmatched"]
     print(f"wrote {len(comparison['pairs'])} pairs ({label_a} vs {label_b}, seed {seed}) to "
-          f"{args.out}; without a partner: {unmatched['a']} of A, {unmatched['b']} of B")
+          f"{args.out}; without a partner: {unmatched['a']} of A, {unmatched['b']} of B; "
+          f"{imported} answers imported into the feedback store at {args.server_url}")
 
 
 def run_vote(args: argparse.Namespace) -> None:
-    from evaluation.answers import EvaluationError
-    from evaluation.comparison import Vote, find_pair, load_comparison, record_vote, send_pairwise
+    from evaluation.comparison import Vote, cast_vote, find_pair, load_comparison
 
-    pair = find_pair(load_comparison(args.comparison), args.pair_id)
-    vote = Vote(args.pair_id, args.winner, args.voter, args.session_id)
-    record_vote(args.votes, vote)
-    message = f"recorded: {args.pair_id} {args.winner} ({args.voter}, session {args.session_id})"
-    if args.server_url:
-        try:
-            sent = send_pairwise(args.server_url, pair, args.winner, args.session_id,
-                                 args.api_key)
-        except EvaluationError as err:
-            raise EvaluationError(f"the vote is in {args.votes} but did not reach the "
-                                  f"feedback store: {err}") from err
-        message += ("; sent to the feedback store" if sent else
-                    "; not sent to the server: a side has no generation id")
-    print(message)
+    comparison = load_comparison(args.comparison)
+    pair = find_pair(comparison, args.pair_id)
+    with _open_store(args, comparison) as store:
+        created = cast_vote(store, pair, Vote(args.pair_id, args.winner, "human",
+                                              args.session_id))
+        where = store.server_url
+    print(f"{'recorded' if created else 'changed'}: {args.pair_id} {args.winner} "
+          f"(session {args.session_id}) in the feedback store at {where}")
 
 
 def run_judge(args: argparse.Namespace) -> None:
-    from evaluation.comparison import judge_comparison, load_comparison, record_vote
+    from evaluation.comparison import cast_vote, find_pair, judge_comparison, load_comparison
 
     comparison = load_comparison(args.comparison)
-    votes, unreadable = judge_comparison(
-        comparison, args.judge_url, model=args.judge_model, api_key=args.judge_api_key,
-        progress=not args.no_progress,
-    )
-    for vote in votes:
-        record_vote(args.votes, vote)
-    print(f"recorded {len(votes)} machine votes in {args.votes}"
-          + (f"; {len(unreadable)} replies were not A, B or tie: {', '.join(unreadable)}"
-             if unreadable else ""))
+    with _open_store(args, comparison) as store:
+        store.check()  # before the long part, not after it
+        judgement = judge_comparison(
+            comparison, args.judge_url, model=args.judge_model, api_key=args.judge_api_key,
+            both_orders=not args.one_order, progress=not args.no_progress,
+        )
+        for vote in judgement.votes:
+            cast_vote(store, find_pair(comparison, vote.pair_id), vote)
+    print(f"recorded {len(judgement.votes)} machine votes in the feedback store at "
+          f"{store.server_url}"
+          + (f"; {len(judgement.inconsistent)} pairs were judged differently with the sides "
+             "swapped and count as ties" if judgement.inconsistent else "")
+          + (f"; {len(judgement.unreadable)} replies were not A, B or tie: "
+             f"{', '.join(judgement.unreadable)}" if judgement.unreadable else ""))
 
 
 def run_report(args: argparse.Namespace) -> None:
     from evaluation.answers import EvaluationError
-    from evaluation.comparison import load_comparison, load_votes
+    from evaluation.comparison import load_comparison, votes_in_store
     from evaluation.report import format_report, tally_votes, write_chart
 
     if args.top_categories < 1:
@@ -229,7 +256,8 @@ def run_report(args: argparse.Namespace) -> None:
     if args.chart is not None and args.chart.suffix.lower() != ".png":
         raise EvaluationError(f"--chart must name a .png file, got {args.chart}")
     comparison = load_comparison(args.comparison)
-    votes = load_votes(args.votes)
+    with _open_store(args, comparison) as store:
+        votes = votes_in_store(store, comparison)
     voters = ["human", "machine"] if args.include_machine else ["human"]
     tallies = {voter: tally_votes(comparison, votes, voter) for voter in voters}
     print(format_report(comparison, tallies, args.top_categories))

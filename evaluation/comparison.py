@@ -2,21 +2,24 @@
 
 Usage:
     comparison = build_comparison(load_answers(a), load_answers(b), "ours", "davinci", seed=7)
-    save_comparison(Path("comparison.json"), comparison)
-    comparison = load_comparison(Path("comparison.json"))
-    record_vote(Path("votes.jsonl"), Vote("pair-000", "left", "human", "alice"))
-    send_pairwise("http://127.0.0.1:8000", pair, "left", session_id="alice")  # both sides served
-    votes, skipped = judge_comparison(comparison, "http://127.0.0.1:8001", model="judge")
+    with FeedbackStoreClient("http://127.0.0.1:8000") as store:
+        attach_generation_ids(comparison, store)  # imports the answers the server did not give
+        save_comparison(Path("comparison.json"), comparison)
+        pair = find_pair(comparison, "pair-000")
+        cast_vote(store, pair, Vote("pair-000", "left", "human", "alice"))
+        votes = votes_in_store(store, comparison)
+    judged = judge_comparison(comparison, "http://127.0.0.1:8001", model="judge")
 
-A comparison file is `{"labels": [label_a, label_b], "seed", "pairs": [{"pair_id", "instruction",
-"input", "motivation_app", "left": {"output", "generation_id"}, "right": {...}, "left_is":
-"a"|"b"}], "unmatched": {"a", "b"}}`: the pairs are shuffled and each one's sides are put left
-or right at random, both from `seed`, so the order is reproducible. Whoever shows a pair to a
-voter shows `left` and `right` only; `left_is` says afterwards which file each side came from.
+A comparison file is `{"labels": [label_a, label_b], "seed", "server_url", "pairs": [{"pair_id",
+"instruction", "input", "motivation_app", "left": {"output", "generation_id"}, "right": {...},
+"left_is": "a"|"b"}], "unmatched": {"a", "b"}}`: the pairs are shuffled and each one's sides are
+put left or right at random, both from `seed`, so the order is reproducible. Whoever shows a pair
+to a voter shows `left` and `right` only; `left_is` says afterwards which file each side came
+from.
 
-A votes file is JSON lines `{"pair_id", "winner": "left"|"right"|"tie"|"both_bad",
-"voter": "human"|"machine", "session_id", "time"}`. A session voting again on the same pair
-replaces its earlier vote, as the server's feedback store does.
+Votes live in the server's feedback store, as pairwise feedback on the generation ids of the two
+sides. Answers the server did not give itself (another model's file) are imported into the store
+first, so every side has an id there. A session voting again on a pair replaces its earlier vote.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from evaluation.answers import EvaluationError
+from evaluation.store import FeedbackStoreClient
 
 WINNERS = ("left", "right", "tie", "both_bad")
 VOTERS = ("human", "machine")
@@ -58,8 +61,7 @@ class Vote:
     pair_id: str
     winner: str  # left, right, tie or both_bad
     voter: str = "human"  # human, or machine for an automatic judge
-    session_id: str = "cli"
-    time: float | None = None  # unix seconds
+    session_id: str = "cli"  # a later vote of the same session on the same pair replaces it
 
     def __post_init__(self) -> None:
         if self.winner not in WINNERS:
@@ -144,54 +146,69 @@ def find_pair(comparison: dict[str, Any], pair_id: str) -> dict[str, Any]:
                           f"({len(comparison['pairs'])} pairs)")
 
 
-def record_vote(path: Path, vote: Vote) -> None:
-    """Append `vote` to the votes file, creating it if needed."""
-    if vote.time is None:
-        vote.time = time.time()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as out:
-        out.write(json.dumps(asdict(vote), ensure_ascii=False) + "\n")
-
-
-def load_votes(path: Path) -> list[Vote]:
-    """The votes in `path`, latest per (pair, session, voter) only; a missing file has none."""
-    if not path.exists():
-        return []
-    latest: dict[tuple[str, str, str], Vote] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+def attach_generation_ids(comparison: dict[str, Any], store: FeedbackStoreClient) -> int:
+    """Import into the store every side of `comparison` that has no generation id yet (answers
+    from another model's file), under its side's label; returns how many were imported."""
+    missing: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+    for pair in comparison["pairs"]:
+        for place in ("left", "right"):
+            if pair[place].get("generation_id") is None:
+                origin = pair["left_is"] if place == "left" else _other(pair["left_is"])
+                missing[origin].append(pair)
+    for origin, label in zip(("a", "b"), comparison["labels"], strict=True):
+        if not missing[origin]:
             continue
-        try:
-            record = json.loads(line)
-            vote = Vote(record["pair_id"], record["winner"], record.get("voter", "human"),
-                        record.get("session_id") or "cli", record.get("time"))
-        except (json.JSONDecodeError, KeyError, TypeError, EvaluationError) as err:
-            raise EvaluationError(f"{path}, line {number}: not a vote ({err})") from err
-        latest[(vote.pair_id, vote.session_id, vote.voter)] = vote
-    return list(latest.values())
+        sides = [_side_of(pair, origin) for pair in missing[origin]]
+        answers = [{"instruction": pair["instruction"], "input": pair["input"],
+                    "output": side["output"]} for pair, side in zip(missing[origin], sides,
+                                                                    strict=True)]
+        ids = store.import_answers(label, answers)
+        for side, generation_id in zip(sides, ids, strict=True):
+            side["generation_id"] = generation_id
+    comparison["server_url"] = store.server_url
+    return len(missing["a"]) + len(missing["b"])
 
 
-def send_pairwise(server_url: str, pair: dict[str, Any], winner: str, session_id: str,
-                  api_key: str | None = None) -> bool:
-    """POST the vote to the server's pairwise feedback when both sides carry a generation id;
-    returns whether it was sent. Raises EvaluationError if the server refuses it."""
-    import httpx
-
+def cast_vote(store: FeedbackStoreClient, pair: dict[str, Any], vote: Vote) -> bool:
+    """Send `vote` on `pair` to the store as pairwise feedback; True when it is a new vote,
+    False when it replaced the session's earlier one."""
     ids = [pair["left"].get("generation_id"), pair["right"].get("generation_id")]
     if None in ids:
-        return False
-    server_winner = {"left": ids[0], "right": ids[1]}.get(winner, winner)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    body = {"generation_ids": ids, "winner": server_winner, "session_id": session_id}
-    try:
-        response = httpx.post(server_url.rstrip("/") + "/feedback", json=body, headers=headers,
-                              timeout=30, trust_env=False)
-    except httpx.TransportError as err:
-        raise EvaluationError(f"cannot reach {server_url} ({type(err).__name__})") from err
-    if response.status_code not in (200, 201):
-        raise EvaluationError(f"the server refused the vote ({response.status_code}: "
-                              f"{response.text[:200]})")
-    return True
+        raise EvaluationError(
+            f"{pair['pair_id']} has an answer without a generation id: build the comparison "
+            "against a server (`alpaca-eval compare --server-url`)"
+        )
+    winner = {"left": ids[0], "right": ids[1]}.get(vote.winner, vote.winner)
+    return store.vote(ids, winner, vote.session_id, vote.voter)
+
+
+def votes_in_store(store: FeedbackStoreClient, comparison: dict[str, Any]) -> list[Vote]:
+    """The store's votes on the pairs of `comparison` (one per session and pair), as left /
+    right / tie / both_bad; votes on other generations are left out."""
+    pairs = {}
+    for pair in comparison["pairs"]:
+        ids = (pair["left"].get("generation_id"), pair["right"].get("generation_id"))
+        if None not in ids:
+            pairs[tuple(sorted(ids))] = pair
+    votes = []
+    for row in store.comparisons():
+        pair = pairs.get(tuple(row["generation_ids"]))
+        if pair is None:
+            continue
+        winner = {pair["left"]["generation_id"]: "left",
+                  pair["right"]["generation_id"]: "right"}.get(row["winner"], row["winner"])
+        votes.append(Vote(pair["pair_id"], winner, row["voter"],
+                          row["session_id"] or f"anonymous-{row['id']}"))
+    return votes
+
+
+@dataclass
+class Judgement:
+    """What an automatic judge made of a comparison."""
+
+    votes: list[Vote]
+    unreadable: list[str]  # pairs whose reply was not A, B or tie
+    inconsistent: list[str]  # pairs judged differently once the sides were swapped (now ties)
 
 
 def judge_comparison(
@@ -200,11 +217,16 @@ def judge_comparison(
     *,
     model: str | None = None,
     api_key: str | None = None,
+    both_orders: bool = True,
     max_tokens: int = 8,
     progress: bool = True,
-) -> tuple[list[Vote], list[str]]:
-    """Ask an OpenAI-compatible chat endpoint which side of each pair is better. Returns the
-    machine votes and the ids of pairs whose reply could not be read as A, B or tie."""
+) -> Judgement:
+    """Ask an OpenAI-compatible chat endpoint which side of each pair is better, as machine
+    votes of session `judge-MODEL`.
+
+    With `both_orders` each pair is asked twice, the second time with the answers swapped, since
+    judges favour one position: a side wins only if it wins both times, and a pair judged
+    differently in the two orders counts as a tie."""
     import httpx
     from tqdm import tqdm
 
@@ -212,17 +234,16 @@ def judge_comparison(
     base = judge_url.rstrip("/")
     if not base.endswith("/v1"):
         base += "/v1"
-    votes: list[Vote] = []
-    unreadable: list[str] = []
+    judgement = Judgement([], [], [])
     with httpx.Client(base_url=base, headers=headers, timeout=300, trust_env=False) as client:
         model = model or _first_model(client)
-        session_id = f"judge-{model}"
-        for pair in tqdm(comparison["pairs"], desc="judging", unit="pair", disable=not progress):
+
+        def ask(pair: dict[str, Any], first: str, second: str) -> str | None:
             prompt = JUDGE_PROMPT.format(
                 instruction=pair["instruction"],
                 input_section=f"\n### Input:\n{pair['input']}\n" if pair["input"] else "",
-                left=pair["left"]["output"],
-                right=pair["right"]["output"],
+                left=pair[first]["output"],
+                right=pair[second]["output"],
             )
             body = {"model": model, "messages": [{"role": "user", "content": prompt}],
                     "temperature": 0, "max_tokens": max_tokens}
@@ -234,12 +255,24 @@ def judge_comparison(
             if response.status_code != 200:
                 raise EvaluationError(f"the judge answered {response.status_code}: "
                                       f"{response.text[:200]}")
-            winner = parse_judgement(response.json()["choices"][0]["message"]["content"] or "")
+            verdict = parse_judgement(response.json()["choices"][0]["message"]["content"] or "")
+            # The verdict is about the order shown; turn it into left / right of the pair.
+            return {"left": first, "right": second}.get(verdict, verdict)
+
+        for pair in tqdm(comparison["pairs"], desc="judging", unit="pair", disable=not progress):
+            winner = ask(pair, "left", "right")
+            if winner is not None and both_orders:
+                swapped = ask(pair, "right", "left")
+                if swapped is None:
+                    winner = None
+                elif swapped != winner:
+                    judgement.inconsistent.append(pair["pair_id"])
+                    winner = "tie"
             if winner is None:
-                unreadable.append(pair["pair_id"])
+                judgement.unreadable.append(pair["pair_id"])
                 continue
-            votes.append(Vote(pair["pair_id"], winner, "machine", session_id, time.time()))
-    return votes, unreadable
+            judgement.votes.append(Vote(pair["pair_id"], winner, "machine", f"judge-{model}"))
+    return judgement
 
 
 def parse_judgement(reply: str) -> str | None:
@@ -268,3 +301,12 @@ def _first_model(client) -> str:
 
 def _side(answer: dict[str, Any]) -> dict[str, Any]:
     return {"output": answer["output"], "generation_id": answer.get("generation_id")}
+
+
+def _other(origin: str) -> str:
+    return "b" if origin == "a" else "a"
+
+
+def _side_of(pair: dict[str, Any], origin: str) -> dict[str, Any]:
+    """The side of `pair` that came from answer file `origin` ("a" or "b")."""
+    return pair["left"] if pair["left_is"] == origin else pair["right"]

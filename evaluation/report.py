@@ -2,14 +2,14 @@
 
 Usage:
     comparison = load_comparison(Path("comparison.json"))
-    tally = tally_votes(comparison, load_votes(Path("votes.jsonl")), voter="human")
+    tally = tally_votes(comparison, votes_in_store(store, comparison), voter="human")
     print(format_report(comparison, {"human": tally}))
     write_chart(Path("report.png"), comparison, {"human": tally})
     low, high = wilson_interval(9, 16)          # 95% Wilson score interval of 9 wins in 16
 
-Each vote counts once (a session's latest vote on a pair, see `load_votes`). The win rate of A is
-taken over decided votes (A or B won); ties and "both bad" are shown beside it. Human and
-machine (automatic judge) votes are never mixed.
+Each vote counts once (the feedback store keeps a session's latest vote on a pair). The win
+rate of A is taken over decided votes (A or B won); ties and "both bad" are shown beside it.
+Human and machine (automatic judge) votes are never mixed.
 """
 
 from __future__ import annotations

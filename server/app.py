@@ -16,6 +16,7 @@ from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import ValidationError
 
 from server import __version__
 from server.access import AccessMiddleware
@@ -29,7 +30,7 @@ from server.generation_log import GenerationRecorder
 from server.lifecycle import watch_engine
 from server.metrics import ServerMetrics
 from server.request_context import BodyLimitMiddleware, RequestContextMiddleware
-from server.routes import feedback, generate, openai_api, status
+from server.routes import feedback, generate, generations, openai_api, status
 from server.runtime import Runtime
 from server.settings import ServerSettings
 
@@ -113,6 +114,7 @@ def create_app(
     app.include_router(generate.router)
     app.include_router(status.router)
     app.include_router(feedback.router)
+    app.include_router(generations.router)
     app.include_router(openai_api.router)
     if settings.ui:
         app = _mount_demo(app, settings)
@@ -135,7 +137,13 @@ def _mount_demo(app: FastAPI, settings: ServerSettings) -> FastAPI:
             "pip install 'alpaca-serve[demo]', or set ALPACA_UI=false"
         ) from err
     keys = settings.api_key_list
-    demo_settings = DemoSettings(server_url=settings.local_url, api_key=keys[0] if keys else None)
+    try:
+        demo_settings = DemoSettings(server_url=settings.local_url,
+                                     api_key=keys[0] if keys else None)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in err.errors())
+        raise UIUnavailableError(f"invalid ALPACA_DEMO_* settings: {problems}") from err
     return gr.mount_gradio_app(app, build_demo(demo_settings), path=UI_PATH)
 
 

@@ -39,8 +39,12 @@ def error_body(message: str, type: str, param: str | None = None, **extra: Any) 
     return {"error": {"message": message, "type": type, "param": param, **extra}}
 
 
+# Where FastAPI says a bad value was; the name of the parameter follows.
+_LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
 def _param_name(loc: tuple[Any, ...]) -> str | None:
-    parts = [part for part in loc if part != "body"]
+    parts = list(loc[1:] if loc and loc[0] in _LOCATIONS else loc)
     if not parts:
         return None
     name = str(parts[0])

@@ -6,6 +6,7 @@ Usage:
     store.record_generations([GenerationRecord(id="gen-1", ...)])
     row_id, created = store.save_rating(RatingFeedback("gen-1", "up", session_id="s-42"))
     store.summary()                     # thumbs and flags per model, pairwise wins
+    store.list_comparisons(after=0)     # every pairwise vote, oldest first, a page at a time
     for row in store.export_rows():     # Alpaca records (instruction, input, output) + feedback
         ...
     store.close()
@@ -39,6 +40,11 @@ DATABASE_FILENAME = "alpaca.sqlite3"
 
 # A comparison's winner is one of its two generation ids, or one of these.
 COMPARISON_OUTCOMES = ("tie", "both_bad")
+# Who judged a comparison: a person, or an automatic judge (a model asked which is better).
+VOTERS = ("human", "machine")
+# Where a generation came from: answered by this server, or imported (another model's answer,
+# stored so that it can be compared and voted on).
+SOURCES = ("served", "imported")
 
 EXPORT_PAGE_SIZE = 500  # generations read per transaction while exporting
 ID_CHUNK = 500  # ids per `IN (...)` list, well under SQLite's limit on bound parameters
@@ -69,6 +75,11 @@ class GenerationRecord:
     completion_tokens: int
     latency_s: float
     filter_verdicts: list[dict]
+    source: str = "served"  # or "imported"
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
 
 
 @dataclass
@@ -94,8 +105,11 @@ class ComparisonFeedback:
     generation_ids: tuple[str, str]
     winner: str  # one of the two ids, "tie" or "both_bad"
     session_id: str | None = None  # one judgement per (pair, session): a later one replaces it
+    voter: str = "human"  # or "machine", for an automatic judge
 
     def __post_init__(self) -> None:
+        if self.voter not in VOTERS:
+            raise ValueError(f"voter must be one of {VOTERS}, got {self.voter!r}")
         self.generation_ids = tuple(self.generation_ids)
         if len(self.generation_ids) != 2 or self.generation_ids[0] == self.generation_ids[1]:
             raise ValueError(
@@ -168,12 +182,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ON comparisons (generation_a, generation_b, session_id)
             WHERE session_id IS NOT NULL""",
     ),
+    (  # 2: imported answers (another model's, for comparisons) and machine votes
+        "ALTER TABLE generations ADD COLUMN source TEXT NOT NULL DEFAULT 'served' "
+        "CHECK (source IN ('served', 'imported'))",
+        "ALTER TABLE comparisons ADD COLUMN voter TEXT NOT NULL DEFAULT 'human' "
+        "CHECK (voter IN ('human', 'machine'))",
+    ),
 )
 
 GENERATION_COLUMNS = (
     "id", "created_at", "model", "params", "instruction", "input", "prompt", "response",
     "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "filter_verdicts",
+    "source",
 )
+COMPARISON_PAGE_LIMIT = 1000  # most comparisons one `list_comparisons` call returns
 
 
 class FeedbackStore:
@@ -199,7 +221,7 @@ class FeedbackStore:
                 r.id, r.created_at, _text(r.model), json.dumps(_text(r.params)),
                 _text(r.instruction), _text(r.input), _text(r.prompt), _text(r.response),
                 r.finish_reason, r.prompt_tokens, r.completion_tokens, r.latency_s,
-                json.dumps(_text(r.filter_verdicts)),
+                json.dumps(_text(r.filter_verdicts)), r.source,
             )
             for r in records
         ]
@@ -249,24 +271,44 @@ class FeedbackStore:
         with self._transaction() as tx:
             _require_generations(tx, [first, second])
             inserted = tx.one(
-                "INSERT INTO comparisons (winner, generation_a, generation_b, session_id, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "INSERT INTO comparisons (winner, voter, generation_a, generation_b, session_id, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (generation_a, generation_b, session_id) "
                 "WHERE session_id IS NOT NULL DO NOTHING RETURNING id",
-                (fb.winner, first, second, _text(fb.session_id), now, now),
+                (fb.winner, fb.voter, first, second, _text(fb.session_id), now, now),
             )
             if inserted is not None:
                 return inserted[0], True
             updated = tx.one(
-                "UPDATE comparisons SET winner = ?, updated_at = ? "
+                "UPDATE comparisons SET winner = ?, voter = ?, updated_at = ? "
                 "WHERE generation_a = ? AND generation_b = ? AND session_id = ? RETURNING id",
-                (fb.winner, now, first, second, _text(fb.session_id)),
+                (fb.winner, fb.voter, now, first, second, _text(fb.session_id)),
             )
             return updated[0], False
 
+    def list_comparisons(self, after: int = 0,
+                         limit: int = COMPARISON_PAGE_LIMIT) -> list[dict]:
+        """Up to `limit` comparisons with a row id above `after`, by row id: each a dict with
+        id, generation_ids (sorted), winner, voter, session_id, created_at, updated_at. A vote
+        changed later keeps its id, so paging on with the last id seen reads every vote once."""
+        if not 1 <= limit <= COMPARISON_PAGE_LIMIT:
+            raise ValueError(f"limit must be 1 to {COMPARISON_PAGE_LIMIT}, got {limit}")
+        with self._transaction(write=False) as tx:
+            rows = tx.rows(
+                "SELECT id, generation_a, generation_b, winner, voter, session_id, created_at, "
+                "updated_at FROM comparisons WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            )
+        return [
+            {"id": row_id, "generation_ids": [first, second], "winner": winner, "voter": voter,
+             "session_id": session_id, "created_at": created_at, "updated_at": updated_at}
+            for row_id, first, second, winner, voter, session_id, created_at, updated_at in rows
+        ]
+
     def summary(self) -> dict:
         """Ratings and flags per model (models with at least one rating), and pairwise results
-        per pair of models (model_a < model_b; a model compared with itself counts too)."""
+        per pair of models (model_a < model_b; a model compared with itself counts too): people's
+        votes under `pairwise`, an automatic judge's under `pairwise_machine`."""
         with self._transaction(write=False) as tx:
             rating_counts = tx.rows(
                 "SELECT g.model, r.rating, r.flag, COUNT(*) FROM ratings r "
@@ -274,7 +316,7 @@ class FeedbackStore:
                 "GROUP BY g.model, r.rating, r.flag"
             )
             comparison_counts = tx.rows(
-                "SELECT ga.model, gb.model, "
+                "SELECT c.voter, ga.model, gb.model, "
                 "SUM(CASE WHEN c.winner = c.generation_a THEN 1 ELSE 0 END), "
                 "SUM(CASE WHEN c.winner = c.generation_b THEN 1 ELSE 0 END), "
                 "SUM(CASE WHEN c.winner = 'tie' THEN 1 ELSE 0 END), "
@@ -282,7 +324,7 @@ class FeedbackStore:
                 "FROM comparisons c "
                 "JOIN generations ga ON ga.id = c.generation_a "
                 "JOIN generations gb ON gb.id = c.generation_b "
-                "GROUP BY ga.model, gb.model"
+                "GROUP BY c.voter, ga.model, gb.model"
             )
         models: dict[str, dict] = {}
         for model, rating, flag, count in rating_counts:
@@ -290,11 +332,11 @@ class FeedbackStore:
             entry[rating] += int(count)
             if flag is not None:
                 entry["flags"][flag] = entry["flags"].get(flag, 0) + int(count)
-        pairs: dict[tuple[str, str], dict] = {}
-        for model_1, model_2, wins_1, wins_2, ties, both_bad in comparison_counts:
+        pairs: dict[tuple[str, str, str], dict] = {}
+        for voter, model_1, model_2, wins_1, wins_2, ties, both_bad in comparison_counts:
             model_a, model_b = sorted((model_1, model_2))
             entry = pairs.setdefault(
-                (model_a, model_b),
+                (voter, model_a, model_b),
                 {"model_a": model_a, "model_b": model_b,
                  "wins_a": 0, "wins_b": 0, "ties": 0, "both_bad": 0},
             )
@@ -306,7 +348,8 @@ class FeedbackStore:
             entry["both_bad"] += int(both_bad)
         return {
             "models": dict(sorted(models.items())),
-            "pairwise": [pairs[key] for key in sorted(pairs)],
+            "pairwise": [pairs[key] for key in sorted(pairs) if key[0] == "human"],
+            "pairwise_machine": [pairs[key] for key in sorted(pairs) if key[0] == "machine"],
         }
 
     def export_rows(self, include_unrated: bool = False) -> Iterator[dict]:
@@ -314,8 +357,8 @@ class FeedbackStore:
         rating), or per generation with rating None for unrated ones when `include_unrated`.
 
         Keys: instruction, input, output (the response), then rating, comment, flag,
-        preferred_response, generation_id, model, created_at, finish_reason, prompt, params,
-        filter_verdicts, prompt_tokens, completion_tokens, latency_s. Raw-prompt generations
+        preferred_response, generation_id, model, source, created_at, finish_reason, prompt,
+        params, filter_verdicts, prompt_tokens, completion_tokens, latency_s. Raw-prompt generations
         (instruction None) are always skipped: they cannot become Alpaca records. Rows are read
         in pages, each in its own transaction, so no lock is held while the caller works;
         generations recorded during an export may or may not be included."""
@@ -332,6 +375,7 @@ class FeedbackStore:
                 details = {
                     "generation_id": generation["id"],
                     "model": generation["model"],
+                    "source": generation["source"],
                     "created_at": generation["created_at"],
                     "finish_reason": generation["finish_reason"],
                     "prompt": generation["prompt"],

@@ -1,12 +1,12 @@
-"""Human feedback: `POST /feedback` (a rating, or a blind pairwise comparison) and
-`GET /feedback/summary`."""
+"""Feedback: `POST /feedback` (a rating, or a blind pairwise comparison by a person or an
+automatic judge), `GET /feedback/summary` and `GET /feedback/comparisons`."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header
+from fastapi import APIRouter, Body, Header, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from server.errors import APIError, invalid
 from server.feedback_store import (
     COMPARISON_OUTCOMES,
+    COMPARISON_PAGE_LIMIT,
     ComparisonFeedback,
     RatingFeedback,
     StoreError,
@@ -54,11 +55,31 @@ class ComparisonRequest(BaseModel):
     )
     winner: str = Field(description="one of the two ids, 'tie' or 'both_bad'")
     session_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS)
+    voter: Literal["human", "machine"] = Field(
+        "human", description="machine when an automatic judge, not a person, chose"
+    )
 
 
 class FeedbackSaved(BaseModel):
     id: int
     created: bool
+
+
+class StoredComparison(BaseModel):
+    id: int
+    generation_ids: list[str] = Field(description="the two generations, sorted")
+    winner: str = Field(description="one of the two ids, 'tie' or 'both_bad'")
+    voter: Literal["human", "machine"]
+    session_id: str | None
+    created_at: float
+    updated_at: float = Field(description="when the session last changed its vote")
+
+
+class ComparisonPage(BaseModel):
+    comparisons: list[StoredComparison]
+    next_after: int | None = Field(
+        description="pass as `after` for the next page; null when this page is the last"
+    )
 
 
 @router.post(
@@ -97,7 +118,7 @@ async def post_feedback(
                 "winner",
             )
         feedback = ComparisonFeedback(
-            (first, second), request.winner, request.session_id or x_session_id
+            (first, second), request.winner, request.session_id or x_session_id, request.voter
         )
         row_id, created = await _save(runtime, runtime.store.save_comparison, feedback)
     else:
@@ -123,6 +144,24 @@ async def feedback_summary(runtime: RuntimeDep) -> dict:
         return await asyncio.to_thread(runtime.store.summary)
     except StoreError as err:
         raise APIError(503, str(err), "feedback_store_unavailable") from err
+
+
+@router.get("/feedback/comparisons", response_model=ComparisonPage,
+            responses={422: error_doc("a parameter is invalid")})
+async def list_comparisons(
+    runtime: RuntimeDep,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1,
+                                description="only votes with a larger id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=COMPARISON_PAGE_LIMIT,
+                                description="most votes to return")] = COMPARISON_PAGE_LIMIT,
+) -> ComparisonPage:
+    """Every pairwise vote, by id, a page at a time (as `alpaca-eval report` reads them)."""
+    try:
+        rows = await asyncio.to_thread(runtime.store.list_comparisons, after, limit)
+    except StoreError as err:
+        raise APIError(503, str(err), "feedback_store_unavailable") from err
+    return ComparisonPage(comparisons=rows,
+                          next_after=rows[-1]["id"] if len(rows) == limit else None)
 
 
 def _parse(model: type[BaseModel], payload: dict[str, Any]):

@@ -86,8 +86,11 @@ async def start_generation(
             await asyncio.wait_for(ticket.acquire(), deadline - time.perf_counter())
         except asyncio.TimeoutError:
             runtime.metrics.count("timeout")
-            raise APIError(503, "no generation slot came free within the server's time limit",
-                           "overloaded", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            admission = runtime.admission
+            raise APIError(
+                503, f"no generation slot came free within the server's time limit "
+                f"({admission.active} generating, {admission.waiting - 1} others waiting)",
+                "overloaded", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     except BaseException:
         ticket.release()
         raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -104,19 +103,26 @@ def test_a_blind_vote_in_the_compare_tab_reaches_the_server(page, tiny_server):
 
 
 def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_server, tmp_path):
-    """The Compare tab offers the pairs of an `alpaca-eval compare` file and records the votes."""
+    """The Compare tab offers the pairs of an `alpaca-eval compare` file; votes reach the store."""
     from demo.app import build_demo
     from demo.settings import DemoSettings
+    from evaluation.comparison import attach_generation_ids, save_comparison
+    from evaluation.store import FeedbackStoreClient
     from tests.conftest import free_port
 
-    comparison = tmp_path / "comparison.json"
-    comparison.write_text(json.dumps({"labels": ["ours", "text-davinci-003"], "seed": 0, "pairs": [{
+    comparison = {"labels": ["ours", "text-davinci-003"], "seed": 0, "pairs": [{
         "pair_id": "pair-000", "instruction": "Say hello.", "input": "",
         "motivation_app": "Gmail", "left_is": "b",
         "left": {"output": "Hello there, friend!", "generation_id": None},
         "right": {"output": "Hi.", "generation_id": None},
-    }]}))
-    blocks = build_demo(DemoSettings(server_url=tiny_server.url, comparison_file=comparison))
+    }]}
+    with FeedbackStoreClient(tiny_server.url) as store:
+        assert attach_generation_ids(comparison, store) == 2
+    path = tmp_path / "comparison.json"
+    save_comparison(path, comparison)
+    left_id = comparison["pairs"][0]["left"]["generation_id"]
+    right_id = comparison["pairs"][0]["right"]["generation_id"]
+    blocks = build_demo(DemoSettings(server_url=tiny_server.url, comparison_file=path))
     port = free_port()
     blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                   quiet=True)
@@ -135,10 +141,11 @@ def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_se
         reveal.filter(has_text="Vote saved").wait_for(timeout=20_000)
         assert "A was text-davinci-003" in reveal.inner_text()
         assert "B was ours" in reveal.inner_text()
-        votes = [json.loads(line) for line in
-                 (tmp_path / "comparison.votes.jsonl").read_text().splitlines()]
-        assert [(v["pair_id"], v["winner"], v["voter"]) for v in votes] == [
-            ("pair-000", "left", "human")]
+        page_of_votes = tiny_server.client.get("/feedback/comparisons").json()["comparisons"]
+        [vote] = [v for v in page_of_votes if v["generation_ids"] == sorted([left_id, right_id])]
+        assert (vote["winner"], vote["voter"]) == (left_id, "human")
+        assert vote["session_id"].startswith("ui-")
     finally:
         context.close()
         blocks.close()
+

@@ -1,5 +1,6 @@
 """`alpaca-eval` end to end against the session's tiny-model server: answers, a blind comparison
-with text-davinci-003, votes, the report and its chart, the feedback store and the judge."""
+with text-davinci-003 (imported into the feedback store), votes through the API, the report and
+its chart, and the automatic judge."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.answers import load_answers
+from evaluation.comparison import match_key
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -52,12 +55,20 @@ def answers(tiny_server, workdir) -> Path:
     return out
 
 
+def compare(answers: Path, other: Path, server, out: Path, seed: int,
+            labels=("tiny", "davinci")) -> dict:
+    result = alpaca_eval("compare", "--a", answers, "--b", other, "--label-a", labels[0],
+                         "--label-b", labels[1], "--seed", seed, "--server-url", server.url,
+                         "--out", out)
+    assert re.search(r"wrote \d+ pairs", result.stdout), result.stdout
+    return json.loads(out.read_text())
+
+
 @pytest.fixture(scope="module")
-def comparison(answers, workdir) -> Path:
+def comparison(answers, workdir, tiny_server) -> Path:
     out = workdir / "vs-davinci.json"
-    result = alpaca_eval("compare", "--a", answers, "--b", DAVINCI, "--label-a", "tiny",
-                         "--label-b", "davinci", "--seed", "7", "--out", out)
-    assert "wrote 20 pairs" in result.stdout
+    pairs = compare(answers, DAVINCI, tiny_server, out, seed=7)["pairs"]
+    assert len(pairs) == 20
     return out
 
 
@@ -72,26 +83,52 @@ def test_answers_to_twenty_evaluation_instructions_carry_generation_ids(answers)
     assert all(isinstance(r["output"], str) and r["model"] for r in records)
 
 
-def test_report_counts_and_interval_match_the_votes_cast(comparison, workdir):
+def test_the_davinci_answers_are_imported_so_every_side_has_a_generation_id(
+    comparison, answers, tiny_server
+):
+    built = json.loads(comparison.read_text())
+    ours = {json.loads(line)["generation_id"] for line in answers.read_text().splitlines()}
+    davinci = {match_key(a["instruction"], a["input"]): a["output"]
+               for a in load_answers(DAVINCI)}
+
+    assert built["server_url"] == tiny_server.url
+    assert {p["left_is"] for p in built["pairs"]} == {"a", "b"}  # sides really are shuffled
+    for pair in built["pairs"]:
+        tiny, other = ((pair["left"], pair["right"]) if pair["left_is"] == "a"
+                       else (pair["right"], pair["left"]))
+        assert tiny["generation_id"] in ours
+        assert other["generation_id"].startswith("gen-") and other["generation_id"] not in ours
+        assert other["output"] == davinci[match_key(pair["instruction"], pair["input"])]
+
+
+def test_votes_cast_through_the_api_are_stored_and_reported_with_their_interval(
+    comparison, workdir, tiny_server
+):
     pairs = json.loads(comparison.read_text())["pairs"]
-    assert len(pairs) == 20
-    assert {p["left_is"] for p in pairs} == {"a", "b"}  # sides really are shuffled
-    assert all(p["left"]["output"] and p["right"]["output"] for p in pairs)
-    votes = workdir / "votes.jsonl"
     pattern = ["left"] * 9 + ["right"] * 7 + ["tie"] * 4
     tiny_wins = davinci_wins = 0
     for pair, winner in zip(pairs, pattern, strict=True):
-        alpaca_eval("vote", "--comparison", comparison, "--votes", votes,
-                    "--pair-id", pair["pair_id"], "--winner", winner)
+        result = alpaca_eval("vote", "--comparison", comparison, "--pair-id", pair["pair_id"],
+                             "--winner", winner, "--session-id", "alice")
+        assert f"recorded: {pair['pair_id']} {winner}" in result.stdout
         if winner != "tie":
             if (winner == "left") == (pair["left_is"] == "a"):
                 tiny_wins += 1
             else:
                 davinci_wins += 1
+    # The store has them, under the generations' models, as people's votes.
+    summary = tiny_server.client.get("/feedback/summary").json()
+    [row] = [r for r in summary["pairwise"] if "davinci" in (r["model_a"], r["model_b"])]
+    davinci_key = "wins_a" if row["model_a"] == "davinci" else "wins_b"
+    tiny_key = "wins_b" if davinci_key == "wins_a" else "wins_a"
+    assert (row[tiny_key], row["ties"], row[davinci_key]) == (tiny_wins, 4, davinci_wins)
+    # A second vote of the same session on a pair changes it instead of adding one.
+    changed = alpaca_eval("vote", "--comparison", comparison, "--pair-id", pairs[0]["pair_id"],
+                          "--winner", "left", "--session-id", "alice")
+    assert changed.stdout.startswith("changed:")
     chart = workdir / "report.png"
 
-    report = alpaca_eval("report", "--comparison", comparison, "--votes", votes,
-                         "--chart", chart).stdout
+    report = alpaca_eval("report", "--comparison", comparison, "--chart", chart).stdout
 
     assert "Human votes: 20 votes" in report
     assert re.search(rf"^\s+tiny\s+{tiny_wins}\s+4\s+{davinci_wins}\s+0$", report, re.M), report
@@ -113,46 +150,46 @@ def test_report_counts_and_interval_match_the_votes_cast(comparison, workdir):
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
 
 
-def test_votes_on_two_answer_files_of_our_server_reach_the_feedback_store(
+def test_two_answer_files_of_our_server_are_compared_without_importing_anything(
     tiny_server, answers, workdir
 ):
     second = workdir / "tiny-sampled.jsonl"
     alpaca_eval("answer", "--server-url", tiny_server.url, "--limit", "3", "--max-new-tokens",
                 "8", "--temperature", "1.0", "--out", second)
     both = workdir / "tiny-vs-tiny.json"
-    alpaca_eval("compare", "--a", answers, "--b", second, "--label-a", "greedy",
-                "--label-b", "sampled", "--seed", "1", "--out", both)
-    pairs = json.loads(both.read_text())["pairs"]
-    assert len(pairs) == 3
-
-    def compared() -> int:
-        summary = tiny_server.client.get("/feedback/summary").json()
-        return sum(e["wins_a"] + e["wins_b"] + e["ties"] + e["both_bad"]
-                   for e in summary["pairwise"])
-
-    before = compared()
+    result = alpaca_eval("compare", "--a", answers, "--b", second, "--label-a", "greedy",
+                         "--label-b", "sampled", "--seed", "1", "--server-url", tiny_server.url,
+                         "--out", both)
+    assert "3 pairs" in result.stdout and "0 answers imported" in result.stdout
     session = f"eval-{uuid.uuid4().hex[:8]}"
-    for pair, winner in zip(pairs, ["left", "right", "both_bad"], strict=True):
-        result = alpaca_eval("vote", "--comparison", both, "--votes", workdir / "tiny.votes",
-                             "--pair-id", pair["pair_id"], "--winner", winner,
-                             "--session-id", session, "--server-url", tiny_server.url)
-        assert "sent to the feedback store" in result.stdout
-    assert compared() == before + 3
+    greedy_wins = 0
+    for pair, winner in zip(json.loads(both.read_text())["pairs"], ["left", "right", "both_bad"],
+                            strict=True):
+        alpaca_eval("vote", "--comparison", both, "--pair-id", pair["pair_id"], "--winner",
+                    winner, "--session-id", session)
+        greedy_wins += winner != "both_bad" and (winner == "left") == (pair["left_is"] == "a")
+
+    report = alpaca_eval("report", "--comparison", both).stdout
+
+    assert "Human votes: 3 votes" in report
+    assert re.search(rf"^\s+greedy\s+{greedy_wins}\s+0\s+{2 - greedy_wins}\s+1$", report, re.M)
 
 
 class FakeJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint that always prefers answer A."""
+    """An OpenAI-compatible endpoint whose replies come from `decide(prompt)`."""
 
     prompts: list[str] = []
+    decide = staticmethod(lambda prompt: "A")
 
     def do_GET(self):
         self._reply({"object": "list", "data": [{"id": "fake-judge", "object": "model"}]})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeJudge.prompts.append(body["messages"][0]["content"])
-        self._reply({"choices": [{"index": 0, "message": {"role": "assistant",
-                                                           "content": "A"}}]})
+        prompt = body["messages"][0]["content"]
+        FakeJudge.prompts.append(prompt)
+        self._reply({"choices": [{"index": 0, "message": {
+            "role": "assistant", "content": FakeJudge.decide(prompt)}}]})
 
     def _reply(self, payload):
         data = json.dumps(payload).encode()
@@ -167,71 +204,109 @@ class FakeJudge(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def judge_url(tiny_server):
-    """The server itself when it speaks the OpenAI chat API, else a fake judge. (A random tiny
-    model rarely answers A, B or tie, so with the server the test checks the accounting only.)"""
-    if tiny_server.client.get("/v1/models").status_code != 404:
-        yield tiny_server.url
-        return
-    fake = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
-    thread = threading.Thread(target=fake.serve_forever, daemon=True)
+def fake_judge():
+    FakeJudge.prompts = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{fake.server_port}"
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
-        fake.shutdown()
-        fake.server_close()
+        server.shutdown()
+        server.server_close()
+        FakeJudge.decide = staticmethod(lambda prompt: "A")
 
 
-def test_judge_votes_are_reported_apart_and_marked_as_machine_votes(
-    comparison, workdir, judge_url
+def machine_row(report: str, label: str) -> tuple[int, ...]:
+    section = report.split("MACHINE VOTES", 1)[1]
+    found = re.search(rf"^\s+{label}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", section, re.M)
+    assert found, report
+    return tuple(int(x) for x in found.groups())
+
+
+def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_people(
+    answers, workdir, tiny_server, fake_judge
 ):
-    votes = workdir / "judged.jsonl"
-    result = alpaca_eval("judge", "--comparison", comparison, "--votes", votes,
-                         "--judge-url", judge_url, "--no-progress")
-    recorded = ([json.loads(line) for line in votes.read_text().splitlines()]
-                if votes.exists() else [])
-    assert f"recorded {len(recorded)} machine votes" in result.stdout
+    path = workdir / "judged.json"
+    pairs = compare(answers, DAVINCI, tiny_server, path, seed=11)["pairs"]
+    davinci = {" ".join(a["output"].split()) for a in load_answers(DAVINCI)}
+
+    def prefers_davinci(prompt: str) -> str:
+        first = prompt.split("### Answer A:\n", 1)[1].split("\n\n### Answer B:", 1)[0]
+        return "A" if " ".join(first.split()) in davinci else "B"
+
+    FakeJudge.decide = staticmethod(prefers_davinci)
+    result = alpaca_eval("judge", "--comparison", path, "--judge-url", fake_judge,
+                         "--no-progress")
+
+    assert "recorded 20 machine votes" in result.stdout, result.stdout
+    assert len(FakeJudge.prompts) == 40  # each pair twice, the sides swapped
+    assert pairs[0]["instruction"] in FakeJudge.prompts[0]
+    human_only = alpaca_eval("report", "--comparison", path).stdout
+    both = alpaca_eval("report", "--comparison", path, "--include-machine").stdout
+    assert "Human votes: 0 votes" in human_only and "MACHINE VOTES" not in human_only
+    assert "20 machine votes not shown" in human_only
+    assert "MACHINE VOTES (automatic judge, not people): 20 votes" in both
+    assert machine_row(both, "tiny") == (0, 0, 20, 0)
+    summary = tiny_server.client.get("/feedback/summary").json()
+    assert any("davinci" in (r["model_a"], r["model_b"]) for r in summary["pairwise_machine"])
+
+    # A judge that always picks the first answer shown is caught out by the swap: all ties.
+    FakeJudge.decide = staticmethod(lambda prompt: "A")
+    biased = alpaca_eval("judge", "--comparison", path, "--judge-url", fake_judge,
+                         "--no-progress").stdout
+    assert "20 pairs were judged differently with the sides swapped" in biased
+    assert machine_row(alpaca_eval("report", "--comparison", path,
+                                   "--include-machine").stdout, "tiny") == (0, 20, 0, 0)
+    # Asked once, its position bias goes straight into the votes (they replace the earlier).
+    alpaca_eval("judge", "--comparison", path, "--judge-url", fake_judge, "--one-order",
+                "--no-progress")
+    left_is_tiny = sum(p["left_is"] == "a" for p in pairs)
+    assert machine_row(alpaca_eval("report", "--comparison", path,
+                                   "--include-machine").stdout, "tiny") == (
+        left_is_tiny, 0, 20 - left_is_tiny, 0)
+
+
+def test_this_server_can_be_the_judge(answers, workdir, tiny_server):
+    """A random tiny model rarely answers A, B or tie: this checks the accounting only."""
+    path = workdir / "self-judged.json"
+    compare(answers, DAVINCI, tiny_server, path, seed=12)
+
+    result = alpaca_eval("judge", "--comparison", path, "--judge-url", tiny_server.url,
+                         "--no-progress")
+
+    recorded = int(re.search(r"recorded (\d+) machine votes", result.stdout).group(1))
     unreadable = re.search(r"(\d+) replies were not A, B or tie", result.stdout)
-    assert len(recorded) + (int(unreadable.group(1)) if unreadable else 0) == 20
-    assert all(v["voter"] == "machine" for v in recorded)
-    pairs = json.loads(comparison.read_text())["pairs"]
-    tiny_wins = None
-    if FakeJudge.prompts:  # the fake always says A, the left answer
-        assert len(recorded) == 20
-        tiny_wins = sum(p["left_is"] == "a" for p in pairs)
-        assert pairs[0]["instruction"] in FakeJudge.prompts[0]
-
-    human_only = alpaca_eval("report", "--comparison", comparison, "--votes", votes).stdout
-    both = alpaca_eval("report", "--comparison", comparison, "--votes", votes,
-                       "--include-machine").stdout
-
-    n = len(recorded)
-    assert "Human votes: 0 votes" in human_only
-    assert "MACHINE VOTES" not in human_only
-    assert f"MACHINE VOTES (automatic judge, not people): {n} votes" in both
-    if n:
-        assert f"{n} machine votes not shown" in human_only
-    if tiny_wins is not None:
-        assert re.search(rf"^\s+tiny\s+{tiny_wins}\s+0\s+{20 - tiny_wins}\s+0$", both, re.M)
+    assert recorded + (int(unreadable.group(1)) if unreadable else 0) == 20
+    report = alpaca_eval("report", "--comparison", path, "--include-machine").stdout
+    assert f"MACHINE VOTES (automatic judge, not people): {recorded} votes" in report
 
 
 def test_bad_input_is_refused_with_one_line_and_a_failing_status(comparison, workdir):
+    nobody = f"http://127.0.0.1:{free_port()}"
+    no_server = workdir / "no-server.json"
+    no_server.write_text(json.dumps({**json.loads(comparison.read_text()), "server_url": None}))
     missing = alpaca_eval("answer", "--instructions", workdir / "nope.jsonl",
                           "--out", workdir / "x.jsonl", check=False)
-    unknown_pair = alpaca_eval("vote", "--comparison", comparison, "--votes",
-                               workdir / "x.votes", "--pair-id", "pair-999", "--winner", "left",
-                               check=False)
+    unknown_pair = alpaca_eval("vote", "--comparison", comparison, "--pair-id", "pair-999",
+                               "--winner", "left", check=False)
     not_answers = alpaca_eval("compare", "--a", EVALUATION_SET, "--b", DAVINCI,
                               "--out", workdir / "x.json", check=False)
+    unreachable = alpaca_eval("compare", "--a", DAVINCI, "--b", DAVINCI, "--server-url", nobody,
+                              "--out", workdir / "y.json", check=False)
+    serverless = alpaca_eval("report", "--comparison", no_server, check=False)
+    gone = alpaca_eval("vote", "--comparison", comparison, "--pair-id", "pair-000",
+                       "--winner", "left", "--server-url", nobody, check=False)
 
     for result, words in [(missing, "cannot read"), (unknown_pair, "no pair 'pair-999'"),
-                          (not_answers, "neither `output` nor `response`")]:
+                          (not_answers, "neither `output` nor `response`"),
+                          (unreachable, "cannot reach"), (serverless, "pass --server-url"),
+                          (gone, "cannot reach")]:
         assert result.returncode != 0
         assert result.stderr.count("\n") == 1, result.stderr
         assert result.stderr.startswith("alpaca-eval ") and "error:" in result.stderr
         assert words in result.stderr
-    assert not (workdir / "x.votes").exists()
+    assert not (workdir / "x.json").exists() and not (workdir / "y.json").exists()
 
 
 def test_unreachable_server_fails_fast_without_writing_answers(workdir):

@@ -193,3 +193,83 @@ def test_every_finished_generation_is_recorded_without_the_client_address(client
     assert streamed_id in rows
     assert prompt_id not in rows  # raw prompts are recorded but cannot become Alpaca records
     assert "127.0.0.1" not in repr(row)
+
+
+def test_answers_of_another_model_are_imported_compared_and_counted_under_its_name(client,
+                                                                                   store):
+    ours = generate(client, instruction="Name a planet.")
+    response = client.post("/generations/import", json={
+        "model": "other-model",
+        "answers": [{"instruction": "Name a planet.", "output": "Mars."},
+                    {"instruction": "Translate.", "input": "Hallo", "output": "Hello."}],
+    })
+    assert response.status_code == 201, response.text
+    theirs, second = response.json()["generation_ids"]
+    rows = {row["generation_id"]: row for row in store.export_rows(include_unrated=True)}
+    assert (rows[theirs]["model"], rows[theirs]["source"], rows[theirs]["output"]) == (
+        "other-model", "imported", "Mars.")
+    assert "### Input:\nHallo" in rows[second]["prompt"]
+
+    vote = client.post("/feedback", json={"generation_ids": [ours, theirs], "winner": theirs,
+                                          "session_id": "alice"})
+    judged = client.post("/feedback", json={"generation_ids": [theirs, ours], "winner": "tie",
+                                            "session_id": "judge-x", "voter": "machine"})
+
+    assert (vote.status_code, judged.status_code) == (201, 201)
+    summary = client.get("/feedback/summary").json()
+    [human] = [row for row in summary["pairwise"] if "other-model" in
+               (row["model_a"], row["model_b"])]
+    [machine] = [row for row in summary["pairwise_machine"] if "other-model" in
+                 (row["model_a"], row["model_b"])]
+    other_wins = "wins_a" if human["model_a"] == "other-model" else "wins_b"
+    assert (human[other_wins], human["ties"]) == (1, 0)
+    assert (machine["ties"], machine["wins_a"] + machine["wins_b"]) == (1, 0)
+    listed = [c for c in all_comparisons(client) if c["generation_ids"] == sorted([ours, theirs])]
+    assert [(c["winner"], c["voter"], c["session_id"]) for c in listed] == [
+        (theirs, "human", "alice"), ("tie", "machine", "judge-x")
+    ]
+
+
+def all_comparisons(client) -> list[dict]:
+    """Every vote through `GET /feedback/comparisons`, two a page, to exercise the paging."""
+    votes, after = [], 0
+    while after is not None:
+        page = client.get("/feedback/comparisons", params={"after": after, "limit": 2}).json()
+        votes += page["comparisons"]
+        after = page["next_after"]
+    return votes
+
+
+INVALID_IMPORTS = [
+    ({"answers": [{"instruction": "Hi", "output": "Hello"}]}, "model"),
+    ({"model": "", "answers": [{"instruction": "Hi", "output": "Hello"}]}, "model"),
+    ({"model": "m", "answers": []}, "answers"),
+    ({"model": "m", "answers": [{"instruction": "Hi", "output": "x"}] * 1001}, "answers"),
+    ({"model": "m", "answers": [{"instruction": "", "output": "Hello"}]},
+     "answers[0].instruction"),
+    ({"model": "m", "answers": [{"instruction": "Hi"}]}, "answers[0].output"),
+    ({"model": "m", "answers": [{"instruction": "Hi", "output": 3}]}, "answers[0].output"),
+    ({"model": "m", "answers": [{"instruction": "Hi", "output": "x", "score": 1}]},
+     "answers[0].score"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), INVALID_IMPORTS)
+def test_bad_imports_are_refused_and_store_nothing(client, store, body, param):
+    before = sum(1 for _ in store.export_rows(include_unrated=True))
+    response = client.post("/generations/import", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == param
+    assert sum(1 for _ in store.export_rows(include_unrated=True)) == before
+
+
+def test_a_machine_vote_needs_a_known_voter_and_paging_needs_a_sane_limit(client):
+    first = generate(client, instruction="Say yes.")
+    second = generate(client, instruction="Say no.")
+    robot = client.post("/feedback", json={"generation_ids": [first, second], "winner": "tie",
+                                           "voter": "robot"})
+    too_many = client.get("/feedback/comparisons", params={"limit": 5000})
+    negative = client.get("/feedback/comparisons", params={"after": -1})
+    assert (robot.status_code, robot.json()["error"]["param"]) == (422, "voter")
+    assert (too_many.status_code, too_many.json()["error"]["param"]) == (422, "limit")
+    assert (negative.status_code, negative.json()["error"]["param"]) == (422, "after")

@@ -85,6 +85,7 @@ def test_recorded_generations_come_back_in_the_export_field_for_field(store):
             "preferred_response": None,
             "generation_id": record.id,
             "model": record.model,
+            "source": "served",
             "created_at": record.created_at,
             "finish_reason": record.finish_reason,
             "prompt": record.prompt,
@@ -203,7 +204,84 @@ def test_summary_counts_ratings_flags_and_pairwise_wins_per_model(store):
             {"model_a": "beta", "model_b": "zeta", "wins_a": 1, "wins_b": 2, "ties": 1,
              "both_bad": 1},
         ],
+        "pairwise_machine": [],
     }
+
+
+def test_machine_votes_are_kept_apart_from_people_and_listed_with_their_voter(store):
+    store.record_generations([
+        make_generation("ours-1", model="ours"),
+        make_generation("theirs-1", model="davinci", source="imported"),
+    ])
+    pair = ("ours-1", "theirs-1")
+    human_id, _ = store.save_comparison(ComparisonFeedback(pair, "ours-1", "alice"))
+    machine_id, _ = store.save_comparison(
+        ComparisonFeedback(pair, "theirs-1", "judge-x", voter="machine")
+    )
+
+    summary = store.summary()
+    listed = store.list_comparisons()
+
+    assert summary["pairwise"] == [{"model_a": "davinci", "model_b": "ours", "wins_a": 0,
+                                    "wins_b": 1, "ties": 0, "both_bad": 0}]
+    assert summary["pairwise_machine"] == [{"model_a": "davinci", "model_b": "ours",
+                                            "wins_a": 1, "wins_b": 0, "ties": 0, "both_bad": 0}]
+    assert [(c["id"], c["generation_ids"], c["winner"], c["voter"], c["session_id"])
+            for c in listed] == [
+        (human_id, ["ours-1", "theirs-1"], "ours-1", "human", "alice"),
+        (machine_id, ["ours-1", "theirs-1"], "theirs-1", "machine", "judge-x"),
+    ]
+    assert [row["source"] for row in store.export_rows(include_unrated=True)] == [
+        "served", "imported"
+    ]
+    with pytest.raises(ValueError, match="voter"):
+        ComparisonFeedback(pair, "tie", voter="robot")
+
+
+def test_listing_comparisons_in_pages_reads_each_vote_once_even_after_a_change(store):
+    store.record_generations([make_generation(f"gen-{n}") for n in range(6)])
+    for n in range(5):
+        store.save_comparison(ComparisonFeedback((f"gen-{n}", f"gen-{n + 1}"), "tie", "s"))
+
+    first_page = store.list_comparisons(after=0, limit=2)
+    store.save_comparison(ComparisonFeedback(("gen-1", "gen-0"), "gen-0", "s"))  # a change
+    rest = []
+    after = first_page[-1]["id"]
+    while page := store.list_comparisons(after=after, limit=2):
+        rest += page
+        after = page[-1]["id"]
+
+    seen = first_page + rest
+    assert len(seen) == 5 and len({c["id"] for c in seen}) == 5
+    assert [c["winner"] for c in store.list_comparisons()][0] == "gen-0"
+    with pytest.raises(ValueError, match="limit"):
+        store.list_comparisons(limit=0)
+
+
+def test_a_database_of_the_first_schema_is_migrated_keeping_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:  # what the first release created
+        old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                    "applied_at REAL NOT NULL)")
+        types = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL", "json": "TEXT"}
+        for statement in MIGRATIONS[0]:
+            old.execute(statement.format(**types))
+        old.execute("INSERT INTO schema_version VALUES (1, 0)")
+        old.execute("INSERT INTO generations VALUES ('gen-a', 1, 'm', '{}', 'Hi', '', 'p', "
+                    "'Hello', 'eos', 1, 1, 0.1, '[]')")
+        old.execute("INSERT INTO generations VALUES ('gen-b', 2, 'm', '{}', 'Hi', '', 'p', "
+                    "'Hey', 'eos', 1, 1, 0.1, '[]')")
+        old.execute("INSERT INTO comparisons (generation_a, generation_b, winner, session_id, "
+                    "created_at, updated_at) VALUES ('gen-a', 'gen-b', 'gen-a', 's', 1, 1)")
+
+    with open_store(f"sqlite://{path}") as store:
+        [vote] = store.list_comparisons()
+        rows = list(store.export_rows(include_unrated=True))
+
+    assert (vote["winner"], vote["voter"]) == ("gen-a", "human")
+    assert [(r["generation_id"], r["source"]) for r in rows] == [
+        ("gen-a", "served"), ("gen-b", "served")
+    ]
 
 
 def test_export_joins_each_rating_and_skips_raw_prompt_generations(store):
@@ -237,7 +315,7 @@ def test_feedback_on_an_unknown_generation_is_refused_and_stores_nothing(store):
     with pytest.raises(UnknownGenerationError, match="gen-missing"):
         store.save_comparison(ComparisonFeedback(("gen-1", "gen-missing"), "tie"))
 
-    assert store.summary() == {"models": {}, "pairwise": []}
+    assert store.summary() == {"models": {}, "pairwise": [], "pairwise_machine": []}
 
 
 def test_nul_characters_in_user_text_are_stored_on_every_backend(store):

@@ -44,6 +44,8 @@ def stream_in_background(server, body):
     def run():
         with httpx.Client(base_url=server.url, timeout=60) as client:
             with client.stream("POST", "/generate", json={**body, "stream": True}) as response:
+                if response.status_code != 200:  # kept for the failure message
+                    events.append({"status": response.status_code, "body": response.read()})
                 for line in response.iter_lines():
                     if line.startswith("data: "):
                         data = line[6:]
@@ -81,7 +83,7 @@ def test_sigterm_drains_open_streams_then_exits_0_leaving_no_process(server):
     long, long_thread, long_first = stream_in_background(
         server, {"instruction": "Long.", "max_new_tokens": LONG}
     )
-    assert short_first.wait(30) and long_first.wait(30)
+    assert short_first.wait(30) and long_first.wait(30), (short, long)
 
     server.process.send_signal(signal.SIGTERM)
     # While draining, the server still answers: not ready, and no new work.

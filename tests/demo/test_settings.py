@@ -1,0 +1,49 @@
+"""Demo settings are checked when the demo starts, with a readable one-line error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from demo.settings import DemoSettings
+from tests.conftest import ROOT
+
+
+def comparison_file(tmp_path, left_id):
+    path = tmp_path / "comparison.json"
+    path.write_text(json.dumps({"labels": ["a", "b"], "seed": 0, "pairs": [{
+        "pair_id": "pair-000", "instruction": "Hi", "input": "", "left_is": "a",
+        "left": {"output": "x", "generation_id": left_id},
+        "right": {"output": "y", "generation_id": "gen-2"}}]}))
+    return path
+
+
+def test_a_comparison_with_generation_ids_on_every_side_is_accepted(tmp_path):
+    path = comparison_file(tmp_path, "gen-1")
+    assert DemoSettings(comparison_file=path).comparison_file == path
+
+
+def test_a_comparison_whose_answers_have_no_generation_ids_is_refused(tmp_path):
+    path = comparison_file(tmp_path, None)
+
+    with pytest.raises(ValidationError, match="without a generation id"):
+        DemoSettings(comparison_file=path)
+    result = subprocess.run(
+        [sys.executable, "-m", "demo.main"], cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "ALPACA_DEMO_COMPARISON_FILE": str(path)}, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "comparison_file" in result.stderr and "generation id" in result.stderr
+
+
+def test_a_file_that_is_not_a_comparison_is_refused(tmp_path):
+    path = tmp_path / "notes.json"
+    path.write_text("[1, 2]")
+
+    with pytest.raises(ValidationError, match="not a comparison file"):
+        DemoSettings(comparison_file=path)
