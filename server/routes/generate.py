@@ -245,19 +245,31 @@ def _prepare(body: GenerateRequest, runtime: Runtime) -> tuple[str, list[int], S
     return prompt, prompt_ids, options
 
 
-def _sse(payload: object) -> bytes:
+def sse(payload: object) -> bytes:
+    """One server-sent event carrying `payload` as JSON."""
     return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+# Why a stream stopped early, as the final event of `/generate` and `/v1` streams alike.
+STREAM_ERRORS = (EngineUnavailableError, GenerationInterrupted)
+
+
+def stream_error(err: Exception) -> bytes:
+    """The error event for one of STREAM_ERRORS (the HTTP status is 200 by then)."""
+    if isinstance(err, GenerationInterrupted):
+        kind = "timeout" if err.kind == "timeout" else "shutting_down"
+    else:
+        kind = "engine_unavailable"
+    return sse(error_body(str(err), kind))
 
 
 async def _events(generation: Generation) -> AsyncIterator[bytes]:
     """One event per new piece of text, a final event with the finish reason, then [DONE]."""
     try:
         async for text in generation.run():
-            yield _sse({"id": generation.request_id, "text": text})
-    except EngineUnavailableError as err:
-        yield _sse(error_body(str(err), "engine_unavailable"))
-    except GenerationInterrupted as err:
-        yield _sse(error_body(str(err), "timeout" if err.kind == "timeout" else "shutting_down"))
+            yield sse({"id": generation.request_id, "text": text})
+    except STREAM_ERRORS as err:
+        yield stream_error(err)
     else:
         final = {
             "id": generation.request_id,
@@ -271,7 +283,7 @@ async def _events(generation: Generation) -> AsyncIterator[bytes]:
         block = _block_info(generation)
         if block is not None:
             final["filter"] = block.model_dump()
-        yield _sse(final)
+        yield sse(final)
     yield b"data: [DONE]\n\n"
 
 

@@ -16,7 +16,6 @@ with-input template carries the conversation so far. Completions: the prompt is 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
@@ -26,10 +25,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from server.engine import EngineUnavailableError
-from server.errors import APIError, error_body, invalid
-from server.generation import Generation, GenerationInterrupted
-from server.routes.generate import EventStreamResponse, run_to_end, start_generation
+from server.errors import APIError, invalid
+from server.generation import Generation
+from server.routes.generate import (
+    STREAM_ERRORS,
+    EventStreamResponse,
+    run_to_end,
+    sse,
+    start_generation,
+    stream_error,
+)
 from server.runtime import Runtime, RuntimeDep
 from server.schemas import (
     DEFAULT_TEMPERATURE,
@@ -186,7 +191,7 @@ async def _chunks(generation: Generation, kind: str, created: int) -> AsyncItera
         body = {**head, "choices": [choice]}
         if finish is not None:
             body["usage"] = _usage(generation)
-        return f"data: {json.dumps(body)}\n\n".encode()
+        return sse(body)
 
     try:
         if chat:
@@ -195,9 +200,6 @@ async def _chunks(generation: Generation, kind: str, created: int) -> AsyncItera
             yield chunk(text, None)
         yield chunk(None if chat else "", FINISH_REASONS.get(generation.finish_reason or "",
                                                              "stop"))
-    except EngineUnavailableError as err:
-        yield f"data: {json.dumps(error_body(str(err), 'engine_unavailable'))}\n\n".encode()
-    except GenerationInterrupted as err:
-        kind_ = "timeout" if err.kind == "timeout" else "shutting_down"
-        yield f"data: {json.dumps(error_body(str(err), kind_))}\n\n".encode()
+    except STREAM_ERRORS as err:
+        yield stream_error(err)
     yield b"data: [DONE]\n\n"
