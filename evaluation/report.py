@@ -133,6 +133,7 @@ def write_chart(path: Path, comparison: dict[str, Any], tallies: dict[str, Tally
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     label_a, label_b = comparison["labels"]
     outcomes = [("a_wins", f"{label_a} wins", "#2b8cbe"), ("ties", "tie", "#bdbdbd"),
@@ -150,6 +151,7 @@ def write_chart(path: Path, comparison: dict[str, Any], tallies: dict[str, Tally
         overall.bar_label(bars, fontsize=8)
     overall.set_xticks(range(len(groups)), names)
     overall.set_ylabel("votes")
+    overall.yaxis.set_major_locator(MaxNLocator(integer=True))
     overall.set_title(f"{label_a} (A) vs {label_b} (B)")
     overall.legend(fontsize=8)
     if detailed:
@@ -165,6 +167,7 @@ def write_chart(path: Path, comparison: dict[str, Any], tallies: dict[str, Tally
         by_category.set_yticks(rows, [name[:28] for name, _ in ranked])
         by_category.invert_yaxis()
         by_category.set_xlabel("votes")
+        by_category.xaxis.set_major_locator(MaxNLocator(integer=True))
         title = "machine votes" if detailed == "machine" else f"{detailed} votes"
         by_category.set_title(f"by category ({title}, top {len(ranked)})")
     figure.tight_layout()
