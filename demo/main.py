@@ -30,15 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from demo.settings import DemoSettings
+    from demo.settings import DemoSettings, describe_errors
 
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     try:
         settings = DemoSettings(**overrides)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
+        problems = describe_errors(err)
         print(f"alpaca-demo: error: invalid settings: {problems}", file=sys.stderr)
         return 2
     except SettingsError as err:

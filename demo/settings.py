@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The Alpaca evaluation set (user-oriented self-instruct instructions), where this checkout has it.
@@ -93,3 +93,12 @@ class DemoSettings(BaseSettings):
         if self.examples_file is not None:
             return self.examples_file
         return EVALUATION_SET if EVALUATION_SET.is_file() else None
+
+
+def describe_errors(err: ValidationError) -> str:
+    """The problems of invalid settings on one line: `field: what is wrong; ...`."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: "
+        f"{error['msg'].removeprefix('Value error, ')}"
+        for error in err.errors()
+    )

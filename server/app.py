@@ -130,7 +130,7 @@ def _mount_demo(app: FastAPI, settings: ServerSettings) -> FastAPI:
         import gradio as gr
 
         from demo.app import build_demo
-        from demo.settings import DemoSettings
+        from demo.settings import DemoSettings, describe_errors
     except ImportError as err:
         raise UIUnavailableError(
             f"the UI at {UI_PATH} needs the demo extra ({err.name} is missing): "
@@ -141,9 +141,8 @@ def _mount_demo(app: FastAPI, settings: ServerSettings) -> FastAPI:
         demo_settings = DemoSettings(server_url=settings.local_url,
                                      api_key=keys[0] if keys else None)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in err.errors())
-        raise UIUnavailableError(f"invalid ALPACA_DEMO_* settings: {problems}") from err
+        raise UIUnavailableError(
+            f"invalid ALPACA_DEMO_* settings: {describe_errors(err)}") from err
     return gr.mount_gradio_app(app, build_demo(demo_settings), path=UI_PATH)
 
 

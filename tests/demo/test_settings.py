@@ -47,3 +47,17 @@ def test_a_file_that_is_not_a_comparison_is_refused(tmp_path):
 
     with pytest.raises(ValidationError, match="not a comparison file"):
         DemoSettings(comparison_file=path)
+
+
+def test_the_server_refuses_to_mount_the_demo_on_such_a_comparison_in_one_line(tmp_path):
+    path = comparison_file(tmp_path, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "server.main"], cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ALPACA_DATA_DIR": str(tmp_path),
+             "ALPACA_DEMO_COMPARISON_FILE": str(path)},
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("alpaca-serve: error: invalid ALPACA_DEMO_* settings: "
+                                    "comparison_file: "), result.stderr
+    assert result.stderr.count("\n") == 1 and "Value error" not in result.stderr
