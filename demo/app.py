@@ -18,7 +18,7 @@ import gradio as gr
 
 from demo.client import DemoError, ServerClient
 from demo.settings import CompareArm, DemoSettings
-from evaluation.comparison import load_comparison
+from evaluation.comparison import load_comparison, pairwise_feedback
 
 DISCLAIMER = (
     "**Before you start.** The answers come from a language model: they can be wrong, made up, "
@@ -192,12 +192,9 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
                       f"**B** was {labels[1]}.")
             return *[gr.update(interactive=False)] * len(VOTES), reveal, {}
         async def vote_on_pair(pair, request):
-            winner = {"a": "left", "b": "right"}.get(choice, choice)
-            ids = [pair["left"]["generation_id"], pair["right"]["generation_id"]]
+            ids, winner = pairwise_feedback(pair, {"a": "left", "b": "right"}.get(choice, choice))
             try:  # the comparison was built against the demo's own server
-                await client.send_comparison(
-                    ids, {"left": ids[0], "right": ids[1]}.get(winner, winner),
-                    _session(request))
+                await client.send_comparison(ids, winner, _session(request))
             except DemoError as err:
                 return *[gr.update()] * len(VOTES), f"⚠️ Your vote was not saved: {err}", {}
             labels = comparison["labels"]

@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = DemoSettings(**overrides)
     except ValidationError as err:
-        problems = describe_errors(err)
-        print(f"alpaca-demo: error: invalid settings: {problems}", file=sys.stderr)
+        print(f"alpaca-demo: error: invalid settings: {describe_errors(err)}", file=sys.stderr)
         return 2
     except SettingsError as err:
         cause = f": {err.__cause__}" if err.__cause__ else ""

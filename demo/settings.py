@@ -96,9 +96,10 @@ class DemoSettings(BaseSettings):
 
 
 def describe_errors(err: ValidationError) -> str:
-    """The problems of invalid settings on one line: `field: what is wrong; ...`."""
+    """The problems of invalid settings (the demo's or the server's) on one line:
+    `field: what is wrong; ...`."""
     return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc'])}: "
-        f"{error['msg'].removeprefix('Value error, ')}"
+        (f"{'.'.join(str(part) for part in error['loc'])}: " if error["loc"] else "")
+        + error["msg"].removeprefix("Value error, ")
         for error in err.errors()
     )

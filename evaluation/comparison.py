@@ -149,36 +149,39 @@ def find_pair(comparison: dict[str, Any], pair_id: str) -> dict[str, Any]:
 def attach_generation_ids(comparison: dict[str, Any], store: FeedbackStoreClient) -> int:
     """Import into the store every side of `comparison` that has no generation id yet (answers
     from another model's file), under its side's label; returns how many were imported."""
-    missing: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
-    for pair in comparison["pairs"]:
-        for place in ("left", "right"):
-            if pair[place].get("generation_id") is None:
-                origin = pair["left_is"] if place == "left" else _other(pair["left_is"])
-                missing[origin].append(pair)
+    imported = 0
     for origin, label in zip(("a", "b"), comparison["labels"], strict=True):
-        if not missing[origin]:
+        sides = [(pair, _side_of(pair, origin)) for pair in comparison["pairs"]]
+        missing = [(pair, side) for pair, side in sides if side.get("generation_id") is None]
+        if not missing:
             continue
-        sides = [_side_of(pair, origin) for pair in missing[origin]]
-        answers = [{"instruction": pair["instruction"], "input": pair["input"],
-                    "output": side["output"]} for pair, side in zip(missing[origin], sides,
-                                                                    strict=True)]
-        ids = store.import_answers(label, answers)
-        for side, generation_id in zip(sides, ids, strict=True):
+        ids = store.import_answers(label, [
+            {"instruction": pair["instruction"], "input": pair["input"], "output": side["output"]}
+            for pair, side in missing
+        ])
+        for (_, side), generation_id in zip(missing, ids, strict=True):
             side["generation_id"] = generation_id
+        imported += len(missing)
     comparison["server_url"] = store.server_url
-    return len(missing["a"]) + len(missing["b"])
+    return imported
 
 
-def cast_vote(store: FeedbackStoreClient, pair: dict[str, Any], vote: Vote) -> bool:
-    """Send `vote` on `pair` to the store as pairwise feedback; True when it is a new vote,
-    False when it replaced the session's earlier one."""
+def pairwise_feedback(pair: dict[str, Any], winner: str) -> tuple[list[str], str]:
+    """The generation ids of `pair` (left, right) and the server's name for `winner` (left or
+    right become that side's id; tie and both_bad stay), as `POST /feedback` takes them."""
     ids = [pair["left"].get("generation_id"), pair["right"].get("generation_id")]
     if None in ids:
         raise EvaluationError(
             f"{pair['pair_id']} has an answer without a generation id: build the comparison "
             "against a server (`alpaca-eval compare --server-url`)"
         )
-    winner = {"left": ids[0], "right": ids[1]}.get(vote.winner, vote.winner)
+    return ids, {"left": ids[0], "right": ids[1]}.get(winner, winner)
+
+
+def cast_vote(store: FeedbackStoreClient, pair: dict[str, Any], vote: Vote) -> bool:
+    """Send `vote` on `pair` to the store as pairwise feedback; True when it is a new vote,
+    False when it replaced the session's earlier one."""
+    ids, winner = pairwise_feedback(pair, vote.winner)
     return store.vote(ids, winner, vote.session_id, vote.voter)
 
 
@@ -301,10 +304,6 @@ def _first_model(client) -> str:
 
 def _side(answer: dict[str, Any]) -> dict[str, Any]:
     return {"output": answer["output"], "generation_id": answer.get("generation_id")}
-
-
-def _other(origin: str) -> str:
-    return "b" if origin == "a" else "a"
 
 
 def _side_of(pair: dict[str, Any], origin: str) -> dict[str, Any]:

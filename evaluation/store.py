@@ -32,12 +32,11 @@ class FeedbackStoreClient:
                                     timeout=timeout_s, trust_env=False)
 
     def import_answers(self, model: str, answers: list[dict[str, Any]]) -> list[str]:
-        """Store `answers` (instruction, input, output) under `model`; their new generation ids,
-        in order."""
+        """Store `answers` (each exactly instruction, input, output) under `model`; their new
+        generation ids, in order."""
         ids: list[str] = []
         for start in range(0, len(answers), IMPORT_BATCH):
-            batch = [{"instruction": a["instruction"], "input": a.get("input") or "",
-                      "output": a["output"]} for a in answers[start:start + IMPORT_BATCH]]
+            batch = answers[start:start + IMPORT_BATCH]
             body = self._request("POST", "/generations/import",
                                  json={"model": model, "answers": batch})
             ids += body["generation_ids"]

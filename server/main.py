@@ -62,12 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = ServerSettings(**overrides)
     except ValidationError as err:
-        problems = "; ".join(
-            (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
-            + e["msg"].removeprefix("Value error, ")
-            for e in err.errors()
-        )
-        print(f"alpaca-serve: error: invalid settings: {problems}", file=sys.stderr)
+        from demo.settings import describe_errors  # pydantic only: no demo extra needed
+
+        print(f"alpaca-serve: error: invalid settings: {describe_errors(err)}", file=sys.stderr)
         return 2
     except SettingsError as err:
         cause = f": {err.__cause__}" if err.__cause__ else ""

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from server.admission import Admission
 from server.engine import EngineUnavailableError, VllmEngine
 from server.errors import APIError
-from server.feedback_store import FeedbackStore
+from server.feedback_store import FeedbackStore, StoreError
 from server.filters import FilterChain
 from server.generation_log import GenerationRecorder
 from server.metrics import ServerMetrics
@@ -37,6 +37,14 @@ class Runtime:
     fatal_error: str | None = None  # why the process must stop (the engine died)
     # Called when the engine cannot be loaded, so the process can stop instead of idling unready.
     on_fatal: Callable[[str], None] | None = field(default=None, repr=False)
+
+    async def in_store(self, call: Callable[..., Any], *args: Any) -> Any:
+        """`call(*args)`, a method of the feedback store, off the event loop; a store that cannot
+        be reached or used is a 503."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except StoreError as err:
+            raise APIError(503, str(err), "feedback_store_unavailable") from err
 
     def require_engine(self) -> VllmEngine:
         """The engine, or a 503 saying why there is none to use."""

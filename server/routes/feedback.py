@@ -140,10 +140,7 @@ async def post_feedback(
 @router.get("/feedback/summary")
 async def feedback_summary(runtime: RuntimeDep) -> dict:
     """Thumbs up/down and flags per model, and the pairwise win/tie/loss table."""
-    try:
-        return await asyncio.to_thread(runtime.store.summary)
-    except StoreError as err:
-        raise APIError(503, str(err), "feedback_store_unavailable") from err
+    return await runtime.in_store(runtime.store.summary)
 
 
 @router.get("/feedback/comparisons", response_model=ComparisonPage,
@@ -156,10 +153,7 @@ async def list_comparisons(
                                 description="most votes to return")] = COMPARISON_PAGE_LIMIT,
 ) -> ComparisonPage:
     """Every pairwise vote, by id, a page at a time (as `alpaca-eval report` reads them)."""
-    try:
-        rows = await asyncio.to_thread(runtime.store.list_comparisons, after, limit)
-    except StoreError as err:
-        raise APIError(503, str(err), "feedback_store_unavailable") from err
+    rows = await runtime.in_store(runtime.store.list_comparisons, after, limit)
     return ComparisonPage(comparisons=rows,
                           next_after=rows[-1]["id"] if len(rows) == limit else None)
 

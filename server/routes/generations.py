@@ -9,15 +9,14 @@ the caller gives, and nothing is generated.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.errors import APIError, invalid
-from server.feedback_store import GenerationRecord, StoreError
+from server.errors import invalid
+from server.feedback_store import GenerationRecord
 from server.request_context import new_request_id
 from server.runtime import RuntimeDep
 from server.schemas import BODY_ERRORS, error_doc
@@ -92,8 +91,5 @@ async def import_generations(
         )
         for answer in body.answers
     ]
-    try:
-        await asyncio.to_thread(runtime.store.record_generations, records)
-    except StoreError as err:
-        raise APIError(503, str(err), "feedback_store_unavailable") from err
+    await runtime.in_store(runtime.store.record_generations, records)
     return ImportResponse(generation_ids=[record.id for record in records])

@@ -361,6 +361,25 @@ def test_a_closed_store_says_so(store):
         store.generation_exists(["gen-1"])
 
 
+def test_a_store_that_cannot_be_used_is_a_503_for_the_routes(store):
+    import asyncio
+
+    from server.errors import APIError
+    from server.metrics import ServerMetrics
+    from server.runtime import Runtime
+    from server.settings import ServerSettings
+
+    runtime = Runtime(ServerSettings(), ServerMetrics("m"), store=store)
+    store.close()
+
+    for call, args in [(store.summary, ()), (store.list_comparisons, (0, 10)),
+                       (store.record_generations, ([make_generation("gen-1")],))]:
+        with pytest.raises(APIError) as raised:
+            asyncio.run(runtime.in_store(call, *args))
+        assert (raised.value.status, raised.value.type) == (503, "feedback_store_unavailable")
+        assert "closed" in str(raised.value)
+
+
 def test_ratings_saved_from_eight_threads_at_once_all_land(store):
     store.record_generations([make_generation(f"gen-{i}") for i in range(4)])
     ids: list[int] = []
