@@ -55,26 +55,52 @@ def totals(client) -> dict:
     return {"up": up, "votes": votes}
 
 
+# Records, in the page itself, the length of the last answer after every change of the chat's
+# DOM: each streamed update Gradio renders is seen, however fast the engine produced it (polling
+# from the test could miss them all when the whole answer arrives within one poll).
+BOT_MESSAGE = '#chatbot [aria-label^="bot\'s message"]'
+WATCH_ANSWER_LENGTHS = """BOT_MESSAGE => {
+    window.answerLengths = [];
+    const chat = document.querySelector('#chatbot');
+    const record = () => {
+        const answers = chat.querySelectorAll(BOT_MESSAGE);
+        if (answers.length) window.answerLengths.push(answers[answers.length - 1].innerText.length);
+    };
+    new MutationObserver(record).observe(chat, {childList: true, subtree: true,
+                                               characterData: true});
+}"""
+
+
+def settled_text(locator, timeout: float = 20) -> str:
+    """The locator's text once it has stopped changing for a second (the last update rendered)."""
+    deadline = time.monotonic() + timeout
+    text = locator.inner_text() if locator.count() else ""
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        again = locator.inner_text() if locator.count() else ""
+        if again == text and text:
+            return text
+        text = again
+    return text
+
+
 def test_a_chat_answer_streams_in_and_a_like_reaches_the_server(page, tiny_server):
     client = tiny_server.client
     before_feedback = totals(client)
     before = read_metrics(client)["alpaca_requests_total{outcome=success}"]
 
+    page.evaluate(WATCH_ANSWER_LENGTHS, BOT_MESSAGE)
     page.locator("#instruction textarea").fill("Name three colours.")
     page.locator("#send").click()
-    answer = page.locator('#chatbot [aria-label^="bot\'s message"]').last
-    lengths = set()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if answer.count():
-            lengths.add(len(answer.inner_text()))
-        if read_metrics(client)["alpaca_requests_total{outcome=success}"] > before:
-            break
-        time.sleep(0.05)
-    final_text = answer.inner_text()
+    assert wait_for(
+        lambda: read_metrics(client)["alpaca_requests_total{outcome=success}"] > before, 60
+    ), "the server did not finish an answer"
+    answer = page.locator(BOT_MESSAGE).last
+    final_text = settled_text(answer)
     assert final_text.strip(), "no answer appeared"
-    growing = sorted(length for length in lengths if 0 < length < len(final_text))
-    assert growing, f"the answer appeared all at once (lengths seen: {sorted(lengths)})"
+    lengths = page.evaluate("window.answerLengths")
+    growing = sorted({length for length in lengths if 0 < length < len(final_text)})
+    assert growing, f"the answer appeared all at once (lengths rendered: {lengths})"
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chat-page.png"), full_page=True)
