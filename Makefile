@@ -1,11 +1,12 @@
-# `make run` serves the default model and the demo; `make test` runs the whole suite.
-# Both set up .venv first, with scripts/install: the same install the Dockerfile runs.
+# `make run` serves the default model and the demo; `make test` runs the whole suite,
+# `make test-fast` its quick layer, `make lint` the linter and the formatter check.
+# Each sets up .venv first, with scripts/install: the same install the Dockerfile runs.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup run test bench lint settings-table
+.PHONY: setup run test test-fast bench lint format settings-table
 
 setup: $(STAMP)
 
@@ -19,11 +20,21 @@ run: setup
 test: setup
 	$(BIN)/pytest
 
+# The quick loop while editing: everything but the tests that load vLLM or start real servers
+# (the HTTP behaviour runs on the scripted engine instead); under a minute.
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
 bench: setup
 	$(BIN)/python -m benchmarks.http_overhead
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 settings-table: setup
 	$(BIN)/python -m server.settings_table --write

@@ -113,7 +113,7 @@ def _sampling_options(max_new_tokens: int):
     from server.engine import SamplingOptions
     from training.prompts import SECTION_HEADERS
 
-    # What the server builds from the http phase's body (see server/routes/generate.py).
+    # What the server builds from the http phase's body (see server/pipeline.py).
     return SamplingOptions(
         max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, top_k=0,
         repetition_penalty=1.0, stop=tuple(SECTION_HEADERS), seed=None,

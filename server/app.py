@@ -22,7 +22,7 @@ from server import __version__
 from server.access import AccessMiddleware
 from server.admission import Admission
 from server.default_model import ensure_default_model
-from server.engine import SamplingOptions, VllmEngine, build_engine
+from server.engine import Engine, SamplingOptions, build_engine
 from server.errors import install_error_handlers
 from server.feedback_store import FeedbackStore, open_store
 from server.filters import build_filter_chain
@@ -41,7 +41,7 @@ WARMUP_PROMPT = "Hello"
 
 def create_app(
     settings: ServerSettings | None = None,
-    engine: VllmEngine | None = None,
+    engine: Engine | None = None,
     store: FeedbackStore | None = None,
 ) -> FastAPI:
     """Build the app. Without `engine`, the lifespan loads the model and owns the engine; without
@@ -150,7 +150,7 @@ class UIUnavailableError(RuntimeError):
     """The UI is enabled but cannot be built."""
 
 
-async def _start_engine(runtime: Runtime, engine: VllmEngine | None) -> None:
+async def _start_engine(runtime: Runtime, engine: Engine | None) -> None:
     """Load the model (unless given), answer one warm-up request, then declare readiness."""
     try:
         if engine is None:
@@ -183,7 +183,7 @@ def _engine_died(runtime: Runtime, reason: str) -> None:
         runtime.on_fatal(reason)
 
 
-async def _warm_up(engine: VllmEngine) -> None:
+async def _warm_up(engine: Engine) -> None:
     options = SamplingOptions(
         max_new_tokens=1, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
         stop=(), seed=None,

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from server.settings import ServerSettings
 
@@ -59,6 +59,43 @@ class EngineLoad:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
+
+
+class Engine(Protocol):
+    """What the server asks of an engine; `VllmEngine` is the real one.
+
+    A test double satisfying this (tests/scripted_engine.py) runs the HTTP layer without vLLM.
+    """
+
+    model_name: str
+    device: str
+    dtype: str
+    max_model_len: int
+    load: EngineLoad
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine has died; it never comes back."""
+        ...
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """Token ids of `prompt`, exactly as the engine will see them."""
+        ...
+
+    def generate(
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[Piece]:
+        """The new text, piece by piece; the last piece has a finish reason. Closing the
+        iterator early aborts the request. Raises EngineUnavailableError if the engine died."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise EngineUnavailableError when the engine is gone."""
+        ...
+
+    def num_unfinished_requests(self) -> int: ...
+
+    def shutdown(self) -> None: ...
 
 
 def resolve_device(settings: ServerSettings) -> str:

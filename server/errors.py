@@ -1,4 +1,8 @@
-"""Every error leaves the server as `{"error": {"message", "type", "param"}}`, never a traceback."""
+"""Every error leaves the server as `{"error": {"message", "type", "param"}}`, never a traceback.
+
+The generation path (`server/pipeline.py`) knows nothing of HTTP: its refusals and interruptions
+are mapped to statuses here, in `generation_error`, for every route alike.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.engine import EngineUnavailableError
+from server.pipeline import GenerationInterrupted, Refusal
 
 
 class APIError(Exception):
@@ -33,6 +40,33 @@ class APIError(Exception):
 
 def invalid(message: str, param: str | None) -> APIError:
     return APIError(422, message, "invalid_request_error", param)
+
+
+# A refusal's kind: its HTTP status and error type.
+REFUSAL_STATUS = {
+    "invalid": (422, "invalid_request_error"),
+    "blocked": (400, "content_filter"),
+    "overloaded": (429, "overloaded"),
+    "queue_timeout": (503, "overloaded"),
+    "unavailable": (503, "engine_unavailable"),
+    "shutting_down": (503, "shutting_down"),
+}
+
+
+def generation_error(err: Exception) -> APIError:
+    """The HTTP answer to a refused request, or to a generation that ended without an answer."""
+    if isinstance(err, Refusal):
+        status, kind = REFUSAL_STATUS[err.kind]
+        headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else None
+        extra = {"category": err.category} if err.category is not None else {}
+        return APIError(status, err.message, kind, err.param, headers=headers, **extra)
+    if isinstance(err, GenerationInterrupted):
+        if err.kind == "timeout":
+            return APIError(504, str(err), "timeout")
+        return APIError(503, str(err), "shutting_down")
+    if isinstance(err, EngineUnavailableError):
+        return APIError(503, str(err), "engine_unavailable")
+    raise TypeError(f"not a generation error: {err!r}")
 
 
 def error_body(message: str, type: str, param: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -102,6 +136,10 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
+async def _generation_error(request: Request, exc: Exception) -> JSONResponse:
+    return await _api_error(request, generation_error(exc))
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
         # FastAPI's words for a body it could not decode, such as one that is not UTF-8.
@@ -117,4 +155,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(APIError, _api_error)
+    for kind in (Refusal, GenerationInterrupted, EngineUnavailableError):
+        app.add_exception_handler(kind, _generation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -10,12 +10,13 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from server.admission import Admission
-from server.engine import EngineUnavailableError, VllmEngine
+from server.engine import Engine
 from server.errors import APIError
 from server.feedback_store import FeedbackStore, StoreError
 from server.filters import FilterChain
 from server.generation_log import GenerationRecorder
 from server.metrics import ServerMetrics
+from server.pipeline import Pipeline
 from server.settings import ServerSettings
 
 
@@ -25,7 +26,7 @@ class Runtime:
     metrics: ServerMetrics
     filters: FilterChain = field(default_factory=lambda: FilterChain([]))
     admission: Admission = field(default_factory=lambda: Admission(64, 256))
-    engine: VllmEngine | None = None
+    engine: Engine | None = None
     store: FeedbackStore | None = None
     recorder: GenerationRecorder | None = None
     ready: bool = False
@@ -37,6 +38,24 @@ class Runtime:
     fatal_error: str | None = None  # why the process must stop (the engine died)
     # Called when the engine cannot be loaded, so the process can stop instead of idling unready.
     on_fatal: Callable[[str], None] | None = field(default=None, repr=False)
+    _pipeline: Pipeline | None = field(default=None, init=False, repr=False)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The generation path, seeing this runtime's engine, readiness, drain and log."""
+        if self._pipeline is None:
+            self._pipeline = Pipeline(
+                settings=self.settings,
+                metrics=self.metrics,
+                admission=self.admission,
+                filters=self.filters,
+                engine=lambda: self.engine,
+                is_ready=lambda: self.ready,
+                is_draining=lambda: self.draining,
+                record=lambda record: self.recorder.submit(record),
+                stop_event=self.stop_event,
+            )
+        return self._pipeline
 
     async def in_store(self, call: Callable[..., Any], *args: Any) -> Any:
         """`call(*args)`, a method of the feedback store, off the event loop; a store that cannot
@@ -45,16 +64,6 @@ class Runtime:
             return await asyncio.to_thread(call, *args)
         except StoreError as err:
             raise APIError(503, str(err), "feedback_store_unavailable") from err
-
-    def require_engine(self) -> VllmEngine:
-        """The engine, or a 503 saying why there is none to use."""
-        if self.draining:
-            raise APIError(503, "the server is shutting down", "shutting_down")
-        if self.engine is None or not self.ready:
-            raise APIError(503, "the model is still loading; retry shortly", "engine_unavailable")
-        if not self.engine.alive:
-            raise APIError(503, "the engine has stopped", "engine_unavailable")
-        return self.engine
 
     def refresh_gauges(self) -> None:
         engine = self.engine
@@ -79,4 +88,4 @@ def get_runtime(request: Request) -> Runtime:
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
-__all__ = ["Runtime", "RuntimeDep", "get_runtime", "EngineUnavailableError"]
+__all__ = ["Runtime", "RuntimeDep", "get_runtime"]

@@ -1,19 +1,31 @@
-"""Shared fixtures: a tiny LLaMA built once, and real server processes running it.
+"""Shared fixtures: servers of two layers, and the tiny LLaMA the real one runs.
 
-Each server is a real `alpaca-serve` process with its own vLLM engine; a test session starts one
-for the tiny model and shares it, because loading an engine takes tens of seconds.
+- The real layer: a real `alpaca-serve` process with its own vLLM engine on a tiny LLaMA built
+  once per session; a session starts one and shares it (`tiny_server`), because loading an engine
+  takes tens of seconds. These tests are marked `slow`.
+- The fast layer: the same app in this process, served by uvicorn on a free port, with the
+  scripted engine of tests/scripted_engine.py instead of vLLM (`scripted_server`); it starts in
+  well under a second.
+
+Tests of the HTTP behaviour take the `server` fixture, which runs them once on each layer (the
+real one marked slow), so `pytest -m "not slow"` (`make test-fast`) is the quick loop and
+`make test` proves the same behaviour through the real engine.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
@@ -35,6 +47,9 @@ def free_port() -> int:
 class ServerProcess:
     """An `alpaca-serve` child process on a free port, with its log in a file."""
 
+    layer = "vllm"
+    tokenizer = None  # set for the tiny model's servers: count_tokens needs it
+
     def __init__(self, env: dict[str, str], log_path: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -54,6 +69,9 @@ class ServerProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
 
     def wait_until_ready(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
@@ -85,6 +103,74 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+class ScriptedServer:
+    """The server app in this process, on the scripted engine, over real HTTP on a free port.
+
+    `env` holds `ALPACA_*` settings as for a real server process; `engine` is the ScriptedEngine,
+    which a test may script (and must leave as it found it: see the `server` fixture).
+    """
+
+    layer = "scripted"
+
+    def __init__(self, env: dict[str, str], folder: Path):
+        import uvicorn
+
+        from server.app import create_app
+        from server.settings import ServerSettings
+        from tests.scripted_engine import ScriptedEngine
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = folder / f"data-{self.port}"
+        full_env = {"ALPACA_DATA_DIR": str(self.data_dir), "ALPACA_UI": "false", **env,
+                    "ALPACA_PORT": str(self.port), "ALPACA_HOST": "127.0.0.1"}
+        with mock.patch.dict(os.environ, full_env):
+            self.settings = ServerSettings()
+        self.engine = ScriptedEngine(model_name=self.settings.served_model_name,
+                                     max_model_len=self.settings.max_model_len)
+        self.app = create_app(self.settings, engine=self.engine)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                access_log=False, lifespan="on")
+        self._uvicorn = uvicorn.Server(config)
+        self._log = io.StringIO()
+        self._log_handler = logging.StreamHandler(self._log)
+        self._log_handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        logging.getLogger("alpaca").addHandler(self._log_handler)
+        logging.getLogger("alpaca").setLevel(logging.INFO)
+        self._thread = threading.Thread(target=self._uvicorn.run, daemon=True)
+        self._thread.start()
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def log_text(self) -> str:
+        """What the server's loggers wrote since it started (in this process, so other
+        in-process servers' lines too)."""
+        return self._log.getvalue()
+
+    @property
+    def runtime(self):
+        return self.app.state.runtime
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.engine.tokenize(text))
+
+    def wait_until_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.client.get("/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"the in-process server was not ready after {timeout}s")
+
+    def stop(self) -> None:
+        self.client.close()
+        self._uvicorn.should_exit = True
+        self._thread.join(30)
+        logging.getLogger("alpaca").removeHandler(self._log_handler)
 
 
 def build_tiny_llama(out_dir: Path) -> Path:
@@ -139,21 +225,75 @@ def tiny_server_env(model_dir: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
-def tiny_server(tiny_model_dir, tmp_path_factory):
-    """One server on the tiny model for the whole session."""
-    log = tmp_path_factory.mktemp("logs") / "tiny-server.log"
-    server = ServerProcess(tiny_server_env(tiny_model_dir), log)
+# The two layers a test of HTTP behaviour runs on: the scripted engine in-process (fast) and a
+# real server process with vLLM on the tiny model (slow).
+LAYERS = [pytest.param("scripted", id="scripted"),
+          pytest.param("vllm", id="vllm", marks=pytest.mark.slow)]
+
+# The tiny model's limits, which the fast layer's servers get too.
+TINY_SETTINGS = {
+    "ALPACA_MAX_MODEL_LEN": str(TINY_CONTEXT),
+    "ALPACA_MAX_NEW_TOKENS_LIMIT": str(TINY_MAX_NEW_TOKENS_LIMIT),
+    "ALPACA_DEFAULT_MAX_NEW_TOKENS": str(TINY_DEFAULT_MAX_NEW_TOKENS),
+    "ALPACA_MAX_CONCURRENT": str(TINY_MAX_CONCURRENT),
+    "ALPACA_MAX_QUEUE": str(TINY_MAX_QUEUE),
+}
+
+
+def start_server(request, layer: str, env: dict[str, str], folder: Path):
+    """A ready server of `layer` with the tiny model's limits plus `env`; the caller stops it."""
+    if layer == "scripted":
+        server = ScriptedServer({**TINY_SETTINGS, **env}, folder)
+    else:
+        model_dir = request.getfixturevalue("tiny_model_dir")
+        server = ServerProcess({**tiny_server_env(model_dir), **env}, folder / "server.log")
+        server.tokenizer = request.getfixturevalue("tiny_tokenizer")
     try:
         server.wait_until_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def tiny_server(request, tmp_path_factory):
+    """One server on the tiny model for the whole session."""
+    server = start_server(request, "vllm", {}, tmp_path_factory.mktemp("tiny-server"))
+    try:
         yield server
     finally:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def scripted_server(request, tmp_path_factory):
+    """One in-process server on the scripted engine for the whole session."""
+    server = start_server(request, "scripted", {}, tmp_path_factory.mktemp("scripted-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=LAYERS)
+def server(request):
+    """The shared server of each layer in turn; a test that scripts the engine gets it reset."""
+    if request.param == "vllm":
+        yield request.getfixturevalue("tiny_server")
+        return
+    server = request.getfixturevalue("scripted_server")
+    engine = server.engine
+    script = (engine.reply, engine.delay_s, engine.abort_delay_s)
+    try:
+        yield server
+    finally:
+        engine.reply, engine.delay_s, engine.abort_delay_s = script
+
+
 @pytest.fixture
-def client(tiny_server) -> httpx.Client:
-    return tiny_server.client
+def client(server) -> httpx.Client:
+    return server.client
 
 
 def read_metrics(client: httpx.Client) -> dict[str, float]:
@@ -194,3 +334,14 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
         time.sleep(interval)
         value = predicate()
     return value
+
+
+# Fixtures that load the real engine or build the tiny model: a test using one is slow, whatever
+# its own marks say, so `pytest -m "not slow"` never waits for vLLM.
+REAL_ENGINE_FIXTURES = {"tiny_server", "tiny_model_dir", "tiny_tokenizer"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

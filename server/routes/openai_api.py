@@ -26,15 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.errors import APIError, invalid
-from server.generation import Generation
-from server.routes.generate import (
-    STREAM_ERRORS,
-    EventStreamResponse,
-    run_to_end,
-    sse,
-    start_generation,
-    stream_error,
-)
+from server.pipeline import GENERATION_ERRORS, Generation
 from server.runtime import Runtime, RuntimeDep
 from server.schemas import (
     DEFAULT_TEMPERATURE,
@@ -45,6 +37,7 @@ from server.schemas import (
     GenerateRequest,
     error_doc,
 )
+from server.streaming import DONE, EventStreamResponse, error_event, run_unless_disconnected, sse
 
 router = APIRouter(prefix="/v1")
 
@@ -144,15 +137,18 @@ def _to_generate(body: _Sampling, runtime: Runtime, **text: str) -> GenerateRequ
 
 
 async def _respond(internal: GenerateRequest, request: Request, runtime: Runtime, kind: str):
-    generation, ticket = await start_generation(internal, request, runtime)
+    generation = await runtime.pipeline.start(
+        internal, request.state.request_id, request.state.arrival
+    )
+    request.state.generation = generation  # for the request's log line
     created = int(time.time())
     if internal.stream:
-        return EventStreamResponse(_chunks(generation, kind, created), on_close=ticket.release)
+        return EventStreamResponse(_chunks(generation, kind, created), on_close=generation.release)
     try:
-        if not await run_to_end(generation, request):
+        if not await run_unless_disconnected(generation.run_to_end(), request.receive):
             return JSONResponse({}, status_code=499)
     finally:
-        ticket.release()
+        generation.release()
     finish = FINISH_REASONS.get(generation.finish_reason or "", "stop")
     if kind == "chat.completion":
         choice = {"index": 0, "message": {"role": "assistant", "content": generation.text},
@@ -163,7 +159,7 @@ async def _respond(internal: GenerateRequest, request: Request, runtime: Runtime
         "id": generation.request_id,
         "object": kind,
         "created": created,
-        "model": generation.engine.model_name,
+        "model": generation.model_name,
         "choices": [choice],
         "usage": _usage(generation),
     }
@@ -178,7 +174,7 @@ def _usage(generation: Generation) -> dict:
 async def _chunks(generation: Generation, kind: str, created: int) -> AsyncIterator[bytes]:
     chat = kind == "chat.completion"
     head = {"id": generation.request_id, "object": f"{kind}.chunk" if chat else kind,
-            "created": created, "model": generation.engine.model_name}
+            "created": created, "model": generation.model_name}
 
     def chunk(piece: str | None, finish: str | None, role: bool = False) -> bytes:
         if chat:
@@ -200,6 +196,6 @@ async def _chunks(generation: Generation, kind: str, created: int) -> AsyncItera
             yield chunk(text, None)
         yield chunk(None if chat else "", FINISH_REASONS.get(generation.finish_reason or "",
                                                              "stop"))
-    except STREAM_ERRORS as err:
-        yield stream_error(err)
-    yield b"data: [DONE]\n\n"
+    except GENERATION_ERRORS as err:
+        yield error_event(err)
+    yield DONE

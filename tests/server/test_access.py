@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.access import RateLimiter
-from tests.conftest import ServerProcess, tiny_server_env
-
-pytestmark = pytest.mark.slow
+from tests.conftest import LAYERS, start_server
 
 ALLOWED_ORIGIN = "https://demo.example.org"
 RATE_LIMIT = 20
@@ -22,21 +20,19 @@ PROTECTED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def keyed_server(tiny_model_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=LAYERS)
+def keyed_server(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("keyed")
     keys_file = folder / "keys.txt"
     keys_file.write_text("# the rate-limit test's own key\nkey-three\n")
     env = {
-        **tiny_server_env(tiny_model_dir),
         "ALPACA_API_KEYS": "key-one, key-two",
         "ALPACA_API_KEYS_FILE": str(keys_file),
         "ALPACA_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
         "ALPACA_CORS_ORIGINS": ALLOWED_ORIGIN,
     }
-    server = ServerProcess(env, folder / "server.log")
+    server = start_server(request, request.param, env, folder)
     try:
-        server.wait_until_ready()
         yield server
     finally:
         server.stop()
@@ -65,7 +61,8 @@ def test_keys_from_the_file_and_the_list_all_work(keyed_server):
 
 
 def test_probes_metrics_and_the_demo_stay_open(keyed_server):
-    for path in ("/health", "/ready", "/metrics", "/ui/"):
+    demo = ("/ui/",) if keyed_server.layer == "vllm" else ()  # the fast layer mounts no UI
+    for path in ("/health", "/ready", "/metrics", *demo):
         assert keyed_server.client.get(path).status_code == 200, path
 
 

@@ -1,30 +1,34 @@
 """`POST /feedback`, `GET /feedback/summary` and the generation log, through a running server,
-once with SQLite and once with PostgreSQL behind it."""
+once with SQLite and once with PostgreSQL behind it, on both layers (scripted engine and vLLM)."""
 
 from __future__ import annotations
 
 import pytest
 
 from server.feedback_store import default_database_url, open_store
-from tests.conftest import ServerProcess, stream_events, tiny_server_env, wait_for
+from tests.conftest import start_server, stream_events, wait_for
 from tests.server.conftest import postgres_schema_url
 
-pytestmark = pytest.mark.slow
+BACKENDS = [
+    pytest.param(("scripted", "sqlite"), id="scripted-sqlite"),
+    pytest.param(("scripted", "postgresql"), id="scripted-postgresql"),
+    pytest.param(("vllm", "sqlite"), id="vllm-sqlite", marks=pytest.mark.slow),
+    pytest.param(("vllm", "postgresql"), id="vllm-postgresql", marks=pytest.mark.slow),
+]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    """A tiny-model server and the URL of its store."""
-    if request.param == "sqlite":
-        tiny = request.getfixturevalue("tiny_server")
-        yield tiny, default_database_url(tiny.data_dir)
+    """A server (the shared one of its layer for SQLite) and the URL of its store."""
+    layer, backend = request.param
+    if backend == "sqlite":
+        shared = request.getfixturevalue("tiny_server" if layer == "vllm" else "scripted_server")
+        yield shared, default_database_url(shared.data_dir)
         return
-    model = request.getfixturevalue("tiny_model_dir")
     with postgres_schema_url() as url:
-        log = tmp_path_factory.mktemp("logs") / "postgres-server.log"
-        process = ServerProcess({**tiny_server_env(model), "ALPACA_DATABASE_URL": url}, log)
+        folder = tmp_path_factory.mktemp(f"{layer}-postgres")
+        process = start_server(request, layer, {"ALPACA_DATABASE_URL": url}, folder)
         try:
-            process.wait_until_ready()
             yield process, url
         finally:
             process.stop()

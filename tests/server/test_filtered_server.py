@@ -8,9 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import ServerProcess, read_metrics, stream_events, tiny_server_env, wait_for
-
-pytestmark = pytest.mark.slow
+from tests.conftest import LAYERS, read_metrics, start_server, stream_events, wait_for
 
 FILTERS = [
     {"factory": "tests.server.filter_plugins:keyword",
@@ -23,20 +21,18 @@ FILTERS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def filtered_server(tiny_model_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=LAYERS)
+def filtered_server(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("filtered")
     blocklist = folder / "blocklist.txt"
     blocklist.write_text("# test blocklist\nviolence: smash the window\n")
     env = {
-        **tiny_server_env(tiny_model_dir),
         "ALPACA_BLOCKLIST": str(blocklist),
         "ALPACA_FILTERS": json.dumps(FILTERS),
     }
-    server = ServerProcess(env, folder / "server.log")
+    server = start_server(request, request.param, env, folder)
     server.blocklist = blocklist
     try:
-        server.wait_until_ready()
         yield server
     finally:
         server.stop()

@@ -1,4 +1,5 @@
-"""`POST /generate` through the real vLLM engine, on the tiny model."""
+"""`POST /generate`: on both layers (the scripted engine, then vLLM on the tiny model), and what
+only the real engine can show (determinism, seeds, characters split across tokens)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import pytest
 
 from tests.conftest import stream_events
 from training.prompts import format_prompt
-
-pytestmark = pytest.mark.slow
 
 GREEDY = {"temperature": 0.0}
 
@@ -18,27 +17,32 @@ def generate(client, **body):
     return response.json()
 
 
-def test_answer_carries_the_request_id_and_token_usage(client, tiny_tokenizer):
+@pytest.fixture
+def real_client(tiny_server):
+    """The real engine's server only: for what a scripted engine cannot show."""
+    return tiny_server.client
+
+
+def test_answer_carries_the_request_id_and_token_usage(client, server):
     response = client.post("/generate", json={"instruction": "Name a colour.", "max_new_tokens": 8})
     assert response.status_code == 200
     answer = response.json()
     assert answer["id"] == response.headers["X-Request-Id"]
     assert answer["finish_reason"] in ("length", "eos", "stop")
-    expected_prompt = tiny_tokenizer(format_prompt("Name a colour."))["input_ids"]
-    assert answer["usage"]["prompt_tokens"] == len(expected_prompt)
+    assert answer["usage"]["prompt_tokens"] == server.count_tokens(format_prompt("Name a colour."))
     assert 1 <= answer["usage"]["completion_tokens"] <= 8
 
 
-def test_input_field_selects_the_with_input_template(client, tiny_tokenizer):
+def test_input_field_selects_the_with_input_template(client, server):
     answer = generate(client, instruction="Translate.", input="Bonjour", max_new_tokens=1)
-    expected = tiny_tokenizer(format_prompt("Translate.", "Bonjour"))["input_ids"]
-    assert answer["usage"]["prompt_tokens"] == len(expected)
+    expected = server.count_tokens(format_prompt("Translate.", "Bonjour"))
+    assert answer["usage"]["prompt_tokens"] == expected
 
 
-def test_raw_prompt_is_sent_as_it_is(client, tiny_tokenizer):
+def test_raw_prompt_is_sent_as_it_is(client, server):
     prompt = "Once upon a time"
     answer = generate(client, prompt=prompt, max_new_tokens=4, **GREEDY)
-    assert answer["usage"]["prompt_tokens"] == len(tiny_tokenizer(prompt)["input_ids"])
+    assert answer["usage"]["prompt_tokens"] == server.count_tokens(prompt)
 
 
 def test_instruction_and_its_formatted_prompt_give_the_same_answer(client):
@@ -70,13 +74,15 @@ def test_default_max_new_tokens_applies_when_the_request_does_not_say(client):
     assert answer["usage"]["completion_tokens"] == TINY_DEFAULT_MAX_NEW_TOKENS
 
 
-def test_greedy_decoding_is_deterministic(client):
+def test_greedy_decoding_is_deterministic(real_client):
+    client = real_client
     first = generate(client, instruction="Count to ten.", max_new_tokens=20, **GREEDY)
     second = generate(client, instruction="Count to ten.", max_new_tokens=20, **GREEDY)
     assert first["text"] == second["text"]
 
 
-def test_a_seed_makes_sampling_reproducible(client):
+def test_a_seed_makes_sampling_reproducible(real_client):
+    client = real_client
     body = {"instruction": "Invent a word.", "max_new_tokens": 20, "temperature": 1.0,
             "top_k": 0, "top_p": 1.0}
     first = generate(client, seed=1234, **body)
@@ -118,8 +124,9 @@ def test_streaming_sends_deltas_then_a_final_event_then_done(client):
     assert "".join(event["text"] for event in pieces) == whole["text"]
 
 
-def test_streamed_pieces_never_hold_a_broken_character(client):
+def test_streamed_pieces_never_hold_a_broken_character(real_client):
     """Random tokens of a byte-level tokenizer often leave characters half-finished."""
+    client = real_client
     body = {"instruction": "Écris un poème 🎉 日本語", "max_new_tokens": 64,
             "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 7}
     whole = generate(client, **body)

@@ -18,6 +18,12 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.slow
 
+
+@pytest.fixture
+def client(tiny_server):
+    """These tests read the real server's log and its engine's behaviour."""
+    return tiny_server.client
+
 SUCCESS = "alpaca_requests_total{outcome=success}"
 DISCONNECTED = "alpaca_requests_total{outcome=client_disconnected}"
 

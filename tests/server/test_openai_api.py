@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API, through the official `openai` SDK, against the tiny-model server."""
+"""The OpenAI-compatible API, through the official `openai` SDK, on both layers."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import pytest
 
 from training.prompts import format_prompt
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
-def sdk(tiny_server):
-    with openai.OpenAI(base_url=f"{tiny_server.url}/v1", api_key="unused", max_retries=0) as c:
+def sdk(server):
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0) as c:
         yield c
 
 
@@ -26,17 +24,17 @@ def test_models_lists_the_served_model(sdk, client):
     assert [m.id for m in models] == [client.get("/info").json()["model"]]
 
 
-def test_a_completion_sends_the_prompt_as_it_is(sdk, model, tiny_tokenizer):
+def test_a_completion_sends_the_prompt_as_it_is(sdk, model, server):
     answer = sdk.completions.create(model=model, prompt="Once upon a time", max_tokens=5,
                                     temperature=0)
     assert answer.object == "text_completion"
     assert answer.choices[0].finish_reason == "length"
     assert answer.usage.completion_tokens == 5
-    assert answer.usage.prompt_tokens == len(tiny_tokenizer("Once upon a time")["input_ids"])
+    assert answer.usage.prompt_tokens == server.count_tokens("Once upon a time")
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + 5
 
 
-def test_chat_uses_the_alpaca_template_with_earlier_turns_as_input(sdk, model, tiny_tokenizer):
+def test_chat_uses_the_alpaca_template_with_earlier_turns_as_input(sdk, model, server):
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Name a fruit."},
@@ -45,8 +43,8 @@ def test_chat_uses_the_alpaca_template_with_earlier_turns_as_input(sdk, model, t
     ]
     answer = sdk.chat.completions.create(model=model, messages=messages, max_tokens=4)
     context = "System: Be brief.\nUser: Name a fruit.\nAssistant: Apple."
-    expected = tiny_tokenizer(format_prompt("Another one?", context))["input_ids"]
-    assert answer.usage.prompt_tokens == len(expected)
+    expected = server.count_tokens(format_prompt("Another one?", context))
+    assert answer.usage.prompt_tokens == expected
     assert answer.choices[0].message.role == "assistant"
 
 

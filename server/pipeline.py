@@ -1,0 +1,460 @@
+"""The generation path: one request from its fields to a recorded answer, for every API.
+
+Usage (a route):
+    generation = await pipeline.start(body, request_id, arrival)   # a refusal raises Refusal
+    try:
+        async for text in generation.run(): ...                    # the answer as it grows
+    finally:
+        generation.release()                                       # frees its slot, always
+
+The steps, in the order a request takes them:
+    1. admission     a place in the queue, or Refusal("overloaded") at once (before any work)
+    2. prompt        the fields checked against the limits and the model; the Alpaca template
+                     (training/prompts.py, the one source) or the raw prompt; its tokens
+    3. input filters the content filters' verdict on the request (Refusal("blocked"))
+    4. a slot        waiting in the queue until a generation slot is free, within the deadline
+    5. engine        `Generation.run()`: the engine's pieces become the answer as the client sees
+                     it (stripped, no broken characters), checked by the output filters after
+                     each piece, cut at the deadline or when the server stops waiting
+    6. record        the finished generation goes to the generation log (the feedback store)
+
+`/generate` and the OpenAI-compatible `/v1` routes only translate HTTP to this module and back:
+the same request gives the same answer, metrics and record whichever route it came through.
+Nothing here knows about HTTP; refusals and interruptions are exceptions the routes map to
+statuses (`server/errors.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from server.admission import Admission, Ticket
+from server.engine import Engine, EngineUnavailableError, Piece, SamplingOptions
+from server.feedback_store import GenerationRecord
+from server.filters import FilterChain, FilterInput, FilterOutcome, Verdict
+from server.metrics import ServerMetrics
+from server.schemas import GenerateRequest
+from server.settings import ServerSettings
+from training.prompts import SECTION_HEADERS, format_prompt
+
+log = logging.getLogger("alpaca.server")
+
+REPLACEMENT_CHAR = "\ufffd"
+RETRY_AFTER_S = 1  # what a refused client is told to wait before trying again
+
+
+class Refusal(Exception):
+    """The request was refused before it reached the engine.
+
+    `kind` says why: "invalid" (a field, with `param`), "overloaded" (no place in the queue),
+    "queue_timeout" (no slot came free before the deadline), "blocked" (an input filter, with
+    `category`), "unavailable" (no engine to use) or "shutting_down".
+    """
+
+    def __init__(self, kind: str, message: str, param: str | None = None,
+                 category: str | None = None, retry_after_s: int | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+        self.category = category
+        self.retry_after_s = retry_after_s
+
+
+class GenerationInterrupted(Exception):
+    """Generation was aborted: `kind` is "timeout" (the deadline) or "shutdown" (drain over)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+# Why a generation that had started may end without an answer (after the HTTP status is sent,
+# for a stream).
+GENERATION_ERRORS = (EngineUnavailableError, GenerationInterrupted)
+
+
+@dataclass
+class Pipeline:
+    """The generation path of one server: its settings, admission, filters, metrics and log.
+
+    `engine` is looked up on every request (the engine loads after the app starts); `ready` and
+    `draining` say whether it may be used.
+    """
+
+    settings: ServerSettings
+    metrics: ServerMetrics
+    admission: Admission
+    filters: FilterChain
+    engine: Callable[[], Engine | None]
+    is_ready: Callable[[], bool]
+    is_draining: Callable[[], bool]
+    record: Callable[[GenerationRecord], None]
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def require_engine(self) -> Engine:
+        """The engine, or a Refusal saying why there is none to use."""
+        if self.is_draining():
+            raise Refusal("shutting_down", "the server is shutting down")
+        engine = self.engine()
+        if engine is None or not self.is_ready():
+            raise Refusal("unavailable", "the model is still loading; retry shortly")
+        if not engine.alive:
+            raise Refusal("unavailable", "the engine has stopped")
+        return engine
+
+    async def start(self, body: GenerateRequest, request_id: str, arrival: float) -> Generation:
+        """Steps 1-4: a generation holding a slot, ready to run; the caller releases it."""
+        engine = self.require_engine()
+        ticket = self.admission.admit()  # 1. admission, before any work
+        if ticket is None:
+            self.metrics.count("rejected")
+            raise Refusal(
+                "overloaded",
+                f"the server is at capacity ({self.admission.max_concurrent} generating, "
+                f"{self.admission.max_queue} waiting); retry shortly",
+                retry_after_s=RETRY_AFTER_S,
+            )
+        try:
+            prompt, prompt_ids, options = self.prepare(body, engine)  # 2. prompt
+            input_outcomes = await self._check_input(body, prompt)  # 3. input filters
+            deadline = arrival + self.settings.request_timeout_s
+            try:  # 4. wait in the queue for a generation slot
+                await asyncio.wait_for(ticket.acquire(), deadline - time.perf_counter())
+            except asyncio.TimeoutError:
+                self.metrics.count("timeout")
+                raise Refusal(
+                    "queue_timeout",
+                    f"no generation slot came free within the server's time limit "
+                    f"({self.admission.active} generating, {self.admission.waiting - 1} "
+                    f"others waiting)",
+                    retry_after_s=RETRY_AFTER_S,
+                ) from None
+        except BaseException:
+            ticket.release()
+            raise
+        generation = Generation(
+            engine, self.metrics, prompt_ids, options, request_id, arrival,
+            filters=self.filters,
+            on_finish=lambda done: self.record(_generation_record(done, body, prompt)),
+            deadline=deadline,
+            stop_event=self.stop_event,
+            ticket=ticket,
+        )
+        generation.filter_outcomes.extend(input_outcomes)
+        return generation
+
+    def prepare(
+        self, body: GenerateRequest, engine: Engine
+    ) -> tuple[str, list[int], SamplingOptions]:
+        """Step 2: check what depends on the settings and the model; build the prompt tokens."""
+        settings = self.settings
+        if body.prompt is not None:
+            if body.instruction is not None:
+                raise _invalid("give either instruction or prompt, not both", "prompt")
+            if body.input:
+                raise _invalid("input goes with instruction; a raw prompt already holds it",
+                               "input")
+            if not body.prompt.strip():
+                raise _invalid("prompt is empty", "prompt")
+            prompt, prompt_param = body.prompt, "prompt"
+        elif body.instruction is None:
+            raise _invalid("instruction is required (or a raw prompt)", "instruction")
+        elif not body.instruction.strip():
+            raise _invalid("instruction is empty", "instruction")
+        else:
+            prompt, prompt_param = format_prompt(body.instruction, body.input), "instruction"
+
+        chars = len(prompt) if body.prompt is not None else len(body.instruction) + len(body.input)
+        if chars > settings.max_prompt_chars:
+            what = "the prompt" if body.prompt is not None else "instruction and input together"
+            raise _invalid(
+                f"{what} is {chars} characters, above this server's limit of "
+                f"{settings.max_prompt_chars}",
+                prompt_param,
+            )
+        max_new_tokens = body.max_new_tokens or settings.default_max_new_tokens
+        if max_new_tokens > settings.max_new_tokens_limit:
+            raise _invalid(
+                f"max_new_tokens is {max_new_tokens}, above this server's limit of "
+                f"{settings.max_new_tokens_limit}",
+                "max_new_tokens",
+            )
+        prompt_ids = engine.tokenize(prompt)
+        context = engine.max_model_len
+        if len(prompt_ids) >= context:
+            raise _invalid(
+                f"the prompt is {len(prompt_ids)} tokens, which fills the model's context of "
+                f"{context} tokens",
+                prompt_param,
+            )
+        if len(prompt_ids) + max_new_tokens > context:
+            raise _invalid(
+                f"the prompt is {len(prompt_ids)} tokens and max_new_tokens is {max_new_tokens}: "
+                f"{len(prompt_ids) + max_new_tokens} in all, above the model's context of "
+                f"{context} tokens (at most {context - len(prompt_ids)} new tokens fit)",
+                "max_new_tokens",
+            )
+        options = SamplingOptions(
+            max_new_tokens=max_new_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            repetition_penalty=body.repetition_penalty,
+            # Also stop before a template header, so an answer never runs on into a new section.
+            stop=tuple(dict.fromkeys([*body.stop, *SECTION_HEADERS])),
+            seed=body.seed,
+        )
+        return prompt, prompt_ids, options
+
+    async def _check_input(self, body: GenerateRequest, prompt: str) -> list[FilterOutcome]:
+        """Step 3: run the input filters; a block never reaches the engine."""
+        if not self.filters:
+            return []
+        request = FilterInput(instruction=body.instruction, input=body.input, prompt=prompt)
+        verdict, outcomes = await self.filters.check_input(request)
+        if not verdict.allowed:
+            self.metrics.count("blocked")
+            raise Refusal(
+                "blocked",
+                f"the request was refused by the content filter (category: {verdict.category}): "
+                f"{verdict.reason}",
+                "prompt" if body.prompt is not None else "instruction",
+                category=verdict.category,
+            )
+        return outcomes
+
+
+def _invalid(message: str, param: str) -> Refusal:
+    return Refusal("invalid", message, param)
+
+
+class AnswerText:
+    """Answer text built from deltas: no leading or trailing white space, no split characters.
+
+    Trailing white space and a trailing U+FFFD (the detokenizer's mark for a character whose
+    bytes have not all arrived) are held back until more text follows; at the end the white space
+    is dropped, so the streamed pieces always add up to the stripped answer.
+    """
+
+    def __init__(self) -> None:
+        self.text = ""
+        self._held = ""
+
+    def feed(self, delta: str) -> str:
+        pending = self._held + delta
+        if not self.text:
+            pending = pending.lstrip()
+        cut = len(pending)
+        while cut and (pending[cut - 1].isspace() or pending[cut - 1] == REPLACEMENT_CHAR):
+            cut -= 1
+        out, self._held = pending[:cut], pending[cut:]
+        self.text += out
+        return out
+
+    def finish(self) -> str:
+        """The last piece: held-back characters that are part of the answer after all."""
+        out = self._held.rstrip() if self.text else self._held.strip()
+        self._held = ""
+        self.text += out
+        return out
+
+
+class Generation:
+    """Step 5: runs one admitted request through the engine and accounts for it.
+
+    `run()` yields the answer's new text; metrics and one log line are written when it ends, and
+    a generation that finished (or was cut by a filter) is handed to `on_finish` (step 6).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServerMetrics,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        arrival: float,
+        filters: FilterChain | None = None,
+        on_finish: Callable[[Generation], None] | None = None,
+        deadline: float | None = None,
+        stop_event: asyncio.Event | None = None,
+        ticket: Ticket | None = None,
+    ):
+        self.engine = engine
+        self.metrics = metrics
+        self.prompt_ids = prompt_ids
+        self.options = options
+        self.request_id = request_id
+        self.arrival = arrival
+        self.filters = filters
+        self.on_finish = on_finish
+        self.deadline = deadline  # time.perf_counter() value past which generation is aborted
+        self.stop_event = stop_event  # set when the server stops waiting for generations
+        self.ticket = ticket  # its generation slot
+        self.answer = AnswerText()
+        self.text = ""  # what the client has been given: the answer up to any blocked piece
+        self.finish_reason: str | None = None
+        self.blocked: Verdict | None = None
+        self.filter_outcomes: list[FilterOutcome] = []
+        self.completion_tokens = 0
+        self.latency_s = 0.0
+        self.ttft_ms: float | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    def release(self) -> None:
+        """Free the generation slot (idempotent); call it however the generation ended."""
+        if self.ticket is not None:
+            self.ticket.release()
+
+    async def run_to_end(self) -> None:
+        """Generate the whole answer (`text` holds it afterwards)."""
+        async for _ in self.run():
+            pass
+
+    async def run(self) -> AsyncIterator[str]:
+        """Yield the answer's new text as it is generated (never an empty string)."""
+        first_at = last_at = None
+        outcome = "error"
+        output_outcomes: list[FilterOutcome] = []
+        pieces = self.engine.generate(self.prompt_ids, self.options, self.request_id)
+        try:
+            async for piece in self._until_stopped(pieces):
+                now = time.perf_counter()
+                new_tokens = piece.completion_tokens - self.completion_tokens
+                self.completion_tokens = piece.completion_tokens
+                if new_tokens:
+                    if first_at is None:
+                        first_at = now
+                        self.ttft_ms = round((now - self.arrival) * 1000, 1)
+                        self.metrics.time_to_first_token.observe(now - self.arrival)
+                    else:
+                        self.metrics.inter_token_latency.observe((now - last_at) / new_tokens)
+                    last_at = now
+                    self.metrics.generation_tokens.inc(new_tokens)
+                if piece.finish_reason is not None:
+                    self.finish_reason = piece.finish_reason
+                text = self.answer.feed(piece.text)
+                if piece.finish_reason is not None:
+                    text += self.answer.finish()
+                if text and self.filters:
+                    verdict, output_outcomes = await self.filters.check_output(self.answer.text)
+                    if not verdict.allowed:
+                        # Nothing of the offending piece reaches the client; leaving the loop
+                        # closes the engine's stream, which aborts the request.
+                        self.blocked, self.finish_reason = verdict, "content_filter"
+                        break
+                if text:
+                    self.text += text
+                    yield text
+            outcome = "blocked" if self.blocked else "success"
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "client_disconnected"
+            raise
+        except EngineUnavailableError:
+            outcome = "unavailable"
+            raise
+        except GenerationInterrupted as err:
+            outcome = err.kind
+            raise
+        finally:
+            await pieces.aclose()
+            self.metrics.prompt_tokens.inc(self.prompt_tokens)
+            self.metrics.count(outcome)
+            if last_at is not None:
+                self.metrics.e2e_latency.observe(last_at - self.arrival)
+            self.latency_s = time.perf_counter() - self.arrival
+            self.filter_outcomes.extend(output_outcomes)  # the last output check's verdicts
+            if outcome in ("success", "blocked") and self.on_finish is not None:
+                self.on_finish(self)
+            log.info(
+                "generation %s: outcome=%s finish_reason=%s prompt_tokens=%d "
+                "completion_tokens=%d seconds=%.3f",
+                self.request_id, outcome, self.finish_reason, self.prompt_tokens,
+                self.completion_tokens, self.latency_s,
+            )
+
+    async def _until_stopped(self, pieces: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
+        """The engine's pieces, until the deadline passes or the server stops waiting.
+
+        Each step runs as its own task so that it can be cancelled; cancelling it aborts the
+        request in the engine.
+        """
+        if self.deadline is None and self.stop_event is None:
+            async for piece in pieces:
+                yield piece
+            return
+        stopping = asyncio.ensure_future(
+            self.stop_event.wait() if self.stop_event is not None else asyncio.Event().wait()
+        )
+        step: asyncio.Future | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(pieces))
+                remaining = None
+                if self.deadline is not None:
+                    remaining = max(self.deadline - time.perf_counter(), 0.0)
+                await asyncio.wait(
+                    {step, stopping}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not step.done():
+                    step.cancel()
+                    await asyncio.gather(step, return_exceptions=True)
+                    if stopping.done():
+                        raise GenerationInterrupted("shutdown", "the server is shutting down")
+                    raise GenerationInterrupted(
+                        "timeout", "the request took longer than the server's time limit"
+                    )
+                try:
+                    piece = step.result()
+                except StopAsyncIteration:
+                    return
+                yield piece
+        finally:
+            # Also when the consumer is cancelled (a client that left): stop the pending step
+            # first, which aborts the request, so that the engine stream can then be closed.
+            stopping.cancel()
+            if step is not None and not step.done():
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
+
+
+def _generation_record(generation: Generation, body: GenerateRequest,
+                       prompt: str) -> GenerationRecord:
+    """Step 6: what the generation log keeps of a finished generation (never the client's
+    address)."""
+    options = generation.options
+    return GenerationRecord(
+        id=generation.request_id,
+        created_at=time.time() - generation.latency_s,
+        model=generation.model_name,
+        params={
+            "max_new_tokens": options.max_new_tokens,
+            "temperature": options.temperature,
+            "top_p": options.top_p,
+            "top_k": options.top_k,
+            "repetition_penalty": options.repetition_penalty,
+            "stop": body.stop,
+            "seed": options.seed,
+        },
+        instruction=body.instruction,
+        input=body.input,
+        prompt=prompt,
+        response=generation.text,
+        finish_reason=generation.finish_reason or "unknown",
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+        latency_s=generation.latency_s,
+        filter_verdicts=[outcome.as_record() for outcome in generation.filter_outcomes],
+    )
