@@ -17,7 +17,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY scripts ./scripts
 COPY server ./server
+COPY client ./client
 COPY demo ./demo
+COPY evaluation ./evaluation
 COPY training ./training
 COPY recover ./recover
 COPY benchmarks ./benchmarks
@@ -47,7 +49,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY scripts ./scripts
 COPY server ./server
+COPY client ./client
 COPY demo ./demo
+COPY evaluation ./evaluation
 COPY training ./training
 COPY recover ./recover
 COPY benchmarks ./benchmarks

@@ -9,7 +9,7 @@ Usage:
     alpaca-eval judge --comparison comparison.json --judge-url http://judge:8000
     alpaca-eval report --comparison comparison.json --chart report.png
 
-Answers and votes live in the server's feedback store (see `evaluation.store`).
+Answers and votes live in the server's feedback store, reached through `client.api`.
 
 `evaluation` is a client of the server's HTTP API like the demo: it never imports `server`.
 """

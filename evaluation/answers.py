@@ -22,11 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Statuses worth asking again: the server is busy (429) or loading / draining (503).
-RETRY_STATUSES = (429, 503)
+# A busy (429) or loading (503) server is asked again, in all up to six times per answer.
 MAX_ATTEMPTS = 6
-FIRST_BACKOFF_S = 1.0
-MAX_BACKOFF_S = 30.0
 
 
 class EvaluationError(Exception):
@@ -108,7 +105,8 @@ def generate_answers(
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[AnswerFailure]]:
     """Ask the server (`POST /generate`, not streamed) for an answer to each item, at most
-    `concurrency` at a time. Returns the answers in the items' order and the failures."""
+    `concurrency` at a time, asking again while it is busy. Returns the answers in the items'
+    order and the failures."""
     return asyncio.run(_generate_all(
         server_url, items, concurrency=concurrency, max_new_tokens=max_new_tokens,
         temperature=temperature, api_key=api_key, timeout_s=timeout_s, progress=progress,
@@ -125,75 +123,38 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 async def _generate_all(server_url, items, *, concurrency, max_new_tokens, temperature, api_key,
                         timeout_s, progress):
-    import httpx
     from tqdm import tqdm
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    from client.api import AsyncAlpacaClient, Retries
+    from client.errors import APIRequestError
+
     limit = asyncio.Semaphore(max(1, concurrency))
     results: list[dict[str, Any] | None] = [None] * len(items)
     failures: list[AnswerFailure] = []
     bar = tqdm(total=len(items), desc="answers", unit="answer", disable=not progress)
 
-    async def answer(index: int, item: dict[str, Any], client: httpx.AsyncClient) -> None:
-        body: dict[str, Any] = {"instruction": item["instruction"], "input": item["input"],
-                                "temperature": temperature}
-        if max_new_tokens is not None:
-            body["max_new_tokens"] = max_new_tokens
+    async def answer(index: int, item: dict[str, Any], client: AsyncAlpacaClient) -> None:
         async with limit:
             try:
-                reply = await _post_with_retries(client, "/generate", body)
+                reply = await client.generate(item["instruction"], item["input"],
+                                              temperature=temperature,
+                                              max_new_tokens=max_new_tokens)
                 results[index] = {
                     **item, "output": reply["text"], "generation_id": reply["id"],
                     "model": reply.get("model"),
                 }
-            except EvaluationError as err:
+            except APIRequestError as err:
                 failures.append(AnswerFailure(item["id"], str(err)))
                 bar.write(f"failed: {item['id']}: {err}")
             bar.update(1)
 
-    timeout = httpx.Timeout(timeout_s, connect=10.0)
-    async with httpx.AsyncClient(base_url=server_url.rstrip("/"), headers=headers,
-                                 timeout=timeout, trust_env=False) as client:
+    async with AsyncAlpacaClient(server_url, api_key, timeout_s=timeout_s,
+                                 retries=Retries(attempts=MAX_ATTEMPTS)) as client:
         try:
             await asyncio.gather(*(answer(i, item, client) for i, item in enumerate(items)))
         finally:
             bar.close()
     return [r for r in results if r is not None], failures
-
-
-async def _post_with_retries(client, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST `body`, waiting and trying again on 429/503 (honouring `Retry-After`)."""
-    import httpx
-
-    backoff = FIRST_BACKOFF_S
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            response = await client.post(path, json=body)
-        except httpx.TransportError as err:
-            # Refused connections mean no server there: trying again will not help.
-            if attempt == MAX_ATTEMPTS or isinstance(err, httpx.ConnectError):
-                raise EvaluationError(
-                    f"cannot reach {client.base_url} ({type(err).__name__})"
-                ) from err
-        else:
-            if response.status_code == 200:
-                return response.json()
-            if response.status_code not in RETRY_STATUSES or attempt == MAX_ATTEMPTS:
-                raise EvaluationError(describe_error(response))
-            retry_after = response.headers.get("Retry-After", "")
-            if retry_after.replace(".", "", 1).isdigit():
-                backoff = max(backoff, float(retry_after))
-        await asyncio.sleep(min(backoff, MAX_BACKOFF_S))
-        backoff *= 2
-    raise AssertionError("unreachable")
-
-
-def describe_error(response) -> str:
-    try:
-        message = response.json().get("error", {}).get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return f"the server answered {response.status_code}: {message or response.text[:200]}"
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:

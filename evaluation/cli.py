@@ -33,16 +33,18 @@ DEFAULT_INSTRUCTIONS = (
     / "user_oriented_instructions.jsonl"
 )
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+STORE_TIMEOUT_S = 60.0  # feedback-store calls are quick; answers have their own --timeout
 
 
 def main(argv: list[str] | None = None) -> None:
+    from client.errors import APIRequestError
     from evaluation.answers import EvaluationError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except EvaluationError as err:
+    except (EvaluationError, APIRequestError) as err:
         sys.exit(f"{args.prog}: error: {err}")
 
 
@@ -152,14 +154,15 @@ def _store_options(command: argparse.ArgumentParser, help_text: str,
 
 
 def _open_store(args: argparse.Namespace, comparison: dict):
-    """The feedback store of `--server-url`, or of the server the comparison was built with."""
+    """A client of `--server-url`, or of the server the comparison was built with: the one whose
+    feedback store keeps the comparison's answers and votes."""
+    from client.api import AlpacaClient
     from evaluation.answers import EvaluationError
-    from evaluation.store import FeedbackStoreClient
 
     url = args.server_url or comparison.get("server_url")
     if not url:
         raise EvaluationError(f"{args.comparison} names no server: pass --server-url")
-    return FeedbackStoreClient(url, args.api_key)
+    return AlpacaClient(url, args.api_key, timeout_s=STORE_TIMEOUT_S)
 
 
 def run_answer(args: argparse.Namespace) -> None:
@@ -190,9 +193,9 @@ def run_answer(args: argparse.Namespace) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> None:
+    from client.api import AlpacaClient
     from evaluation.answers import EvaluationError, load_answers
     from evaluation.comparison import attach_generation_ids, build_comparison, save_comparison
-    from evaluation.store import FeedbackStoreClient
 
     answers_a, answers_b = load_answers(args.a), load_answers(args.b)
     label_a = args.label_a or _default_label(answers_a, args.a)
@@ -204,7 +207,7 @@ def run_compare(args: argparse.Namespace) -> None:
     if not comparison["pairs"]:
         raise EvaluationError(f"no instruction of {args.a} is answered in {args.b}: "
                               "nothing to compare")
-    with FeedbackStoreClient(args.server_url, args.api_key) as store:
+    with AlpacaClient(args.server_url, args.api_key, timeout_s=STORE_TIMEOUT_S) as store:
         imported = attach_generation_ids(comparison, store)
     save_comparison(args.out, comparison)
     unmatched = comparison["unmatched"]
@@ -231,7 +234,7 @@ def run_judge(args: argparse.Namespace) -> None:
 
     comparison = load_comparison(args.comparison)
     with _open_store(args, comparison) as store:
-        store.check()  # before the long part, not after it
+        store.comparisons_page(limit=1)  # reachable, key accepted: before the long part
         judgement = judge_comparison(
             comparison, args.judge_url, model=args.judge_model, api_key=args.judge_api_key,
             both_orders=not args.one_order, progress=not args.no_progress,

@@ -2,7 +2,7 @@
 
 Usage:
     comparison = build_comparison(load_answers(a), load_answers(b), "ours", "davinci", seed=7)
-    with FeedbackStoreClient("http://127.0.0.1:8000") as store:
+    with AlpacaClient("http://127.0.0.1:8000") as store:  # client.api: the server's API
         attach_generation_ids(comparison, store)  # imports the answers the server did not give
         save_comparison(Path("comparison.json"), comparison)
         pair = find_pair(comparison, "pair-000")
@@ -18,8 +18,9 @@ to a voter shows `left` and `right` only; `left_is` says afterwards which file e
 from.
 
 Votes live in the server's feedback store, as pairwise feedback on the generation ids of the two
-sides. Answers the server did not give itself (another model's file) are imported into the store
-first, so every side has an id there. A session voting again on a pair replaces its earlier vote.
+sides, written and read through `client.api.AlpacaClient`. Answers the server did not give itself
+(another model's file) are imported into the store first, so every side has an id there. A
+session voting again on a pair replaces its earlier vote.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evaluation.answers import EvaluationError
-from evaluation.store import FeedbackStoreClient
+
+if TYPE_CHECKING:
+    from client.api import AlpacaClient
 
 WINNERS = ("left", "right", "tie", "both_bad")
 VOTERS = ("human", "machine")
@@ -146,7 +149,7 @@ def find_pair(comparison: dict[str, Any], pair_id: str) -> dict[str, Any]:
                           f"({len(comparison['pairs'])} pairs)")
 
 
-def attach_generation_ids(comparison: dict[str, Any], store: FeedbackStoreClient) -> int:
+def attach_generation_ids(comparison: dict[str, Any], store: AlpacaClient) -> int:
     """Import into the store every side of `comparison` that has no generation id yet (answers
     from another model's file), under its side's label; returns how many were imported."""
     imported = 0
@@ -155,7 +158,7 @@ def attach_generation_ids(comparison: dict[str, Any], store: FeedbackStoreClient
         missing = [(pair, side) for pair, side in sides if side.get("generation_id") is None]
         if not missing:
             continue
-        ids = store.import_answers(label, [
+        ids = store.import_generations(label, [
             {"instruction": pair["instruction"], "input": pair["input"], "output": side["output"]}
             for pair, side in missing
         ])
@@ -178,14 +181,14 @@ def pairwise_feedback(pair: dict[str, Any], winner: str) -> tuple[list[str], str
     return ids, {"left": ids[0], "right": ids[1]}.get(winner, winner)
 
 
-def cast_vote(store: FeedbackStoreClient, pair: dict[str, Any], vote: Vote) -> bool:
+def cast_vote(store: AlpacaClient, pair: dict[str, Any], vote: Vote) -> bool:
     """Send `vote` on `pair` to the store as pairwise feedback; True when it is a new vote,
     False when it replaced the session's earlier one."""
     ids, winner = pairwise_feedback(pair, vote.winner)
-    return store.vote(ids, winner, vote.session_id, vote.voter)
+    return bool(store.send_comparison(ids, winner, vote.session_id, vote.voter)["created"])
 
 
-def votes_in_store(store: FeedbackStoreClient, comparison: dict[str, Any]) -> list[Vote]:
+def votes_in_store(store: AlpacaClient, comparison: dict[str, Any]) -> list[Vote]:
     """The store's votes on the pairs of `comparison` (one per session and pair), as left /
     right / tie / both_bad; votes on other generations are left out."""
     pairs = {}
@@ -230,42 +233,17 @@ def judge_comparison(
     With `both_orders` each pair is asked twice, the second time with the answers swapped, since
     judges favour one position: a side wins only if it wins both times, and a pair judged
     differently in the two orders counts as a tie."""
-    import httpx
     from tqdm import tqdm
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    base = judge_url.rstrip("/")
-    if not base.endswith("/v1"):
-        base += "/v1"
+    from client.api import AlpacaClient
+
     judgement = Judgement([], [], [])
-    with httpx.Client(base_url=base, headers=headers, timeout=300, trust_env=False) as client:
-        model = model or _first_model(client)
-
-        def ask(pair: dict[str, Any], first: str, second: str) -> str | None:
-            prompt = JUDGE_PROMPT.format(
-                instruction=pair["instruction"],
-                input_section=f"\n### Input:\n{pair['input']}\n" if pair["input"] else "",
-                left=pair[first]["output"],
-                right=pair[second]["output"],
-            )
-            body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-                    "temperature": 0, "max_tokens": max_tokens}
-            try:
-                response = client.post("/chat/completions", json=body)
-            except httpx.TransportError as err:
-                raise EvaluationError(f"cannot reach the judge at {judge_url} "
-                                      f"({type(err).__name__})") from err
-            if response.status_code != 200:
-                raise EvaluationError(f"the judge answered {response.status_code}: "
-                                      f"{response.text[:200]}")
-            verdict = parse_judgement(response.json()["choices"][0]["message"]["content"] or "")
-            # The verdict is about the order shown; turn it into left / right of the pair.
-            return {"left": first, "right": second}.get(verdict, verdict)
-
+    with AlpacaClient(_api_root(judge_url), api_key, timeout_s=300) as judge:
+        model = model or _first_model(judge)
         for pair in tqdm(comparison["pairs"], desc="judging", unit="pair", disable=not progress):
-            winner = ask(pair, "left", "right")
+            winner = ask_judge(judge, model, pair, "left", "right", max_tokens)
             if winner is not None and both_orders:
-                swapped = ask(pair, "right", "left")
+                swapped = ask_judge(judge, model, pair, "right", "left", max_tokens)
                 if swapped is None:
                     winner = None
                 elif swapped != winner:
@@ -276,6 +254,23 @@ def judge_comparison(
                 continue
             judgement.votes.append(Vote(pair["pair_id"], winner, "machine", f"judge-{model}"))
     return judgement
+
+
+def ask_judge(judge: AlpacaClient, model: str, pair: dict[str, Any], first: str, second: str,
+              max_tokens: int = 8) -> str | None:
+    """Which side of `pair` the judge prefers when shown side `first` as A and `second` as B:
+    "left", "right", "tie", or None when its reply says none of them."""
+    prompt = JUDGE_PROMPT.format(
+        instruction=pair["instruction"],
+        input_section=f"\n### Input:\n{pair['input']}\n" if pair["input"] else "",
+        left=pair[first]["output"],
+        right=pair[second]["output"],
+    )
+    reply = judge.chat_completion([{"role": "user", "content": prompt}], model,
+                                  temperature=0, max_tokens=max_tokens)
+    verdict = parse_judgement(reply["choices"][0]["message"]["content"] or "")
+    # The verdict is about the order shown; turn it into left / right of the pair.
+    return {"left": first, "right": second}.get(verdict, verdict)
 
 
 def parse_judgement(reply: str) -> str | None:
@@ -295,11 +290,23 @@ def parse_judgement(reply: str) -> str | None:
     return "left" if found.group(1) == "A" else "right"
 
 
-def _first_model(client) -> str:
-    response = client.get("/models")
-    if response.status_code != 200 or not response.json().get("data"):
+def _api_root(judge_url: str) -> str:
+    """The server root of an OpenAI-compatible base URL given with or without `/v1`."""
+    return judge_url.rstrip("/").removesuffix("/v1")
+
+
+def _first_model(judge: AlpacaClient) -> str:
+    from client.errors import APIRequestError
+
+    try:
+        models = judge.models()
+    except APIRequestError as err:
+        if err.status is None:  # not reachable: say so, not that it lists no models
+            raise
+        models = []
+    if not models:
         raise EvaluationError("the judge lists no models at /v1/models; pass --judge-model")
-    return response.json()["data"][0]["id"]
+    return models[0]["id"]
 
 
 def _side(answer: dict[str, Any]) -> dict[str, Any]:

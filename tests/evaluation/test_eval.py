@@ -300,8 +300,8 @@ def test_bad_input_is_refused_with_one_line_and_a_failing_status(comparison, wor
 
     for result, words in [(missing, "cannot read"), (unknown_pair, "no pair 'pair-999'"),
                           (not_answers, "neither `output` nor `response`"),
-                          (unreachable, "cannot reach"), (serverless, "pass --server-url"),
-                          (gone, "cannot reach")]:
+                          (unreachable, "cannot be reached"), (serverless, "pass --server-url"),
+                          (gone, "cannot be reached")]:
         assert result.returncode != 0
         assert result.stderr.count("\n") == 1, result.stderr
         assert result.stderr.startswith("alpaca-eval ") and "error:" in result.stderr

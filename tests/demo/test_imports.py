@@ -1,0 +1,17 @@
+"""The demo is a client of the server's HTTP API: it never imports the server's code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_the_demo_never_imports_the_server():
+    code = ("import sys, demo.app, demo.main; "
+            "print(sorted(m for m in sys.modules if m == 'server' or m.startswith('server.')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
