@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.default_model import DEFAULT_MODEL_NAME
-from server.feedback_store import DEFAULT_DATA_DIR, default_database_url
+from server.feedback import DEFAULT_DATA_DIR, default_database_url
 
 
 class FilterSettings(BaseModel):

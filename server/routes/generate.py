@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 from server.admission import Ticket
 from server.engine import EngineUnavailableError, SamplingOptions
 from server.errors import APIError, error_body, invalid
-from server.feedback_store import GenerationRecord
+from server.feedback import GenerationRecord
 from server.filters import FilterInput
 from server.generation import Generation, GenerationInterrupted, run_unless_disconnected
 from server.runtime import Runtime, RuntimeDep

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from server.export import main
-from server.feedback_store import GenerationRecord, RatingFeedback, open_store
+from server.feedback import GenerationRecord, RatingFeedback, open_store
+from server.feedback.export import main
 from tests.conftest import ROOT
 from training.data import AlpacaRecord, load_records
 
@@ -72,7 +72,7 @@ def test_export_writes_to_standard_output_and_adds_unrated_on_request(tmp_path, 
 
 def run_export(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server.export", *args],
+        [sys.executable, "-m", "server.feedback.export", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
 

@@ -19,11 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from server.feedback_store import (
+from server.feedback.records import StoreError
+from server.feedback.store import (
     DATABASE_FILENAME,
     DEFAULT_DATA_DIR,
     FeedbackStore,
-    StoreError,
     default_database_url,
     open_store,
 )
