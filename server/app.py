@@ -24,9 +24,8 @@ from server.admission import Admission
 from server.default_model import ensure_default_model
 from server.engine import Engine, SamplingOptions, build_engine
 from server.errors import install_error_handlers
-from server.feedback_store import FeedbackStore, open_store
+from server.feedback import FeedbackStore, GenerationRecorder, open_store
 from server.filters import build_filter_chain
-from server.generation_log import GenerationRecorder
 from server.lifecycle import watch_engine
 from server.metrics import ServerMetrics
 from server.request_context import BodyLimitMiddleware, RequestContextMiddleware

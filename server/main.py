@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from server.app import UIUnavailableError, create_app
-    from server.feedback_store import StoreError, open_store
+    from server.feedback import StoreError, open_store
     from server.filters import FilterConfigError
     from server.lifecycle import FINAL_EVENT_GRACE_S, DrainingServer
 

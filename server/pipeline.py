@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from server.admission import Admission, Ticket
 from server.engine import Engine, EngineUnavailableError, Piece, SamplingOptions
-from server.feedback_store import GenerationRecord
+from server.feedback import GenerationRecord
 from server.filters import FilterChain, FilterInput, FilterOutcome, Verdict
 from server.metrics import ServerMetrics
 from server.schemas import GenerateRequest

@@ -12,9 +12,8 @@ from fastapi import Depends, Request
 from server.admission import Admission
 from server.engine import Engine
 from server.errors import APIError
-from server.feedback_store import FeedbackStore, StoreError
+from server.feedback import FeedbackStore, GenerationRecorder, StoreError
 from server.filters import FilterChain
-from server.generation_log import GenerationRecorder
 from server.metrics import ServerMetrics
 from server.pipeline import Pipeline
 from server.settings import ServerSettings

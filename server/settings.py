@@ -2,18 +2,59 @@
 
 Usage: `ServerSettings()` reads the environment; `ServerSettings(port=9000)` overrides it.
 Unsafe or inconsistent values are rejected here, at load, not when a request arrives.
+`StoreSettings()` reads only the two settings that locate the feedback store, for
+`alpaca-export`, which must find the server's database without failing on a server-only setting.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.default_model import DEFAULT_MODEL_NAME
-from server.feedback_store import DEFAULT_DATA_DIR, default_database_url
+from server.feedback import DEFAULT_DATA_DIR, default_database_url
+
+
+def _none_if_blank(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+# Where generations and feedback are kept, declared once for both classes below.
+DataDir = Annotated[
+    Path, Field(description="folder of the SQLite database of generations and feedback")
+]
+DatabaseUrl = Annotated[
+    str | None,
+    BeforeValidator(_none_if_blank),
+    Field(
+        description="postgresql://user:password@host:port/db to keep generations and feedback in "
+        "PostgreSQL (several server replicas); empty: SQLite in data_dir",
+    ),
+]
+
+
+class StoreSettings(BaseSettings):
+    """Where the feedback store is, as the server finds it: ALPACA_DATA_DIR, ALPACA_DATABASE_URL."""
+
+    model_config = SettingsConfigDict(env_prefix="ALPACA_", extra="ignore")
+
+    data_dir: DataDir = DEFAULT_DATA_DIR
+    database_url: DatabaseUrl = None
+
+    @property
+    def store_url(self) -> str:
+        """Where generations and feedback are kept."""
+        return self.database_url or default_database_url(self.data_dir)
 
 
 class FilterSettings(BaseModel):
@@ -97,15 +138,8 @@ class ServerSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error; prompts and answers are never logged"
     )
-    data_dir: Path = Field(
-        DEFAULT_DATA_DIR,
-        description="folder of the SQLite database of generations and feedback",
-    )
-    database_url: str | None = Field(
-        None,
-        description="postgresql://user:password@host:port/db to keep generations and feedback in "
-        "PostgreSQL (several server replicas); empty: SQLite in data_dir",
-    )
+    data_dir: DataDir = DEFAULT_DATA_DIR
+    database_url: DatabaseUrl = None
     ui: bool = Field(True, description="mount the Gradio demo at /ui")
     api_keys: str | None = Field(
         None,
@@ -138,12 +172,12 @@ class ServerSettings(BaseSettings):
     )
 
     @field_validator(
-        "model", "model_name", "blocklist", "database_url", "api_keys", "api_keys_file",
-        "cors_origins", mode="before",
+        "model", "model_name", "blocklist", "api_keys", "api_keys_file", "cors_origins",
+        mode="before",
     )
     @classmethod
     def _empty_means_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
+        return _none_if_blank(value)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ServerSettings:
@@ -191,7 +225,7 @@ class ServerSettings(BaseSettings):
 
     @property
     def store_url(self) -> str:
-        """Where generations and feedback are kept."""
+        """Where generations and feedback are kept (the same rule as StoreSettings.store_url)."""
         return self.database_url or default_database_url(self.data_dir)
 
     @property

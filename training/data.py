@@ -1,19 +1,24 @@
-"""Alpaca-format instruction data: load and check `{instruction, input, output}` records.
+"""Alpaca-format instruction data: the one reader of JSON-list and JSON-lines record files.
 
 Usage:
-    from training.data import load_records
+    from training.data import load_records, read_raw_records
     records = load_records("alpaca_data.json")    # a JSON list of objects
     records = load_records("feedback.jsonl")      # or JSON lines, one object per line
+    for raw in read_raw_records("user_oriented_instructions.jsonl"):   # objects, unchecked
+        raw.fields["instances"], raw.where        # where: "PATH: record 3 (line 4)"
 
-Each object needs `instruction` (a non-empty string) and `output` (a string); `input` (a string)
-defaults to "". Other keys, such as the ratings in an `alpaca-export` file, are ignored. A file
-that breaks these rules raises DataFormatError naming the file, the record's index (counted from
-0) and, for JSON lines, its line (counted from 1). This module imports no torch.
+`load_records` checks every object: `instruction` (a non-empty string) and `output` (a string);
+`input` (a string) defaults to "". Other keys, such as the ratings in an `alpaca-export` file, are
+ignored. `read_raw_records` only reads the file format, for callers with fields of their own (the
+evaluation's instruction and answer files). A file that breaks the rules raises DataFormatError,
+one line naming the file, the record's index (counted from 0) and, for JSON lines, its line
+(counted from 1). This module imports no torch.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,53 +37,53 @@ class AlpacaRecord:
     output: str
 
 
+@dataclass(frozen=True)
+class RawRecord:
+    """One object of a data file, unchecked, and where it is, for messages."""
+
+    where: str  # "PATH: record INDEX", with " (line LINE)" for JSON lines
+    fields: dict[str, Any]
+
+
 def load_records(path: str | Path) -> list[AlpacaRecord]:
     """Read a JSON list or JSON lines file of Alpaca records, checking every record."""
+    return [check_record(raw) for raw in read_raw_records(path)]
+
+
+def read_raw_records(
+    path: str | Path, on_invalid: Callable[[DataFormatError], None] | None = None
+) -> Iterator[RawRecord]:
+    """The objects of a JSON list or JSON-lines file, in file order, each with where it is.
+
+    An item that is not an object, or a JSON line that does not parse, raises DataFormatError; or,
+    given `on_invalid`, is passed to it and left out. A file that is not UTF-8, a JSON list that
+    does not parse, or a file without a single item always raises. Blank lines are skipped."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
     except UnicodeDecodeError as err:
         raise DataFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    if text.lstrip().startswith("["):
-        records = _parse_json_list(path, text)
-    else:
-        records = _parse_json_lines(path, text)
-    if not records:
-        raise DataFormatError(f"{path}: no records")
-    return records
-
-
-def _parse_json_list(path: Path, text: str) -> list[AlpacaRecord]:
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataFormatError(
-            f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
-        ) from err
-    return [_to_record(item, f"{path}: record {index}") for index, item in enumerate(items)]
-
-
-def _parse_json_lines(path: Path, text: str) -> list[AlpacaRecord]:
-    records = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    items = _json_list(path, text) if text.lstrip().startswith("[") else _json_lines(path, text)
+    count = 0
+    for where, item in items:
+        count += 1
+        if isinstance(item, DataFormatError):
+            error = item
+        elif not isinstance(item, dict):
+            error = DataFormatError(f"{where}: expected an object, got {_json_type(item)}")
+        else:
+            yield RawRecord(where, item)
             continue
-        where = f"{path}: record {len(records)} (line {line_number})"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(
-                f"{where}: not valid JSON at column {err.colno}: {err.msg} (expected a JSON "
-                "list, or JSON lines with one object per line)"
-            ) from err
-        records.append(_to_record(item, where))
-    return records
+        if on_invalid is None:
+            raise error
+        on_invalid(error)
+    if count == 0:
+        raise DataFormatError(f"{path}: no records")
 
 
-def _to_record(item: Any, where: str) -> AlpacaRecord:
-    """Check one parsed record; `where` names it in the error message."""
-    if not isinstance(item, dict):
-        raise DataFormatError(f"{where}: expected an object, got {_json_type(item)}")
+def check_record(raw: RawRecord) -> AlpacaRecord:
+    """The record's Alpaca fields, checked; DataFormatError names the record when one is wrong."""
+    item, where = raw.fields, raw.where
     instruction = item.get("instruction")
     if not isinstance(instruction, str):
         raise DataFormatError(
@@ -97,6 +102,36 @@ def _to_record(item: Any, where: str) -> AlpacaRecord:
     if not isinstance(output, str):
         raise DataFormatError(f"{where}: 'output' must be a string, got {_json_type(output)}")
     return AlpacaRecord(instruction=instruction, input=input_text, output=output)
+
+
+def _json_list(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """(where, item) for each item of a JSON list; the whole file must parse."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataFormatError(
+            f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        ) from err
+    for index, item in enumerate(items):
+        yield f"{path}: record {index}", item
+
+
+def _json_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """(where, item) for each non-blank line; a line that does not parse gives the error as
+    its item, so that a caller skipping invalid records can go on."""
+    index = 0
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: record {index} (line {line_number})"
+        index += 1
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as err:
+            yield where, DataFormatError(
+                f"{where}: not valid JSON at column {err.colno}: {err.msg} (expected a JSON "
+                "list, or JSON lines with one object per line)"
+            )
 
 
 def _json_type(value: Any) -> str:

@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from training.args import PROG, AlpacaTrainArgs, ArgsError, parse_args
-from training.data import AlpacaRecord, DataFormatError, load_records
+from training.data import (
+    AlpacaRecord,
+    DataFormatError,
+    check_record,
+    load_records,
+    read_raw_records,
+)
 from training.prompts import TEMPLATE_NAME
 
 TRAIN_INFO_FILE = "alpaca_train.json"
@@ -97,30 +103,19 @@ def load_training_records(path: Path, skip_invalid: bool) -> tuple[list[AlpacaRe
     """All records of the file; with `skip_invalid`, the valid ones and how many were dropped."""
     if not skip_invalid:
         return load_records(path), 0
-    from training.data import _to_record  # the loader's own per-record check, one record at a time
-
-    text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
-    else:
-        items = []
-        for line in text.splitlines():
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError:
-                    items.append(None)  # counted as invalid below
     records, skipped = [], 0
-    for index, item in enumerate(items):
+
+    def skip(err: DataFormatError) -> None:
+        nonlocal skipped
+        skipped += 1
+        if skipped <= 5:
+            log(f"skipping invalid record: {err}")
+
+    for raw in read_raw_records(path, on_invalid=skip):
         try:
-            records.append(_to_record(item, f"{path}: record {index}"))
+            records.append(check_record(raw))
         except DataFormatError as err:
-            skipped += 1
-            if skipped <= 5:
-                log(f"skipping invalid record: {err}")
+            skip(err)
     if not records:
         raise DataFormatError(f"{path}: no valid records ({skipped} invalid)")
     return records, skipped

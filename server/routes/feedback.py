@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.errors import APIError, invalid
-from server.feedback_store import (
+from server.feedback import (
     COMPARISON_OUTCOMES,
     COMPARISON_PAGE_LIMIT,
     ComparisonFeedback,

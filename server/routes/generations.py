@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.errors import invalid
-from server.feedback_store import GenerationRecord
+from server.feedback import GenerationRecord
 from server.request_context import new_request_id
 from server.runtime import RuntimeDep
 from server.schemas import BODY_ERRORS, error_doc

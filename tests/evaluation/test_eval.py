@@ -309,6 +309,19 @@ def test_bad_input_is_refused_with_one_line_and_a_failing_status(comparison, wor
     assert not (workdir / "x.json").exists() and not (workdir / "y.json").exists()
 
 
+def test_a_broken_instruction_file_is_refused_in_one_line_naming_its_line(workdir):
+    broken = workdir / "broken.jsonl"
+    broken.write_text('{"instruction": "Name a colour."}\n\n{"instruction": \n', encoding="utf-8")
+    out = workdir / "from-broken.jsonl"
+
+    result = alpaca_eval("answer", "--instructions", broken, "--out", out, check=False)
+
+    assert result.returncode != 0
+    [line] = result.stderr.splitlines()
+    assert f"{broken}: record 1 (line 3): not valid JSON at column" in line
+    assert not out.exists()
+
+
 def test_unreachable_server_fails_fast_without_writing_answers(workdir):
     port = free_port()  # nobody listens there once the probe socket is closed
     out = workdir / "none.jsonl"

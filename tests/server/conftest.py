@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from server.feedback_store import FeedbackStore, open_store
+from server.feedback import FeedbackStore, open_store
 
 TEST_DATABASE_VARIABLE = "ALPACA_TEST_DATABASE_URL"
 

@@ -6,8 +6,9 @@ import json
 import subprocess
 import sys
 
-from server.export import main
-from server.feedback_store import GenerationRecord, RatingFeedback, open_store
+from server.feedback import GenerationRecord, RatingFeedback, open_store
+from server.feedback.export import main
+from server.settings import ServerSettings, StoreSettings
 from tests.conftest import ROOT
 from training.data import AlpacaRecord, load_records
 
@@ -70,9 +71,70 @@ def test_export_writes_to_standard_output_and_adds_unrated_on_request(tmp_path, 
     ] == [("gen-00001", "up"), ("gen-00002", None)]
 
 
+def test_a_bare_export_reads_the_store_in_ALPACA_DATA_DIR(tmp_path, monkeypatch, capsys):
+    data_dir = tmp_path / "container-data"
+    with open_store(f"sqlite://{data_dir / 'alpaca.sqlite3'}") as store:
+        store.record_generations([generation(1), generation(2)])
+        store.save_rating(RatingFeedback("gen-00002", "down", flag="incorrect"))
+    monkeypatch.setenv("ALPACA_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("ALPACA_DATABASE_URL", raising=False)
+
+    assert main([]) == 0
+
+    [row] = map(json.loads, capsys.readouterr().out.splitlines())
+    assert (row["generation_id"], row["rating"], row["flag"]) == ("gen-00002", "down", "incorrect")
+
+
+def test_a_bare_export_reads_the_store_in_ALPACA_DATABASE_URL(
+    database_url, tmp_path, monkeypatch
+):
+    with open_store(database_url) as store:
+        store.record_generations([generation(1)])
+        store.save_rating(RatingFeedback("gen-00001", "up"))
+    monkeypatch.setenv("ALPACA_DATABASE_URL", database_url)
+    monkeypatch.setenv("ALPACA_DATA_DIR", str(tmp_path / "unused"))
+    out = tmp_path / "feedback.jsonl"
+
+    assert main(["--out", str(out)]) == 0
+
+    assert load_records(out) == [AlpacaRecord(generation(1).instruction, generation(1).input,
+                                              generation(1).response)]
+    assert not (tmp_path / "unused").exists()
+
+
+def test_an_explicit_data_dir_wins_over_ALPACA_DATABASE_URL(tmp_path, monkeypatch, capsys):
+    with open_store(f"sqlite://{tmp_path / 'alpaca.sqlite3'}") as store:
+        store.record_generations([generation(1)])
+        store.save_rating(RatingFeedback("gen-00001", "up"))
+    monkeypatch.setenv("ALPACA_DATABASE_URL", "postgresql://alpaca:s3cret@127.0.0.1:1/none")
+
+    assert main(["--data-dir", str(tmp_path)]) == 0
+
+    assert [json.loads(line)["generation_id"] for line in capsys.readouterr().out.splitlines()] == [
+        "gen-00001"
+    ]
+
+
+def test_the_exports_default_store_is_the_servers(tmp_path, monkeypatch):
+    monkeypatch.delenv("ALPACA_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ALPACA_DATA_DIR", raising=False)
+    assert StoreSettings().store_url == ServerSettings().store_url
+
+    monkeypatch.setenv("ALPACA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ALPACA_DATABASE_URL", "")  # as docker-compose.yml passes it when unset
+    assert StoreSettings().store_url == ServerSettings().store_url == (
+        f"sqlite://{tmp_path / 'alpaca.sqlite3'}"
+    )
+
+    monkeypatch.setenv("ALPACA_DATABASE_URL", "postgresql://alpaca:secret@db:5432/alpaca")
+    assert StoreSettings().store_url == ServerSettings().store_url == (
+        "postgresql://alpaca:secret@db:5432/alpaca"
+    )
+
+
 def run_export(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server.export", *args],
+        [sys.executable, "-m", "server.feedback.export", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
 

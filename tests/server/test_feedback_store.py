@@ -7,8 +7,7 @@ import threading
 
 import pytest
 
-from server.feedback_store import (
-    MIGRATIONS,
+from server.feedback import (
     ComparisonFeedback,
     GenerationRecord,
     RatingFeedback,
@@ -16,6 +15,7 @@ from server.feedback_store import (
     UnknownGenerationError,
     open_store,
 )
+from server.feedback.schema import MIGRATIONS
 
 
 def make_generation(

@@ -161,7 +161,7 @@ def test_a_body_that_is_not_utf8_is_a_400(client):
 
 
 def test_control_characters_and_emoji_reach_the_model_intact(client, server):
-    from server.feedback_store import default_database_url, open_store
+    from server.feedback import default_database_url, open_store
     from tests.conftest import wait_for
     from training.prompts import format_prompt
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from training.data import AlpacaRecord, DataFormatError, load_records
+from training.data import AlpacaRecord, DataFormatError, RawRecord, load_records, read_raw_records
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -126,6 +126,64 @@ def test_a_file_that_is_not_utf8_is_refused_with_its_name(tmp_path):
 
     with pytest.raises(DataFormatError, match=r"latin1\.json: not UTF-8 text"):
         load_records(path)
+
+
+def test_the_raw_reader_gives_a_json_lists_objects_unchecked_with_their_index(tmp_path):
+    path = tmp_path / "self_instruct.json"
+    items = [{"instruction": "Sort.", "instances": [{"input": "b a", "output": "a b"}]},
+             {"id": 7, "anything": None}]
+    path.write_text(json.dumps(items), encoding="utf-8")
+
+    assert list(read_raw_records(path)) == [
+        RawRecord(f"{path}: record 0", items[0]),
+        RawRecord(f"{path}: record 1", items[1]),
+    ]
+
+
+def test_the_raw_reader_gives_json_lines_with_their_line_and_skips_blank_ones(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    path.write_text('\n{"response": "Hi"}\n   \n{"output": "Yo"}\n\n', encoding="utf-8")
+
+    assert list(read_raw_records(path)) == [
+        RawRecord(f"{path}: record 0 (line 2)", {"response": "Hi"}),
+        RawRecord(f"{path}: record 1 (line 4)", {"output": "Yo"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("lines.jsonl", '{"a": 1}\n\n{"a": 2\n', "record 1 (line 3): not valid JSON at column 8"),
+        ("lines.jsonl", '{"a": 1}\n"just text"\n',
+         "record 1 (line 2): expected an object, got a string"),
+        ("list.json", '[{"a": 1}, null]', "record 1: expected an object, got null"),
+        ("list.json", '[{"a": 1},\n {"a": ]', "not valid JSON at line 2, column 8"),
+        ("blank.jsonl", "\n  \n", "no records"),
+    ],
+)
+def test_the_raw_reader_names_the_file_and_line_of_a_bad_item_in_one_line(
+    tmp_path, name, text, message
+):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(DataFormatError) as raised:
+        list(read_raw_records(path))
+
+    assert str(raised.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(raised.value)
+
+
+def test_the_raw_reader_can_hand_bad_items_over_and_read_on(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"a": 1}\nnot json\n[1]\n{"a": 2}\n', encoding="utf-8")
+    invalid = []
+
+    fields = [raw.fields for raw in read_raw_records(path, on_invalid=invalid.append)]
+
+    assert fields == [{"a": 1}, {"a": 2}]
+    assert [str(err).split(": ")[1] for err in invalid] == ["record 1 (line 2)",
+                                                           "record 2 (line 3)"]
 
 
 def test_loading_data_imports_no_torch():

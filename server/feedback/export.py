@@ -1,8 +1,13 @@
 """`alpaca-export`: write rated generations as JSON lines of Alpaca records plus their feedback.
 
 Usage:
-    alpaca-export --out feedback.jsonl                      # the server's default SQLite store
+    alpaca-export --out feedback.jsonl                      # the server's store, as it finds it
     alpaca-export --database postgresql://alpaca:...@db:5432/alpaca --include-unrated > all.jsonl
+    alpaca-export --data-dir /backups/alpaca --out feedback.jsonl   # alpaca.sqlite3 in a folder
+
+Without --database or --data-dir it reads the store the server uses, through the server's own
+settings: ALPACA_DATABASE_URL when set, else alpaca.sqlite3 in ALPACA_DATA_DIR (default
+~/.local/share/alpaca-serve). So in the server's container a bare `alpaca-export` finds it.
 
 Each line has `instruction`, `input`, `output` (so `training.data.load_records` reads the file
 as it is), then the rating, comment, flag, preferred response and the generation's details.
@@ -19,14 +24,15 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from server.feedback_store import (
+from server.feedback.records import StoreError
+from server.feedback.store import (
     DATABASE_FILENAME,
     DEFAULT_DATA_DIR,
     FeedbackStore,
-    StoreError,
     default_database_url,
     open_store,
 )
+from server.settings import StoreSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,14 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--database",
         metavar="URL",
         help="sqlite:///ABSOLUTE/PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
-        f"(default: sqlite:///DATA_DIR/{DATABASE_FILENAME}, the server's default store)",
+        "(default: the server's store: ALPACA_DATABASE_URL when set, else "
+        f"sqlite:///DATA_DIR/{DATABASE_FILENAME})",
     )
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"folder of the server's default SQLite store, used when --database is not given "
-        f"(default: {DEFAULT_DATA_DIR})",
+        help=f"folder of a server's SQLite store ({DATABASE_FILENAME}), used when --database is "
+        f"not given (default: ALPACA_DATA_DIR, else {DEFAULT_DATA_DIR})",
     )
     parser.add_argument(
         "--out",
@@ -64,12 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    url = args.database or default_database_url(args.data_dir)
     try:
-        if args.database is None and not (args.data_dir / DATABASE_FILENAME).is_file():
+        url, data_dir = database_location(args, StoreSettings())
+        if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
             # Opening would create an empty store; an export should not create anything.
             raise StoreError(
-                f"no database at {args.data_dir / DATABASE_FILENAME} (give --database or "
+                f"no database at {data_dir / DATABASE_FILENAME} (give --database or "
                 "--data-dir, or let the server record generations first)"
             )
         with open_store(url) as store:
@@ -85,6 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"alpaca-export: wrote {count} {noun} to {args.out or 'standard output'}",
           file=sys.stderr)
     return 0
+
+
+def database_location(args: argparse.Namespace,
+                      settings: StoreSettings) -> tuple[str, Path | None]:
+    """The URL of the database to export, and the folder when it is the SQLite file of a data
+    folder: --database, else --data-dir, else the server's store as its settings say."""
+    if args.database:
+        return args.database, None
+    if args.data_dir is None and settings.database_url:
+        return settings.database_url, None
+    data_dir = (args.data_dir if args.data_dir is not None else settings.data_dir).expanduser()
+    return default_database_url(data_dir), data_dir
 
 
 def write_file(store: FeedbackStore, out: Path, include_unrated: bool) -> int:

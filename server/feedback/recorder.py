@@ -1,6 +1,12 @@
 """The generation log: every finished generation is written to the feedback store, off the
 request path.
 
+Usage:
+    recorder = GenerationRecorder(store); recorder.start()    # in the app's lifespan
+    recorder.submit(record)       # from a route, once the answer is complete
+    await recorder.flush()        # before feedback on a just-finished generation
+    await recorder.close()        # on shutdown
+
 `GenerationRecorder.submit` only appends to a list; a background task writes what has gathered
 in one transaction, so answers never wait on the database. `flush()` writes at once (the feedback
 route calls it so a just-finished generation can be rated), and `close()` writes the rest on
@@ -12,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from server.feedback_store import FeedbackStore, GenerationRecord
+from server.feedback.records import GenerationRecord
+from server.feedback.store import FeedbackStore
 
 log = logging.getLogger("alpaca.server")
 

@@ -1,4 +1,4 @@
-"""Durable storage for generation records and human feedback, over SQLite or PostgreSQL.
+"""The feedback store: durable generation records and human feedback, over SQLite or PostgreSQL.
 
 Usage:
     store = open_store("sqlite:///home/me/.local/share/alpaca-serve/alpaca.sqlite3")
@@ -23,108 +23,38 @@ replaced with U+FFFD on both backends so that the two keep the same data.
 from __future__ import annotations
 
 import json
-import re
-import sqlite3
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
+
+from server.feedback.backend import Backend, Transaction, one_line, redact
+from server.feedback.postgres import PostgresBackend
+from server.feedback.records import (
+    ComparisonFeedback,
+    GenerationRecord,
+    RatingFeedback,
+    StoreError,
+    UnknownGenerationError,
+)
+from server.feedback.schema import GENERATION_COLUMNS, migrate
+from server.feedback.sqlite import SqliteBackend
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "alpaca-serve"
 DATABASE_FILENAME = "alpaca.sqlite3"
 
-# A comparison's winner is one of its two generation ids, or one of these.
-COMPARISON_OUTCOMES = ("tie", "both_bad")
-# Who judged a comparison: a person, or an automatic judge (a model asked which is better).
-VOTERS = ("human", "machine")
-# Where a generation came from: answered by this server, or imported (another model's answer,
-# stored so that it can be compared and voted on).
-SOURCES = ("served", "imported")
-
 EXPORT_PAGE_SIZE = 500  # generations read per transaction while exporting
 ID_CHUNK = 500  # ids per `IN (...)` list, well under SQLite's limit on bound parameters
-
-
-class StoreError(RuntimeError):
-    """The database cannot be reached, opened or migrated; the message says why, in one line."""
-
-
-class UnknownGenerationError(LookupError):
-    """Feedback names a generation id the store has not recorded."""
-
-
-@dataclass
-class GenerationRecord:
-    """One answered request, as kept for feedback and export."""
-
-    id: str
-    created_at: float  # unix seconds
-    model: str
-    params: dict  # the sampling parameters the request ran with
-    instruction: str | None  # None when the request sent a raw prompt
-    input: str
-    prompt: str  # the exact text the engine received
-    response: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float
-    filter_verdicts: list[dict]
-    source: str = "served"  # or "imported"
-
-    def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-
-
-@dataclass
-class RatingFeedback:
-    """A thumbs up or down on one generation, with optional details."""
-
-    generation_id: str
-    rating: Literal["up", "down"]
-    session_id: str | None = None  # one rating per (generation, session): a later one replaces it
-    comment: str | None = None
-    flag: str | None = None  # a category such as "harmful" or "incorrect"
-    preferred_response: str | None = None  # the answer the user would rather have read
-
-    def __post_init__(self) -> None:
-        if self.rating not in ("up", "down"):
-            raise ValueError(f"rating must be 'up' or 'down', got {self.rating!r}")
-
-
-@dataclass
-class ComparisonFeedback:
-    """A side-by-side judgement of two generations of the same instruction."""
-
-    generation_ids: tuple[str, str]
-    winner: str  # one of the two ids, "tie" or "both_bad"
-    session_id: str | None = None  # one judgement per (pair, session): a later one replaces it
-    voter: str = "human"  # or "machine", for an automatic judge
-
-    def __post_init__(self) -> None:
-        if self.voter not in VOTERS:
-            raise ValueError(f"voter must be one of {VOTERS}, got {self.voter!r}")
-        self.generation_ids = tuple(self.generation_ids)
-        if len(self.generation_ids) != 2 or self.generation_ids[0] == self.generation_ids[1]:
-            raise ValueError(
-                f"a comparison needs two different generation ids, got {self.generation_ids!r}"
-            )
-        if self.winner not in (*self.generation_ids, *COMPARISON_OUTCOMES):
-            raise ValueError(
-                f"winner must be one of the two generation ids, 'tie' or 'both_bad', "
-                f"got {self.winner!r}"
-            )
+COMPARISON_PAGE_LIMIT = 1000  # most comparisons one `list_comparisons` call returns
 
 
 def open_store(url: str) -> FeedbackStore:
     """Open the store at `url` (sqlite:///ABSOLUTE/PATH or postgresql://...), migrating it."""
-    return FeedbackStore(_backend_for(url))
+    return FeedbackStore(backend_for(url))
 
 
 def default_database_url(data_dir: Path = DEFAULT_DATA_DIR) -> str:
@@ -132,84 +62,38 @@ def default_database_url(data_dir: Path = DEFAULT_DATA_DIR) -> str:
     return "sqlite://" + quote(str(Path(data_dir).expanduser().resolve() / DATABASE_FILENAME))
 
 
-# Each entry moves the schema up one version, in order. Append new versions (for example an
-# `ALTER TABLE ... ADD COLUMN`); never edit or reorder one that has been released.
-# Placeholders: {id} an auto-increment primary key, {real} a double, {json} a JSON document.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (  # 1: generations, ratings, comparisons
-        """CREATE TABLE generations (
-            id TEXT PRIMARY KEY,
-            created_at {real} NOT NULL,
-            model TEXT NOT NULL,
-            params {json} NOT NULL,
-            instruction TEXT,
-            input TEXT NOT NULL,
-            prompt TEXT NOT NULL,
-            response TEXT NOT NULL,
-            finish_reason TEXT NOT NULL,
-            prompt_tokens INTEGER NOT NULL,
-            completion_tokens INTEGER NOT NULL,
-            latency_s {real} NOT NULL,
-            filter_verdicts {json} NOT NULL
-        )""",
-        "CREATE INDEX generations_by_time ON generations (created_at, id)",
-        """CREATE TABLE ratings (
-            id {id},
-            generation_id TEXT NOT NULL REFERENCES generations (id),
-            session_id TEXT,
-            rating TEXT NOT NULL CHECK (rating IN ('up', 'down')),
-            comment TEXT,
-            flag TEXT,
-            preferred_response TEXT,
-            created_at {real} NOT NULL,
-            updated_at {real} NOT NULL
-        )""",
-        "CREATE INDEX ratings_by_generation ON ratings (generation_id)",
-        """CREATE UNIQUE INDEX ratings_one_per_session ON ratings (generation_id, session_id)
-            WHERE session_id IS NOT NULL""",
-        """CREATE TABLE comparisons (
-            id {id},
-            generation_a TEXT NOT NULL REFERENCES generations (id),
-            generation_b TEXT NOT NULL REFERENCES generations (id),
-            winner TEXT NOT NULL,
-            session_id TEXT,
-            created_at {real} NOT NULL,
-            updated_at {real} NOT NULL,
-            CHECK (generation_a < generation_b),
-            CHECK (winner IN (generation_a, generation_b, 'tie', 'both_bad'))
-        )""",
-        """CREATE UNIQUE INDEX comparisons_one_per_session
-            ON comparisons (generation_a, generation_b, session_id)
-            WHERE session_id IS NOT NULL""",
-    ),
-    (  # 2: imported answers (another model's, for comparisons) and machine votes
-        "ALTER TABLE generations ADD COLUMN source TEXT NOT NULL DEFAULT 'served' "
-        "CHECK (source IN ('served', 'imported'))",
-        "ALTER TABLE comparisons ADD COLUMN voter TEXT NOT NULL DEFAULT 'human' "
-        "CHECK (voter IN ('human', 'machine'))",
-    ),
-)
-
-GENERATION_COLUMNS = (
-    "id", "created_at", "model", "params", "instruction", "input", "prompt", "response",
-    "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "filter_verdicts",
-    "source",
-)
-COMPARISON_PAGE_LIMIT = 1000  # most comparisons one `list_comparisons` call returns
+def backend_for(url: str) -> Backend:
+    """The backend a database URL names; ValueError for a malformed or unsupported one."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "sqlite":
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        if parts.netloc or parts.query or not path.startswith("/") or path.endswith("/"):
+            raise ValueError(
+                f"a SQLite database URL is sqlite:///ABSOLUTE/PATH/FILE.sqlite3, got {url!r}"
+            )
+        return SqliteBackend(Path(path))
+    if scheme in ("postgresql", "postgres"):
+        return PostgresBackend(url)
+    raise ValueError(
+        f"unsupported database URL {redact(url)!r}: expected sqlite:///ABSOLUTE/PATH or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    )
 
 
 class FeedbackStore:
     """Generation records and feedback in one database. Build it with `open_store(url)`."""
 
-    def __init__(self, backend: _Backend):
+    def __init__(self, backend: Backend):
         self._backend = backend
         self._lock = threading.Lock()
         self._conn: Any = backend.connect()
         try:
-            self._migrate()
+            with self._transaction() as tx:
+                migrate(tx, backend)
         except backend.errors as err:
             self.close()
-            raise StoreError(f"cannot open {backend.description}: {_one_line(err)}") from err
+            raise StoreError(f"cannot open {backend.description}: {one_line(err)}") from err
         except BaseException:
             self.close()
             raise
@@ -414,32 +298,8 @@ class FeedbackStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _migrate(self) -> None:
-        """Create the version table, then apply, in one transaction, each migration not yet
-        applied. A database newer than this code is refused rather than guessed at."""
-        types = self._backend.types
-        with self._transaction() as tx:
-            tx.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                f"version INTEGER PRIMARY KEY, applied_at {types['real']} NOT NULL)"
-            )
-            self._backend.lock_schema(tx)
-            current = tx.one("SELECT MAX(version) FROM schema_version")[0] or 0
-            if current > len(MIGRATIONS):
-                raise StoreError(
-                    f"{self._backend.description} has schema version {current}, newer than "
-                    f"this alpaca-serve knows ({len(MIGRATIONS)}): upgrade alpaca-serve"
-                )
-            for version in range(current + 1, len(MIGRATIONS) + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    tx.execute(statement.format(**types))
-                tx.execute(
-                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (version, time.time()),
-                )
-
     @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[_Transaction]:
+    def _transaction(self, write: bool = True) -> Iterator[Transaction]:
         with self._lock:
             if self._conn is None:
                 raise StoreError("the feedback store is closed")
@@ -450,11 +310,11 @@ class FeedbackStore:
                 self._conn.close()
                 self._conn = fresh
             with self._backend.transaction(self._conn, write) as cursor:
-                yield _Transaction(cursor, self._backend.placeholder)
+                yield Transaction(cursor, self._backend.placeholder)
 
 
 def _export_page(
-    tx: _Transaction, after: tuple[float, str] | None
+    tx: Transaction, after: tuple[float, str] | None
 ) -> tuple[list[dict], dict[str, list[tuple]]]:
     """One page of instruction generations after `after` (created_at, id), and their ratings."""
     where, params = "instruction IS NOT NULL", ()
@@ -480,7 +340,7 @@ def _export_page(
     return generations, ratings
 
 
-def _existing_ids(tx: _Transaction, ids: Iterable[str]) -> set[str]:
+def _existing_ids(tx: Transaction, ids: Iterable[str]) -> set[str]:
     found: set[str] = set()
     for chunk in _chunks(list(dict.fromkeys(ids))):
         marks = ", ".join("?" * len(chunk))
@@ -489,7 +349,7 @@ def _existing_ids(tx: _Transaction, ids: Iterable[str]) -> set[str]:
     return found
 
 
-def _require_generations(tx: _Transaction, ids: list[str]) -> None:
+def _require_generations(tx: Transaction, ids: list[str]) -> None:
     found = _existing_ids(tx, ids)
     missing = [i for i in ids if i not in found]
     if missing:
@@ -515,159 +375,3 @@ def _text(value: Any) -> Any:
 def _json_value(value: Any) -> Any:
     """A JSON column as Python: SQLite returns the text, PostgreSQL (jsonb) the parsed value."""
     return json.loads(value) if isinstance(value, str) else value
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def _redact(url: str) -> str:
-    """`url` with any password replaced by ***, for error messages."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
-
-
-class _Transaction:
-    """A cursor inside one transaction; SQL is written with `?` and adapted to the backend."""
-
-    def __init__(self, cursor: Any, placeholder: str):
-        self._cursor = cursor
-        self._placeholder = placeholder
-
-    def _sql(self, sql: str) -> str:
-        return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
-
-    def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        self._cursor.execute(self._sql(sql), tuple(params))
-        return self._cursor
-
-    def executemany(self, sql: str, rows: list[tuple]) -> None:
-        self._cursor.executemany(self._sql(sql), rows)
-
-    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        return self.execute(sql, params).fetchall()
-
-    def one(self, sql: str, params: Iterable[Any] = ()) -> tuple | None:
-        return self.execute(sql, params).fetchone()
-
-
-def _backend_for(url: str) -> _Backend:
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme == "sqlite":
-        parts = urlsplit(url)
-        path = unquote(parts.path)
-        if parts.netloc or parts.query or not path.startswith("/") or path.endswith("/"):
-            raise ValueError(
-                f"a SQLite database URL is sqlite:///ABSOLUTE/PATH/FILE.sqlite3, got {url!r}"
-            )
-        return _SqliteBackend(Path(path))
-    if scheme in ("postgresql", "postgres"):
-        return _PostgresBackend(url)
-    raise ValueError(
-        f"unsupported database URL {_redact(url)!r}: expected sqlite:///ABSOLUTE/PATH or "
-        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-    )
-
-
-class _Backend:
-    """What differs between databases: connecting, transactions, placeholders, column types."""
-
-    placeholder: str
-    types: dict[str, str]
-    errors: tuple[type[BaseException], ...]
-    description: str
-
-    def connect(self) -> Any:
-        raise NotImplementedError
-
-    def is_broken(self, conn: Any) -> bool:
-        return False
-
-    def lock_schema(self, tx: _Transaction) -> None:
-        """Keep other processes from migrating at the same time, until the transaction ends."""
-
-    def transaction(self, conn: Any, write: bool) -> AbstractContextManager[Any]:
-        """A cursor in one transaction: committed when the block ends, rolled back on error."""
-        raise NotImplementedError
-
-
-class _SqliteBackend(_Backend):
-    placeholder = "?"
-    types = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL", "json": "TEXT"}
-    errors = (sqlite3.Error,)
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.description = f"SQLite database {path}"
-
-    def connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: transactions are begun and ended here, explicitly.
-            conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as err:
-            raise StoreError(f"cannot open {self.description}: {_one_line(err)}") from err
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreError(f"{self.description} cannot use WAL journal mode (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
-            conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.Error as err:
-            conn.close()
-            raise StoreError(f"cannot open {self.description}: {_one_line(err)}") from err
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @contextmanager
-    def transaction(self, conn: sqlite3.Connection, write: bool) -> Iterator[sqlite3.Cursor]:
-        # IMMEDIATE takes the write lock up front, so a read-then-write never has to upgrade.
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        cursor = conn.cursor()
-        try:
-            yield cursor
-        except BaseException:
-            if conn.in_transaction:  # SQLite ends some failed transactions by itself
-                conn.execute("ROLLBACK")
-            raise
-        finally:
-            cursor.close()
-        conn.execute("COMMIT")
-
-
-class _PostgresBackend(_Backend):
-    placeholder = "%s"
-    types = {"id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-             "real": "DOUBLE PRECISION", "json": "JSONB"}
-
-    def __init__(self, url: str):
-        self.url = url
-        self.description = f"PostgreSQL database {_redact(url)}"
-        self.errors = ()  # set on connect, once psycopg is imported
-
-    def connect(self) -> Any:
-        try:
-            import psycopg
-        except ImportError as err:
-            raise StoreError(
-                "PostgreSQL needs psycopg: pip install 'psycopg[binary]>=3.1'"
-            ) from err
-        self.errors = (psycopg.Error,)
-        try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-        except psycopg.Error as err:
-            raise StoreError(f"cannot connect to {self.description}: {_one_line(err)}") from err
-
-    def is_broken(self, conn: Any) -> bool:
-        return conn.closed or conn.broken
-
-    def lock_schema(self, tx: _Transaction) -> None:
-        tx.execute("LOCK TABLE schema_version IN SHARE ROW EXCLUSIVE MODE")
-
-    @contextmanager
-    def transaction(self, conn: Any, write: bool) -> Iterator[Any]:
-        with conn.transaction(), conn.cursor() as cursor:
-            yield cursor

@@ -1,0 +1,74 @@
+"""What a database backend of the feedback store provides, and the transaction the store writes
+SQL through.
+
+Usage:
+    class SqliteBackend(Backend): ...          # one subclass per database (sqlite.py, postgres.py)
+    with backend.transaction(conn, write=True) as cursor:
+        tx = Transaction(cursor, backend.placeholder)
+        tx.rows("SELECT id FROM generations WHERE model = ?", ("alpaca-7b",))
+
+SQL is written once, with `?` placeholders; `Transaction` adapts it to the backend's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import Any
+
+
+class Backend:
+    """What differs between databases: connecting, transactions, placeholders, column types."""
+
+    placeholder: str
+    types: dict[str, str]  # DDL for the {id}, {real} and {json} placeholders of the schema
+    errors: tuple[type[BaseException], ...]  # the driver's exceptions, reported as StoreError
+    description: str  # the database, for messages (no password)
+
+    def connect(self) -> Any:
+        raise NotImplementedError
+
+    def is_broken(self, conn: Any) -> bool:
+        return False
+
+    def lock_schema(self, tx: Transaction) -> None:
+        """Keep other processes from migrating at the same time, until the transaction ends."""
+
+    def transaction(self, conn: Any, write: bool) -> AbstractContextManager[Any]:
+        """A cursor in one transaction: committed when the block ends, rolled back on error."""
+        raise NotImplementedError
+
+
+class Transaction:
+    """A cursor inside one transaction; SQL is written with `?` and adapted to the backend."""
+
+    def __init__(self, cursor: Any, placeholder: str):
+        self._cursor = cursor
+        self._placeholder = placeholder
+
+    def _sql(self, sql: str) -> str:
+        return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        self._cursor.execute(self._sql(sql), tuple(params))
+        return self._cursor
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        self._cursor.executemany(self._sql(sql), rows)
+
+    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        return self.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: Iterable[Any] = ()) -> tuple | None:
+        return self.execute(sql, params).fetchone()
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line, or its type's name when it has none."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def redact(url: str) -> str:
+    """`url` with any password replaced by ***, for error messages."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
