@@ -461,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="KV cache size on CPU, in GiB (default 1)")
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="also write the figures to this JSON file")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
@@ -505,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"figures written to {args.json}", file=sys.stderr)
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
 
 
 if __name__ == "__main__":

@@ -90,11 +90,11 @@ async def run(args: argparse.Namespace) -> list[StepResult]:
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=args.request_timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        async with session.get(f"{args.url}/ready") as response:
+        async with session.get(f"{args.server_url}/ready") as response:
             if response.status != 200:
-                raise SystemExit(f"load: error: {args.url}/ready answered {response.status}")
+                raise SystemExit(f"load: error: {args.server_url}/ready answered {response.status}")
         for rate in args.rates:
-            result = await run_step(session, args.url, rate, args.step_seconds,
+            result = await run_step(session, args.server_url, rate, args.step_seconds,
                                     args.max_new_tokens, rng)
             results.append(result)
             print(format_row(result), flush=True)
@@ -115,7 +115,8 @@ def format_row(r: StepResult) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split(
         "\n\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running server")
+    parser.add_argument("--server-url", default="http://127.0.0.1:8000",
+                        help="the running server")
     parser.add_argument("--rates", default="1,2,4,8,16",
                         type=lambda text: [float(x) for x in text.split(",")],
                         help="requests a second for each step, comma-separated")
@@ -127,12 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="client-side limit for one request, in seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of arrivals and prompts")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print(f"load against {args.url}: {args.step_seconds:g} s a step, "
+    print(f"load against {args.server_url}: {args.step_seconds:g} s a step, "
           f"max_new_tokens {args.max_new_tokens}")
     print(HEADER)
     results = asyncio.run(run(args))
@@ -145,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                         "output_tokens_per_s": r.tokens / r.wall_s} for r in results], out,
                       indent=2)
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
 
 
 if __name__ == "__main__":

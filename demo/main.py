@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (ALPACA_DEMO_PORT, "
                         "default 7860)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
@@ -47,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo: http://{settings.host}:{settings.port} (server: {settings.server_url})")
     build_demo(settings).launch(server_name=settings.host, server_port=settings.port)
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 STORE_TIMEOUT_S = 60.0  # feedback-store calls are quick; answers have their own --timeout
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     from client.errors import APIRequestError
     from evaluation.answers import EvaluationError
 
@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.run(args)
     except (EvaluationError, APIRequestError) as err:
-        sys.exit(f"{args.prog}: error: {err}")
+        print(f"{args.prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the counts and intervals as JSON to this file")
     _store_options(report, "the alpaca-serve whose feedback store holds the votes (default: "
                    "the one recorded in the comparison file)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
@@ -287,5 +290,11 @@ def _default_label(answers: list[dict], path: Path) -> str:
     return models.pop() if len(models) == 1 else path.stem
 
 
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

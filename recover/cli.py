@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--no-progress", action="store_true", help="do not show the progress bar"
         )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except WeightDiffError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted: {args.out} was not written", file=sys.stderr)
         return 130
@@ -155,6 +156,12 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--force", action="store_true", help="convert again even if the output folder exists"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         convert_gguf(gguf, out_dir)
     except ConversionError as err:
         print(f"alpaca-convert: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"converted {gguf} -> {out_dir}")
     return 0
 
@@ -130,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 def default_out_dir(cache_dir: Path) -> Path:
     """Where the bundled model goes in `cache_dir`: the folder the server loads it from."""
     return Path(cache_dir) / DEFAULT_MODEL_DIRNAME
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
 
 
 if __name__ == "__main__":

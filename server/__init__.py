@@ -1,3 +1,8 @@
 """HTTP serving of Alpaca-style models: settings, app factory, routes, vLLM engine adapter."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("alpaca-serve")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

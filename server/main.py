@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hugging Face folder of a LLaMA-family model (ALPACA_MODEL; default: the bundled "
         "SmolLM2-135M-Instruct, converted once into ALPACA_CACHE_DIR)",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
@@ -116,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alpaca-serve: error: {runtime.load_error or runtime.fatal_error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
 
 
 if __name__ == "__main__":

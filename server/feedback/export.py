@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write generations nobody rated, with rating null",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 count = write_file(store, args.out, args.include_unrated)
     except (ValueError, StoreError, OSError) as err:
         print(f"alpaca-export: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return 2
     noun = "record" if count == 1 else "records"
     print(f"alpaca-export: wrote {count} {noun} to {args.out or 'standard output'}",
           file=sys.stderr)
@@ -126,6 +127,12 @@ def write_rows(store: FeedbackStore, stream: TextIO, include_unrated: bool) -> i
         stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         count += 1
     return count
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
 
 
 if __name__ == "__main__":

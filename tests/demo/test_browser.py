@@ -130,10 +130,10 @@ def test_a_blind_vote_in_the_compare_tab_reaches_the_server(page, tiny_server):
 
 def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_server, tmp_path):
     """The Compare tab offers the pairs of an `alpaca-eval compare` file; votes reach the store."""
+    from client.api import AlpacaClient
     from demo.app import build_demo
     from demo.settings import DemoSettings
     from evaluation.comparison import attach_generation_ids, save_comparison
-    from evaluation.store import FeedbackStoreClient
     from tests.conftest import free_port
 
     comparison = {"labels": ["ours", "text-davinci-003"], "seed": 0, "pairs": [{
@@ -142,7 +142,7 @@ def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_se
         "left": {"output": "Hello there, friend!", "generation_id": None},
         "right": {"output": "Hi.", "generation_id": None},
     }]}
-    with FeedbackStoreClient(tiny_server.url) as store:
+    with AlpacaClient(tiny_server.url) as store:
         assert attach_generation_ids(comparison, store) == 2
     path = tmp_path / "comparison.json"
     save_comparison(path, comparison)

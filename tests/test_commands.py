@@ -1,0 +1,67 @@
+"""Every command follows the same conventions: `--help` explains it, `--version` names the
+release, and bad input is one line `NAME: error: ...` with exit status 2."""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from importlib.metadata import version
+
+import pytest
+
+from tests.conftest import ROOT
+
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+# A call of each command with input it must refuse.
+BAD_INPUT = {
+    "alpaca-serve": ["--port", "0"],
+    "alpaca-demo": ["--port", "0"],
+    "alpaca-convert": ["--gguf", "/no/such/model.gguf", "--out", "{tmp}/out"],
+    "alpaca-recover": ["recover", "--raw", "/no/such/raw", "--diff", "/no/such/diff",
+                       "--out", "{tmp}/out"],
+    "alpaca-export": ["--data-dir", "{tmp}/no-such-folder"],
+    "alpaca-train": ["--model", "/no/such/model", "--data", "/no/such/data.json",
+                     "--out", "{tmp}/out"],
+    "alpaca-eval": ["answer", "--instructions", "/no/such/file.jsonl", "--out", "{tmp}/x"],
+    "alpaca-bench": ["--clients", "0"],
+}
+
+
+def entry_point(name: str):
+    module, function = SCRIPTS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def test_every_command_has_a_bad_input_case_here():
+    assert set(BAD_INPUT) == set(SCRIPTS)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_version_names_the_command_and_the_release(name, capsys):
+    with pytest.raises(SystemExit) as exited:
+        entry_point(name)(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"{name} {version('alpaca-serve')}"
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_help_describes_the_command(name, capsys):
+    with pytest.raises(SystemExit) as exited:
+        entry_point(name)(["--help"])
+    assert exited.value.code == 0
+    assert f"usage: {name}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_bad_input_is_one_error_line_and_exit_status_2(name, capsys, tmp_path):
+    argv = [arg.format(tmp=tmp_path) for arg in BAD_INPUT[name]]
+    try:
+        status = entry_point(name)(argv)
+    except SystemExit as exited:  # argparse's own refusals
+        status = exited.code
+    assert status == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and lines[-1].startswith(f"{name}: error: "), lines
+    # One line of ours; argparse may put its usage line before it, never a traceback.
+    assert len(lines) <= 2 and "Traceback" not in "\n".join(lines)
