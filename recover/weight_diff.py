@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from training.prompts import TEMPLATE_NAME
+from training.provenance import MADE_BY_RECOVER, MARKER_FILE, made_at
 
 if TYPE_CHECKING:
     import torch
 
 MANIFEST_FILE = "weight_diff_manifest.json"
-MARKER_FILE = "alpaca_serve.json"
 MANIFEST_FORMAT = "alpaca-serve-weight-diff"
 MANIFEST_VERSION = 1
 # The original's naive integrity check: sum of all tensor sums of the recovered 7B model.
@@ -363,7 +363,7 @@ def recover(
         out_dtypes = {s[1] for s in specs}
         config_dtype = out_dtypes.pop() if len(out_dtypes) == 1 else None
         _copy_side_files(Path(diff_dir), staging, config_dtype=config_dtype)
-        _write_marker(staging, Path(diff_dir).name, config_dtype)
+        _write_marker(staging, Path(diff_dir), Path(raw_dir), config_dtype)
     return RecoverResult(
         out_dir=out_dir,
         tensors=len(written),
@@ -831,11 +831,20 @@ def _copy_side_files(source: Path, dest: Path, config_dtype: str | None = None) 
         _write_json(config_path, config)
 
 
-def _write_marker(folder: Path, source: str, dtype: str | None) -> None:
-    """The self-description this project's checkpoints carry (prompt template, dtype, source)."""
+def _write_marker(folder: Path, diff_dir: Path, raw_dir: Path, dtype: str | None) -> None:
+    """The self-description this project's checkpoints carry (read by training/provenance.py):
+    the prompt template (the tuned model's, when the diff carries its marker), who made the
+    folder, from which diff and base, when, and the saved dtype."""
     path = folder / MARKER_FILE
-    marker = _read_json(path, "diff") if path.is_file() else {"prompt_template": TEMPLATE_NAME}
-    marker.update({"source": f"weight diff {source}", "dtype": dtype or "mixed"})
+    tuned = _read_json(path, "diff") if path.is_file() else {}
+    marker = {
+        "prompt_template": tuned.get("prompt_template") or TEMPLATE_NAME,
+        "made_by": MADE_BY_RECOVER,
+        "created_at": made_at(),
+        "diff": str(diff_dir.resolve()),
+        "base": str(raw_dir.resolve()),
+        "dtype": dtype or "mixed",
+    }
     _write_json(path, marker)
 
 

@@ -156,6 +156,7 @@ async def _start_engine(runtime: Runtime, engine: Engine | None) -> None:
             model_path = runtime.settings.model
             if model_path is None:
                 model_path = await ensure_default_model(runtime.settings.cache_dir)
+            runtime.model_dir = model_path  # /info reads the model's provenance from it
             engine = await asyncio.to_thread(
                 build_engine, runtime.settings, model_path, runtime.metrics.queue_time.observe
             )

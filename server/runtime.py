@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -26,6 +27,9 @@ class Runtime:
     filters: FilterChain = field(default_factory=lambda: FilterChain([]))
     admission: Admission = field(default_factory=lambda: Admission(64, 256))
     engine: Engine | None = None
+    # The served model folder, once known (the default model's after its conversion); /info
+    # reads where the model came from and its prompt template from the markers in it.
+    model_dir: Path | None = None
     store: FeedbackStore | None = None
     recorder: GenerationRecorder | None = None
     ready: bool = False

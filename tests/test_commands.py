@@ -4,14 +4,13 @@ release, and bad input is one line `NAME: error: ...` with exit status 2."""
 from __future__ import annotations
 
 import importlib
-import tomllib
-from importlib.metadata import version
+from importlib.metadata import distribution, version
 
 import pytest
 
-from tests.conftest import ROOT
-
-SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+# The console scripts the installed project declares (pyproject.toml's [project.scripts]).
+SCRIPTS = {entry.name: entry.value for entry in distribution("alpaca-serve").entry_points
+           if entry.group == "console_scripts"}
 
 # A call of each command with input it must refuse.
 BAD_INPUT = {

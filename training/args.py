@@ -153,6 +153,12 @@ class TrainArgs:
         None, "DeepSpeed config file, e.g. training/configs/deepspeed_zero3.json"
     )
     logging_steps: int = _opt(10, "log loss and learning rate every N steps")
+    report_to: str = _opt(
+        "none", "experiment trackers that also get the logged metrics, as the transformers "
+        "Trainer names them: none, all (every one installed), or a comma-separated list such as "
+        "tensorboard,wandb (also mlflow, comet_ml, clearml, ...; TensorBoard writes to "
+        "OUTPUT_DIR/checkpoints/runs)"
+    )
     save_steps: int = _opt(200, "save a checkpoint every N steps (and at the end)")
     save_total_limit: int | None = _opt(2, "keep at most N checkpoints")
     resume: str | None = _opt(
@@ -185,8 +191,20 @@ class TrainArgs:
             )
         if self.fsdp and self.deepspeed is not None:
             raise ArgsError("--fsdp and --deepspeed are two ways to shard: choose one")
+        self.report_to = ",".join(self.trackers) or "none"
         if self.deepspeed is not None and not self.deepspeed.is_file():
             raise ArgsError(f"--deepspeed: config file not found: {self.deepspeed}")
+
+    @property
+    def trackers(self) -> list[str]:
+        """The tracker names of --report-to: [] for none, ["all"] for all; checked for form only
+        (whether the Trainer knows them and they are installed is checked before training)."""
+        names = [name.strip().lower() for name in self.report_to.split(",")]
+        if any(not name for name in names):
+            raise ArgsError(f"--report-to: empty tracker name in {self.report_to!r}")
+        if len(names) > 1 and ({"none", "all"} & set(names)):
+            raise ArgsError(f"--report-to: none and all stand alone, got {self.report_to!r}")
+        return [] if names == ["none"] else list(dict.fromkeys(names))
 
     def gradient_accumulation_steps(self, world_size: int) -> int:
         """Micro batches per optimizer step on each process, so all of them add up to the global

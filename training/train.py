@@ -13,8 +13,10 @@ any model is loaded, naming its index); load the tokenizer and give it EOS/[PAD]
 tokenize with the prompt masked; load the model (embeddings grown with mean rows for added
 tokens); wrap it in LoRA adapters if asked; train with the Hugging Face Trainer, checkpointing to
 OUTPUT_DIR/checkpoints; save a servable folder: weights (LoRA merged into plain HF weights),
-tokenizer, and alpaca_train.json naming the prompt template and the arguments. Exit status 2 and
-one `alpaca-train: error: ...` line for bad input.
+tokenizer, and alpaca_train.json naming the prompt template and the arguments. Progress: a bar
+of the optimizer steps and one line per logging step, on stderr; `--report-to` also sends the
+logged metrics to experiment trackers (TensorBoard, W&B, MLflow, ...). Exit status 2 and one
+`alpaca-train: error: ...` line for bad input, including a tracker that is not installed.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from training.data import (
     read_raw_records,
 )
 from training.prompts import TEMPLATE_NAME
+from training.provenance import MADE_BY_TRAIN, TRAIN_INFO_FILE, made_at
 
-TRAIN_INFO_FILE = "alpaca_train.json"
 CHECKPOINT_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         records, skipped = load_training_records(args.data.data, args.data.skip_invalid)
         log(f"data: {len(records)} records from {args.data.data}"
             + (f", {skipped} invalid skipped" if args.data.skip_invalid else ""))
+        check_trackers(args.train.trackers)
         train(args, records, skipped)
     except (ArgsError, DataFormatError, TrainError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
@@ -97,6 +100,32 @@ def check_paths(args: AlpacaTrainArgs) -> None:
         raise ArgsError("--deepspeed needs the deepspeed package: pip install deepspeed")
     if args.train.resume not in (None, "last") and not Path(args.train.resume).is_dir():
         raise ArgsError(f"--resume: checkpoint folder not found: {args.train.resume}")
+
+
+# pip package of each tracker whose name is not its package's
+TRACKER_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "flyte": "flytekit"}
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Every --report-to tracker is one the Trainer knows and its package is installed."""
+    if not trackers or trackers == ["all"]:
+        return
+    from transformers.integrations import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    installed = set(get_available_reporting_integrations())
+    if importlib.util.find_spec("flytekit") is not None:  # a tracker the list above leaves out
+        installed.add("flyte")
+    for name in trackers:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ArgsError(f"--report-to: unknown tracker {name!r}; the Trainer knows none, all, "
+                            f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+    for name in trackers:
+        if name not in installed:
+            raise ArgsError(f"--report-to {name}: its package is not installed "
+                            f"(pip install {TRACKER_PACKAGES.get(name, name)})")
 
 
 def load_training_records(path: Path, skip_invalid: bool) -> tuple[list[AlpacaRecord], int]:
@@ -157,9 +186,9 @@ def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> T
         f"{accumulation} accumulation x {world_size}, lr {args.train.learning_rate:g}"
         + (f", resuming from {resume_from}" if resume_from else "")
     )
-    log_lines, clock = make_callbacks()
-    trainer.add_callback(log_lines)
-    trainer.add_callback(clock)
+    progress_bar, log_lines, clock = make_callbacks()
+    for callback in (progress_bar, log_lines, clock):
+        trainer.add_callback(callback)
     result = trainer.train(resume_from_checkpoint=resume_from)
     summary = TrainSummary(
         global_step=clock.last_step,
@@ -223,8 +252,8 @@ def build_training_args(args: AlpacaTrainArgs, accumulation: int) -> Any:
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
-        report_to="none",
-        disable_tqdm=True,  # RunClock prints one line per logging step instead
+        report_to=args.train.trackers or "none",  # names checked by check_trackers
+        disable_tqdm=True,  # the Trainer's own bar prints log dicts; make_callbacks has ours
     )
 
 
@@ -288,7 +317,8 @@ def apply_lora(model: Any, args: AlpacaTrainArgs) -> Any:
 
 def build_trainer(args: AlpacaTrainArgs, model: Any, tokenizer: Any, examples: list,
                   training_args: Any) -> Any:
-    """A Hugging Face Trainer over the tokenized examples, printing one line per log step."""
+    """A Hugging Face Trainer over the tokenized examples, without its own printing (the callbacks
+    of make_callbacks show a progress bar and one line per log step instead)."""
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -370,6 +400,8 @@ def write_train_info(args: AlpacaTrainArgs, summary: TrainSummary, stats: Any, s
 
     info = {
         "prompt_template": TEMPLATE_NAME,
+        "made_by": MADE_BY_TRAIN,
+        "created_at": made_at(),
         "base_model": str(args.train.model),
         "method": "lora" if args.lora.lora else "full",
         "merged": bool(args.lora.lora and args.lora.merge) or not args.lora.lora,
@@ -398,9 +430,36 @@ def write_train_info(args: AlpacaTrainArgs, summary: TrainSummary, stats: Any, s
     path.write_text(json.dumps(info, indent=2) + "\n")
 
 
-def make_callbacks() -> tuple[Any, Any]:
-    """(progress lines, run clock): Trainer callbacks, defined here so transformers loads late."""
+def make_callbacks() -> tuple[Any, Any, Any]:
+    """(progress bar, progress lines, run clock): Trainer callbacks, defined here so transformers
+    loads late."""
+    from tqdm import tqdm
     from transformers import TrainerCallback
+
+    class ProgressBar(TrainerCallback):
+        """A bar of the optimizer steps on stderr, with the last logged loss and learning rate."""
+
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step",
+                            desc=f"{PROG}: training", file=sys.stderr, dynamic_ncols=True,
+                            disable=not state.is_world_process_zero)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+            if state.global_step >= state.max_steps and not control.should_log:
+                self.bar.close()  # done: before the last checkpoint's own progress bars
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}",
+                                     lr=f"{logs.get('learning_rate', 0.0):.2e}")
+            if state.global_step >= state.max_steps:
+                self.bar.close()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()  # closing twice is harmless
 
     class LogLines(TrainerCallback):
         """One line per logging step: step, loss, learning rate, epoch, tokens/s, time left."""
@@ -437,13 +496,15 @@ def make_callbacks() -> tuple[Any, Any]:
             self.last_step = state.global_step
             self.tokens = state.num_input_tokens_seen - self.first_tokens
 
-    return LogLines(), RunClock()
+    return ProgressBar(), LogLines(), RunClock()
 
 
 def log(message: str) -> None:
     """One progress line on stderr (only from the first process when distributed)."""
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        tqdm.write(f"{PROG}: {message}", file=sys.stderr)  # above the progress bar, if one shows
 
 
 def _fmt(value: float | None) -> str:

@@ -11,7 +11,7 @@ from server.engine import EngineUnavailableError
 from server.errors import error_body
 from server.runtime import RuntimeDep
 from server.schemas import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
-from training.prompts import TEMPLATE_NAME
+from training.provenance import read_provenance, unknown_provenance
 
 router = APIRouter()
 
@@ -41,15 +41,19 @@ async def ready(runtime: RuntimeDep):
 
 @router.get("/info")
 async def info(runtime: RuntimeDep) -> dict:
-    """The model, its limits and the request defaults."""
+    """The model, where it came from and its prompt template, its limits and the request
+    defaults."""
     settings, engine = runtime.settings, runtime.engine
+    model_dir = runtime.model_dir or settings.model  # None until the default model is converted
+    provenance = read_provenance(model_dir) if model_dir is not None else unknown_provenance()
     return {
         "model": engine.model_name if engine else settings.served_model_name,
         "version": __version__,
         "ready": runtime.ready and engine is not None and engine.alive,
         "device": engine.device if engine else None,
         "dtype": engine.dtype if engine else None,
-        "prompt_template": TEMPLATE_NAME,
+        "prompt_template": provenance.prompt_template,
+        "provenance": provenance.as_json(),
         "limits": {
             "max_model_len": engine.max_model_len if engine else settings.max_model_len,
             "max_new_tokens_limit": settings.max_new_tokens_limit,

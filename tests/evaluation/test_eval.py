@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from evaluation.answers import load_answers
+from evaluation.cli import DEFAULT_INSTRUCTIONS
 from evaluation.comparison import match_key
 from tests.conftest import ROOT, free_port
 
@@ -26,6 +27,18 @@ DATA = ROOT.parent / "shared" / "data"
 DAVINCI = DATA / "user_oriented_text-davinci-003_predictions.jsonl"
 EVALUATION_SET = DATA / "user_oriented_instructions.jsonl"
 Z_95 = 1.959963984540054
+
+
+def require_data(*files: Path) -> None:
+    """Fail, naming each missing file and where it is expected: a test never passes or skips
+    quietly without the data it is about."""
+    missing = list(dict.fromkeys(str(file) for file in files if not file.is_file()))
+    if missing:
+        pytest.fail(
+            f"evaluation data missing: {', '.join(missing)}; expected in {DATA} (the shared data "
+            "folder beside this checkout, ../shared/data; see its README for the sources)",
+            pytrace=False,
+        )
 
 
 def alpaca_eval(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -46,8 +59,7 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def answers(tiny_server, workdir) -> Path:
     """Our model's answers to the first 20 evaluation instructions."""
-    if not DAVINCI.exists():
-        pytest.skip(f"{DAVINCI} is not in this checkout")
+    require_data(DEFAULT_INSTRUCTIONS, EVALUATION_SET, DAVINCI)
     out = workdir / "tiny.jsonl"
     result = alpaca_eval("answer", "--server-url", tiny_server.url, "--limit", "20",
                          "--max-new-tokens", "12", "--temperature", "0", "--out", out)
@@ -323,6 +335,7 @@ def test_a_broken_instruction_file_is_refused_in_one_line_naming_its_line(workdi
 
 
 def test_unreachable_server_fails_fast_without_writing_answers(workdir):
+    require_data(DEFAULT_INSTRUCTIONS)  # `answer` reads it before calling the server
     port = free_port()  # nobody listens there once the probe socket is closed
     out = workdir / "none.jsonl"
     result = alpaca_eval("answer", "--server-url", f"http://127.0.0.1:{port}", "--limit", "2",

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from recover import cli, weight_diff
+from training.provenance import read_provenance
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -136,6 +137,9 @@ def test_recovering_a_bfloat16_tuned_model_gives_it_back_bit_for_bit(models, tmp
     assert f"verified {len(tuned)} tensors against the manifest ({len(tuned)} bit-identical" in (
         capsys.readouterr().out
     )
+    provenance = read_provenance(out).as_json()  # what the server's /info reports
+    assert (provenance["made_by"], provenance["diff"], provenance["base"]) == (
+        "alpaca-recover", str(diff.resolve()), str(models["base"].resolve()))
 
 
 def test_recovered_float32_model_loads_and_matches_the_tuned_one_within_float32_rounding(

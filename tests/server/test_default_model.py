@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from recover.convert import BUNDLED_FILE
 from tests.conftest import ROOT, ServerProcess, stream_events
-from training.prompts import format_prompt
+from training.prompts import TEMPLATE_NAME, format_prompt
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,15 @@ def test_the_default_model_knows_the_capital_of_france(default_server):
     assert response.status_code == 200, response.text
     assert "Paris" in response.json()["text"]
     assert default_server.client.get("/info").json()["model"] == "SmolLM2-135M-Instruct"
+
+
+def test_info_says_the_default_model_was_converted_from_the_bundled_gguf_file(default_server):
+    info = default_server.client.get("/info").json()
+
+    assert info["prompt_template"] == TEMPLATE_NAME
+    assert (info["provenance"]["made_by"], info["provenance"]["gguf"],
+            info["provenance"]["prompt_template_source"]) == (
+        "alpaca-convert", BUNDLED_FILE, "marker")
 
 
 def test_the_converted_model_is_cached_and_reused(default_server):

@@ -1,24 +1,33 @@
-"""Deadlines and shutdown: requests past the time limit are cut; SIGTERM drains, then exits 0."""
+"""Deadlines and shutdown: requests past the time limit are cut; SIGTERM drains, then exits 0.
+
+These tests hold however fast the engine is, on 2 busy CPU cores or on a GPU a hundred times
+faster, because none of them waits for a generation to be slow. Where a request has to outlast a
+limit, the engine's processes are paused (SIGSTOP) while the HTTP process, whose clocks enforce
+the time limit and the drain, runs on: a paused engine makes no token, so the request surely
+outlasts any limit. The pause is lifted (SIGCONT) before each test ends.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import ServerProcess, tiny_server_env, wait_for
+from tests.conftest import ServerProcess, read_metrics, tiny_server_env, wait_for
 
 pytestmark = pytest.mark.slow
 
-REQUEST_TIMEOUT_S = 2.5  # less than LONG tokens take on this CPU (<= ~300 tokens/s), yet room
-# enough for a short request beside a long one on a busy 2-core machine
-DRAIN_TIMEOUT_S = 0.3
-LONG = 900  # tokens: several seconds on the tiny model (its context is 1024)
+REQUEST_TIMEOUT_S = 8.0  # each time-limit test waits this long once; in the drain test it must
+# not run out before the drain does, so it leaves room for both streams to start on a busy machine
+DRAIN_TIMEOUT_S = 3.0  # ample for the short stream's last 3 tokens, even on a busy 2-core machine
+LONG = 900  # tokens: far more than the engine makes between two steps of a test (context 1024)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +44,27 @@ def server(tiny_model_dir, tmp_path_factory):
         yield process
     finally:
         process.stop()
+
+
+@contextlib.contextmanager
+def engine_paused(server: ServerProcess) -> Iterator[None]:
+    """The server's engine processes (vLLM's engine core, where tokens are made) stopped with
+    SIGSTOP, then continued; the HTTP process is not touched."""
+    processes = psutil.Process(server.process.pid).children(recursive=True)
+    assert processes, "the engine runs in child processes of the server"
+    for process in processes:
+        process.suspend()
+    try:
+        yield
+    finally:
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
+
+
+def engine_idle(client: httpx.Client) -> bool:
+    metrics = read_metrics(client)
+    return metrics["alpaca_num_requests_running"] == metrics["alpaca_num_requests_waiting"] == 0
 
 
 def stream_in_background(server, body):
@@ -59,32 +89,54 @@ def stream_in_background(server, body):
 
 
 def test_a_request_past_the_time_limit_is_cut_with_504(server):
-    start = time.monotonic()
-    response = server.client.post("/generate", json={"instruction": "Go.", "max_new_tokens": LONG})
-    assert response.status_code == 504
+    with engine_paused(server):  # 4 tokens, which take milliseconds, will not come in time
+        start = time.monotonic()
+        response = server.client.post("/generate", json={"instruction": "Go.", "max_new_tokens": 4})
+        elapsed = time.monotonic() - start
+
+    assert response.status_code == 504, response.text
     assert response.json()["error"]["type"] == "timeout"
-    assert time.monotonic() - start < REQUEST_TIMEOUT_S + 2
+    # Cut at the limit (counted from the request's arrival), not before and not long after.
+    assert REQUEST_TIMEOUT_S - 0.1 <= elapsed < REQUEST_TIMEOUT_S + 2, elapsed
+    assert wait_for(lambda: engine_idle(server.client), 10), "the request stayed in the engine"
 
 
 def test_a_stream_past_the_time_limit_ends_with_an_error_event_then_done(server):
-    events, thread, _ = stream_in_background(server, {"instruction": "Go.", "max_new_tokens": LONG})
-    thread.join(30)
-    assert events[-1] == "[DONE]"
-    assert events[-2]["error"]["type"] == "timeout"
-    assert all("text" in event for event in events[:-2])
-    assert wait_for(lambda: "alpaca_num_requests_running" in server.client.get("/metrics").text)
+    events, thread, first = stream_in_background(
+        server, {"instruction": "Go.", "max_new_tokens": LONG}
+    )
+    assert first.wait(30), events
+    # The stream is under way. Pausing the engine now leaves it far from its LONG tokens: making
+    # them in the moment between the first event and the pause would take 900 engine steps.
+    with engine_paused(server):
+        thread.join(REQUEST_TIMEOUT_S + 10)
+
+    assert not thread.is_alive(), events[-3:]
+    assert events[-1] == "[DONE]", events[-3:]
+    assert events[-2]["error"]["type"] == "timeout", events[-3:]
+    assert events[:-2] and all("text" in event for event in events[:-2])
+    # The cut request left the engine. (The running gauge is always exposed, so only its value
+    # says anything.)
+    assert wait_for(lambda: read_metrics(server.client)["alpaca_num_requests_running"] == 0, 10)
+    assert engine_idle(server.client)
 
 
-def test_sigterm_drains_open_streams_then_exits_0_leaving_no_process(server):
+def test_sigterm_lets_an_open_stream_finish_cuts_one_past_the_drain_then_exits_0(server):
     engine_processes = psutil.Process(server.process.pid).children(recursive=True)
     assert engine_processes
-    short, short_thread, short_first = stream_in_background(
-        server, {"instruction": "Short.", "max_new_tokens": 4}
-    )
+    long_started = time.monotonic()
     long, long_thread, long_first = stream_in_background(
         server, {"instruction": "Long.", "max_new_tokens": LONG}
     )
-    assert short_first.wait(30) and long_first.wait(30), (short, long)
+    assert long_first.wait(30), long
+    short, short_thread, short_first = stream_in_background(
+        server, {"instruction": "Short.", "max_new_tokens": 4}
+    )
+    assert short_first.wait(30), short
+    # The long stream must be cut by the drain, not by its own time limit: both have to start
+    # well within REQUEST_TIMEOUT_S - DRAIN_TIMEOUT_S.
+    started_in = time.monotonic() - long_started
+    assert started_in < REQUEST_TIMEOUT_S - DRAIN_TIMEOUT_S - 1, f"streams took {started_in:.1f} s"
 
     server.process.send_signal(signal.SIGTERM)
     # While draining, the server still answers: not ready, and no new work.
@@ -93,17 +145,18 @@ def test_sigterm_drains_open_streams_then_exits_0_leaving_no_process(server):
     assert refused.status_code == 503
     assert refused.json()["error"]["type"] == "shutting_down"
 
-    short_thread.join(30)
-    long_thread.join(30)
+    # The short stream, open at SIGTERM, finishes normally within the drain.
+    short_thread.join(DRAIN_TIMEOUT_S + 10)
+    assert short[-1] == "[DONE]", short[-3:]
+    assert short[-2].get("finish_reason") in ("length", "eos", "stop"), short[-3:]
+    # The long one ran in the same engine steps (vLLM batches them), so it has only a few more
+    # tokens than the short one: far from LONG. With the engine paused it stays open, however
+    # fast the machine, until the drain runs out and cuts it.
+    with engine_paused(server):
+        long_thread.join(DRAIN_TIMEOUT_S + 10)
+    assert long[-1] == "[DONE]", long[-3:]
+    assert long[-2]["error"]["type"] == "shutting_down", long[-3:]
     assert server.process.wait(60) == 0
-    # Every open stream ended with a final event, then [DONE]: the short one normally (unless
-    # the machine is too slow even for that), the long one cut when the drain ran out (or at
-    # its own time limit, if that came first on a slow machine).
-    assert short[-1] == "[DONE]"
-    assert short[-2].get("finish_reason") in ("length", "eos", "stop") or (
-        short[-2]["error"]["type"] == "shutting_down")
-    assert long[-1] == "[DONE]"
-    assert long[-2]["error"]["type"] in ("shutting_down", "timeout")
     # The engine's processes are gone too (helpers such as multiprocessing's resource tracker
     # notice their parent's exit within moments).
     _, alive = psutil.wait_procs(engine_processes, timeout=15)

@@ -9,12 +9,16 @@ import threading
 
 import pytest
 
+from server.engine import resolve_device, resolve_dtype
+from server.settings import ServerSettings
 from tests.conftest import (
     TINY_CONTEXT,
     TINY_MAX_NEW_TOKENS_LIMIT,
     read_metrics,
+    tiny_server_env,
     wait_for,
 )
+from training.prompts import TEMPLATE_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -28,18 +32,37 @@ SUCCESS = "alpaca_requests_total{outcome=success}"
 DISCONNECTED = "alpaca_requests_total{outcome=client_disconnected}"
 
 
-def test_health_ready_and_info_describe_a_loaded_server(client):
+def expected_device_and_dtype(model_dir) -> tuple[str, str]:
+    """Where the tiny server should run, by server/engine.py's own rule applied to the settings
+    it was started with (ALPACA_DEVICE / ALPACA_DTYPE, else auto: cuda when a GPU is visible)."""
+    env = tiny_server_env(model_dir)
+    settings = ServerSettings(**{key.removeprefix("ALPACA_").lower(): value
+                                 for key, value in env.items()})
+    device = resolve_device(settings)
+    return device, resolve_dtype(settings, device)
+
+
+def test_health_ready_and_info_describe_a_loaded_server(client, tiny_model_dir):
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
     info = client.get("/info").json()
     assert info["ready"] is True
-    assert info["prompt_template"] == "alpaca"
     assert info["limits"] == {
         "max_model_len": TINY_CONTEXT, "max_new_tokens_limit": TINY_MAX_NEW_TOKENS_LIMIT
     }
-    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    device, dtype = expected_device_and_dtype(tiny_model_dir)
+    assert (info["device"], info["dtype"]) == (device, dtype)
+
+
+def test_info_of_a_model_folder_without_a_marker_assumes_the_alpaca_template(client):
+    # The tiny model is a bare Hugging Face folder: neither trained, recovered nor converted here.
+    info = client.get("/info").json()
+
+    assert info["prompt_template"] == TEMPLATE_NAME
+    assert info["provenance"] == {"made_by": None, "marker": None,
+                                  "prompt_template_source": "assumed", "created_at": None}
 
 
 def test_every_response_has_a_fresh_request_id(client):

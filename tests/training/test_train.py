@@ -1,10 +1,12 @@
 """`alpaca-train` on a tiny LLaMA on CPU: it learns, LoRA touches only adapters, the merge is exact,
-resume continues, bad data stops it early, and what it writes is served by the real server."""
+resume continues, bad data stops it early, it shows its progress and reports to trackers, and what
+it writes is served by the real server, which reports where the model came from."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +82,7 @@ def test_help_explains_every_option():
         for field in dataclasses.fields(group):
             assert f"--{field.name.replace('_', '-')}" in result.stdout
     assert "torchrun" in result.stdout
+    assert "--report-to REPORT_TO" in result.stdout and "tensorboard" in result.stdout
 
 
 def test_an_invalid_record_stops_the_run_before_training_naming_its_index(tmp_path):
@@ -242,15 +245,78 @@ def test_packing_and_length_grouping_train_to_a_servable_folder(
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+def test_trackers_reach_the_trainer_and_a_missing_or_unknown_one_is_a_one_line_error(
+    tmp_path, tiny_model_dir, capsys
+):
+    from transformers.integrations import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    def args(report_to):
+        return parse_args(["--model", str(tiny_model_dir), "--data", str(SAMPLE), "--output-dir",
+                           str(tmp_path / "out"), *FAST, "--report-to", report_to])
+
+    assert build_training_args(args("tensorboard, WandB"), 1).report_to == ["tensorboard", "wandb"]
+    assert build_training_args(args("none"), 1).report_to == []
+    # A tracker the Trainer knows whose package is not installed here (tensorboard if absent).
+    installed = get_available_reporting_integrations()
+    missing = next(name for name in ("tensorboard", *sorted(INTEGRATION_TO_CALLBACK))
+                   if name not in installed and name != "flyte")
+    common = ["--model", str(tiny_model_dir), "--data", str(SAMPLE), "--output-dir",
+              str(tmp_path / "out"), *FAST, "--max-steps", "1"]
+
+    assert main([*common, "--report-to", missing]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert re.fullmatch(
+        rf"alpaca-train: error: --report-to {missing}: its package is not installed "
+        r"\(pip install \S+\)", error), error
+    assert main([*common, "--report-to", "tensorboard,nosuch"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "alpaca-train: error: --report-to: unknown tracker 'nosuch'; the Trainer knows none, all, ")
+    assert main([*common, "--report-to", "none,wandb"]) == 2
+    assert capsys.readouterr().err == (
+        "alpaca-train: error: --report-to: none and all stand alone, got 'none,wandb'\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_to_tensorboard_writes_its_event_files(tmp_path, tiny_model_dir):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed in this environment")
+    data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(2)])
+
+    assert main(["--model", str(tiny_model_dir), "--data", str(data), "--output-dir",
+                 str(tmp_path / "out"), *FAST, "--max-steps", "1", "--report-to",
+                 "tensorboard"]) == 0
+
+    assert list((tmp_path / "out" / "checkpoints" / "runs").glob("*/events.out.tfevents.*"))
+
+
 @pytest.fixture(scope="module")
-def lora_output(tmp_path_factory, tiny_model_dir) -> Path:
-    """A LoRA run of the real command line, merged: the folder the server is given."""
+def lora_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, str]:
+    """A LoRA run of the real command line, merged: its output folder and its stderr."""
     out = tmp_path_factory.mktemp("lora-run") / "out"
     result = run_cli("--model", str(tiny_model_dir), "--data", str(SAMPLE), "--output-dir",
                      str(out), *FAST, "--lora", "--max-steps", "3", "--learning-rate", "1e-2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: 3 steps" in result.stderr
-    return out
+    return out, result.stderr
+
+
+@pytest.fixture(scope="module")
+def lora_output(lora_run) -> Path:
+    """The folder the server is given."""
+    return lora_run[0]
+
+
+def test_the_command_shows_a_progress_bar_and_a_line_per_logging_step(lora_run):
+    _, stderr = lora_run
+    # tqdm redraws its bar in place (carriage returns); the last drawing is the finished bar.
+    bars = [d for d in re.split(r"[\r\n]", stderr) if d.startswith("alpaca-train: training:")]
+
+    assert bars, stderr[-3000:]
+    assert re.search(r"100%\|.*\| 3/3 \[.*loss=\d+\.\d{4}, lr=\S+\]$", bars[-1]), bars[-1]
+    for step in (1, 2, 3):
+        assert re.search(rf"^alpaca-train: step {step}/3 \| loss \d", stderr, re.M), step
 
 
 def test_lora_output_folder_describes_itself_and_holds_weights_tokenizer_and_adapter(
@@ -293,7 +359,9 @@ def test_merged_model_equals_base_plus_adapter(lora_output, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_a_model_trained_by_the_command_is_served_by_the_vllm_engine(lora_output, tmp_path):
+def test_a_model_trained_by_the_command_is_served_and_info_reports_its_training(
+    lora_output, tiny_model_dir, tmp_path
+):
     server = ServerProcess(tiny_server_env(lora_output), tmp_path / "server.log")
     try:
         server.wait_until_ready()
@@ -307,3 +375,9 @@ def test_a_model_trained_by_the_command_is_served_by_the_vllm_engine(lora_output
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] >= 1
     assert info["prompt_template"] == TEMPLATE_NAME
+    provenance = info["provenance"]
+    assert (provenance["made_by"], provenance["marker"], provenance["prompt_template_source"]) == (
+        "alpaca-train", "alpaca_train.json", "marker")
+    assert (provenance["method"], provenance["base_model"], provenance["data"]) == (
+        "lora", str(tiny_model_dir), str(SAMPLE))
+    assert provenance["created_at"]
