@@ -114,7 +114,7 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict:
     steps = args.warmup_steps + args.steps
     with tempfile.TemporaryDirectory() as out:
         train_args = parse_args([
-            "--model", str(model_dir), "--data", str(args.data), "--output-dir", out,
+            "--model", str(model_dir), "--data", str(args.data), "--out", out,
             "--preset", "tiny", "--micro-batch-size", str(args.micro_batch_size),
             "--global-batch-size", str(args.micro_batch_size), "--model-max-length",
             str(args.max_length), "--max-steps", str(steps), "--save-steps", str(10 * steps),

@@ -61,6 +61,7 @@ def test_bad_input_is_one_error_line_and_exit_status_2(name, capsys, tmp_path):
         status = exited.code
     assert status == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines and lines[-1].startswith(f"{name}: error: "), lines
-    # One line of ours; argparse may put its usage line before it, never a traceback.
-    assert len(lines) <= 2 and "Traceback" not in "\n".join(lines)
+    # One line of ours (argparse puts its usage before it), never a traceback.
+    assert lines and lines[-1].startswith(name) and ": error: " in lines[-1], lines
+    assert sum(": error: " in line for line in lines) == 1
+    assert "Traceback" not in "\n".join(lines)

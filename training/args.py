@@ -2,7 +2,7 @@
 
 Usage:
     from training.args import parse_args
-    args = parse_args(["--model", "./base", "--data", "alpaca_data.json", "--output-dir", "out"])
+    args = parse_args(["--model", "./base", "--data", "alpaca_data.json", "--out", "out"])
     args.train.learning_rate, args.lora.r, args.data.model_max_length
 
 Every field becomes a command-line option of the same name (`model_max_length` ->
@@ -116,7 +116,8 @@ class TrainArgs:
 
     model: Path | None = _opt(None, "base model: a Hugging Face folder (required)")
     output_dir: Path | None = _opt(
-        None, "where the servable model, alpaca_train.json and checkpoints/ go (required)"
+        None, "where the servable model, alpaca_train.json and checkpoints/ go (required; "
+        "--output-dir, the Trainer's name, works too)", flags=("--out", "--output-dir")
     )
     preset: str = _opt(
         "7b", "hyperparameter defaults: 7b and 13b are the Alpaca paper's table, tiny is for "
@@ -263,7 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
         group = parser.add_argument_group(title)
         for f in dataclasses.fields(cls):
             _add_option(group, f)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
 
 
 def parse_args(argv: list[str] | None = None) -> AlpacaTrainArgs:
@@ -280,7 +288,7 @@ def parse_args(argv: list[str] | None = None) -> AlpacaTrainArgs:
 
 def _add_option(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
     kind = _base_type(f.type)
-    extra = {k: v for k, v in f.metadata.items() if k != "help"}
+    extra = {k: v for k, v in f.metadata.items() if k not in ("help", "flags")}
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     kwargs: dict[str, Any] = {"help": f.metadata["help"], "default": default, "dest": f.name}
     if kind is bool:
@@ -293,7 +301,7 @@ def _add_option(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
     kwargs.update(extra)
     if "choices" in kwargs:
         kwargs.pop("metavar", None)
-    group.add_argument(f"--{_flag(f.name)}", **kwargs)
+    group.add_argument(*f.metadata.get("flags", [f"--{_flag(f.name)}"]), **kwargs)
 
 
 def _base_type(annotation: Any) -> type:

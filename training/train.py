@@ -1,11 +1,11 @@
 """Alpaca supervised fine-tuning, full or LoRA, on one process or many: the `alpaca-train` command.
 
 Usage:
-    alpaca-train --model ./llama-7b --data alpaca_data.json --output-dir ./alpaca-7b       # paper
-    alpaca-train --model ./base --data data.jsonl --output-dir out --lora --preset tiny \
+    alpaca-train --model ./llama-7b --data alpaca_data.json --out ./alpaca-7b       # paper
+    alpaca-train --model ./base --data data.jsonl --out out --lora --preset tiny \
         --max-steps 60                                       # LoRA, a short run
     torchrun --nproc_per_node 8 -m training.train --model ./llama-7b --data alpaca_data.json \
-        --output-dir ./alpaca-7b --fsdp                      # 8 GPUs, FSDP full shard
+        --out ./alpaca-7b --fsdp                      # 8 GPUs, FSDP full shard
     alpaca-train --help                                     # every option
 
 Steps, in order: check the arguments and every data record (a bad one stops the run here, before
@@ -94,7 +94,7 @@ def check_paths(args: AlpacaTrainArgs) -> None:
     if has_checkpoints and args.train.resume is None:
         raise ArgsError(
             f"{checkpoints} already holds checkpoints: pass --resume to continue from the last "
-            "one, or choose another --output-dir"
+            "one, or choose another --out"
         )
     if args.train.deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
         raise ArgsError("--deepspeed needs the deepspeed package: pip install deepspeed")

@@ -23,7 +23,7 @@ def write_json(path: Path, value) -> None:
 def train_marker(folder: Path, *extra: str) -> None:
     """alpaca_train.json as alpaca-train writes it at the end of a run into `folder`."""
     args = parse_args(["--model", "/models/llama-7b", "--data", "/data/alpaca_data.json",
-                       "--output-dir", str(folder), *extra])
+                       "--out", str(folder), *extra])
     summary = TrainSummary(global_step=3, steps_this_run=3, examples=6, tokens=300, seconds=1.5,
                            train_loss=2.0)
     stats = SimpleNamespace(examples=6, truncated=0, dropped_no_target=0, tokens=300)

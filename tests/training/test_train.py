@@ -66,7 +66,7 @@ def in_process_trainer(tmp_path, tiny_model_dir, records, *extra):
     from training.tokenization import tokenize_records
 
     args = parse_args(["--model", str(tiny_model_dir), "--data", str(SAMPLE),
-                       "--output-dir", str(tmp_path / "out"), *FAST, *extra])
+                       "--out", str(tmp_path / "out"), *FAST, *extra])
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     examples, _ = tokenize_records(records, tokenizer, args.data.model_max_length)
     training_args = build_training_args(args, args.train.gradient_accumulation_steps(1))
@@ -89,7 +89,7 @@ def test_an_invalid_record_stops_the_run_before_training_naming_its_index(tmp_pa
     good = {"instruction": "Say hi.", "output": "Hi!"}
     data = write_records(tmp_path / "bad.json", [good, good, {"instruction": "No answer."}])
 
-    result = run_cli("--model", str(ROOT), "--data", str(data), "--output-dir",
+    result = run_cli("--model", str(ROOT), "--data", str(data), "--out",
                      str(tmp_path / "out"))
 
     assert result.returncode == 2
@@ -98,7 +98,7 @@ def test_an_invalid_record_stops_the_run_before_training_naming_its_index(tmp_pa
     config_dir = tmp_path / "model"
     config_dir.mkdir()
     (config_dir / "config.json").write_text("{}")
-    result = run_cli("--model", str(config_dir), "--data", str(data), "--output-dir",
+    result = run_cli("--model", str(config_dir), "--data", str(data), "--out",
                      str(tmp_path / "out"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -118,7 +118,7 @@ def test_skip_invalid_drops_bad_records_and_counts_them(tmp_path):
 
 
 def test_a_global_batch_that_does_not_divide_is_a_one_line_error(tmp_path, capsys):
-    status = main(["--model", "m", "--data", "d", "--output-dir", str(tmp_path),
+    status = main(["--model", "m", "--data", "d", "--out", str(tmp_path),
                    "--global-batch-size", "10", "--micro-batch-size", "4"])
 
     assert status == 2
@@ -129,7 +129,7 @@ def test_a_global_batch_that_does_not_divide_is_a_one_line_error(tmp_path, capsy
 
 def test_presets_follow_the_alpaca_paper_and_accumulation_follows_the_world_size():
     def resolved(*extra):
-        return parse_args(["--model", "m", "--data", "d", "--output-dir", "o", *extra])
+        return parse_args(["--model", "m", "--data", "d", "--out", "o", *extra])
 
     seven = resolved()
     assert (seven.train.global_batch_size, seven.train.learning_rate, seven.train.epochs,
@@ -149,7 +149,7 @@ def test_presets_follow_the_alpaca_paper_and_accumulation_follows_the_world_size
 def test_fsdp_shards_fully_and_wraps_the_decoder_layer_class_read_from_the_model(
     tiny_model_dir, tmp_path
 ):
-    args = parse_args(["--model", str(tiny_model_dir), "--data", "d", "--output-dir",
+    args = parse_args(["--model", str(tiny_model_dir), "--data", "d", "--out",
                        str(tmp_path), "--fsdp"])
 
     training_args = build_training_args(args, args.train.gradient_accumulation_steps(8))
@@ -211,7 +211,7 @@ def test_lora_changes_every_adapter_weight_and_no_frozen_weight(tmp_path, tiny_m
 
 def test_training_resumes_from_the_saved_step(tmp_path, tiny_model_dir, capsys):
     data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(4)])
-    common = ["--model", str(tiny_model_dir), "--data", str(data), "--output-dir",
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--out",
               str(tmp_path / "out"), *FAST, "--save-steps", "2"]
     assert main([*common, "--max-steps", "2"]) == 0
     capsys.readouterr()
@@ -236,7 +236,7 @@ def test_packing_and_length_grouping_train_to_a_servable_folder(
 ):
     data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(8)])
 
-    status = main(["--model", str(tiny_model_dir), "--data", str(data), "--output-dir",
+    status = main(["--model", str(tiny_model_dir), "--data", str(data), "--out",
                    str(tmp_path / "out"), *FAST, "--micro-batch-size", "2",
                    "--global-batch-size", "4", "--max-steps", "2", option])
 
@@ -254,7 +254,7 @@ def test_trackers_reach_the_trainer_and_a_missing_or_unknown_one_is_a_one_line_e
     )
 
     def args(report_to):
-        return parse_args(["--model", str(tiny_model_dir), "--data", str(SAMPLE), "--output-dir",
+        return parse_args(["--model", str(tiny_model_dir), "--data", str(SAMPLE), "--out",
                            str(tmp_path / "out"), *FAST, "--report-to", report_to])
 
     assert build_training_args(args("tensorboard, WandB"), 1).report_to == ["tensorboard", "wandb"]
@@ -263,7 +263,7 @@ def test_trackers_reach_the_trainer_and_a_missing_or_unknown_one_is_a_one_line_e
     installed = get_available_reporting_integrations()
     missing = next(name for name in ("tensorboard", *sorted(INTEGRATION_TO_CALLBACK))
                    if name not in installed and name != "flyte")
-    common = ["--model", str(tiny_model_dir), "--data", str(SAMPLE), "--output-dir",
+    common = ["--model", str(tiny_model_dir), "--data", str(SAMPLE), "--out",
               str(tmp_path / "out"), *FAST, "--max-steps", "1"]
 
     assert main([*common, "--report-to", missing]) == 2
@@ -284,7 +284,7 @@ def test_report_to_tensorboard_writes_its_event_files(tmp_path, tiny_model_dir):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed in this environment")
     data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(2)])
 
-    assert main(["--model", str(tiny_model_dir), "--data", str(data), "--output-dir",
+    assert main(["--model", str(tiny_model_dir), "--data", str(data), "--out",
                  str(tmp_path / "out"), *FAST, "--max-steps", "1", "--report-to",
                  "tensorboard"]) == 0
 
@@ -295,7 +295,7 @@ def test_report_to_tensorboard_writes_its_event_files(tmp_path, tiny_model_dir):
 def lora_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, str]:
     """A LoRA run of the real command line, merged: its output folder and its stderr."""
     out = tmp_path_factory.mktemp("lora-run") / "out"
-    result = run_cli("--model", str(tiny_model_dir), "--data", str(SAMPLE), "--output-dir",
+    result = run_cli("--model", str(tiny_model_dir), "--data", str(SAMPLE), "--out",
                      str(out), *FAST, "--lora", "--max-steps", "3", "--learning-rate", "1e-2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: 3 steps" in result.stderr
