@@ -204,7 +204,7 @@ def test_base_with_one_perturbed_tensor_fails_verification_naming_it(
     save_tensors(bad_base, tensors)
 
     out = tmp_path / "recovered"
-    assert run("recover", "--raw", bad_base, "--diff", diff_dir, "--out", out) == 1
+    assert run("recover", "--raw", bad_base, "--diff", diff_dir, "--out", out) == 2
     error = capsys.readouterr().err
     assert error.startswith("alpaca-recover: error: model.layers.1.mlp.up_proj.weight does not ")
     assert "wrong base model" in error and error.count("\n") == 1
@@ -216,7 +216,7 @@ def test_base_saved_in_float16_is_named_as_the_cause(models, diff_dir, tmp_path,
     shutil.copytree(models["base"], half_base)
     save_tensors(half_base, {k: v.half() for k, v in load_tensors(half_base).items()})
 
-    assert run("recover", "--raw", half_base, "--diff", diff_dir, "--out", tmp_path / "out") == 1
+    assert run("recover", "--raw", half_base, "--diff", diff_dir, "--out", tmp_path / "out") == 2
     assert "stores it as float16, the diff was made from a float32 base" in capsys.readouterr().err
 
 
@@ -245,7 +245,7 @@ def test_missing_extra_or_misshapen_base_tensor_is_named(
         tensors[name] = tensors[name][:16]
     save_tensors(base, tensors)
 
-    assert run("recover", "--raw", base, "--diff", diff_dir, "--out", tmp_path / "out") == 1
+    assert run("recover", "--raw", base, "--diff", diff_dir, "--out", tmp_path / "out") == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -258,7 +258,7 @@ def test_truncated_diff_shard_is_reported_before_anything_is_written(
     shard = sorted(diff.glob("model-*.safetensors"))[-1]
     shard.write_bytes(shard.read_bytes()[:-100])
 
-    assert run("recover", "--raw", models["base"], "--diff", diff, "--out", tmp_path / "out") == 1
+    assert run("recover", "--raw", models["base"], "--diff", diff, "--out", tmp_path / "out") == 2
     error = capsys.readouterr().err
     assert f"diff: {shard} is truncated" in error and "download it again" in error
     assert not (tmp_path / "out").exists()
@@ -309,7 +309,7 @@ def test_published_format_diff_recovers_with_the_original_sum_check(
     assert all(torch.allclose(recovered[k], tuned[k], rtol=0, atol=1e-6) for k in tuned)
 
     assert run("recover", "--raw", models["base"], "--diff", diff, "--out", tmp_path / "bad",
-               "--expected-sum", repr(expected_sum + 0.5)) == 1
+               "--expected-sum", repr(expected_sum + 0.5)) == 2
     assert "integrity check failed: the recovered tensors sum to" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
@@ -378,7 +378,7 @@ def test_truncated_bin_shard_is_reported(models, tmp_path, capsys):
     shard = diff / "pytorch_model-00002-of-00002.bin"
     shard.write_bytes(shard.read_bytes()[:-200])
 
-    assert run("recover", "--raw", models["base"], "--diff", diff, "--out", tmp_path / "out") == 1
+    assert run("recover", "--raw", models["base"], "--diff", diff, "--out", tmp_path / "out") == 2
     error = capsys.readouterr().err
     assert f"diff: {shard} is not a readable PyTorch file" in error
     assert "truncated or corrupted download?" in error
@@ -407,7 +407,7 @@ def test_not_enough_disk_space_is_refused_before_starting(
 ):
     full_disk = SimpleNamespace(total=10**12, used=10**12 - 1000, free=1000)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: full_disk)
-    assert run("recover", "--raw", models["base"], "--diff", diff_dir, "--out", tmp_path / "o") == 1
+    assert run("recover", "--raw", models["base"], "--diff", diff_dir, "--out", tmp_path / "o") == 2
     assert "not enough disk space in" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -415,7 +415,7 @@ def test_not_enough_disk_space_is_refused_before_starting(
 def test_existing_output_is_kept_unless_forced(models, diff_dir, tmp_path, capsys):
     out = tmp_path / "recovered"
     out.mkdir()
-    assert run("recover", "--raw", models["base"], "--diff", diff_dir, "--out", out) == 1
+    assert run("recover", "--raw", models["base"], "--diff", diff_dir, "--out", out) == 2
     assert "output folder exists" in capsys.readouterr().err
     assert run("recover", "--raw", models["base"], "--diff", diff_dir, "--out", out,
                "--force") == 0

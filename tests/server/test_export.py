@@ -142,7 +142,7 @@ def run_export(*args: str) -> subprocess.CompletedProcess:
 def test_export_reports_a_bad_database_url_in_one_line():
     result = run_export("--database", "mysql://alpaca:s3cret@localhost/alpaca")
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("alpaca-export: error: unsupported database URL")
@@ -154,7 +154,7 @@ def test_export_without_a_database_says_so_and_creates_nothing(tmp_path):
 
     result = run_export("--data-dir", str(data_dir))
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == (
         f"alpaca-export: error: no database at {data_dir / 'alpaca.sqlite3'} (give --database "
         "or --data-dir, or let the server record generations first)"

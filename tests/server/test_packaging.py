@@ -75,7 +75,7 @@ def test_every_setting_reads_its_alpaca_environment_variable(monkeypatch):
 def test_convert_reports_a_missing_gguf_file_in_one_line(tmp_path):
     result = run("-m", "recover.convert", "--gguf", str(tmp_path / "missing.gguf"),
                  "--out", str(tmp_path / "out"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == (
         f"alpaca-convert: error: GGUF file not found: {tmp_path / 'missing.gguf'}"
     )
