@@ -9,7 +9,6 @@ Usage:
 streamed, `POST /feedback`.
 """
 
-import json
 from pathlib import Path
 
 import gradio as gr
@@ -18,6 +17,7 @@ from client.api import AsyncAlpacaClient
 from demo.chat import FLAGS, ChatHandlers
 from demo.compare import VOTES, CompareHandlers
 from demo.settings import DemoSettings
+from evaluation.answers import load_instructions
 from evaluation.comparison import load_comparison
 
 DISCLAIMER = (
@@ -30,19 +30,11 @@ REQUEST_TIMEOUT_S = 300.0  # a long answer on a slow machine still arrives
 
 
 def load_examples(path: Path | None, limit: int) -> list[list[str]]:
-    """[instruction, input] pairs from a JSON-lines file of the evaluation set's shape."""
+    """[instruction, input] pairs from an instruction file as `alpaca-eval answer` reads them
+    (the evaluation set's JSON lines, or an Alpaca JSON list)."""
     if path is None or limit == 0:
         return []
-    examples = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        instances = record.get("instances") or [{}]
-        examples.append([record["instruction"], instances[0].get("input", "")])
-        if len(examples) == limit:
-            break
-    return examples
+    return [[item["instruction"], item["input"]] for item in load_instructions(path, limit)]
 
 
 def build_handlers(settings: DemoSettings) -> tuple[ChatHandlers, CompareHandlers]:

@@ -64,8 +64,16 @@ class DemoSettings(BaseSettings):
     @field_validator("examples_file")
     @classmethod
     def _examples_exist(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
+        if path is None:
+            return None
+        if not path.is_file():
             raise ValueError(f"examples file {path} does not exist")
+        from evaluation.answers import EvaluationError, load_instructions
+
+        try:
+            load_instructions(path)
+        except EvaluationError as err:
+            raise ValueError(str(err)) from err
         return path
 
     @field_validator("comparison_file")

@@ -61,3 +61,23 @@ def test_the_server_refuses_to_mount_the_demo_on_such_a_comparison_in_one_line(t
     assert result.stderr.startswith("alpaca-serve: error: invalid ALPACA_DEMO_* settings: "
                                     "comparison_file: "), result.stderr
     assert result.stderr.count("\n") == 1 and "Value error" not in result.stderr
+
+
+def test_examples_are_read_from_a_json_lines_file_or_an_alpaca_json_list(tmp_path):
+    from demo.app import load_examples
+
+    lines = tmp_path / "eval.jsonl"
+    lines.write_text('{"instruction": "Say hi.", "instances": [{"input": "to Ann"}]}\n\n'
+                     '{"instruction": "Count.", "instances": [{"input": ""}]}\n')
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Add.", "input": "1, 2", "output": "3"}]))
+    assert load_examples(DemoSettings(examples_file=lines).examples_file, 8) == [
+        ["Say hi.", "to Ann"], ["Count.", ""]]
+    assert load_examples(alpaca, 1) == [["Add.", "1, 2"]]
+
+
+def test_an_examples_file_that_does_not_parse_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"instruction": "ok"}\n{"instruction": \n')
+    with pytest.raises(ValidationError, match="line 2"):
+        DemoSettings(examples_file=path)
