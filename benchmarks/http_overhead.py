@@ -115,8 +115,13 @@ def _sampling_options(max_new_tokens: int):
 
     # What the server builds from the http phase's body (see server/pipeline.py).
     return SamplingOptions(
-        max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, top_k=0,
-        repetition_penalty=1.0, stop=tuple(SECTION_HEADERS), seed=None,
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        repetition_penalty=1.0,
+        stop=tuple(SECTION_HEADERS),
+        seed=None,
     )
 
 
@@ -155,8 +160,12 @@ class HttpClient:
 
     async def request(self, instruction: str) -> RequestResult:
         body = {
-            "instruction": instruction, "max_new_tokens": self.max_new_tokens,
-            "temperature": 0.0, "top_p": 1.0, "top_k": 0, "stream": True,
+            "instruction": instruction,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "stream": True,
         }
         start = time.perf_counter()
         ttft = None
@@ -168,7 +177,7 @@ class HttpClient:
                 line = raw.decode().strip()
                 if not line.startswith("data:"):
                     continue
-                data = line[len("data:"):].strip()
+                data = line[len("data:") :].strip()
                 if data == "[DONE]":
                     break
                 event = json.loads(data)
@@ -189,10 +198,12 @@ class HttpClient:
 
 async def run_phase(client, phase: str, round_no: int, workload: Workload) -> RoundResult:
     """A warm-up, then `clients` concurrent loops of `requests_per_client` requests each."""
-    await asyncio.gather(*(
-        client.request(workload.instructions[i % len(workload.instructions)])
-        for i in range(WARMUP_REQUESTS)
-    ))
+    await asyncio.gather(
+        *(
+            client.request(workload.instructions[i % len(workload.instructions)])
+            for i in range(WARMUP_REQUESTS)
+        )
+    )
 
     async def one_client(c: int) -> list[RequestResult]:
         return [
@@ -206,8 +217,12 @@ async def run_phase(client, phase: str, round_no: int, workload: Workload) -> Ro
     results = [r for rs in per_client for r in rs]
     tokens = sum(r.completion_tokens for r in results)
     return RoundResult(
-        phase=phase, round=round_no, requests=len(results), completion_tokens=tokens,
-        wall_s=wall, tokens_per_s=tokens / wall if wall > 0 else 0.0,
+        phase=phase,
+        round=round_no,
+        requests=len(results),
+        completion_tokens=tokens,
+        wall_s=wall,
+        tokens_per_s=tokens / wall if wall > 0 else 0.0,
         ttft_ms=[r.ttft_s * 1000 for r in results if r.ttft_s is not None],
     )
 
@@ -221,8 +236,9 @@ def _free_socket(host: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
-async def _wait_ready(session, base_url: str, server_task: asyncio.Task,
-                      timeout_s: float = 120.0) -> None:
+async def _wait_ready(
+    session, base_url: str, server_task: asyncio.Task, timeout_s: float = 120.0
+) -> None:
     import aiohttp
 
     deadline = time.monotonic() + timeout_s
@@ -278,8 +294,11 @@ def load_engine(settings):
     started = time.perf_counter()
     # Built outside the event loop, as the app builds it in a worker thread: blocking is fine here.
     engine = build_engine(settings, model_path)
-    print(f"engine ready in {time.perf_counter() - started:.1f} s ({engine.device}, "
-          f"{engine.dtype})", file=sys.stderr, flush=True)
+    print(
+        f"engine ready in {time.perf_counter() - started:.1f} s ({engine.device}, {engine.dtype})",
+        file=sys.stderr,
+        flush=True,
+    )
     return model_path, engine
 
 
@@ -293,26 +312,34 @@ async def run_rounds(engine, settings, workload: Workload, rounds: int) -> list[
     app = create_app(settings, engine=engine)
     sock = _free_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
     server_task = asyncio.create_task(server.serve(sockets=[sock]))
     base_url = f"http://127.0.0.1:{port}"
     connector = aiohttp.TCPConnector(limit=workload.clients + WARMUP_REQUESTS + 4)
     results: list[RoundResult] = []
     try:
-        async with aiohttp.ClientSession(connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=None)) as http:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+        ) as http:
             await _wait_ready(http, base_url, server_task)
-            clients = {"engine": EngineClient(engine, workload.max_new_tokens),
-                       "http": HttpClient(http, base_url, workload.max_new_tokens)}
+            clients = {
+                "engine": EngineClient(engine, workload.max_new_tokens),
+                "http": HttpClient(http, base_url, workload.max_new_tokens),
+            }
             for round_no in range(1, rounds + 1):
                 for phase in PHASES:
                     result = await run_phase(clients[phase], phase, round_no, workload)
                     results.append(result)
-                    print(f"round {round_no} {phase:>6}: {result.requests} requests, "
-                          f"{result.completion_tokens} tokens in {result.wall_s:.2f} s = "
-                          f"{result.tokens_per_s:.1f} tok/s", file=sys.stderr, flush=True)
+                    print(
+                        f"round {round_no} {phase:>6}: {result.requests} requests, "
+                        f"{result.completion_tokens} tokens in {result.wall_s:.2f} s = "
+                        f"{result.tokens_per_s:.1f} tok/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     finally:
         server.should_exit = True
         await asyncio.gather(server_task, return_exceptions=True)
@@ -334,8 +361,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def summarize(rounds: list[RoundResult], args: argparse.Namespace, model_path: Path,
-              engine) -> dict[str, Any]:
+def summarize(
+    rounds: list[RoundResult], args: argparse.Namespace, model_path: Path, engine
+) -> dict[str, Any]:
     phases = {}
     for phase in PHASES:
         mine = [r for r in rounds if r.phase == phase]
@@ -391,10 +419,16 @@ def format_table(figures: dict[str, Any]) -> str:
             f"{p['ttft_p50_ms']:>12.1f} {p['ttft_p99_ms']:>12.1f} {p['requests']:>9d} "
             f"{p['completion_tokens']:>8d}"
         )
-    ratio, ratio_best = (figures["ratio_http_over_engine_tokens_per_s"],
-                         figures["ratio_http_over_engine_tokens_per_s_best"])
-    lines += ["", f"http/engine tokens/s: {ratio:.3f} (mean)   {ratio_best:.3f} (best)"
-              if ratio is not None else "http/engine tokens/s: n/a (no engine tokens)"]
+    ratio, ratio_best = (
+        figures["ratio_http_over_engine_tokens_per_s"],
+        figures["ratio_http_over_engine_tokens_per_s_best"],
+    )
+    lines += [
+        "",
+        f"http/engine tokens/s: {ratio:.3f} (mean)   {ratio_best:.3f} (best)"
+        if ratio is not None
+        else "http/engine tokens/s: n/a (no engine tokens)",
+    ]
     return "\n".join(lines)
 
 
@@ -412,8 +446,10 @@ def load_instructions(path: Path | None) -> list[str]:
         try:
             instruction = json.loads(line)["instruction"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise SystemExit(f"alpaca-bench: error: {path}:{number}: not a JSON object with an "
-                             f"\"instruction\" field ({err})") from err
+            raise SystemExit(
+                f"alpaca-bench: error: {path}:{number}: not a JSON object with an "
+                f'"instruction" field ({err})'
+            ) from err
         if isinstance(instruction, str) and instruction.strip():
             instructions.append(instruction)
     if not instructions:
@@ -442,25 +478,50 @@ def build_parser() -> argparse.ArgumentParser:
         "through POST /generate (streaming), by the same concurrent clients.",
     )
     parser.add_argument(
-        "--model", type=Path,
+        "--model",
+        type=Path,
         help="Hugging Face folder of a LLaMA-family model (default: the bundled "
         "SmolLM2-135M-Instruct, converted once into ALPACA_CACHE_DIR)",
     )
-    parser.add_argument("--clients", type=_positive_int, default=8,
-                        help="concurrent clients in each phase (default 8)")
-    parser.add_argument("--requests-per-client", type=_positive_int, default=4,
-                        help="requests each client sends, one after the other (default 4)")
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=128,
-                        help="max_new_tokens of every request; greedy decoding (default 128)")
-    parser.add_argument("--rounds", type=_positive_int, default=2,
-                        help="times each phase runs, alternating engine, http (default 2)")
-    parser.add_argument("--instructions", type=Path,
-                        help="JSON-lines file of {\"instruction\": ...} objects to use as "
-                        "prompts (default: 16 built-in instructions)")
-    parser.add_argument("--kv-cache-gib", type=_positive_float, default=1.0,
-                        help="KV cache size on CPU, in GiB (default 1)")
-    parser.add_argument("--json", type=Path, metavar="PATH",
-                        help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--clients",
+        type=_positive_int,
+        default=8,
+        help="concurrent clients in each phase (default 8)",
+    )
+    parser.add_argument(
+        "--requests-per-client",
+        type=_positive_int,
+        default=4,
+        help="requests each client sends, one after the other (default 4)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=128,
+        help="max_new_tokens of every request; greedy decoding (default 128)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=2,
+        help="times each phase runs, alternating engine, http (default 2)",
+    )
+    parser.add_argument(
+        "--instructions",
+        type=Path,
+        help='JSON-lines file of {"instruction": ...} objects to use as '
+        "prompts (default: 16 built-in instructions)",
+    )
+    parser.add_argument(
+        "--kv-cache-gib",
+        type=_positive_float,
+        default=1.0,
+        help="KV cache size on CPU, in GiB (default 1)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write the figures to this JSON file"
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
@@ -473,8 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.instructions is not None and not args.instructions.is_file():
         print(f"alpaca-bench: error: no such file: {args.instructions}", file=sys.stderr)
         return 2
-    workload = Workload(args.clients, args.requests_per_client, args.max_new_tokens,
-                        load_instructions(args.instructions))
+    workload = Workload(
+        args.clients,
+        args.requests_per_client,
+        args.max_new_tokens,
+        load_instructions(args.instructions),
+    )
     from pydantic import ValidationError
 
     try:

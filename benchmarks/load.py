@@ -64,16 +64,20 @@ async def one_request(session, url: str, body: dict, result: StepResult) -> None
         result.statuses[type(err).__name__] += 1
 
 
-async def run_step(session, url: str, rate: float, seconds: float, max_new_tokens: int,
-                   rng: random.Random) -> StepResult:
+async def run_step(
+    session, url: str, rate: float, seconds: float, max_new_tokens: int, rng: random.Random
+) -> StepResult:
     result = StepResult(rate)
     tasks = []
     start = time.perf_counter()
     next_at = start
     while next_at - start < seconds:
         await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-        body = {"instruction": rng.choice(INSTRUCTIONS), "max_new_tokens": max_new_tokens,
-                "temperature": 0.7}
+        body = {
+            "instruction": rng.choice(INSTRUCTIONS),
+            "max_new_tokens": max_new_tokens,
+            "temperature": 0.7,
+        }
         tasks.append(asyncio.create_task(one_request(session, url, body, result)))
         result.sent += 1
         next_at += rng.expovariate(rate)
@@ -94,38 +98,52 @@ async def run(args: argparse.Namespace) -> list[StepResult]:
             if response.status != 200:
                 raise SystemExit(f"load: error: {args.server_url}/ready answered {response.status}")
         for rate in args.rates:
-            result = await run_step(session, args.server_url, rate, args.step_seconds,
-                                    args.max_new_tokens, rng)
+            result = await run_step(
+                session, args.server_url, rate, args.step_seconds, args.max_new_tokens, rng
+            )
             results.append(result)
             print(format_row(result), flush=True)
     return results
 
 
-HEADER = (f"{'rate/s':>7} {'sent':>6} {'200':>6} {'429':>6} {'other':>6} "
-          f"{'p50 s':>7} {'p99 s':>7} {'out tok/s':>10}")
+HEADER = (
+    f"{'rate/s':>7} {'sent':>6} {'200':>6} {'429':>6} {'other':>6} "
+    f"{'p50 s':>7} {'p99 s':>7} {'out tok/s':>10}"
+)
 
 
 def format_row(r: StepResult) -> str:
     other = sum(n for status, n in r.statuses.items() if status not in (200, 429))
-    return (f"{r.rate:>7g} {r.sent:>6} {r.statuses[200]:>6} {r.statuses[429]:>6} {other:>6} "
-            f"{percentile(r.latencies, 50):>7.2f} {percentile(r.latencies, 99):>7.2f} "
-            f"{r.tokens / r.wall_s if r.wall_s else 0:>10.1f}")
+    return (
+        f"{r.rate:>7g} {r.sent:>6} {r.statuses[200]:>6} {r.statuses[429]:>6} {other:>6} "
+        f"{percentile(r.latencies, 50):>7.2f} {percentile(r.latencies, 99):>7.2f} "
+        f"{r.tokens / r.wall_s if r.wall_s else 0:>10.1f}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split(
-        "\n\n")[0])
-    parser.add_argument("--server-url", default="http://127.0.0.1:8000",
-                        help="the running server")
-    parser.add_argument("--rates", default="1,2,4,8,16",
-                        type=lambda text: [float(x) for x in text.split(",")],
-                        help="requests a second for each step, comma-separated")
-    parser.add_argument("--step-seconds", type=float, default=20.0,
-                        help="how long each step sends requests")
-    parser.add_argument("--max-new-tokens", type=int, default=32,
-                        help="max_new_tokens of every request")
-    parser.add_argument("--request-timeout", type=float, default=120.0,
-                        help="client-side limit for one request, in seconds")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.load", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--server-url", default="http://127.0.0.1:8000", help="the running server")
+    parser.add_argument(
+        "--rates",
+        default="1,2,4,8,16",
+        type=lambda text: [float(x) for x in text.split(",")],
+        help="requests a second for each step, comma-separated",
+    )
+    parser.add_argument(
+        "--step-seconds", type=float, default=20.0, help="how long each step sends requests"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=32, help="max_new_tokens of every request"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=120.0,
+        help="client-side limit for one request, in seconds",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of arrivals and prompts")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -134,18 +152,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print(f"load against {args.server_url}: {args.step_seconds:g} s a step, "
-          f"max_new_tokens {args.max_new_tokens}")
+    print(
+        f"load against {args.server_url}: {args.step_seconds:g} s a step, "
+        f"max_new_tokens {args.max_new_tokens}"
+    )
     print(HEADER)
     results = asyncio.run(run(args))
     if args.json:
         with open(args.json, "w") as out:
-            json.dump([{"rate": r.rate, "sent": r.sent, "ok": r.statuses[200],
+            json.dump(
+                [
+                    {
+                        "rate": r.rate,
+                        "sent": r.sent,
+                        "ok": r.statuses[200],
                         "refused": r.statuses[429],
                         "other": sum(n for s, n in r.statuses.items() if s not in (200, 429)),
-                        "p50_s": percentile(r.latencies, 50), "p99_s": percentile(r.latencies, 99),
-                        "output_tokens_per_s": r.tokens / r.wall_s} for r in results], out,
-                      indent=2)
+                        "p50_s": percentile(r.latencies, 50),
+                        "p99_s": percentile(r.latencies, 99),
+                        "output_tokens_per_s": r.tokens / r.wall_s,
+                    }
+                    for r in results
+                ],
+                out,
+                indent=2,
+            )
     return 0
 
 

@@ -37,25 +37,49 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.training_throughput",
         description="Training tokens/s and an MFU estimate for alpaca-train's Trainer setup.",
     )
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help="Hugging Face model folder (default: the server's converted default "
-                        "model, %(default)s; converted from the bundled GGUF if missing)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="Alpaca data file (default: %(default)s)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help="Hugging Face model folder (default: the server's converted default "
+        "model, %(default)s; converted from the bundled GGUF if missing)",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="Alpaca data file (default: %(default)s)"
+    )
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters (alpaca-lora's)")
-    parser.add_argument("--packing", action="store_true",
-                        help="pack each micro batch into one row without padding (alpaca-train "
-                        "--packing)")
-    parser.add_argument("--micro-batch-size", type=int, default=4,
-                        help="examples per forward pass (default: %(default)s)")
-    parser.add_argument("--max-length", type=int, default=256,
-                        help="model_max_length, tokens per example (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=8,
-                        help="timed optimizer steps, one micro batch each (default: %(default)s)")
-    parser.add_argument("--warmup-steps", type=int, default=2,
-                        help="untimed steps first (default: %(default)s)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="peak TFLOP/s for MFU (default: measured float32 matmul rate)")
+    parser.add_argument(
+        "--packing",
+        action="store_true",
+        help="pack each micro batch into one row without padding (alpaca-train --packing)",
+    )
+    parser.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=4,
+        help="examples per forward pass (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=256,
+        help="model_max_length, tokens per example (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=8,
+        help="timed optimizer steps, one micro batch each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup-steps", type=int, default=2, help="untimed steps first (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak TFLOP/s for MFU (default: measured float32 matmul rate)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return parser
 
@@ -63,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.steps < 1 or args.warmup_steps < 1:
-        print("training_throughput: error: --steps and --warmup-steps must be at least 1",
-              file=sys.stderr)
+        print(
+            "training_throughput: error: --steps and --warmup-steps must be at least 1",
+            file=sys.stderr,
+        )
         return 2
     model_dir = ensure_model(args.model)
     figures = measure(args, model_dir)
@@ -113,14 +139,34 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict:
 
     steps = args.warmup_steps + args.steps
     with tempfile.TemporaryDirectory() as out:
-        train_args = parse_args([
-            "--model", str(model_dir), "--data", str(args.data), "--out", out,
-            "--preset", "tiny", "--micro-batch-size", str(args.micro_batch_size),
-            "--global-batch-size", str(args.micro_batch_size), "--model-max-length",
-            str(args.max_length), "--max-steps", str(steps), "--save-steps", str(10 * steps),
-            "--logging-steps", str(10 * steps), "--learning-rate", "1e-5",
-            *(["--lora"] if args.lora else []), *(["--packing"] if args.packing else []),
-        ])
+        train_args = parse_args(
+            [
+                "--model",
+                str(model_dir),
+                "--data",
+                str(args.data),
+                "--out",
+                out,
+                "--preset",
+                "tiny",
+                "--micro-batch-size",
+                str(args.micro_batch_size),
+                "--global-batch-size",
+                str(args.micro_batch_size),
+                "--model-max-length",
+                str(args.max_length),
+                "--max-steps",
+                str(steps),
+                "--save-steps",
+                str(10 * steps),
+                "--logging-steps",
+                str(10 * steps),
+                "--learning-rate",
+                "1e-5",
+                *(["--lora"] if args.lora else []),
+                *(["--packing"] if args.packing else []),
+            ]
+        )
         records, _ = load_training_records(args.data, skip_invalid=False)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         add_missing_special_tokens(tokenizer)

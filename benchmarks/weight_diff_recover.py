@@ -84,9 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         # the RSS of the process they were forked from) measures them alone.
         started = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-c", "import sys; from benchmarks.weight_diff_recover import "
-             "write_models; write_models(sys.argv[1], sys.argv[2], int(sys.argv[3]), "
-             "int(sys.argv[4]))", root / "base", root / "tuned", str(layers), str(args.shards)],
+            [
+                sys.executable,
+                "-c",
+                "import sys; from benchmarks.weight_diff_recover import "
+                "write_models; write_models(sys.argv[1], sys.argv[2], int(sys.argv[3]), "
+                "int(sys.argv[4]))",
+                root / "base",
+                root / "tuned",
+                str(layers),
+                str(args.shards),
+            ],
             check=True,
         )
         print(
@@ -100,13 +108,31 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. make-diff, then recover, each in its own process.
         make_s, make_rss = measure(
-            [*cli, "make-diff", "--raw", root / "base", "--tuned", root / "tuned",
-             "--out", root / "diff", "--no-progress"]
+            [
+                *cli,
+                "make-diff",
+                "--raw",
+                root / "base",
+                "--tuned",
+                root / "tuned",
+                "--out",
+                root / "diff",
+                "--no-progress",
+            ]
         )
         shutil.rmtree(root / "tuned")
         recover_s, recover_rss = measure(
-            [*cli, "recover", "--raw", root / "base", "--diff", root / "diff",
-             "--out", root / "out", "--no-progress"]
+            [
+                *cli,
+                "recover",
+                "--raw",
+                root / "base",
+                "--diff",
+                root / "diff",
+                "--out",
+                root / "out",
+                "--no-progress",
+            ]
         )
         out_bytes = sum(f.stat().st_size for f in (root / "out").glob("*.safetensors"))
         shutil.rmtree(root / "out")
@@ -208,10 +234,16 @@ def write_models(base_dir: Path, tuned_dir: Path, layers: int, shards: int) -> N
         index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index))
         config = {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
-            "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": layers, "num_attention_heads": HEADS,
-            "num_key_value_heads": HEADS, "torch_dtype": "float32", "tie_word_embeddings": False,
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": vocab,
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": layers,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": HEADS,
+            "torch_dtype": "float32",
+            "tie_word_embeddings": False,
         }
         (folder / "config.json").write_text(json.dumps(config, indent=2))
 

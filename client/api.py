@@ -75,21 +75,32 @@ _DONE = object()  # the `[DONE]` that ends an event stream
 
 # --- the requests, built once for both clients ------------------------------------------------
 
+
 def _generate(instruction: str, input: str, options: dict[str, Any], stream: bool) -> _Call:
-    body = {"instruction": instruction, "input": input,
-            **{name: value for name, value in options.items() if value is not None}}
+    body = {
+        "instruction": instruction,
+        "input": input,
+        **{name: value for name, value in options.items() if value is not None},
+    }
     return _Call("POST", "/generate", {**body, "stream": True} if stream else body)
 
 
-def _rating(generation_id: str, rating: str, session_id: str | None, flag: str | None,
-            comment: str | None) -> _Call:
-    body = {"generation_id": generation_id, "rating": rating, "session_id": session_id,
-            "flag": flag, "comment": comment}
+def _rating(
+    generation_id: str, rating: str, session_id: str | None, flag: str | None, comment: str | None
+) -> _Call:
+    body = {
+        "generation_id": generation_id,
+        "rating": rating,
+        "session_id": session_id,
+        "flag": flag,
+        "comment": comment,
+    }
     return _Call("POST", "/feedback", {k: v for k, v in body.items() if v is not None})
 
 
-def _comparison(generation_ids: list[str], winner: str, session_id: str | None,
-                voter: str) -> _Call:
+def _comparison(
+    generation_ids: list[str], winner: str, session_id: str | None, voter: str
+) -> _Call:
     body = {"generation_ids": list(generation_ids), "winner": winner, "voter": voter}
     if session_id is not None:
         body["session_id"] = session_id
@@ -98,8 +109,11 @@ def _comparison(generation_ids: list[str], winner: str, session_id: str | None,
 
 def _import_batches(model: str, answers: list[dict[str, Any]]) -> Iterator[_Call]:
     for start in range(0, len(answers), IMPORT_BATCH):
-        yield _Call("POST", "/generations/import",
-                    {"model": model, "answers": answers[start:start + IMPORT_BATCH]})
+        yield _Call(
+            "POST",
+            "/generations/import",
+            {"model": model, "answers": answers[start : start + IMPORT_BATCH]},
+        )
 
 
 def _comparisons_page(after: int, limit: int | None) -> _Call:
@@ -108,8 +122,11 @@ def _comparisons_page(after: int, limit: int | None) -> _Call:
 
 
 def _chat(messages: list[dict[str, str]], model: str, options: dict[str, Any]) -> _Call:
-    body = {"model": model, "messages": messages,
-            **{name: value for name, value in options.items() if value is not None}}
+    body = {
+        "model": model,
+        "messages": messages,
+        **{name: value for name, value in options.items() if value is not None},
+    }
     return _Call("POST", "/v1/chat/completions", body)
 
 
@@ -141,8 +158,12 @@ class _ClientBase:
         if transport is not None:
             self._options["transport"] = transport
 
-    def _retry_wait(self, attempt: int, response: httpx.Response | None = None,
-                    error: httpx.TransportError | None = None) -> float | None:
+    def _retry_wait(
+        self,
+        attempt: int,
+        response: httpx.Response | None = None,
+        error: httpx.TransportError | None = None,
+    ) -> float | None:
         """Seconds to wait before asking again, or None when the failure is final."""
         if attempt >= self.retries.attempts:
             return None
@@ -155,8 +176,13 @@ class _ClientBase:
 
     def _transport_error(self, err: httpx.TransportError, call: _Call) -> APIRequestError:
         kind = UNREACHABLE if isinstance(err, httpx.ConnectError) else CONNECTION_FAILED
-        return APIRequestError(type(err).__name__, status=None, type=kind,
-                               server_url=self.server_url, request=str(call))
+        return APIRequestError(
+            type(err).__name__,
+            status=None,
+            type=kind,
+            server_url=self.server_url,
+            request=str(call),
+        )
 
     def _response_error(self, response: httpx.Response, call: _Call) -> APIRequestError:
         try:
@@ -171,14 +197,19 @@ class _ClientBase:
     def _error_of(self, error: dict[str, Any], status: int, call: _Call) -> APIRequestError:
         details = {k: v for k, v in error.items() if k not in ("message", "type", "param")}
         return APIRequestError(
-            str(error.get("message") or "no message"), status=status, type=error.get("type"),
-            param=error.get("param"), server_url=self.server_url, request=str(call),
+            str(error.get("message") or "no message"),
+            status=status,
+            type=error.get("type"),
+            param=error.get("param"),
+            server_url=self.server_url,
+            request=str(call),
             details=details,
         )
 
     def _invalid(self, what: str, call: _Call) -> APIRequestError:
-        return APIRequestError(what, status=200, type=INVALID_RESPONSE,
-                               server_url=self.server_url, request=str(call))
+        return APIRequestError(
+            what, status=200, type=INVALID_RESPONSE, server_url=self.server_url, request=str(call)
+        )
 
     def _json(self, response: httpx.Response, call: _Call) -> Any:
         try:
@@ -190,7 +221,7 @@ class _ClientBase:
         """The event a stream line carries: a dict, _DONE, or None for other lines."""
         if not line.startswith("data: "):
             return None
-        data = line[len("data: "):]
+        data = line[len("data: ") :]
         if data == "[DONE]":
             return _DONE
         try:
@@ -207,11 +238,19 @@ class _ClientBase:
 class AlpacaClient(_ClientBase):
     """The server's API for synchronous code (`alpaca-eval`, scripts)."""
 
-    def __init__(self, server_url: str, api_key: str | None = None, *, timeout_s: float = 300.0,
-                 retries: Retries = ASK_ONCE, transport: httpx.BaseTransport | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
-        super().__init__(server_url, api_key, timeout_s=timeout_s, retries=retries,
-                         transport=transport)
+    def __init__(
+        self,
+        server_url: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 300.0,
+        retries: Retries = ASK_ONCE,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        super().__init__(
+            server_url, api_key, timeout_s=timeout_s, retries=retries, transport=transport
+        )
         self._sleep = sleep
         self._http: httpx.Client | None = None
 
@@ -233,8 +272,9 @@ class AlpacaClient(_ClientBase):
         to the server's default."""
         return self._call(_generate(instruction, input, options, stream=False))
 
-    def stream_generate(self, instruction: str, input: str = "",
-                        **options: Any) -> Iterator[dict[str, Any]]:
+    def stream_generate(
+        self, instruction: str, input: str = "", **options: Any
+    ) -> Iterator[dict[str, Any]]:
         """`POST /generate` streamed: its events (`{"id", "text"}`, then one with
         `finish_reason`), as they come."""
         call = _generate(instruction, input, options, stream=True)
@@ -252,14 +292,26 @@ class AlpacaClient(_ClientBase):
             finally:
                 response.close()
 
-    def send_rating(self, generation_id: str, rating: str, session_id: str | None = None, *,
-                    flag: str | None = None, comment: str | None = None) -> dict[str, Any]:
+    def send_rating(
+        self,
+        generation_id: str,
+        rating: str,
+        session_id: str | None = None,
+        *,
+        flag: str | None = None,
+        comment: str | None = None,
+    ) -> dict[str, Any]:
         """`POST /feedback` with a rating ("up" or "down"): `{"id", "created"}`; created is
         False when it replaced this session's earlier rating."""
         return self._call(_rating(generation_id, rating, session_id, flag, comment))
 
-    def send_comparison(self, generation_ids: list[str], winner: str,
-                        session_id: str | None = None, voter: str = "human") -> dict[str, Any]:
+    def send_comparison(
+        self,
+        generation_ids: list[str],
+        winner: str,
+        session_id: str | None = None,
+        voter: str = "human",
+    ) -> dict[str, Any]:
         """`POST /feedback` with a pairwise vote (`winner`: one of the ids, "tie" or
         "both_bad"): `{"id", "created"}`."""
         return self._call(_comparison(generation_ids, winner, session_id, voter))
@@ -292,8 +344,9 @@ class AlpacaClient(_ClientBase):
         """`GET /v1/models`: the models served, as OpenAI lists them (`{"id", ...}`)."""
         return self._call(_MODELS).get("data") or []
 
-    def chat_completion(self, messages: list[dict[str, str]], model: str,
-                        **options: Any) -> dict[str, Any]:
+    def chat_completion(
+        self, messages: list[dict[str, str]], model: str, **options: Any
+    ) -> dict[str, Any]:
         """`POST /v1/chat/completions` (not streamed): the OpenAI-shaped answer."""
         return self._call(_chat(messages, model, options))
 
@@ -318,8 +371,7 @@ class AlpacaClient(_ClientBase):
         attempt = 0
         while True:
             attempt += 1
-            request = http.build_request(call.method, call.path, json=call.json,
-                                         params=call.params)
+            request = http.build_request(call.method, call.path, json=call.json, params=call.params)
             try:
                 response = http.send(request, stream=stream)
             except httpx.TransportError as err:
@@ -339,11 +391,19 @@ class AlpacaClient(_ClientBase):
 class AsyncAlpacaClient(_ClientBase):
     """The server's API for asyncio code (the demo, `alpaca-eval answer`)."""
 
-    def __init__(self, server_url: str, api_key: str | None = None, *, timeout_s: float = 300.0,
-                 retries: Retries = ASK_ONCE, transport: httpx.AsyncBaseTransport | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
-        super().__init__(server_url, api_key, timeout_s=timeout_s, retries=retries,
-                         transport=transport)
+    def __init__(
+        self,
+        server_url: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 300.0,
+        retries: Retries = ASK_ONCE,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
+        super().__init__(
+            server_url, api_key, timeout_s=timeout_s, retries=retries, transport=transport
+        )
         self._sleep = sleep
         self._http: httpx.AsyncClient | None = None
 
@@ -363,8 +423,9 @@ class AsyncAlpacaClient(_ClientBase):
         """As `AlpacaClient.generate`."""
         return await self._call(_generate(instruction, input, options, stream=False))
 
-    async def stream_generate(self, instruction: str, input: str = "",
-                              **options: Any) -> AsyncIterator[dict[str, Any]]:
+    async def stream_generate(
+        self, instruction: str, input: str = "", **options: Any
+    ) -> AsyncIterator[dict[str, Any]]:
         """As `AlpacaClient.stream_generate`."""
         call = _generate(instruction, input, options, stream=True)
         async with self._connection() as http:
@@ -381,15 +442,25 @@ class AsyncAlpacaClient(_ClientBase):
             finally:
                 await response.aclose()
 
-    async def send_rating(self, generation_id: str, rating: str, session_id: str | None = None,
-                          *, flag: str | None = None, comment: str | None = None
-                          ) -> dict[str, Any]:
+    async def send_rating(
+        self,
+        generation_id: str,
+        rating: str,
+        session_id: str | None = None,
+        *,
+        flag: str | None = None,
+        comment: str | None = None,
+    ) -> dict[str, Any]:
         """As `AlpacaClient.send_rating`."""
         return await self._call(_rating(generation_id, rating, session_id, flag, comment))
 
-    async def send_comparison(self, generation_ids: list[str], winner: str,
-                              session_id: str | None = None, voter: str = "human"
-                              ) -> dict[str, Any]:
+    async def send_comparison(
+        self,
+        generation_ids: list[str],
+        winner: str,
+        session_id: str | None = None,
+        voter: str = "human",
+    ) -> dict[str, Any]:
         """As `AlpacaClient.send_comparison`."""
         return await self._call(_comparison(generation_ids, winner, session_id, voter))
 
@@ -421,8 +492,9 @@ class AsyncAlpacaClient(_ClientBase):
         """As `AlpacaClient.models`."""
         return (await self._call(_MODELS)).get("data") or []
 
-    async def chat_completion(self, messages: list[dict[str, str]], model: str,
-                              **options: Any) -> dict[str, Any]:
+    async def chat_completion(
+        self, messages: list[dict[str, str]], model: str, **options: Any
+    ) -> dict[str, Any]:
         """As `AlpacaClient.chat_completion`."""
         return await self._call(_chat(messages, model, options))
 
@@ -442,14 +514,14 @@ class AsyncAlpacaClient(_ClientBase):
         async with self._connection() as http:
             return self._json(await self._send(http, call), call)
 
-    async def _send(self, http: httpx.AsyncClient, call: _Call,
-                    stream: bool = False) -> httpx.Response:
+    async def _send(
+        self, http: httpx.AsyncClient, call: _Call, stream: bool = False
+    ) -> httpx.Response:
         """As `AlpacaClient._send`."""
         attempt = 0
         while True:
             attempt += 1
-            request = http.build_request(call.method, call.path, json=call.json,
-                                         params=call.params)
+            request = http.build_request(call.method, call.path, json=call.json, params=call.params)
             try:
                 response = await http.send(request, stream=stream)
             except httpx.TransportError as err:

@@ -65,7 +65,8 @@ def describe_error(err: APIRequestError, key_hint: str | None = None) -> str:
         return f"The request was not accepted: {err.message}"
     if err.status == 401:
         return f"{where} wants a valid API key ({err.message})" + (
-            f"; {key_hint}." if key_hint else ".")
+            f"; {key_hint}." if key_hint else "."
+        )
     if err.type == "rate_limited":
         return "This API key has used up its rate limit for now; please try again in a moment."
     if err.status == 429:

@@ -40,11 +40,14 @@ def load_examples(path: Path | None, limit: int) -> list[list[str]]:
 def build_handlers(settings: DemoSettings) -> tuple[ChatHandlers, CompareHandlers]:
     """The two tabs' handlers, with a client of each server they talk to."""
     client = _client_of(settings.server_url, settings)
-    arm_clients = [_client_of(arm.server_url or settings.server_url, settings)
-                   for arm in settings.compare_arms]
+    arm_clients = [
+        _client_of(arm.server_url or settings.server_url, settings) for arm in settings.compare_arms
+    ]
     comparison = load_comparison(settings.comparison_file) if settings.comparison_file else None
-    return (ChatHandlers(client),
-            CompareHandlers(client, settings.compare_arms, arm_clients, comparison))
+    return (
+        ChatHandlers(client),
+        CompareHandlers(client, settings.compare_arms, arm_clients, comparison),
+    )
 
 
 def build_demo(settings: DemoSettings) -> gr.Blocks:
@@ -56,11 +59,19 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
         gr.Markdown("# Alpaca: instruction following")
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         with gr.Tab("Chat", elem_id="chat-tab"):
-            chatbot = gr.Chatbot(label="Conversation", elem_id="chatbot", height=420,
-                                 feedback_options=("Like", "Dislike"))
+            chatbot = gr.Chatbot(
+                label="Conversation",
+                elem_id="chatbot",
+                height=420,
+                feedback_options=("Like", "Dislike"),
+            )
             ids = gr.State({})  # message index -> generation id
-            instruction = gr.Textbox(label="Instruction", elem_id="instruction", lines=2,
-                                     placeholder="Tell the model what to do")
+            instruction = gr.Textbox(
+                label="Instruction",
+                elem_id="instruction",
+                lines=2,
+                placeholder="Tell the model what to do",
+            )
             input_box = gr.Textbox(label="Input (optional context)", elem_id="input", lines=1)
             with gr.Row():
                 send = gr.Button("Send", variant="primary", elem_id="send")
@@ -71,13 +82,17 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
                 top_p = gr.Slider(0.05, 1, value=0.75, step=0.05, label="Top-p")
                 max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label="Max new tokens")
             with gr.Row():
-                flag_choice = gr.Radio(list(FLAGS), label="Flag the last answer as",
-                                       elem_id="flag-choice")
+                flag_choice = gr.Radio(
+                    list(FLAGS), label="Flag the last answer as", elem_id="flag-choice"
+                )
                 flag = gr.Button("Flag", elem_id="flag")
             status = gr.Markdown(elem_id="feedback-status")
             if examples:
-                gr.Examples(examples, inputs=[instruction, input_box],
-                            label="Examples from the Alpaca evaluation set")
+                gr.Examples(
+                    examples,
+                    inputs=[instruction, input_box],
+                    label="Examples from the Alpaca evaluation set",
+                )
             inputs = [instruction, input_box, temperature, top_p, max_new_tokens, chatbot, ids]
             outputs = [chatbot, ids, instruction]
             sent = send.click(chat.respond, inputs, outputs)
@@ -87,30 +102,37 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
             chatbot.like(chat.on_like, [ids], [status])
             flag.click(chat.on_flag, [flag_choice, ids], [status])
         with gr.Tab("Compare", elem_id="compare-tab"):
-            gr.Markdown("One instruction, two answers from different models or settings, shown "
-                        "as A and B in random order. Vote, then see which was which.")
+            gr.Markdown(
+                "One instruction, two answers from different models or settings, shown "
+                "as A and B in random order. Vote, then see which was which."
+            )
             compare_instruction = gr.Textbox(label="Instruction", elem_id="compare-instruction")
             go = gr.Button("Get two answers", variant="primary", elem_id="compare-go")
             if compare.comparison:
-                next_button = gr.Button("Next pair from the evaluation set",
-                                        elem_id="compare-next")
+                next_button = gr.Button("Next pair from the evaluation set", elem_id="compare-next")
             with gr.Row():
                 answer_a = gr.Textbox(label="A", elem_id="answer-a", lines=8, interactive=False)
                 answer_b = gr.Textbox(label="B", elem_id="answer-b", lines=8, interactive=False)
             with gr.Row():
-                votes = [gr.Button(label, interactive=False, elem_id=f"vote-{key}")
-                         for key, label in VOTES.items()]
+                votes = [
+                    gr.Button(label, interactive=False, elem_id=f"vote-{key}")
+                    for key, label in VOTES.items()
+                ]
             reveal = gr.Markdown(elem_id="compare-reveal")
             compare_state = gr.State({})
-            go.click(compare.compare, [compare_instruction],
-                     [answer_a, answer_b, *votes, reveal, compare_state])
+            go.click(
+                compare.compare,
+                [compare_instruction],
+                [answer_a, answer_b, *votes, reveal, compare_state],
+            )
             if compare.comparison:
-                next_button.click(compare.next_pair, None, [compare_instruction, answer_a,
-                                                            answer_b, *votes, reveal,
-                                                            compare_state])
+                next_button.click(
+                    compare.next_pair,
+                    None,
+                    [compare_instruction, answer_a, answer_b, *votes, reveal, compare_state],
+                )
             for key, button in zip(VOTES, votes, strict=True):
-                button.click(compare.vote_on(key), [compare_state],
-                             [*votes, reveal, compare_state])
+                button.click(compare.vote_on(key), [compare_state], [*votes, reveal, compare_state])
     return blocks
 
 

@@ -45,8 +45,14 @@ class ChatHandlers:
         self.client = client
 
     async def respond(
-        self, instruction: str, input_text: str, temperature: float, top_p: float,
-        max_new_tokens: float, history: list[dict[str, str]] | None, ids: dict[int, str] | None,
+        self,
+        instruction: str,
+        input_text: str,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: float,
+        history: list[dict[str, str]] | None,
+        ids: dict[int, str] | None,
     ) -> AsyncIterator[tuple[list[dict[str, str]], dict[int, str], str]]:
         """Stream the answer to `instruction` into the chat: yields (history, ids, the
         instruction box's new text) as the answer grows; an error becomes the answer's text."""
@@ -61,8 +67,11 @@ class ChatHandlers:
         yield history, ids, ""
         try:
             async for event in self.client.stream_generate(
-                instruction, input_text or "", temperature=float(temperature),
-                top_p=float(top_p), max_new_tokens=int(max_new_tokens),
+                instruction,
+                input_text or "",
+                temperature=float(temperature),
+                top_p=float(top_p),
+                max_new_tokens=int(max_new_tokens),
             ):
                 ids[answer] = event["id"]
                 if event.get("text"):
@@ -76,8 +85,9 @@ class ChatHandlers:
             history[answer]["content"] = "*(the model gave an empty answer)*"
         yield history, ids, ""
 
-    async def on_like(self, ids: dict[int, str] | None, data: gr.LikeData,
-                      request: gr.Request) -> str:
+    async def on_like(
+        self, ids: dict[int, str] | None, data: gr.LikeData, request: gr.Request
+    ) -> str:
         """Save a like or dislike of the answer at `data.index`; the status line to show."""
         generation_id = (ids or {}).get(data.index)
         if generation_id is None:
@@ -89,8 +99,9 @@ class ChatHandlers:
             return f"⚠️ Your rating was not saved: {sentence(err)}"
         return f"Thanks: your {'like' if rating == 'up' else 'dislike'} was saved."
 
-    async def on_flag(self, choice: str | None, ids: dict[int, str] | None,
-                      request: gr.Request) -> str:
+    async def on_flag(
+        self, choice: str | None, ids: dict[int, str] | None, request: gr.Request
+    ) -> str:
         """Save the last answer as flagged `choice` (a key of FLAGS); the status line to show."""
         if not choice:
             return "Choose what is wrong with the answer first."
@@ -98,8 +109,9 @@ class ChatHandlers:
             return "There is no answer to flag yet."
         generation_id = ids[max(ids)]
         try:
-            await self.client.send_rating(generation_id, "down", session_of(request),
-                                          flag=FLAGS[choice])
+            await self.client.send_rating(
+                generation_id, "down", session_of(request), flag=FLAGS[choice]
+            )
         except APIRequestError as err:
             return f"⚠️ Your flag was not saved: {sentence(err)}"
         return f"Thanks: the last answer was flagged as {choice}."

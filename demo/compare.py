@@ -69,8 +69,10 @@ class CompareHandlers:
         clients = [self.arm_clients[i] for i in order]
         texts, ids, failed = ["", ""], [None, None], [False, False]
         queue: asyncio.Queue = asyncio.Queue()
-        tasks = [asyncio.create_task(_stream_into(queue, slot, clients[slot], arms[slot],
-                                                  instruction)) for slot in range(2)]
+        tasks = [
+            asyncio.create_task(_stream_into(queue, slot, clients[slot], arms[slot], instruction))
+            for slot in range(2)
+        ]
         try:
             yield "", "", *_votes(False), GENERATING, {}
             finished = 0
@@ -100,11 +102,16 @@ class CompareHandlers:
         box shows its instruction."""
         pair = self.rng.choice(self.comparison["pairs"])
         instruction = pair["instruction"] + (f"\n\n{pair['input']}" if pair["input"] else "")
-        return (instruction, pair["left"]["output"], pair["right"]["output"], *_votes(True),
-                ASK_FOR_VOTE, {"pair": pair})
+        return (
+            instruction,
+            pair["left"]["output"],
+            pair["right"]["output"],
+            *_votes(True),
+            ASK_FOR_VOTE,
+            {"pair": pair},
+        )
 
-    async def vote(self, choice: str, state: dict[str, Any] | None,
-                   request: gr.Request) -> tuple:
+    async def vote(self, choice: str, state: dict[str, Any] | None, request: gr.Request) -> tuple:
         """Store the vote `choice` (a key of VOTES) on what `state` shows, then reveal which
         side was which; the vote buttons, the message and the new state."""
         if not state:
@@ -130,20 +137,25 @@ class CompareHandlers:
 
     def vote_on(self, choice: str):
         """The click handler of the vote button for `choice`."""
+
         async def vote(state: dict[str, Any] | None, request: gr.Request) -> tuple:
             return await self.vote(choice, state, request)
 
         return vote
 
 
-async def _stream_into(queue: asyncio.Queue, slot: int, client: AsyncAlpacaClient,
-                       arm: CompareArm, instruction: str) -> None:
+async def _stream_into(
+    queue: asyncio.Queue, slot: int, client: AsyncAlpacaClient, arm: CompareArm, instruction: str
+) -> None:
     """Put `(slot, event)` for each event of the arm's answer, `(slot, error)` if it fails, and
     `(slot, None)` at the end."""
     try:
-        async for event in client.stream_generate(instruction, temperature=arm.temperature,
-                                                  top_p=arm.top_p,
-                                                  max_new_tokens=arm.max_new_tokens):
+        async for event in client.stream_generate(
+            instruction,
+            temperature=arm.temperature,
+            top_p=arm.top_p,
+            max_new_tokens=arm.max_new_tokens,
+        ):
             await queue.put((slot, event))
     except APIRequestError as err:
         await queue.put((slot, err))

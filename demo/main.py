@@ -19,12 +19,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="alpaca-demo",
         description="Serve the Gradio chat and Compare demo for a running alpaca-serve.",
     )
-    parser.add_argument("--server-url", help="the alpaca-serve to talk to "
-                        "(ALPACA_DEMO_SERVER_URL, default http://127.0.0.1:8000)")
-    parser.add_argument("--host", help="address to listen on (ALPACA_DEMO_HOST, default "
-                        "127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to listen on (ALPACA_DEMO_PORT, "
-                        "default 7860)")
+    parser.add_argument(
+        "--server-url",
+        help="the alpaca-serve to talk to (ALPACA_DEMO_SERVER_URL, default http://127.0.0.1:8000)",
+    )
+    parser.add_argument("--host", help="address to listen on (ALPACA_DEMO_HOST, default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, help="port to listen on (ALPACA_DEMO_PORT, default 7860)"
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 

@@ -9,7 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The Alpaca evaluation set (user-oriented self-instruct instructions), where this checkout has it.
 EVALUATION_SET = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
     / "user_oriented_instructions.jsonl"
 )
 
@@ -46,7 +48,8 @@ class DemoSettings(BaseSettings):
     )
     max_examples: int = Field(8, ge=0, description="how many examples to show")
     comparison_file: Path | None = Field(
-        None, description="a comparison from `alpaca-eval compare` (built against the same "
+        None,
+        description="a comparison from `alpaca-eval compare` (built against the same "
         "server) whose pairs the Compare tab offers for blind votes, stored as pairwise feedback",
     )
     compare_arms: list[CompareArm] = Field(
@@ -90,11 +93,16 @@ class DemoSettings(BaseSettings):
             raise ValueError(str(err)) from err
         if not comparison["pairs"]:
             raise ValueError(f"{path} has no pairs")
-        if any(pair[side].get("generation_id") is None
-               for pair in comparison["pairs"] for side in ("left", "right")):
-            raise ValueError(f"{path} has answers without a generation id, so votes on them "
-                             "cannot be stored: build it with `alpaca-eval compare "
-                             "--server-url` against the demo's server")
+        if any(
+            pair[side].get("generation_id") is None
+            for pair in comparison["pairs"]
+            for side in ("left", "right")
+        ):
+            raise ValueError(
+                f"{path} has answers without a generation id, so votes on them "
+                "cannot be stored: build it with `alpaca-eval compare "
+                "--server-url` against the demo's server"
+            )
         return path
 
     def example_source(self) -> Path | None:

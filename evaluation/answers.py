@@ -54,12 +54,14 @@ def load_instructions(path: Path, limit: int | None = None) -> list[dict[str, An
             input_text = instances[0].get("input", "") or ""
         else:
             input_text = record.get("input", "") or ""
-        items.append({
-            "id": str(record.get("id", f"item-{number - 1}")),
-            "instruction": instruction,
-            "input": input_text,
-            "motivation_app": record.get("motivation_app"),
-        })
+        items.append(
+            {
+                "id": str(record.get("id", f"item-{number - 1}")),
+                "instruction": instruction,
+                "input": input_text,
+                "motivation_app": record.get("motivation_app"),
+            }
+        )
         if limit is not None and len(items) == limit:
             break
     return items
@@ -82,16 +84,18 @@ def load_answers(path: Path) -> list[dict[str, Any]]:
         instruction = record.get("instruction")
         if not isinstance(instruction, str):
             raise EvaluationError(f"{raw.where}: no instruction")
-        answers.append({
-            "id": str(record.get("id", f"line-{number}")),
-            "instruction": instruction,
-            "input": record.get("input", "") or "",
-            "motivation_app": record.get("motivation_app"),
-            # Stripped: the davinci file's leading blank lines would give its side away.
-            "output": (output if isinstance(output, str) else json.dumps(output)).strip(),
-            "generation_id": record.get("generation_id"),
-            "model": record.get("model"),
-        })
+        answers.append(
+            {
+                "id": str(record.get("id", f"line-{number}")),
+                "instruction": instruction,
+                "input": record.get("input", "") or "",
+                "motivation_app": record.get("motivation_app"),
+                # Stripped: the davinci file's leading blank lines would give its side away.
+                "output": (output if isinstance(output, str) else json.dumps(output)).strip(),
+                "generation_id": record.get("generation_id"),
+                "model": record.get("model"),
+            }
+        )
     return answers
 
 
@@ -109,10 +113,18 @@ def generate_answers(
     """Ask the server (`POST /generate`, not streamed) for an answer to each item, at most
     `concurrency` at a time, asking again while it is busy. Returns the answers in the items'
     order and the failures."""
-    return asyncio.run(_generate_all(
-        server_url, items, concurrency=concurrency, max_new_tokens=max_new_tokens,
-        temperature=temperature, api_key=api_key, timeout_s=timeout_s, progress=progress,
-    ))
+    return asyncio.run(
+        _generate_all(
+            server_url,
+            items,
+            concurrency=concurrency,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            api_key=api_key,
+            timeout_s=timeout_s,
+            progress=progress,
+        )
+    )
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -123,8 +135,9 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-async def _generate_all(server_url, items, *, concurrency, max_new_tokens, temperature, api_key,
-                        timeout_s, progress):
+async def _generate_all(
+    server_url, items, *, concurrency, max_new_tokens, temperature, api_key, timeout_s, progress
+):
     from tqdm import tqdm
 
     from client.api import AsyncAlpacaClient, Retries
@@ -138,11 +151,16 @@ async def _generate_all(server_url, items, *, concurrency, max_new_tokens, tempe
     async def answer(index: int, item: dict[str, Any], client: AsyncAlpacaClient) -> None:
         async with limit:
             try:
-                reply = await client.generate(item["instruction"], item["input"],
-                                              temperature=temperature,
-                                              max_new_tokens=max_new_tokens)
+                reply = await client.generate(
+                    item["instruction"],
+                    item["input"],
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                )
                 results[index] = {
-                    **item, "output": reply["text"], "generation_id": reply["id"],
+                    **item,
+                    "output": reply["text"],
+                    "generation_id": reply["id"],
                     "model": reply.get("model"),
                 }
             except APIRequestError as err:
@@ -150,8 +168,9 @@ async def _generate_all(server_url, items, *, concurrency, max_new_tokens, tempe
                 bar.write(f"failed: {item['id']}: {err}")
             bar.update(1)
 
-    async with AsyncAlpacaClient(server_url, api_key, timeout_s=timeout_s,
-                                 retries=Retries(attempts=MAX_ATTEMPTS)) as client:
+    async with AsyncAlpacaClient(
+        server_url, api_key, timeout_s=timeout_s, retries=Retries(attempts=MAX_ATTEMPTS)
+    ) as client:
         try:
             await asyncio.gather(*(answer(i, item, client) for i, item in enumerate(items)))
         finally:

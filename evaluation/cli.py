@@ -29,7 +29,9 @@ from pathlib import Path
 
 # The Alpaca evaluation set (user-oriented self-instruct instructions), beside the project.
 DEFAULT_INSTRUCTIONS = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
     / "user_oriented_instructions.jsonl"
 )
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
@@ -58,102 +60,193 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    answer = _command(commands, "answer", run_answer,
-                      "answer an instruction file through a server, writing JSON lines")
-    answer.add_argument("--server-url", default=DEFAULT_SERVER_URL,
-                        help=f"the alpaca-serve to ask (default: {DEFAULT_SERVER_URL})")
-    answer.add_argument("--instructions", type=Path, default=DEFAULT_INSTRUCTIONS,
-                        help="self-instruct user-oriented JSON lines (instruction, "
-                        "instances[0].input, motivation_app) or an Alpaca JSON list "
-                        "(instruction, input); default: ../shared/data/"
-                        "user_oriented_instructions.jsonl beside the project")
-    answer.add_argument("--limit", type=int, default=None,
-                        help="answer only the first N instructions (default: all)")
-    answer.add_argument("--concurrency", type=int, default=4,
-                        help="requests in flight at once (default: 4)")
-    answer.add_argument("--max-new-tokens", type=int, default=None,
-                        help="most tokens per answer (default: the server's default)")
-    answer.add_argument("--temperature", type=float, default=0.1,
-                        help="sampling temperature, 0 for greedy (default: 0.1)")
-    answer.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds to wait for one answer (default: 600)")
-    answer.add_argument("--api-key", default=None,
-                        help="sent as a bearer token when the server wants one")
-    answer.add_argument("--out", type=Path, required=True,
-                        help="answers file to write: JSON lines {id, instruction, input, "
-                        "motivation_app, output, generation_id, model}")
+    answer = _command(
+        commands,
+        "answer",
+        run_answer,
+        "answer an instruction file through a server, writing JSON lines",
+    )
+    answer.add_argument(
+        "--server-url",
+        default=DEFAULT_SERVER_URL,
+        help=f"the alpaca-serve to ask (default: {DEFAULT_SERVER_URL})",
+    )
+    answer.add_argument(
+        "--instructions",
+        type=Path,
+        default=DEFAULT_INSTRUCTIONS,
+        help="self-instruct user-oriented JSON lines (instruction, "
+        "instances[0].input, motivation_app) or an Alpaca JSON list "
+        "(instruction, input); default: ../shared/data/"
+        "user_oriented_instructions.jsonl beside the project",
+    )
+    answer.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="answer only the first N instructions (default: all)",
+    )
+    answer.add_argument(
+        "--concurrency", type=int, default=4, help="requests in flight at once (default: 4)"
+    )
+    answer.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="most tokens per answer (default: the server's default)",
+    )
+    answer.add_argument(
+        "--temperature",
+        type=float,
+        default=0.1,
+        help="sampling temperature, 0 for greedy (default: 0.1)",
+    )
+    answer.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for one answer (default: 600)"
+    )
+    answer.add_argument(
+        "--api-key", default=None, help="sent as a bearer token when the server wants one"
+    )
+    answer.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="answers file to write: JSON lines {id, instruction, input, "
+        "motivation_app, output, generation_id, model}",
+    )
     answer.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    compare = _command(commands, "compare", run_compare,
-                       "pair two answer files into a blind comparison file")
-    compare.add_argument("--a", type=Path, required=True,
-                         help="answer file of side A (from `answer`, a self-instruct predictions "
-                         "file such as the text-davinci-003 one, or an Alpaca JSON list)")
+    compare = _command(
+        commands, "compare", run_compare, "pair two answer files into a blind comparison file"
+    )
+    compare.add_argument(
+        "--a",
+        type=Path,
+        required=True,
+        help="answer file of side A (from `answer`, a self-instruct predictions "
+        "file such as the text-davinci-003 one, or an Alpaca JSON list)",
+    )
     compare.add_argument("--b", type=Path, required=True, help="answer file of side B")
-    compare.add_argument("--label-a", default=None,
-                         help="name of side A in reports (default: the model named in the file, "
-                         "else the file name)")
+    compare.add_argument(
+        "--label-a",
+        default=None,
+        help="name of side A in reports (default: the model named in the file, else the file name)",
+    )
     compare.add_argument("--label-b", default=None, help="name of side B (default: as --label-a)")
-    compare.add_argument("--seed", type=int, default=None,
-                         help="seed for the pair order and sides (default: random; recorded in "
-                         "the file either way)")
+    compare.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for the pair order and sides (default: random; recorded in the file either way)",
+    )
     compare.add_argument("--out", type=Path, required=True, help="comparison JSON file to write")
-    _store_options(compare, "the alpaca-serve whose feedback store keeps the answers and votes: "
-                   "answers it did not give (for example the davinci file's) are imported "
-                   f"into it (default: {DEFAULT_SERVER_URL})", default=DEFAULT_SERVER_URL)
+    _store_options(
+        compare,
+        "the alpaca-serve whose feedback store keeps the answers and votes: "
+        "answers it did not give (for example the davinci file's) are imported "
+        f"into it (default: {DEFAULT_SERVER_URL})",
+        default=DEFAULT_SERVER_URL,
+    )
 
-    vote = _command(commands, "vote", run_vote,
-                    "record one person's vote on a pair of a comparison in the feedback store")
+    vote = _command(
+        commands,
+        "vote",
+        run_vote,
+        "record one person's vote on a pair of a comparison in the feedback store",
+    )
     vote.add_argument("--comparison", type=Path, required=True, help="comparison file")
     vote.add_argument("--pair-id", required=True, help="the pair voted on, e.g. pair-000")
-    vote.add_argument("--winner", required=True, choices=["left", "right", "tie", "both_bad"],
-                      help="which side was better, as shown: left, right, tie or both_bad")
-    vote.add_argument("--session-id", default="cli",
-                      help="who votes; a later vote by the same session on the same pair "
-                      "replaces the earlier one (default: cli)")
+    vote.add_argument(
+        "--winner",
+        required=True,
+        choices=["left", "right", "tie", "both_bad"],
+        help="which side was better, as shown: left, right, tie or both_bad",
+    )
+    vote.add_argument(
+        "--session-id",
+        default="cli",
+        help="who votes; a later vote by the same session on the same pair "
+        "replaces the earlier one (default: cli)",
+    )
     _store_options(vote, STORE_HELP)
 
-    judge = _command(commands, "judge", run_judge,
-                     "fill machine votes with an OpenAI-compatible chat model as the judge")
+    judge = _command(
+        commands,
+        "judge",
+        run_judge,
+        "fill machine votes with an OpenAI-compatible chat model as the judge",
+    )
     judge.add_argument("--comparison", type=Path, required=True, help="comparison file")
-    judge.add_argument("--judge-url", required=True,
-                       help="base URL of an OpenAI-compatible API (…/v1/chat/completions); "
-                       "this server's own URL works too")
-    judge.add_argument("--judge-model", default=None,
-                       help="model name to ask (default: the first one /v1/models lists)")
+    judge.add_argument(
+        "--judge-url",
+        required=True,
+        help="base URL of an OpenAI-compatible API (…/v1/chat/completions); "
+        "this server's own URL works too",
+    )
+    judge.add_argument(
+        "--judge-model",
+        default=None,
+        help="model name to ask (default: the first one /v1/models lists)",
+    )
     judge.add_argument("--judge-api-key", default=None, help="bearer token for the judge")
-    judge.add_argument("--one-order", action="store_true",
-                       help="ask once per pair instead of twice with the answers swapped "
-                       "(half the cost, but position bias goes uncorrected)")
+    judge.add_argument(
+        "--one-order",
+        action="store_true",
+        help="ask once per pair instead of twice with the answers swapped "
+        "(half the cost, but position bias goes uncorrected)",
+    )
     judge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _store_options(judge, STORE_HELP)
 
-    report = _command(commands, "report", run_report,
-                      "print wins / ties / losses with a 95% interval, by category, and a chart")
+    report = _command(
+        commands,
+        "report",
+        run_report,
+        "print wins / ties / losses with a 95% interval, by category, and a chart",
+    )
     report.add_argument("--comparison", type=Path, required=True, help="comparison file")
-    report.add_argument("--chart", type=Path, default=None,
-                        help="PNG bar chart to write (default: none)")
-    report.add_argument("--include-machine", action="store_true",
-                        help="also report the automatic judge's votes, in their own section")
-    report.add_argument("--top-categories", type=int, default=10,
-                        help="categories (motivation_app) to list, most voted first (default: 10)")
-    report.add_argument("--json", type=Path, default=None,
-                        help="also write the counts and intervals as JSON to this file")
-    _store_options(report, "the alpaca-serve whose feedback store holds the votes (default: "
-                   "the one recorded in the comparison file)")
+    report.add_argument(
+        "--chart", type=Path, default=None, help="PNG bar chart to write (default: none)"
+    )
+    report.add_argument(
+        "--include-machine",
+        action="store_true",
+        help="also report the automatic judge's votes, in their own section",
+    )
+    report.add_argument(
+        "--top-categories",
+        type=int,
+        default=10,
+        help="categories (motivation_app) to list, most voted first (default: 10)",
+    )
+    report.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the counts and intervals as JSON to this file",
+    )
+    _store_options(
+        report,
+        "the alpaca-serve whose feedback store holds the votes (default: "
+        "the one recorded in the comparison file)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
-STORE_HELP = ("the alpaca-serve whose feedback store keeps the votes (default: the one recorded "
-              "in the comparison file)")
+STORE_HELP = (
+    "the alpaca-serve whose feedback store keeps the votes (default: the one recorded "
+    "in the comparison file)"
+)
 
 
-def _store_options(command: argparse.ArgumentParser, help_text: str,
-                   default: str | None = None) -> None:
+def _store_options(
+    command: argparse.ArgumentParser, help_text: str, default: str | None = None
+) -> None:
     command.add_argument("--server-url", default=default, help=help_text)
-    command.add_argument("--api-key", default=None,
-                         help="sent as a bearer token to that server when it wants one")
+    command.add_argument(
+        "--api-key", default=None, help="sent as a bearer token to that server when it wants one"
+    )
 
 
 def _open_store(args: argparse.Namespace, comparison: dict):
@@ -184,8 +277,13 @@ def run_answer(args: argparse.Namespace) -> None:
         raise EvaluationError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     items = load_instructions(args.instructions, args.limit)
     answers, failures = generate_answers(
-        args.server_url, items, concurrency=args.concurrency, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, api_key=args.api_key, timeout_s=args.timeout,
+        args.server_url,
+        items,
+        concurrency=args.concurrency,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        api_key=args.api_key,
+        timeout_s=args.timeout,
         progress=not args.no_progress,
     )
     if not answers:
@@ -208,15 +306,18 @@ def run_compare(args: argparse.Namespace) -> None:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     comparison = build_comparison(answers_a, answers_b, label_a, label_b, seed)
     if not comparison["pairs"]:
-        raise EvaluationError(f"no instruction of {args.a} is answered in {args.b}: "
-                              "nothing to compare")
+        raise EvaluationError(
+            f"no instruction of {args.a} is answered in {args.b}: nothing to compare"
+        )
     with AlpacaClient(args.server_url, args.api_key, timeout_s=STORE_TIMEOUT_S) as store:
         imported = attach_generation_ids(comparison, store)
     save_comparison(args.out, comparison)
     unmatched = comparison["unmatched"]
-    print(f"wrote {len(comparison['pairs'])} pairs ({label_a} vs {label_b}, seed {seed}) to "
-          f"{args.out}; without a partner: {unmatched['a']} of A, {unmatched['b']} of B; "
-          f"{imported} answers imported into the feedback store at {args.server_url}")
+    print(
+        f"wrote {len(comparison['pairs'])} pairs ({label_a} vs {label_b}, seed {seed}) to "
+        f"{args.out}; without a partner: {unmatched['a']} of A, {unmatched['b']} of B; "
+        f"{imported} answers imported into the feedback store at {args.server_url}"
+    )
 
 
 def run_vote(args: argparse.Namespace) -> None:
@@ -225,11 +326,12 @@ def run_vote(args: argparse.Namespace) -> None:
     comparison = load_comparison(args.comparison)
     pair = find_pair(comparison, args.pair_id)
     with _open_store(args, comparison) as store:
-        created = cast_vote(store, pair, Vote(args.pair_id, args.winner, "human",
-                                              args.session_id))
+        created = cast_vote(store, pair, Vote(args.pair_id, args.winner, "human", args.session_id))
         where = store.server_url
-    print(f"{'recorded' if created else 'changed'}: {args.pair_id} {args.winner} "
-          f"(session {args.session_id}) in the feedback store at {where}")
+    print(
+        f"{'recorded' if created else 'changed'}: {args.pair_id} {args.winner} "
+        f"(session {args.session_id}) in the feedback store at {where}"
+    )
 
 
 def run_judge(args: argparse.Namespace) -> None:
@@ -239,17 +341,31 @@ def run_judge(args: argparse.Namespace) -> None:
     with _open_store(args, comparison) as store:
         store.comparisons_page(limit=1)  # reachable, key accepted: before the long part
         judgement = judge_comparison(
-            comparison, args.judge_url, model=args.judge_model, api_key=args.judge_api_key,
-            both_orders=not args.one_order, progress=not args.no_progress,
+            comparison,
+            args.judge_url,
+            model=args.judge_model,
+            api_key=args.judge_api_key,
+            both_orders=not args.one_order,
+            progress=not args.no_progress,
         )
         for vote in judgement.votes:
             cast_vote(store, find_pair(comparison, vote.pair_id), vote)
-    print(f"recorded {len(judgement.votes)} machine votes in the feedback store at "
-          f"{store.server_url}"
-          + (f"; {len(judgement.inconsistent)} pairs were judged differently with the sides "
-             "swapped and count as ties" if judgement.inconsistent else "")
-          + (f"; {len(judgement.unreadable)} replies were not A, B or tie: "
-             f"{', '.join(judgement.unreadable)}" if judgement.unreadable else ""))
+    print(
+        f"recorded {len(judgement.votes)} machine votes in the feedback store at "
+        f"{store.server_url}"
+        + (
+            f"; {len(judgement.inconsistent)} pairs were judged differently with the sides "
+            "swapped and count as ties"
+            if judgement.inconsistent
+            else ""
+        )
+        + (
+            f"; {len(judgement.unreadable)} replies were not A, B or tie: "
+            f"{', '.join(judgement.unreadable)}"
+            if judgement.unreadable
+            else ""
+        )
+    )
 
 
 def run_report(args: argparse.Namespace) -> None:
@@ -271,8 +387,10 @@ def run_report(args: argparse.Namespace) -> None:
     if not args.include_machine and machine_left_out:
         print(f"\n({machine_left_out} machine votes not shown; add --include-machine)")
     if args.json is not None:
-        summary = {"labels": comparison["labels"],
-                   **{voter: tally.as_dict() for voter, tally in tallies.items()}}
+        summary = {
+            "labels": comparison["labels"],
+            **{voter: tally.as_dict() for voter, tally in tallies.items()},
+        }
         args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     if args.chart is not None:
         write_chart(args.chart, comparison, tallies, args.top_categories)

@@ -68,8 +68,9 @@ class Vote:
 
     def __post_init__(self) -> None:
         if self.winner not in WINNERS:
-            raise EvaluationError(f"winner must be one of {', '.join(WINNERS)}, "
-                                  f"got {self.winner!r}")
+            raise EvaluationError(
+                f"winner must be one of {', '.join(WINNERS)}, got {self.winner!r}"
+            )
         if self.voter not in VOTERS:
             raise EvaluationError(f"voter must be human or machine, got {self.voter!r}")
 
@@ -105,15 +106,17 @@ def build_comparison(
     for number, (a, b) in enumerate(matched):
         left_is = rng.choice(("a", "b"))
         left, right = (a, b) if left_is == "a" else (b, a)
-        pairs.append({
-            "pair_id": f"pair-{number:03d}",
-            "instruction": a["instruction"],
-            "input": a["input"],
-            "motivation_app": a.get("motivation_app") or b.get("motivation_app"),
-            "left": _side(left),
-            "right": _side(right),
-            "left_is": left_is,
-        })
+        pairs.append(
+            {
+                "pair_id": f"pair-{number:03d}",
+                "instruction": a["instruction"],
+                "input": a["input"],
+                "motivation_app": a.get("motivation_app") or b.get("motivation_app"),
+                "left": _side(left),
+                "right": _side(right),
+                "left_is": left_is,
+            }
+        )
     return {
         "labels": [label_a, label_b],
         "seed": seed,
@@ -135,8 +138,11 @@ def load_comparison(path: Path) -> dict[str, Any]:
         raise EvaluationError(f"cannot read {path}: {err.strerror or err}") from err
     except json.JSONDecodeError as err:
         raise EvaluationError(f"{path} is not valid JSON: {err}") from err
-    if (not isinstance(comparison, dict) or not isinstance(comparison.get("pairs"), list)
-            or len(comparison.get("labels", [])) != 2):
+    if (
+        not isinstance(comparison, dict)
+        or not isinstance(comparison.get("pairs"), list)
+        or len(comparison.get("labels", [])) != 2
+    ):
         raise EvaluationError(f"{path} is not a comparison file (made by `alpaca-eval compare`)")
     return comparison
 
@@ -145,8 +151,9 @@ def find_pair(comparison: dict[str, Any], pair_id: str) -> dict[str, Any]:
     for pair in comparison["pairs"]:
         if pair["pair_id"] == pair_id:
             return pair
-    raise EvaluationError(f"no pair {pair_id!r} in the comparison "
-                          f"({len(comparison['pairs'])} pairs)")
+    raise EvaluationError(
+        f"no pair {pair_id!r} in the comparison ({len(comparison['pairs'])} pairs)"
+    )
 
 
 def attach_generation_ids(comparison: dict[str, Any], store: AlpacaClient) -> int:
@@ -158,10 +165,17 @@ def attach_generation_ids(comparison: dict[str, Any], store: AlpacaClient) -> in
         missing = [(pair, side) for pair, side in sides if side.get("generation_id") is None]
         if not missing:
             continue
-        ids = store.import_generations(label, [
-            {"instruction": pair["instruction"], "input": pair["input"], "output": side["output"]}
-            for pair, side in missing
-        ])
+        ids = store.import_generations(
+            label,
+            [
+                {
+                    "instruction": pair["instruction"],
+                    "input": pair["input"],
+                    "output": side["output"],
+                }
+                for pair, side in missing
+            ],
+        )
         for (_, side), generation_id in zip(missing, ids, strict=True):
             side["generation_id"] = generation_id
         imported += len(missing)
@@ -201,10 +215,15 @@ def votes_in_store(store: AlpacaClient, comparison: dict[str, Any]) -> list[Vote
         pair = pairs.get(tuple(row["generation_ids"]))
         if pair is None:
             continue
-        winner = {pair["left"]["generation_id"]: "left",
-                  pair["right"]["generation_id"]: "right"}.get(row["winner"], row["winner"])
-        votes.append(Vote(pair["pair_id"], winner, row["voter"],
-                          row["session_id"] or f"anonymous-{row['id']}"))
+        winner = {
+            pair["left"]["generation_id"]: "left",
+            pair["right"]["generation_id"]: "right",
+        }.get(row["winner"], row["winner"])
+        votes.append(
+            Vote(
+                pair["pair_id"], winner, row["voter"], row["session_id"] or f"anonymous-{row['id']}"
+            )
+        )
     return votes
 
 
@@ -256,8 +275,14 @@ def judge_comparison(
     return judgement
 
 
-def ask_judge(judge: AlpacaClient, model: str, pair: dict[str, Any], first: str, second: str,
-              max_tokens: int = 8) -> str | None:
+def ask_judge(
+    judge: AlpacaClient,
+    model: str,
+    pair: dict[str, Any],
+    first: str,
+    second: str,
+    max_tokens: int = 8,
+) -> str | None:
     """Which side of `pair` the judge prefers when shown side `first` as A and `second` as B:
     "left", "right", "tie", or None when its reply says none of them."""
     prompt = JUDGE_PROMPT.format(
@@ -266,8 +291,9 @@ def ask_judge(judge: AlpacaClient, model: str, pair: dict[str, Any], first: str,
         left=pair[first]["output"],
         right=pair[second]["output"],
     )
-    reply = judge.chat_completion([{"role": "user", "content": prompt}], model,
-                                  temperature=0, max_tokens=max_tokens)
+    reply = judge.chat_completion(
+        [{"role": "user", "content": prompt}], model, temperature=0, max_tokens=max_tokens
+    )
     verdict = parse_judgement(reply["choices"][0]["message"]["content"] or "")
     # The verdict is about the order shown; turn it into left / right of the pair.
     return {"left": first, "right": second}.get(verdict, verdict)

@@ -47,8 +47,11 @@ class Tally:
     def as_dict(self) -> dict[str, Any]:
         low, high = wilson_interval(self.a_wins, self.decided)
         return {
-            "a_wins": self.a_wins, "b_wins": self.b_wins, "ties": self.ties,
-            "both_bad": self.both_bad, "votes": self.votes,
+            "a_wins": self.a_wins,
+            "b_wins": self.b_wins,
+            "ties": self.ties,
+            "both_bad": self.both_bad,
+            "votes": self.votes,
             "a_win_rate": self.a_wins / self.decided if self.decided else None,
             "a_win_rate_ci95": [low, high] if self.decided else None,
             "by_category": {k: dict(v) for k, v in self.by_category.items()},
@@ -82,8 +85,9 @@ def tally_votes(comparison: dict[str, Any], votes: list[Vote], voter: str) -> Ta
     return tally
 
 
-def format_report(comparison: dict[str, Any], tallies: dict[str, Tally],
-                  top_categories: int = 10) -> str:
+def format_report(
+    comparison: dict[str, Any], tallies: dict[str, Tally], top_categories: int = 10
+) -> str:
     """The report as text: one section per kind of voter, machine votes marked as such."""
     label_a, label_b = comparison["labels"]
     lines = [f"Comparison: A = {label_a}, B = {label_b}; {len(comparison['pairs'])} pairs"]
@@ -97,12 +101,17 @@ def format_report(comparison: dict[str, Any], tallies: dict[str, Tally],
         if tally.votes == 0:
             lines.append("  no votes yet")
             continue
-        lines.append(f"  {'label':<{width}}  {'wins':>5}  {'ties':>5}  {'losses':>6}  "
-                     f"{'both bad':>8}")
-        lines.append(f"  {label_a:<{width}}  {tally.a_wins:>5}  {tally.ties:>5}  "
-                     f"{tally.b_wins:>6}  {tally.both_bad:>8}")
-        lines.append(f"  {label_b:<{width}}  {tally.b_wins:>5}  {tally.ties:>5}  "
-                     f"{tally.a_wins:>6}  {tally.both_bad:>8}")
+        lines.append(
+            f"  {'label':<{width}}  {'wins':>5}  {'ties':>5}  {'losses':>6}  {'both bad':>8}"
+        )
+        lines.append(
+            f"  {label_a:<{width}}  {tally.a_wins:>5}  {tally.ties:>5}  "
+            f"{tally.b_wins:>6}  {tally.both_bad:>8}"
+        )
+        lines.append(
+            f"  {label_b:<{width}}  {tally.b_wins:>5}  {tally.ties:>5}  "
+            f"{tally.a_wins:>6}  {tally.both_bad:>8}"
+        )
         if tally.decided:
             low, high = wilson_interval(tally.a_wins, tally.decided)
             lines.append(
@@ -112,8 +121,10 @@ def format_report(comparison: dict[str, Any], tallies: dict[str, Tally],
         else:
             lines.append("  no decided votes (all ties or both bad): no win rate")
         lines.append(f"  By category (motivation_app), top {top_categories} by votes:")
-        lines.append(f"    {'category':<28}  {'votes':>5}  {'A wins':>6}  {'B wins':>6}  "
-                     f"{'ties':>4}  {'both bad':>8}")
+        lines.append(
+            f"    {'category':<28}  {'votes':>5}  {'A wins':>6}  {'B wins':>6}  "
+            f"{'ties':>4}  {'both bad':>8}"
+        )
         ranked = sorted(tally.by_category.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
         for category, counts in ranked[:top_categories]:
             lines.append(
@@ -125,8 +136,9 @@ def format_report(comparison: dict[str, Any], tallies: dict[str, Tally],
     return "\n".join(lines)
 
 
-def write_chart(path: Path, comparison: dict[str, Any], tallies: dict[str, Tally],
-                top_categories: int = 10) -> None:
+def write_chart(
+    path: Path, comparison: dict[str, Any], tallies: dict[str, Tally], top_categories: int = 10
+) -> None:
     """A PNG: A wins / ties / both bad / B wins per kind of voter, and per category for the
     first kind of voter that has votes."""
     import matplotlib
@@ -136,12 +148,17 @@ def write_chart(path: Path, comparison: dict[str, Any], tallies: dict[str, Tally
     from matplotlib.ticker import MaxNLocator
 
     label_a, label_b = comparison["labels"]
-    outcomes = [("a_wins", f"{label_a} wins", "#2b8cbe"), ("ties", "tie", "#bdbdbd"),
-                ("both_bad", "both bad", "#636363"), ("b_wins", f"{label_b} wins", "#e34a33")]
+    outcomes = [
+        ("a_wins", f"{label_a} wins", "#2b8cbe"),
+        ("ties", "tie", "#bdbdbd"),
+        ("both_bad", "both bad", "#636363"),
+        ("b_wins", f"{label_b} wins", "#e34a33"),
+    ]
     groups = list(tallies)
     detailed = next((v for v in groups if tallies[v].votes), None)
-    figure, axes = plt.subplots(1, 2 if detailed else 1, figsize=(13 if detailed else 6, 5),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        1, 2 if detailed else 1, figsize=(13 if detailed else 6, 5), squeeze=False
+    )
     overall = axes[0][0]
     names = ["machine (judge)" if v == "machine" else v for v in groups]
     for index, (key, text, colour) in enumerate(outcomes):
@@ -155,8 +172,9 @@ def write_chart(path: Path, comparison: dict[str, Any], tallies: dict[str, Tally
     overall.set_title(f"{label_a} (A) vs {label_b} (B)")
     overall.legend(fontsize=8)
     if detailed:
-        ranked = sorted(tallies[detailed].by_category.items(),
-                        key=lambda kv: (-sum(kv[1].values()), kv[0]))[:top_categories]
+        ranked = sorted(
+            tallies[detailed].by_category.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])
+        )[:top_categories]
         by_category = axes[0][1]
         left = [0] * len(ranked)
         rows = range(len(ranked))

@@ -80,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--force", action="store_true", help="replace the output folder if it exists"
         )
-        sub.add_argument(
-            "--no-progress", action="store_true", help="do not show the progress bar"
-        )
+        sub.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 

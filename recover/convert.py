@@ -85,8 +85,13 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
 def conversion_marker(gguf_path: Path) -> dict:
     """What a converted folder says about itself (read by training/provenance.py)."""
-    return {"prompt_template": TEMPLATE_NAME, "made_by": MADE_BY_CONVERT, "created_at": made_at(),
-            "gguf": Path(gguf_path).name, "dtype": "float32"}
+    return {
+        "prompt_template": TEMPLATE_NAME,
+        "made_by": MADE_BY_CONVERT,
+        "created_at": made_at(),
+        "gguf": Path(gguf_path).name,
+        "dtype": "float32",
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,12 +70,28 @@ COPIED_FILES = (
 )
 
 SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
 }
 DTYPE_SIZES = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
-    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
 }
 OUTPUT_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -261,7 +277,7 @@ def make_diff(
                 if not exact:
                     inexact += 1
                     record["recovered_sha256"] = tensor_sha256(recovered_saved)
-                    error = (recovered_saved.to(torch.float32) - tuned_tensor.to(torch.float32))
+                    error = recovered_saved.to(torch.float32) - tuned_tensor.to(torch.float32)
                     record["max_abs_error"] = float(error.abs().max())
                 manifest_tensors.append(record)
                 writer.write(pairing.name, diff)
@@ -385,12 +401,20 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 def parse_size(text: str) -> int:
     """Bytes in "2GB", "500MB", "1.5GiB", "4096" (GB = 10^9, GiB = 2^30)."""
     units = {
-        "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-        "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+        "": 1,
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
     }
     stripped = text.strip().upper()
     number = stripped.rstrip("KMGTIB")
-    unit = stripped[len(number):]
+    unit = stripped[len(number) :]
     try:
         value = float(number)
     except ValueError:
@@ -718,15 +742,21 @@ class _ShardedWriter:
         from tqdm import tqdm
 
         self.bar = tqdm(
-            total=self.total, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=self._desc, disable=not self._progress_on,
+            total=self.total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=self._desc,
+            disable=not self._progress_on,
         )
         return self
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         shard, (spec_name, spec_dtype, spec_shape) = self._order[self._next]
         if (name, _dtype_name(tensor.dtype), tuple(tensor.shape)) != (
-            spec_name, spec_dtype, tuple(spec_shape)
+            spec_name,
+            spec_dtype,
+            tuple(spec_shape),
         ):
             raise RuntimeError(f"writer expected {spec_name} {spec_dtype} {spec_shape}, got {name}")
         if shard != self._shard:
@@ -923,4 +953,3 @@ def _some(names: list[str], limit: int = 3) -> str:
 
 def _gb(size: int) -> str:
     return f"{size / 1e9:.2f} GB"
-

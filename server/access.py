@@ -78,27 +78,41 @@ class AccessMiddleware:
             return
         presented = self._key_of(scope)
         if presented is None or not self._matches(presented):
-            message = ("missing API key: send Authorization: Bearer <key>" if presented is None
-                       else "invalid API key")
-            await _reject(send, 401, message, "unauthorized",
-                          [(b"www-authenticate", b"Bearer")])
+            message = (
+                "missing API key: send Authorization: Bearer <key>"
+                if presented is None
+                else "invalid API key"
+            )
+            await _reject(send, 401, message, "unauthorized", [(b"www-authenticate", b"Bearer")])
             return
         if self.limiter is not None:
             allowed, wait_s = self.limiter.allow(presented.decode(errors="replace"))
             if not allowed:
                 retry_after = str(max(1, round(wait_s))).encode()
-                await _reject(send, 429, "rate limit of this API key reached; retry later",
-                              "rate_limited", [(b"retry-after", retry_after)])
+                await _reject(
+                    send,
+                    429,
+                    "rate limit of this API key reached; retry later",
+                    "rate_limited",
+                    [(b"retry-after", retry_after)],
+                )
                 return
         await self.app(scope, receive, send)
 
 
-async def _reject(send: Send, status: int, message: str, type_: str,
-                  headers: list[tuple[bytes, bytes]]) -> None:
+async def _reject(
+    send: Send, status: int, message: str, type_: str, headers: list[tuple[bytes, bytes]]
+) -> None:
     body = json.dumps({"error": {"message": message, "type": type_, "param": None}}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *headers,
-    ]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

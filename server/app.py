@@ -137,11 +137,11 @@ def _mount_demo(app: FastAPI, settings: ServerSettings) -> FastAPI:
         ) from err
     keys = settings.api_key_list
     try:
-        demo_settings = DemoSettings(server_url=settings.local_url,
-                                     api_key=keys[0] if keys else None)
+        demo_settings = DemoSettings(
+            server_url=settings.local_url, api_key=keys[0] if keys else None
+        )
     except ValidationError as err:
-        raise UIUnavailableError(
-            f"invalid ALPACA_DEMO_* settings: {describe_errors(err)}") from err
+        raise UIUnavailableError(f"invalid ALPACA_DEMO_* settings: {describe_errors(err)}") from err
     return gr.mount_gradio_app(app, build_demo(demo_settings), path=UI_PATH)
 
 
@@ -164,8 +164,12 @@ async def _start_engine(runtime: Runtime, engine: Engine | None) -> None:
         await _warm_up(engine)
         runtime.ready = True
         url = runtime.settings.local_url
-        log.info("ready: serving %s (context %d tokens) at %s/generate", engine.model_name,
-                 engine.max_model_len, url)
+        log.info(
+            "ready: serving %s (context %d tokens) at %s/generate",
+            engine.model_name,
+            engine.max_model_len,
+            url,
+        )
         if runtime.settings.ui:
             log.info("demo UI at %s%s", url, UI_PATH)
     except asyncio.CancelledError:
@@ -185,8 +189,13 @@ def _engine_died(runtime: Runtime, reason: str) -> None:
 
 async def _warm_up(engine: Engine) -> None:
     options = SamplingOptions(
-        max_new_tokens=1, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-        stop=(), seed=None,
+        max_new_tokens=1,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        repetition_penalty=1.0,
+        stop=(),
+        seed=None,
     )
     async for _ in engine.generate(engine.tokenize(WARMUP_PROMPT), options, "warmup"):
         pass

@@ -91,7 +91,7 @@ def _describe(error: dict[str, Any]) -> str:
     param = _param_name(tuple(error.get("loc", ())))
     message = error.get("msg", "invalid value")
     if message.startswith("Value error, "):
-        message = message[len("Value error, "):]
+        message = message[len("Value error, ") :]
     if error.get("type") == "missing":
         return f"{param} is required" if param else "the request body is missing"
     if param is None and error.get("type") in ("model_attributes_type", "model_type", "dict_type"):
@@ -118,8 +118,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         reason = (detail.get("ctx") or {}).get("error", "")
         message = "the request body is not valid JSON" + (f": {reason}" if reason else "")
         return JSONResponse(error_body(message, "invalid_json"), status_code=400)
-    if len(errors) == 1 and tuple(errors[0].get("loc", ())) == ("body",) and isinstance(
-        errors[0].get("input"), bytes
+    if (
+        len(errors) == 1
+        and tuple(errors[0].get("loc", ())) == ("body",)
+        and isinstance(errors[0].get("input"), bytes)
     ):
         content_type = request.headers.get("content-type", "none")
         message = f"send the body as JSON with Content-Type: application/json (got {content_type})"

@@ -240,9 +240,7 @@ def load_filter(spec: FilterSettings) -> LoadedFilter:
     except Exception as err:
         raise FilterConfigError(f"filter factory {spec.factory!r} failed: {err}") from err
     if not (hasattr(impl, "check_input") or hasattr(impl, "check_output")):
-        raise FilterConfigError(
-            f"filter {spec.factory!r} has neither check_input nor check_output"
-        )
+        raise FilterConfigError(f"filter {spec.factory!r} has neither check_input nor check_output")
     name = spec.name or getattr(impl, "name", None) or attr
     return LoadedFilter(name, impl, spec.fail_open, spec.timeout_s)
 
@@ -258,8 +256,11 @@ class FilterOutcome:
 
     def as_record(self) -> dict[str, Any]:
         return {
-            "filter": self.filter, "hook": self.hook, "allowed": self.verdict.allowed,
-            "category": self.verdict.category, "reason": self.verdict.reason,
+            "filter": self.filter,
+            "hook": self.hook,
+            "allowed": self.verdict.allowed,
+            "category": self.verdict.category,
+            "reason": self.verdict.reason,
             "failed": self.failed,
         }
 
@@ -309,8 +310,13 @@ class FilterChain:
             kind, detail = "error", f"{type(err).__name__}: {err}"
             log.exception("filter %s failed in %s", loaded.name, hook)
         self._on_failure(loaded.name, short_hook, kind)
-        log.warning("filter %s %s in %s (%s)", loaded.name, kind, hook,
-                    "allowing: fail_open" if loaded.fail_open else "blocking")
+        log.warning(
+            "filter %s %s in %s (%s)",
+            loaded.name,
+            kind,
+            hook,
+            "allowing: fail_open" if loaded.fail_open else "blocking",
+        )
         if loaded.fail_open:
             return FilterOutcome(loaded.name, short_hook, Verdict.allow(), failed=True)
         verdict = Verdict.block(FILTER_ERROR_CATEGORY, f"filter {loaded.name} failed: {detail}")

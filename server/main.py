@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alpaca-serve: error: {err}", file=sys.stderr)
         return 2
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
         # The drain (server.lifecycle) has already let requests finish or cut them by now.
         timeout_graceful_shutdown=FINAL_EVENT_GRACE_S + 3,
         # uvicorn's access log carries client addresses; requests are logged as JSON instead.
@@ -105,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
 
     app.state.runtime.on_fatal = stop
     url = settings.local_url
-    print(f"alpaca-serve: API {url}/generate (docs {url}/docs)"
-          + (f", demo {url}/ui" if settings.ui else "")
-          + " - ready once the model has loaded (GET /ready)", flush=True)
+    print(
+        f"alpaca-serve: API {url}/generate (docs {url}/docs)"
+        + (f", demo {url}/ui" if settings.ui else "")
+        + " - ready once the model has loaded (GET /ready)",
+        flush=True,
+    )
     try:
         server.run()
     finally:

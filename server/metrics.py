@@ -10,14 +10,59 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                   7.5, 10.0, 20.0, 40.0, 80.0, 160.0)
-TOKEN_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4,
-                         0.5, 0.75, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+)
+TOKEN_LATENCY_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+)
 
 # What became of a request, the label of alpaca_requests_total.
-OUTCOMES = ("success", "invalid", "blocked", "rejected", "client_disconnected", "timeout",
-            "shutdown", "unavailable", "error")
+OUTCOMES = (
+    "success",
+    "invalid",
+    "blocked",
+    "rejected",
+    "client_disconnected",
+    "timeout",
+    "shutdown",
+    "unavailable",
+    "error",
+)
 
 
 class ServerMetrics:
@@ -25,8 +70,10 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         labels = {"model_name": model_name}
         self.requests = Counter(
-            "alpaca_requests", "Generation requests by outcome.",
-            ["model_name", "outcome"], registry=self.registry,
+            "alpaca_requests",
+            "Generation requests by outcome.",
+            ["model_name", "outcome"],
+            registry=self.registry,
         )
         for outcome in OUTCOMES:
             self.requests.labels(model_name=model_name, outcome=outcome)
@@ -45,41 +92,55 @@ class ServerMetrics:
 
         self.time_to_first_token = histogram(
             "alpaca_time_to_first_token_seconds",
-            "From the request's arrival to its first generated text.", LATENCY_BUCKETS)
+            "From the request's arrival to its first generated text.",
+            LATENCY_BUCKETS,
+        )
         self.inter_token_latency = histogram(
             "alpaca_inter_token_latency_seconds",
             "Between two consecutive pieces of generated text of one request.",
-            TOKEN_LATENCY_BUCKETS)
+            TOKEN_LATENCY_BUCKETS,
+        )
         self.e2e_latency = histogram(
             "alpaca_e2e_request_latency_seconds",
-            "From the request's arrival to its last generated text.", LATENCY_BUCKETS)
+            "From the request's arrival to its last generated text.",
+            LATENCY_BUCKETS,
+        )
         self.queue_time = histogram(
             "alpaca_request_queue_time_seconds",
             "Time a request waited in the engine's queue before it was scheduled.",
-            LATENCY_BUCKETS)
+            LATENCY_BUCKETS,
+        )
         self.prompt_tokens = counter("alpaca_prompt_tokens", "Prompt tokens processed.")
         self.generation_tokens = counter("alpaca_generation_tokens", "Tokens generated.")
         self.running = gauge("alpaca_num_requests_running", "Requests the engine is running.")
         self.waiting = gauge("alpaca_num_requests_waiting", "Requests waiting in the engine.")
         self.kv_cache_usage = gauge(
-            "alpaca_kv_cache_usage_perc", "Share of the KV cache in use (1 = full).")
+            "alpaca_kv_cache_usage_perc", "Share of the KV cache in use (1 = full)."
+        )
         self.filter_blocks = Counter(
-            "alpaca_filter_blocks", "Requests blocked by a content filter, by hook and category.",
-            ["model_name", "hook", "category"], registry=self.registry,
+            "alpaca_filter_blocks",
+            "Requests blocked by a content filter, by hook and category.",
+            ["model_name", "hook", "category"],
+            registry=self.registry,
         )
         self.filter_failures = Counter(
             "alpaca_filter_failures",
             "Content filters that raised or timed out, by filter, hook and kind.",
-            ["model_name", "filter", "hook", "kind"], registry=self.registry,
+            ["model_name", "filter", "hook", "kind"],
+            registry=self.registry,
         )
         self.feedback = Counter(
-            "alpaca_feedback", "Feedback saved, by kind (rating or comparison).",
-            ["model_name", "kind"], registry=self.registry,
+            "alpaca_feedback",
+            "Feedback saved, by kind (rating or comparison).",
+            ["model_name", "kind"],
+            registry=self.registry,
         )
         self.admission_queue = gauge(
-            "alpaca_admission_queue", "Requests admitted and waiting for a generation slot.")
+            "alpaca_admission_queue", "Requests admitted and waiting for a generation slot."
+        )
         self.engine_ready = gauge(
-            "alpaca_engine_ready", "1 when the engine is loaded and answering, else 0.")
+            "alpaca_engine_ready", "1 when the engine is loaded and answering, else 0."
+        )
 
     def count_block(self, hook: str, category: str) -> None:
         self.filter_blocks.labels(model_name=self._model_name, hook=hook, category=category).inc()

@@ -55,8 +55,14 @@ class Refusal(Exception):
     `category`), "unavailable" (no engine to use) or "shutting_down".
     """
 
-    def __init__(self, kind: str, message: str, param: str | None = None,
-                 category: str | None = None, retry_after_s: int | None = None):
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        param: str | None = None,
+        category: str | None = None,
+        retry_after_s: int | None = None,
+    ):
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -138,7 +144,12 @@ class Pipeline:
             ticket.release()
             raise
         generation = Generation(
-            engine, self.metrics, prompt_ids, options, request_id, arrival,
+            engine,
+            self.metrics,
+            prompt_ids,
+            options,
+            request_id,
+            arrival,
             filters=self.filters,
             on_finish=lambda done: self.record(_generation_record(done, body, prompt)),
             deadline=deadline,
@@ -157,8 +168,9 @@ class Pipeline:
             if body.instruction is not None:
                 raise _invalid("give either instruction or prompt, not both", "prompt")
             if body.input:
-                raise _invalid("input goes with instruction; a raw prompt already holds it",
-                               "input")
+                raise _invalid(
+                    "input goes with instruction; a raw prompt already holds it", "input"
+                )
             if not body.prompt.strip():
                 raise _invalid("prompt is empty", "prompt")
             prompt, prompt_param = body.prompt, "prompt"
@@ -381,8 +393,12 @@ class Generation:
             log.info(
                 "generation %s: outcome=%s finish_reason=%s prompt_tokens=%d "
                 "completion_tokens=%d seconds=%.3f",
-                self.request_id, outcome, self.finish_reason, self.prompt_tokens,
-                self.completion_tokens, self.latency_s,
+                self.request_id,
+                outcome,
+                self.finish_reason,
+                self.prompt_tokens,
+                self.completion_tokens,
+                self.latency_s,
             )
 
     async def _until_stopped(self, pieces: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
@@ -430,8 +446,9 @@ class Generation:
                 await asyncio.gather(step, return_exceptions=True)
 
 
-def _generation_record(generation: Generation, body: GenerateRequest,
-                       prompt: str) -> GenerationRecord:
+def _generation_record(
+    generation: Generation, body: GenerateRequest, prompt: str
+) -> GenerationRecord:
     """Step 6: what the generation log keeps of a finished generation (never the client's
     address)."""
     options = generation.options

@@ -65,20 +65,33 @@ class RequestContextMiddleware:
             log.exception("unhandled error")
             if not started:
                 body = json.dumps(
-                    {"error": {"message": "internal server error", "type": "internal_error",
-                               "param": None}}
+                    {
+                        "error": {
+                            "message": "internal server error",
+                            "type": "internal_error",
+                            "param": None,
+                        }
+                    }
                 ).encode()
-                await send({"type": "http.response.start", "status": 500, "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
-                ]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
         finally:
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info(json.dumps(_access_record(
-                    request_id, scope, status, time.perf_counter() - arrival
-                )))
+                access_log.info(
+                    json.dumps(
+                        _access_record(request_id, scope, status, time.perf_counter() - arrival)
+                    )
+                )
             request_id_var.reset(token)
 
 
@@ -145,14 +158,26 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send, size: int) -> None:
-        payload = json.dumps({"error": {
-            "message": f"the request body is {'over ' if size > self.max_bytes else ''}{size} "
-                       f"bytes, above the limit of {self.max_bytes}",
-            "type": "request_too_large", "param": None,
-        }}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            (b"connection", b"close"),
-        ]})
+        over = "over " if size > self.max_bytes else ""
+        payload = json.dumps(
+            {
+                "error": {
+                    "message": f"the request body is {over}{size} bytes, above the limit of "
+                    f"{self.max_bytes}",
+                    "type": "request_too_large",
+                    "param": None,
+                }
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})

@@ -44,9 +44,7 @@ class GenerateRequest(BaseModel):
         max_length=MAX_STOP_SEQUENCES,
         description="generation ends before any of these strings; they are not returned",
     )
-    seed: int | None = Field(
-        None, ge=0, le=2**63 - 1, description="makes sampling reproducible"
-    )
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="makes sampling reproducible")
     stream: bool = Field(False, description="send server-sent events as the text is generated")
 
     @field_validator("stop")

@@ -172,7 +172,12 @@ class ServerSettings(BaseSettings):
     )
 
     @field_validator(
-        "model", "model_name", "blocklist", "api_keys", "api_keys_file", "cors_origins",
+        "model",
+        "model_name",
+        "blocklist",
+        "api_keys",
+        "api_keys_file",
+        "cors_origins",
         mode="before",
     )
     @classmethod

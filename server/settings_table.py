@@ -59,8 +59,10 @@ def readme_table(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.settings_table",
-                                     description="Print, check or write the settings table.")
+    parser = argparse.ArgumentParser(
+        prog="python -m server.settings_table",
+        description="Print, check or write the settings table.",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--check", action="store_true", help="exit 1 if README.md differs")
     group.add_argument("--write", action="store_true", help="rewrite README.md's table")
@@ -73,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             README.write_text(text[:start] + "\n" + generated + "\n" + text[end:])
             return 0
         if readme_table(text) != generated:
-            print("README.md's settings table is out of date: run `make settings-table` "
-                  "(python -m server.settings_table --write)", file=sys.stderr)
+            print(
+                "README.md's settings table is out of date: run `make settings-table` "
+                "(python -m server.settings_table --write)",
+                file=sys.stderr,
+            )
             return 1
         return 0
     print(generated)

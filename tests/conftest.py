@@ -62,7 +62,10 @@ class ServerProcess:
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.main"],
-            env=full_env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so kill_hard takes the engine too
         )
         self.client = httpx.Client(base_url=self.url, timeout=120)
@@ -124,15 +127,27 @@ class ScriptedServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = folder / f"data-{self.port}"
-        full_env = {"ALPACA_DATA_DIR": str(self.data_dir), "ALPACA_UI": "false", **env,
-                    "ALPACA_PORT": str(self.port), "ALPACA_HOST": "127.0.0.1"}
+        full_env = {
+            "ALPACA_DATA_DIR": str(self.data_dir),
+            "ALPACA_UI": "false",
+            **env,
+            "ALPACA_PORT": str(self.port),
+            "ALPACA_HOST": "127.0.0.1",
+        }
         with mock.patch.dict(os.environ, full_env):
             self.settings = ServerSettings()
-        self.engine = ScriptedEngine(model_name=self.settings.served_model_name,
-                                     max_model_len=self.settings.max_model_len)
+        self.engine = ScriptedEngine(
+            model_name=self.settings.served_model_name, max_model_len=self.settings.max_model_len
+        )
         self.app = create_app(self.settings, engine=self.engine)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
         self._uvicorn = uvicorn.Server(config)
         self._log = io.StringIO()
         self._log_handler = logging.StreamHandler(self._log)
@@ -227,8 +242,10 @@ def tiny_server_env(model_dir: Path) -> dict[str, str]:
 
 # The two layers a test of HTTP behaviour runs on: the scripted engine in-process (fast) and a
 # real server process with vLLM on the tiny model (slow).
-LAYERS = [pytest.param("scripted", id="scripted"),
-          pytest.param("vllm", id="vllm", marks=pytest.mark.slow)]
+LAYERS = [
+    pytest.param("scripted", id="scripted"),
+    pytest.param("vllm", id="vllm", marks=pytest.mark.slow),
+]
 
 # The tiny model's limits, which the fast layer's servers get too.
 TINY_SETTINGS = {
@@ -321,7 +338,7 @@ def stream_events(client: httpx.Client, body: dict) -> tuple[httpx.Response, lis
             if not line:
                 continue
             assert line.startswith("data: "), line
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             events.append(data if data == "[DONE]" else json.loads(data))
     return response, events
 

@@ -29,8 +29,7 @@ from server.engine import EngineLoad, EngineUnavailableError, Piece, SamplingOpt
 TOKEN = re.compile(r"\s*\S+|\s+")
 
 
-WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs",
-         "away")
+WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "away")
 
 
 def long_answer(prompt: str) -> str:

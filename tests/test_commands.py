@@ -9,19 +9,35 @@ from importlib.metadata import distribution, version
 import pytest
 
 # The console scripts the installed project declares (pyproject.toml's [project.scripts]).
-SCRIPTS = {entry.name: entry.value for entry in distribution("alpaca-serve").entry_points
-           if entry.group == "console_scripts"}
+SCRIPTS = {
+    entry.name: entry.value
+    for entry in distribution("alpaca-serve").entry_points
+    if entry.group == "console_scripts"
+}
 
 # A call of each command with input it must refuse.
 BAD_INPUT = {
     "alpaca-serve": ["--port", "0"],
     "alpaca-demo": ["--port", "0"],
     "alpaca-convert": ["--gguf", "/no/such/model.gguf", "--out", "{tmp}/out"],
-    "alpaca-recover": ["recover", "--raw", "/no/such/raw", "--diff", "/no/such/diff",
-                       "--out", "{tmp}/out"],
+    "alpaca-recover": [
+        "recover",
+        "--raw",
+        "/no/such/raw",
+        "--diff",
+        "/no/such/diff",
+        "--out",
+        "{tmp}/out",
+    ],
     "alpaca-export": ["--data-dir", "{tmp}/no-such-folder"],
-    "alpaca-train": ["--model", "/no/such/model", "--data", "/no/such/data.json",
-                     "--out", "{tmp}/out"],
+    "alpaca-train": [
+        "--model",
+        "/no/such/model",
+        "--data",
+        "/no/such/data.json",
+        "--out",
+        "{tmp}/out",
+    ],
     "alpaca-eval": ["answer", "--instructions", "/no/such/file.jsonl", "--out", "{tmp}/x"],
     "alpaca-bench": ["--clients", "0"],
 }

@@ -31,16 +31,34 @@ class ArgsError(ValueError):
 # 4 per device x 8 accumulation x 4 GPUs = 128 in the original; the per-device batch is ours.
 PRESETS: dict[str, dict[str, Any]] = {
     "7b": dict(
-        global_batch_size=128, micro_batch_size=4, learning_rate=2e-5, epochs=3.0,
-        model_max_length=512, warmup_ratio=0.03, lr_scheduler="cosine", weight_decay=0.0,
+        global_batch_size=128,
+        micro_batch_size=4,
+        learning_rate=2e-5,
+        epochs=3.0,
+        model_max_length=512,
+        warmup_ratio=0.03,
+        lr_scheduler="cosine",
+        weight_decay=0.0,
     ),
     "13b": dict(
-        global_batch_size=128, micro_batch_size=4, learning_rate=1e-5, epochs=5.0,
-        model_max_length=512, warmup_ratio=0.03, lr_scheduler="cosine", weight_decay=0.0,
+        global_batch_size=128,
+        micro_batch_size=4,
+        learning_rate=1e-5,
+        epochs=5.0,
+        model_max_length=512,
+        warmup_ratio=0.03,
+        lr_scheduler="cosine",
+        weight_decay=0.0,
     ),
     "tiny": dict(
-        global_batch_size=8, micro_batch_size=4, learning_rate=1e-4, epochs=1.0,
-        model_max_length=256, warmup_ratio=0.03, lr_scheduler="cosine", weight_decay=0.0,
+        global_batch_size=8,
+        micro_batch_size=4,
+        learning_rate=1e-4,
+        epochs=1.0,
+        model_max_length=256,
+        warmup_ratio=0.03,
+        lr_scheduler="cosine",
+        weight_decay=0.0,
     ),
 }
 # alpaca-lora's learning rate, used for --lora when no --learning-rate is given.
@@ -65,8 +83,9 @@ class DataArgs:
         False, "drop records that are not valid Alpaca records (and count them) instead of stopping"
     )
     model_max_length: int | None = _opt(
-        None, "tokens per example (prompt + output + EOS); longer ones are truncated and counted "
-        "(preset: 512)"
+        None,
+        "tokens per example (prompt + output + EOS); longer ones are truncated and counted "
+        "(preset: 512)",
     )
     group_by_length: bool = _opt(
         False, "batch examples of similar length together: less padding, faster epochs"
@@ -79,8 +98,9 @@ class DataArgs:
         if self.model_max_length is not None and self.model_max_length < 2:
             raise ArgsError(f"--model-max-length must be at least 2, got {self.model_max_length}")
         if self.packing and self.group_by_length:
-            raise ArgsError("--packing and --group-by-length do not go together: packing has no "
-                            "padding to save")
+            raise ArgsError(
+                "--packing and --group-by-length do not go together: packing has no padding to save"
+            )
 
 
 @dataclass
@@ -95,8 +115,9 @@ class LoraArgs:
         ["q_proj", "v_proj"], "module names that get adapters (e.g. q_proj k_proj v_proj o_proj)"
     )
     merge: bool = _opt(
-        True, "with --lora: merge the adapters into the base weights and save plain HF weights "
-        "(servable); the adapter alone is kept in OUTPUT_DIR/adapter"
+        True,
+        "with --lora: merge the adapters into the base weights and save plain HF weights "
+        "(servable); the adapter alone is kept in OUTPUT_DIR/adapter",
     )
 
     def __post_init__(self) -> None:
@@ -116,16 +137,21 @@ class TrainArgs:
 
     model: Path | None = _opt(None, "base model: a Hugging Face folder (required)")
     output_dir: Path | None = _opt(
-        None, "where the servable model, alpaca_train.json and checkpoints/ go (required; "
-        "--output-dir, the Trainer's name, works too)", flags=("--out", "--output-dir")
+        None,
+        "where the servable model, alpaca_train.json and checkpoints/ go (required; "
+        "--output-dir, the Trainer's name, works too)",
+        flags=("--out", "--output-dir"),
     )
     preset: str = _opt(
-        "7b", "hyperparameter defaults: 7b and 13b are the Alpaca paper's table, tiny is for "
-        "small models and tests", choices=tuple(PRESETS)
+        "7b",
+        "hyperparameter defaults: 7b and 13b are the Alpaca paper's table, tiny is for "
+        "small models and tests",
+        choices=tuple(PRESETS),
     )
     global_batch_size: int | None = _opt(
-        None, "examples per optimizer step over all processes (preset: 128); gradient "
-        "accumulation = global / (micro batch x world size)"
+        None,
+        "examples per optimizer step over all processes (preset: 128); gradient "
+        "accumulation = global / (micro batch x world size)",
     )
     micro_batch_size: int | None = _opt(None, "examples per forward pass per process (preset: 4)")
     learning_rate: float | None = _opt(
@@ -137,41 +163,54 @@ class TrainArgs:
         None, "share of the steps spent warming the learning rate up (preset: 0.03)"
     )
     lr_scheduler: str | None = _opt(
-        None, "learning-rate schedule after warm-up (preset: cosine)",
+        None,
+        "learning-rate schedule after warm-up (preset: cosine)",
         choices=("cosine", "linear", "constant_with_warmup"),
     )
     weight_decay: float | None = _opt(None, "AdamW weight decay (preset: 0)")
     precision: str = _opt(
-        "auto", "auto: bf16 mixed precision on a GPU that supports it, else fp32",
+        "auto",
+        "auto: bf16 mixed precision on a GPU that supports it, else fp32",
         choices=("auto", "bf16", "fp16", "fp32"),
     )
     gradient_checkpointing: bool = _opt(False, "recompute activations: less memory, ~30%% slower")
     fsdp: bool = _opt(
-        False, "shard with FSDP full_shard, auto-wrapping the model's decoder layer class "
-        "(launch with torchrun or accelerate launch)"
+        False,
+        "shard with FSDP full_shard, auto-wrapping the model's decoder layer class "
+        "(launch with torchrun or accelerate launch)",
     )
     deepspeed: Path | None = _opt(
         None, "DeepSpeed config file, e.g. training/configs/deepspeed_zero3.json"
     )
     logging_steps: int = _opt(10, "log loss and learning rate every N steps")
     report_to: str = _opt(
-        "none", "experiment trackers that also get the logged metrics, as the transformers "
+        "none",
+        "experiment trackers that also get the logged metrics, as the transformers "
         "Trainer names them: none, all (every one installed), or a comma-separated list such as "
         "tensorboard,wandb (also mlflow, comet_ml, clearml, ...; TensorBoard writes to "
-        "OUTPUT_DIR/checkpoints/runs)"
+        "OUTPUT_DIR/checkpoints/runs)",
     )
     save_steps: int = _opt(200, "save a checkpoint every N steps (and at the end)")
     save_total_limit: int | None = _opt(2, "keep at most N checkpoints")
     resume: str | None = _opt(
-        None, "continue from a checkpoint: a checkpoint folder, or 'last' for the newest in "
-        "OUTPUT_DIR/checkpoints", nargs="?", const="last",
+        None,
+        "continue from a checkpoint: a checkpoint folder, or 'last' for the newest in "
+        "OUTPUT_DIR/checkpoints",
+        nargs="?",
+        const="last",
     )
     seed: int = _opt(42, "random seed for initialisation, dropout and data order")
 
     def __post_init__(self) -> None:
         preset = PRESETS[self.preset]
-        for name in ("global_batch_size", "micro_batch_size", "epochs", "warmup_ratio",
-                     "lr_scheduler", "weight_decay"):
+        for name in (
+            "global_batch_size",
+            "micro_batch_size",
+            "epochs",
+            "warmup_ratio",
+            "lr_scheduler",
+            "weight_decay",
+        ):
             if getattr(self, name) is None:
                 setattr(self, name, preset[name])
         for name in ("global_batch_size", "micro_batch_size", "logging_steps", "save_steps"):
@@ -228,9 +267,15 @@ class AlpacaTrainArgs:
     lora: LoraArgs
 
     def __post_init__(self) -> None:
-        missing = [f"--{_flag(n)}" for n, v in (
-            ("model", self.train.model), ("data", self.data.data),
-            ("output_dir", self.train.output_dir)) if v is None]
+        missing = [
+            f"--{_flag(n)}"
+            for n, v in (
+                ("model", self.train.model),
+                ("data", self.data.data),
+                ("output_dir", self.train.output_dir),
+            )
+            if v is None
+        ]
         if missing:
             raise ArgsError(f"the following arguments are required: {', '.join(missing)}")
         if self.data.model_max_length is None:
@@ -239,13 +284,17 @@ class AlpacaTrainArgs:
             preset_rate = PRESETS[self.train.preset]["learning_rate"]
             self.train.learning_rate = LORA_LEARNING_RATE if self.lora.lora else preset_rate
         if self.lora.lora and self.train.fsdp:
-            raise ArgsError("--lora with --fsdp is not supported: use --deepspeed for LoRA on many "
-                            "GPUs, or train LoRA on one")
+            raise ArgsError(
+                "--lora with --fsdp is not supported: use --deepspeed for LoRA on many "
+                "GPUs, or train LoRA on one"
+            )
 
     def to_json(self) -> dict[str, Any]:
         """The resolved arguments as JSON-ready groups, for alpaca_train.json."""
-        return {name: _jsonable(dataclasses.asdict(getattr(self, name)))
-                for name in ("train", "data", "lora")}
+        return {
+            name: _jsonable(dataclasses.asdict(getattr(self, name)))
+            for name in ("train", "data", "lora")
+        }
 
 
 GROUPS = (("model and schedule", TrainArgs), ("data", DataArgs), ("LoRA", LoraArgs))
@@ -326,4 +375,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-

@@ -128,9 +128,12 @@ def _json_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         try:
             yield where, json.loads(line)
         except json.JSONDecodeError as err:
-            yield where, DataFormatError(
-                f"{where}: not valid JSON at column {err.colno}: {err.msg} (expected a JSON "
-                "list, or JSON lines with one object per line)"
+            yield (
+                where,
+                DataFormatError(
+                    f"{where}: not valid JSON at column {err.colno}: {err.msg} (expected a JSON "
+                    "list, or JSON lines with one object per line)"
+                ),
             )
 
 

@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         check_paths(args)
         records, skipped = load_training_records(args.data.data, args.data.skip_invalid)
-        log(f"data: {len(records)} records from {args.data.data}"
-            + (f", {skipped} invalid skipped" if args.data.skip_invalid else ""))
+        log(
+            f"data: {len(records)} records from {args.data.data}"
+            + (f", {skipped} invalid skipped" if args.data.skip_invalid else "")
+        )
         check_trackers(args.train.trackers)
         train(args, records, skipped)
     except (ArgsError, DataFormatError, TrainError) as err:
@@ -120,12 +122,16 @@ def check_trackers(trackers: list[str]) -> None:
         installed.add("flyte")
     for name in trackers:
         if name not in INTEGRATION_TO_CALLBACK:
-            raise ArgsError(f"--report-to: unknown tracker {name!r}; the Trainer knows none, all, "
-                            f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+            raise ArgsError(
+                f"--report-to: unknown tracker {name!r}; the Trainer knows none, all, "
+                f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}"
+            )
     for name in trackers:
         if name not in installed:
-            raise ArgsError(f"--report-to {name}: its package is not installed "
-                            f"(pip install {TRACKER_PACKAGES.get(name, name)})")
+            raise ArgsError(
+                f"--report-to {name}: its package is not installed "
+                f"(pip install {TRACKER_PACKAGES.get(name, name)})"
+            )
 
 
 def load_training_records(path: Path, skip_invalid: bool) -> tuple[list[AlpacaRecord], int]:
@@ -194,8 +200,9 @@ def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> T
         global_step=clock.last_step,
         steps_this_run=clock.steps,
         # The last batch of an epoch may be short: cap at the examples the schedule holds.
-        examples=min(clock.steps * args.train.global_batch_size,
-                     math.ceil(len(examples) * args.train.epochs)),
+        examples=min(
+            clock.steps * args.train.global_batch_size, math.ceil(len(examples) * args.train.epochs)
+        ),
         tokens=int(clock.tokens),
         seconds=clock.seconds,
         train_loss=result.training_loss,
@@ -263,8 +270,9 @@ def decoder_layer_classes(model_dir: Path) -> list[str]:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     config = AutoConfig.from_pretrained(str(model_dir))
-    classes = list(getattr(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], "_no_split_modules", None)
-                   or [])
+    classes = list(
+        getattr(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], "_no_split_modules", None) or []
+    )
     if not classes:
         raise TrainError(f"cannot tell the decoder layer class of {model_dir} for FSDP auto-wrap")
     return classes
@@ -315,8 +323,9 @@ def apply_lora(model: Any, args: AlpacaTrainArgs) -> Any:
     return model
 
 
-def build_trainer(args: AlpacaTrainArgs, model: Any, tokenizer: Any, examples: list,
-                  training_args: Any) -> Any:
+def build_trainer(
+    args: AlpacaTrainArgs, model: Any, tokenizer: Any, examples: list, training_args: Any
+) -> Any:
     """A Hugging Face Trainer over the tokenized examples, without its own printing (the callbacks
     of make_callbacks show a progress bar and one line per log step instead)."""
     from transformers import Trainer
@@ -352,8 +361,9 @@ def find_resume_checkpoint(args: AlpacaTrainArgs) -> str | None:
     return last
 
 
-def save_output(args: AlpacaTrainArgs, trainer: Any, tokenizer: Any,
-                added_tokens: list[str]) -> None:
+def save_output(
+    args: AlpacaTrainArgs, trainer: Any, tokenizer: Any, added_tokens: list[str]
+) -> None:
     """Write the servable folder: plain HF weights (LoRA merged) and the tokenizer."""
     out_dir = args.train.output_dir
     if not args.lora.lora:
@@ -393,8 +403,14 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, tokenizer: A
     log(f"LoRA merged into plain weights in {out_dir} (adapter kept in {adapter_dir})")
 
 
-def write_train_info(args: AlpacaTrainArgs, summary: TrainSummary, stats: Any, skipped: int,
-                     added_tokens: list[str], records: int) -> None:
+def write_train_info(
+    args: AlpacaTrainArgs,
+    summary: TrainSummary,
+    stats: Any,
+    skipped: int,
+    added_tokens: list[str],
+    records: int,
+) -> None:
     """alpaca_train.json: the checkpoint describes itself (template, arguments, data, result)."""
     import transformers
 
@@ -442,9 +458,15 @@ def make_callbacks() -> tuple[Any, Any, Any]:
         bar = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step",
-                            desc=f"{PROG}: training", file=sys.stderr, dynamic_ncols=True,
-                            disable=not state.is_world_process_zero)
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                unit="step",
+                desc=f"{PROG}: training",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                disable=not state.is_world_process_zero,
+            )
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(state.global_step - self.bar.n)
@@ -453,8 +475,9 @@ def make_callbacks() -> tuple[Any, Any, Any]:
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                self.bar.set_postfix(loss=f"{logs['loss']:.4f}",
-                                     lr=f"{logs.get('learning_rate', 0.0):.2e}")
+                self.bar.set_postfix(
+                    loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0.0):.2e}"
+                )
             if state.global_step >= state.max_steps:
                 self.bar.close()
 

@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alpaca-export: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     noun = "record" if count == 1 else "records"
-    print(f"alpaca-export: wrote {count} {noun} to {args.out or 'standard output'}",
-          file=sys.stderr)
+    print(
+        f"alpaca-export: wrote {count} {noun} to {args.out or 'standard output'}", file=sys.stderr
+    )
     return 0
 
 
-def database_location(args: argparse.Namespace,
-                      settings: StoreSettings) -> tuple[str, Path | None]:
+def database_location(args: argparse.Namespace, settings: StoreSettings) -> tuple[str, Path | None]:
     """The URL of the database to export, and the folder when it is the SQLite file of a data
     folder: --database, else --data-dir, else the server's store as its settings say."""
     if args.database:

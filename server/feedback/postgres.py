@@ -20,8 +20,11 @@ from server.feedback.records import StoreError
 
 class PostgresBackend(Backend):
     placeholder = "%s"
-    types = {"id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-             "real": "DOUBLE PRECISION", "json": "JSONB"}
+    types = {
+        "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "real": "DOUBLE PRECISION",
+        "json": "JSONB",
+    }
 
     def __init__(self, url: str):
         self.url = url

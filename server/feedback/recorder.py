@@ -79,5 +79,6 @@ class GenerationRecorder:
         try:
             await self.flush()
         except Exception as err:
-            log.error("generation log: %d records not written at shutdown: %s",
-                      len(self._pending), err)
+            log.error(
+                "generation log: %d records not written at shutdown: %s", len(self._pending), err
+            )

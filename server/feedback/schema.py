@@ -75,8 +75,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 # The generations table's columns, in GenerationRecord's field order.
 GENERATION_COLUMNS = (
-    "id", "created_at", "model", "params", "instruction", "input", "prompt", "response",
-    "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "filter_verdicts",
+    "id",
+    "created_at",
+    "model",
+    "params",
+    "instruction",
+    "input",
+    "prompt",
+    "response",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_s",
+    "filter_verdicts",
     "source",
 )
 

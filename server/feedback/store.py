@@ -102,10 +102,20 @@ class FeedbackStore:
         """Insert `records` in one transaction; an id already recorded is left as it is."""
         rows = [
             (
-                r.id, r.created_at, _text(r.model), json.dumps(_text(r.params)),
-                _text(r.instruction), _text(r.input), _text(r.prompt), _text(r.response),
-                r.finish_reason, r.prompt_tokens, r.completion_tokens, r.latency_s,
-                json.dumps(_text(r.filter_verdicts)), r.source,
+                r.id,
+                r.created_at,
+                _text(r.model),
+                json.dumps(_text(r.params)),
+                _text(r.instruction),
+                _text(r.input),
+                _text(r.prompt),
+                _text(r.response),
+                r.finish_reason,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.latency_s,
+                json.dumps(_text(r.filter_verdicts)),
+                r.source,
             )
             for r in records
         ]
@@ -170,8 +180,7 @@ class FeedbackStore:
             )
             return updated[0], False
 
-    def list_comparisons(self, after: int = 0,
-                         limit: int = COMPARISON_PAGE_LIMIT) -> list[dict]:
+    def list_comparisons(self, after: int = 0, limit: int = COMPARISON_PAGE_LIMIT) -> list[dict]:
         """Up to `limit` comparisons with a row id above `after`, by row id: each a dict with
         id, generation_ids (sorted), winner, voter, session_id, created_at, updated_at. A vote
         changed later keeps its id, so paging on with the last id seen reads every vote once."""
@@ -184,8 +193,15 @@ class FeedbackStore:
                 (after, limit),
             )
         return [
-            {"id": row_id, "generation_ids": [first, second], "winner": winner, "voter": voter,
-             "session_id": session_id, "created_at": created_at, "updated_at": updated_at}
+            {
+                "id": row_id,
+                "generation_ids": [first, second],
+                "winner": winner,
+                "voter": voter,
+                "session_id": session_id,
+                "created_at": created_at,
+                "updated_at": updated_at,
+            }
             for row_id, first, second, winner, voter, session_id, created_at, updated_at in rows
         ]
 
@@ -221,8 +237,14 @@ class FeedbackStore:
             model_a, model_b = sorted((model_1, model_2))
             entry = pairs.setdefault(
                 (voter, model_a, model_b),
-                {"model_a": model_a, "model_b": model_b,
-                 "wins_a": 0, "wins_b": 0, "ties": 0, "both_bad": 0},
+                {
+                    "model_a": model_a,
+                    "model_b": model_b,
+                    "wins_a": 0,
+                    "wins_b": 0,
+                    "ties": 0,
+                    "both_bad": 0,
+                },
             )
             if model_1 > model_2:
                 wins_1, wins_2 = wins_2, wins_1
@@ -344,8 +366,9 @@ def _existing_ids(tx: Transaction, ids: Iterable[str]) -> set[str]:
     found: set[str] = set()
     for chunk in _chunks(list(dict.fromkeys(ids))):
         marks = ", ".join("?" * len(chunk))
-        found.update(row[0] for row in tx.rows(f"SELECT id FROM generations WHERE id IN ({marks})",
-                                               chunk))
+        found.update(
+            row[0] for row in tx.rows(f"SELECT id FROM generations WHERE id IN ({marks})", chunk)
+        )
     return found
 
 
@@ -358,7 +381,7 @@ def _require_generations(tx: Transaction, ids: list[str]) -> None:
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:
     for start in range(0, len(items), ID_CHUNK):
-        yield items[start:start + ID_CHUNK]
+        yield items[start : start + ID_CHUNK]
 
 
 def _text(value: Any) -> Any:

@@ -86,9 +86,21 @@ class ComparisonPage(BaseModel):
     "/feedback",
     response_model=FeedbackSaved,
     status_code=201,
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "oneOf": [RatingRequest.model_json_schema(), ComparisonRequest.model_json_schema()],
-    }}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            RatingRequest.model_json_schema(),
+                            ComparisonRequest.model_json_schema(),
+                        ],
+                    }
+                }
+            },
+        }
+    },
     responses={
         **BODY_ERRORS,
         200: {"model": FeedbackSaved, "description": "an earlier rating by this session updated"},
@@ -143,19 +155,23 @@ async def feedback_summary(runtime: RuntimeDep) -> dict:
     return await runtime.in_store(runtime.store.summary)
 
 
-@router.get("/feedback/comparisons", response_model=ComparisonPage,
-            responses={422: error_doc("a parameter is invalid")})
+@router.get(
+    "/feedback/comparisons",
+    response_model=ComparisonPage,
+    responses={422: error_doc("a parameter is invalid")},
+)
 async def list_comparisons(
     runtime: RuntimeDep,
-    after: Annotated[int, Query(ge=0, le=2**63 - 1,
-                                description="only votes with a larger id")] = 0,
-    limit: Annotated[int, Query(ge=1, le=COMPARISON_PAGE_LIMIT,
-                                description="most votes to return")] = COMPARISON_PAGE_LIMIT,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="only votes with a larger id")] = 0,
+    limit: Annotated[
+        int, Query(ge=1, le=COMPARISON_PAGE_LIMIT, description="most votes to return")
+    ] = COMPARISON_PAGE_LIMIT,
 ) -> ComparisonPage:
     """Every pairwise vote, by id, a page at a time (as `alpaca-eval report` reads them)."""
     rows = await runtime.in_store(runtime.store.list_comparisons, after, limit)
-    return ComparisonPage(comparisons=rows,
-                          next_after=rows[-1]["id"] if len(rows) == limit else None)
+    return ComparisonPage(
+        comparisons=rows, next_after=rows[-1]["id"] if len(rows) == limit else None
+    )
 
 
 def _parse(model: type[BaseModel], payload: dict[str, Any]):

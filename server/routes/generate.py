@@ -32,9 +32,7 @@ router = APIRouter()
     responses=GENERATION_RESPONSES,
 )
 async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep):
-    generation = await runtime.pipeline.start(
-        body, request.state.request_id, request.state.arrival
-    )
+    generation = await runtime.pipeline.start(body, request.state.request_id, request.state.arrival)
     request.state.generation = generation  # for the request's log line
     if body.stream:  # the response releases the slot when the stream ends
         return EventStreamResponse(_events(generation), on_close=generation.release)
@@ -54,8 +52,9 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
 
 
 def _usage(generation: Generation) -> Usage:
-    return Usage(prompt_tokens=generation.prompt_tokens,
-                 completion_tokens=generation.completion_tokens)
+    return Usage(
+        prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens
+    )
 
 
 def _block_info(generation: Generation) -> FilterBlock | None:

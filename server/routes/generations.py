@@ -40,8 +40,11 @@ class ImportedAnswer(BaseModel):
 class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME_CHARS,
-                       description="the name the answers are stored and reported under")
+    model: str = Field(
+        min_length=1,
+        max_length=MAX_MODEL_NAME_CHARS,
+        description="the name the answers are stored and reported under",
+    )
     answers: list[ImportedAnswer] = Field(min_length=1, max_length=MAX_IMPORTED_ANSWERS)
 
 
@@ -69,8 +72,11 @@ async def import_generations(
     for index, answer in enumerate(body.answers):
         chars = len(answer.instruction) + len(answer.input)
         if chars > limit:
-            raise invalid(f"answers[{index}]: instruction and input together are {chars} "
-                          f"characters, above this server's limit of {limit}", "answers")
+            raise invalid(
+                f"answers[{index}]: instruction and input together are {chars} "
+                f"characters, above this server's limit of {limit}",
+                "answers",
+            )
     now = time.time()
     records = [
         GenerationRecord(

@@ -42,8 +42,12 @@ from server.streaming import DONE, EventStreamResponse, error_event, run_unless_
 router = APIRouter(prefix="/v1")
 
 # OpenAI's finish reasons: the end of sequence and a stop string are both "stop".
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length",
-                  "content_filter": "content_filter"}
+FINISH_REASONS = {
+    "eos": "stop",
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+}
 ERRORS = {**GENERATION_RESPONSES, 404: error_doc("no such model")}
 
 
@@ -85,10 +89,17 @@ class ChatRequest(_Sampling):
 
 @router.get("/models")
 async def list_models(runtime: RuntimeDep) -> dict:
-    return {"object": "list", "data": [{
-        "id": runtime.settings.served_model_name, "object": "model",
-        "created": int(time.time()), "owned_by": "alpaca-serve",
-    }]}
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": runtime.settings.served_model_name,
+                "object": "model",
+                "created": int(time.time()),
+                "owned_by": "alpaca-serve",
+            }
+        ],
+    }
 
 
 @router.post("/completions", responses=ERRORS)
@@ -112,12 +123,16 @@ async def chat_completions(body: ChatRequest, request: Request, runtime: Runtime
 
 def _to_generate(body: _Sampling, runtime: Runtime, **text: str) -> GenerateRequest:
     if body.model != runtime.settings.served_model_name:
-        raise APIError(404, f"the model {body.model!r} does not exist; this server serves "
-                       f"{runtime.settings.served_model_name!r}", "not_found", "model")
+        raise APIError(
+            404,
+            f"the model {body.model!r} does not exist; this server serves "
+            f"{runtime.settings.served_model_name!r}",
+            "not_found",
+            "model",
+        )
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > MAX_STOP_SEQUENCES:
-        raise invalid(f"stop takes at most {MAX_STOP_SEQUENCES} strings (got {len(stop)})",
-                      "stop")
+        raise invalid(f"stop takes at most {MAX_STOP_SEQUENCES} strings (got {len(stop)})", "stop")
     fields = dict(
         **text,
         max_new_tokens=body.max_completion_tokens or body.max_tokens,
@@ -151,8 +166,12 @@ async def _respond(internal: GenerateRequest, request: Request, runtime: Runtime
         generation.release()
     finish = FINISH_REASONS.get(generation.finish_reason or "", "stop")
     if kind == "chat.completion":
-        choice = {"index": 0, "message": {"role": "assistant", "content": generation.text},
-                  "finish_reason": finish, "logprobs": None}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": generation.text},
+            "finish_reason": finish,
+            "logprobs": None,
+        }
     else:
         choice = {"index": 0, "text": generation.text, "finish_reason": finish, "logprobs": None}
     return {
@@ -166,15 +185,21 @@ async def _respond(internal: GenerateRequest, request: Request, runtime: Runtime
 
 
 def _usage(generation: Generation) -> dict:
-    return {"prompt_tokens": generation.prompt_tokens,
-            "completion_tokens": generation.completion_tokens,
-            "total_tokens": generation.prompt_tokens + generation.completion_tokens}
+    return {
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": generation.completion_tokens,
+        "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+    }
 
 
 async def _chunks(generation: Generation, kind: str, created: int) -> AsyncIterator[bytes]:
     chat = kind == "chat.completion"
-    head = {"id": generation.request_id, "object": f"{kind}.chunk" if chat else kind,
-            "created": created, "model": generation.model_name}
+    head = {
+        "id": generation.request_id,
+        "object": f"{kind}.chunk" if chat else kind,
+        "created": created,
+        "model": generation.model_name,
+    }
 
     def chunk(piece: str | None, finish: str | None, role: bool = False) -> bytes:
         if chat:
@@ -194,8 +219,9 @@ async def _chunks(generation: Generation, kind: str, created: int) -> AsyncItera
             yield chunk("", None, role=True)
         async for text in generation.run():
             yield chunk(text, None)
-        yield chunk(None if chat else "", FINISH_REASONS.get(generation.finish_reason or "",
-                                                             "stop"))
+        yield chunk(
+            None if chat else "", FINISH_REASONS.get(generation.finish_reason or "", "stop")
+        )
     except GENERATION_ERRORS as err:
         yield error_event(err)
     yield DONE

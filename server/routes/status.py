@@ -71,10 +71,12 @@ async def info(runtime: RuntimeDep) -> dict:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
-                     "description": "Prometheus text exposition format"}},
+    responses={
+        200: {
+            "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            "description": "Prometheus text exposition format",
+        }
+    },
 )
 async def metrics(runtime: RuntimeDep) -> Response:
-    return Response(
-        runtime.metrics.render(runtime.refresh_gauges), media_type=CONTENT_TYPE_LATEST
-    )
+    return Response(runtime.metrics.render(runtime.refresh_gauges), media_type=CONTENT_TYPE_LATEST)

@@ -49,8 +49,14 @@ def test_a_rating_is_saved_and_the_same_sessions_second_rating_replaces_it(api):
 
 
 def test_imported_answers_are_voted_on_and_the_votes_read_back_page_by_page(api):
-    answers = [{"instruction": f"Count to {n}.", "input": "", "output": " ".join(
-        str(i) for i in range(1, n + 1))} for n in (2, 3, 4)]
+    answers = [
+        {
+            "instruction": f"Count to {n}.",
+            "input": "",
+            "output": " ".join(str(i) for i in range(1, n + 1)),
+        }
+        for n in (2, 3, 4)
+    ]
     ids = api.import_generations(f"counter-{uuid.uuid4().hex[:6]}", answers)
     voter = session()
 
@@ -62,14 +68,17 @@ def test_imported_answers_are_voted_on_and_the_votes_read_back_page_by_page(api)
     assert len(first_page["comparisons"]) == 1 and first_page["next_after"] is not None
     mine = [row for row in api.comparisons() if row["session_id"] == voter]
     assert [(row["generation_ids"], row["winner"], row["voter"]) for row in mine] == [
-        (sorted(ids[:2]), ids[0], "human"), (sorted(ids[1:]), "tie", "machine")]
+        (sorted(ids[:2]), ids[0], "human"),
+        (sorted(ids[1:]), "tie", "machine"),
+    ]
 
 
 def test_the_models_the_info_and_a_chat_completion_are_read(api):
     [model] = api.models()
     info = api.info()
-    reply = api.chat_completion([{"role": "user", "content": "Say A or B."}], model["id"],
-                                temperature=0, max_tokens=4)
+    reply = api.chat_completion(
+        [{"role": "user", "content": "Say A or B."}], model["id"], temperature=0, max_tokens=4
+    )
 
     assert info["model"] == model["id"]
     assert reply["id"].startswith("gen-")
@@ -90,10 +99,12 @@ def test_the_async_client_makes_the_same_calls(tiny_server):
     async def calls() -> tuple[dict, list[dict], dict]:
         async with AsyncAlpacaClient(tiny_server.url, timeout_s=120) as client:
             reply = await client.generate("Name a fruit.", max_new_tokens=4)
-            events = [event async for event in client.stream_generate("Name a fruit.",
-                                                                      max_new_tokens=4)]
-            saved = await client.send_comparison([reply["id"], events[0]["id"]], "both_bad",
-                                                 session())
+            events = [
+                event async for event in client.stream_generate("Name a fruit.", max_new_tokens=4)
+            ]
+            saved = await client.send_comparison(
+                [reply["id"], events[0]["id"]], "both_bad", session()
+            )
             return reply, events, saved
 
     reply, events, saved = asyncio.run(calls())

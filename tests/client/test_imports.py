@@ -9,10 +9,13 @@ from tests.conftest import ROOT
 
 
 def test_the_client_imports_neither_server_nor_demo_nor_evaluation_nor_training():
-    code = ("import sys, client.api, client.errors; "
-            "print(sorted(m for m in sys.modules "
-            "if m.split('.')[0] in ('server', 'demo', 'evaluation', 'training')))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    code = (
+        "import sys, client.api, client.errors; "
+        "print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('server', 'demo', 'evaluation', 'training')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

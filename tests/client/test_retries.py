@@ -13,8 +13,13 @@ import pytest
 from client.api import AlpacaClient, AsyncAlpacaClient, Retries
 from client.errors import APIRequestError
 
-ANSWER = {"id": "gen-1", "model": "tiny", "text": "Blue.", "finish_reason": "eos",
-          "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+ANSWER = {
+    "id": "gen-1",
+    "model": "tiny",
+    "text": "Blue.",
+    "finish_reason": "eos",
+    "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+}
 
 
 def scripted(*replies: httpx.Response | Exception):
@@ -34,30 +39,42 @@ def scripted(*replies: httpx.Response | Exception):
 
 def busy(status: int = 429, retry_after: str | None = None) -> httpx.Response:
     headers = {"Retry-After": retry_after} if retry_after is not None else {}
-    return httpx.Response(status, headers=headers, json={"error": {
-        "message": "the server is at capacity", "type": "overloaded", "param": None}})
+    return httpx.Response(
+        status,
+        headers=headers,
+        json={
+            "error": {"message": "the server is at capacity", "type": "overloaded", "param": None}
+        },
+    )
 
 
 def test_a_busy_answer_is_asked_again_after_the_servers_retry_after():
-    transport, received = scripted(busy(429, "7"), busy(503, "2"), httpx.Response(200,
-                                                                                 json=ANSWER))
+    transport, received = scripted(busy(429, "7"), busy(503, "2"), httpx.Response(200, json=ANSWER))
     waits: list[float] = []
-    client = AlpacaClient("http://server", transport=transport, sleep=waits.append,
-                          retries=Retries(attempts=5, first_backoff_s=1.0))
+    client = AlpacaClient(
+        "http://server",
+        transport=transport,
+        sleep=waits.append,
+        retries=Retries(attempts=5, first_backoff_s=1.0),
+    )
 
     reply = client.generate("Name a colour.", temperature=0)
 
     assert reply["text"] == "Blue."
     assert len(received) == 3
     assert waits == [7.0, 2.0]  # Retry-After when longer than the backoff (1 s, then 2 s)
-    assert json.loads(received[-1].content) == {"instruction": "Name a colour.", "input": "",
-                                                "temperature": 0}
+    assert json.loads(received[-1].content) == {
+        "instruction": "Name a colour.",
+        "input": "",
+        "temperature": 0,
+    }
 
 
 def test_without_retries_a_busy_server_fails_at_once_with_a_sentence():
     transport, received = scripted(busy(429, "1"))
-    client = AlpacaClient("http://server", transport=transport,
-                          sleep=lambda s: pytest.fail("slept"))
+    client = AlpacaClient(
+        "http://server", transport=transport, sleep=lambda s: pytest.fail("slept")
+    )
 
     with pytest.raises(APIRequestError) as caught:
         client.send_rating("gen-1", "up")
@@ -70,8 +87,12 @@ def test_without_retries_a_busy_server_fails_at_once_with_a_sentence():
 def test_retries_give_up_after_the_attempts_asked_for_with_waits_doubling_up_to_the_cap():
     transport, received = scripted(*[busy(503) for _ in range(4)])
     waits: list[float] = []
-    client = AlpacaClient("http://server", transport=transport, sleep=waits.append,
-                          retries=Retries(attempts=4, first_backoff_s=1.0, max_backoff_s=3.0))
+    client = AlpacaClient(
+        "http://server",
+        transport=transport,
+        sleep=waits.append,
+        retries=Retries(attempts=4, first_backoff_s=1.0, max_backoff_s=3.0),
+    )
 
     with pytest.raises(APIRequestError) as caught:
         client.generate("Name a colour.")
@@ -86,9 +107,18 @@ def test_a_retry_after_longer_than_the_cap_is_capped():
 
 
 def test_other_errors_are_not_retried():
-    transport, received = scripted(httpx.Response(422, json={"error": {
-        "message": "max_new_tokens: must be at least 1", "type": "invalid_request_error",
-        "param": "max_new_tokens"}}))
+    transport, received = scripted(
+        httpx.Response(
+            422,
+            json={
+                "error": {
+                    "message": "max_new_tokens: must be at least 1",
+                    "type": "invalid_request_error",
+                    "param": "max_new_tokens",
+                }
+            },
+        )
+    )
     client = AlpacaClient("http://server", transport=transport, retries=Retries(attempts=6))
 
     with pytest.raises(APIRequestError) as caught:
@@ -108,25 +138,31 @@ def test_a_refused_connection_is_not_retried_but_a_broken_one_is():
 
     waits: list[float] = []
     broken, tries = scripted(httpx.ReadError("reset"), httpx.Response(200, json={"model": "m"}))
-    client = AlpacaClient("http://server", transport=broken, sleep=waits.append,
-                          retries=Retries(attempts=6))
+    client = AlpacaClient(
+        "http://server", transport=broken, sleep=waits.append, retries=Retries(attempts=6)
+    )
     assert client.info() == {"model": "m"}
     assert len(tries) == 2 and waits == [1.0]
 
 
 def test_the_async_client_retries_a_stream_that_was_refused_before_it_began():
-    events = (b'data: {"id": "gen-2", "text": "Re"}\n\n'
-              b'data: {"id": "gen-2", "text": "d."}\n\n'
-              b'data: {"id": "gen-2", "text": "", "finish_reason": "eos"}\n\ndata: [DONE]\n\n')
-    transport, received = scripted(busy(429, "3"), httpx.Response(
-        200, headers={"Content-Type": "text/event-stream"}, content=events))
+    events = (
+        b'data: {"id": "gen-2", "text": "Re"}\n\n'
+        b'data: {"id": "gen-2", "text": "d."}\n\n'
+        b'data: {"id": "gen-2", "text": "", "finish_reason": "eos"}\n\ndata: [DONE]\n\n'
+    )
+    transport, received = scripted(
+        busy(429, "3"),
+        httpx.Response(200, headers={"Content-Type": "text/event-stream"}, content=events),
+    )
     waits: list[float] = []
 
     async def record(seconds: float) -> None:
         waits.append(seconds)
 
-    client = AsyncAlpacaClient("http://server", "secret", transport=transport, sleep=record,
-                               retries=Retries(attempts=2))
+    client = AsyncAlpacaClient(
+        "http://server", "secret", transport=transport, sleep=record, retries=Retries(attempts=2)
+    )
 
     async def collect() -> list[dict]:
         return [event async for event in client.stream_generate("Name a colour.")]
@@ -141,9 +177,11 @@ def test_the_async_client_retries_a_stream_that_was_refused_before_it_began():
 
 
 def test_an_error_event_inside_a_stream_is_raised_as_the_one_error_type():
-    events = (b'data: {"id": "gen-3", "text": "Half"}\n\n'
-              b'data: {"error": {"message": "the engine died", "type": "engine_unavailable",'
-              b' "param": null}}\n\ndata: [DONE]\n\n')
+    events = (
+        b'data: {"id": "gen-3", "text": "Half"}\n\n'
+        b'data: {"error": {"message": "the engine died", "type": "engine_unavailable",'
+        b' "param": null}}\n\ndata: [DONE]\n\n'
+    )
     transport, _ = scripted(httpx.Response(200, content=events))
     client = AlpacaClient("http://server", transport=transport)
     got = []
@@ -154,5 +192,6 @@ def test_an_error_event_inside_a_stream_is_raised_as_the_one_error_type():
 
     assert [event["text"] for event in got] == ["Half"]
     assert caught.value.type == "engine_unavailable"
-    assert str(caught.value) == ("The model is not available right now (the engine died); "
-                                 "please try again shortly.")
+    assert str(caught.value) == (
+        "The model is not available right now (the engine died); please try again shortly."
+    )

@@ -14,9 +14,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and quiet on a closed network: no background updates, sync or QUIC probes.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = ROOT / ".artifacts"
 
 
@@ -50,8 +56,9 @@ def page(browser, tiny_server):
 def totals(client) -> dict:
     summary = client.get("/feedback/summary").json()
     up = sum(model["up"] for model in summary["models"].values())
-    votes = sum(row["wins_a"] + row["wins_b"] + row["ties"] + row["both_bad"]
-                for row in summary["pairwise"])
+    votes = sum(
+        row["wins_a"] + row["wins_b"] + row["ties"] + row["both_bad"] for row in summary["pairwise"]
+    )
     return {"up": up, "votes": votes}
 
 
@@ -136,12 +143,21 @@ def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_se
     from evaluation.comparison import attach_generation_ids, save_comparison
     from tests.conftest import free_port
 
-    comparison = {"labels": ["ours", "text-davinci-003"], "seed": 0, "pairs": [{
-        "pair_id": "pair-000", "instruction": "Say hello.", "input": "",
-        "motivation_app": "Gmail", "left_is": "b",
-        "left": {"output": "Hello there, friend!", "generation_id": None},
-        "right": {"output": "Hi.", "generation_id": None},
-    }]}
+    comparison = {
+        "labels": ["ours", "text-davinci-003"],
+        "seed": 0,
+        "pairs": [
+            {
+                "pair_id": "pair-000",
+                "instruction": "Say hello.",
+                "input": "",
+                "motivation_app": "Gmail",
+                "left_is": "b",
+                "left": {"output": "Hello there, friend!", "generation_id": None},
+                "right": {"output": "Hi.", "generation_id": None},
+            }
+        ],
+    }
     with AlpacaClient(tiny_server.url) as store:
         assert attach_generation_ids(comparison, store) == 2
     path = tmp_path / "comparison.json"
@@ -150,8 +166,7 @@ def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_se
     right_id = comparison["pairs"][0]["right"]["generation_id"]
     blocks = build_demo(DemoSettings(server_url=tiny_server.url, comparison_file=path))
     port = free_port()
-    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                  quiet=True)
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     context = browser.new_context()
     try:
         page = context.new_page()
@@ -174,4 +189,3 @@ def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_se
     finally:
         context.close()
         blocks.close()
-

@@ -26,6 +26,7 @@ def run(awaitable):
 
 def collect(updates) -> list:
     """Every value an async generator handler yields, copied as it was when yielded."""
+
     async def gather():
         seen = []
         async for value in updates:
@@ -113,10 +114,12 @@ def test_a_like_and_a_flag_are_saved_and_reported(chat, tiny_server):
 
 def test_rating_or_flagging_without_a_finished_answer_says_so(chat):
     assert run(chat.on_like({}, liked(1), browser_tab())) == (
-        "Only answers that finished can be rated.")
+        "Only answers that finished can be rated."
+    )
     assert run(chat.on_flag("harmful", {}, browser_tab())) == "There is no answer to flag yet."
     assert run(chat.on_flag(None, {1: "gen-x"}, browser_tab())) == (
-        "Choose what is wrong with the answer first.")
+        "Choose what is wrong with the answer first."
+    )
 
 
 def test_compare_yields_two_answers_enables_the_votes_and_a_vote_reveals_the_sources(
@@ -133,8 +136,9 @@ def test_compare_yields_two_answers_enables_the_votes_and_a_vote_reveals_the_sou
 
     *votes, reveal, state_after = run(compare.vote("b", state, tab))
 
-    assert reveal == (f"Vote saved (B is better). **A** was {state['labels'][0]}; "
-                      f"**B** was {state['labels'][1]}.")
+    assert reveal == (
+        f"Vote saved (B is better). **A** was {state['labels'][0]}; **B** was {state['labels'][1]}."
+    )
     assert interactive(votes) == [False] * 4 and state_after == {}
     [vote] = votes_of(tiny_server, f"ui-{tab.session_hash}")
     assert (vote["generation_ids"], vote["winner"]) == (sorted(state["ids"]), state["ids"][1])
@@ -148,30 +152,44 @@ def test_a_vote_with_nothing_to_vote_on_says_so(compare):
 
 
 def test_a_pair_of_the_comparison_file_is_shown_blind_and_the_vote_stored(tiny_server):
-    comparison = {"labels": ["ours", "text-davinci-003"], "seed": 0, "pairs": [{
-        "pair_id": "pair-000", "instruction": "Say hello.", "input": "Politely.",
-        "motivation_app": None, "left_is": "b",
-        "left": {"output": "Good day to you.", "generation_id": None},
-        "right": {"output": "Hi.", "generation_id": None},
-    }]}
+    comparison = {
+        "labels": ["ours", "text-davinci-003"],
+        "seed": 0,
+        "pairs": [
+            {
+                "pair_id": "pair-000",
+                "instruction": "Say hello.",
+                "input": "Politely.",
+                "motivation_app": None,
+                "left_is": "b",
+                "left": {"output": "Good day to you.", "generation_id": None},
+                "right": {"output": "Hi.", "generation_id": None},
+            }
+        ],
+    }
     with AlpacaClient(tiny_server.url) as api:
         attach_generation_ids(comparison, api)
     client = AsyncAlpacaClient(tiny_server.url)
-    handlers = CompareHandlers(client, DEFAULT_ARMS, [client, client], comparison,
-                               rng=random.Random(0))
+    handlers = CompareHandlers(
+        client, DEFAULT_ARMS, [client, client], comparison, rng=random.Random(0)
+    )
     tab = browser_tab()
 
     instruction, answer_a, answer_b, *votes, message, state = handlers.next_pair()
     *_, reveal, _ = run(handlers.vote("tie", state, tab))
 
-    assert (instruction, answer_a, answer_b) == ("Say hello.\n\nPolitely.", "Good day to you.",
-                                                 "Hi.")
+    assert (instruction, answer_a, answer_b) == (
+        "Say hello.\n\nPolitely.",
+        "Good day to you.",
+        "Hi.",
+    )
     assert interactive(votes) == [True] * 4 and "davinci" not in message
     assert reveal == "Vote saved (Tie). **A** was text-davinci-003; **B** was ours."
     [vote] = votes_of(tiny_server, f"ui-{tab.session_hash}")
     pair = comparison["pairs"][0]
-    assert vote["generation_ids"] == sorted([pair["left"]["generation_id"],
-                                             pair["right"]["generation_id"]])
+    assert vote["generation_ids"] == sorted(
+        [pair["left"]["generation_id"], pair["right"]["generation_id"]]
+    )
     assert vote["winner"] == "tie"
 
 
@@ -181,29 +199,43 @@ def test_server_errors_are_shown_as_sentences(chat, tiny_server):
     assert ids == {}
 
     nowhere = f"http://127.0.0.1:{free_port()}"
-    status = run(ChatHandlers(AsyncAlpacaClient(nowhere)).on_like({1: "gen-x"}, liked(1),
-                                                                 browser_tab()))
-    assert status == (f"⚠️ Your rating was not saved: The server at {nowhere} cannot be "
-                      "reached (ConnectError). Is it running?")
+    status = run(
+        ChatHandlers(AsyncAlpacaClient(nowhere)).on_like({1: "gen-x"}, liked(1), browser_tab())
+    )
+    assert status == (
+        f"⚠️ Your rating was not saved: The server at {nowhere} cannot be "
+        "reached (ConnectError). Is it running?"
+    )
 
     too_long = CompareArm(label="too long", max_new_tokens=100_000)
     client = AsyncAlpacaClient(tiny_server.url)
     failing = CompareHandlers(client, [DEFAULT_ARMS[0], too_long], [client, client])
     answer_a, answer_b, *votes, message, state = collect(
-        failing.compare("Write a short poem.", browser_tab()))[-1]
+        failing.compare("Write a short poem.", browser_tab())
+    )[-1]
     assert "⚠️ The request was not accepted" in answer_a + answer_b
     assert message == "One answer failed, so there is nothing to vote on."
     assert interactive(votes) == [False] * 4 and state == {}
 
 
 def test_a_server_that_wants_a_key_says_where_the_demo_takes_it_from():
-    refusing = httpx.MockTransport(lambda request: httpx.Response(401, json={"error": {
-        "message": "missing API key: send Authorization: Bearer <key>", "type": "unauthorized",
-        "param": None}}))
+    refusing = httpx.MockTransport(
+        lambda request: httpx.Response(
+            401,
+            json={
+                "error": {
+                    "message": "missing API key: send Authorization: Bearer <key>",
+                    "type": "unauthorized",
+                    "param": None,
+                }
+            },
+        )
+    )
     chat = ChatHandlers(AsyncAlpacaClient("http://server", transport=refusing))
 
     status = run(chat.on_flag("harmful", {1: "gen-x"}, browser_tab()))
 
-    assert status.startswith("⚠️ Your flag was not saved: The server at http://server wants a "
-                             "valid API key")
+    assert status.startswith(
+        "⚠️ Your flag was not saved: The server at http://server wants a valid API key"
+    )
     assert status.endswith("; set ALPACA_DEMO_API_KEY.")

@@ -9,9 +9,12 @@ from tests.conftest import ROOT
 
 
 def test_the_demo_never_imports_the_server():
-    code = ("import sys, demo.app, demo.main; "
-            "print(sorted(m for m in sys.modules if m == 'server' or m.startswith('server.')))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    code = (
+        "import sys, demo.app, demo.main; "
+        "print(sorted(m for m in sys.modules if m == 'server' or m.startswith('server.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

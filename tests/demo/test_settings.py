@@ -15,10 +15,24 @@ from tests.conftest import ROOT
 
 def comparison_file(tmp_path, left_id):
     path = tmp_path / "comparison.json"
-    path.write_text(json.dumps({"labels": ["a", "b"], "seed": 0, "pairs": [{
-        "pair_id": "pair-000", "instruction": "Hi", "input": "", "left_is": "a",
-        "left": {"output": "x", "generation_id": left_id},
-        "right": {"output": "y", "generation_id": "gen-2"}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "labels": ["a", "b"],
+                "seed": 0,
+                "pairs": [
+                    {
+                        "pair_id": "pair-000",
+                        "instruction": "Hi",
+                        "input": "",
+                        "left_is": "a",
+                        "left": {"output": "x", "generation_id": left_id},
+                        "right": {"output": "y", "generation_id": "gen-2"},
+                    }
+                ],
+            }
+        )
+    )
     return path
 
 
@@ -33,8 +47,12 @@ def test_a_comparison_whose_answers_have_no_generation_ids_is_refused(tmp_path):
     with pytest.raises(ValidationError, match="without a generation id"):
         DemoSettings(comparison_file=path)
     result = subprocess.run(
-        [sys.executable, "-m", "demo.main"], cwd=ROOT, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "ALPACA_DEMO_COMPARISON_FILE": str(path)}, timeout=120,
+        [sys.executable, "-m", "demo.main"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "ALPACA_DEMO_COMPARISON_FILE": str(path)},
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
@@ -52,14 +70,22 @@ def test_a_file_that_is_not_a_comparison_is_refused(tmp_path):
 def test_the_server_refuses_to_mount_the_demo_on_such_a_comparison_in_one_line(tmp_path):
     path = comparison_file(tmp_path, None)
     result = subprocess.run(
-        [sys.executable, "-m", "server.main"], cwd=ROOT, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ALPACA_DATA_DIR": str(tmp_path),
-             "ALPACA_DEMO_COMPARISON_FILE": str(path)},
+        [sys.executable, "-m", "server.main"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "ALPACA_DATA_DIR": str(tmp_path),
+            "ALPACA_DEMO_COMPARISON_FILE": str(path),
+        },
         timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.startswith("alpaca-serve: error: invalid ALPACA_DEMO_* settings: "
-                                    "comparison_file: "), result.stderr
+    assert result.stderr.startswith(
+        "alpaca-serve: error: invalid ALPACA_DEMO_* settings: comparison_file: "
+    ), result.stderr
     assert result.stderr.count("\n") == 1 and "Value error" not in result.stderr
 
 
@@ -67,12 +93,16 @@ def test_examples_are_read_from_a_json_lines_file_or_an_alpaca_json_list(tmp_pat
     from demo.app import load_examples
 
     lines = tmp_path / "eval.jsonl"
-    lines.write_text('{"instruction": "Say hi.", "instances": [{"input": "to Ann"}]}\n\n'
-                     '{"instruction": "Count.", "instances": [{"input": ""}]}\n')
+    lines.write_text(
+        '{"instruction": "Say hi.", "instances": [{"input": "to Ann"}]}\n\n'
+        '{"instruction": "Count.", "instances": [{"input": ""}]}\n'
+    )
     alpaca = tmp_path / "alpaca.json"
     alpaca.write_text(json.dumps([{"instruction": "Add.", "input": "1, 2", "output": "3"}]))
     assert load_examples(DemoSettings(examples_file=lines).examples_file, 8) == [
-        ["Say hi.", "to Ann"], ["Count.", ""]]
+        ["Say hi.", "to Ann"],
+        ["Count.", ""],
+    ]
     assert load_examples(alpaca, 1) == [["Add.", "1, 2"]]
 
 

@@ -95,23 +95,35 @@ def test_the_readme_settings_table_is_the_generated_one():
 
 
 def test_promtool_accepts_the_prometheus_config():
-    result = subprocess.run([tool("promtool"), "check", "config",
-                             str(ROOT / "deploy" / "prometheus.yml")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool("promtool"), "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.slow
 def test_a_real_prometheus_scrapes_a_live_server(tiny_server, tmp_path):
     config = {**PROMETHEUS, "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}}
-    config["scrape_configs"] = [{**PROMETHEUS["scrape_configs"][0], "static_configs": [
-        {"targets": [f"127.0.0.1:{tiny_server.port}"]}]}]
+    config["scrape_configs"] = [
+        {
+            **PROMETHEUS["scrape_configs"][0],
+            "static_configs": [{"targets": [f"127.0.0.1:{tiny_server.port}"]}],
+        }
+    ]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     process = subprocess.Popen(
-        [tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        [
+            tool("prometheus"),
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     try:
         body = {"instruction": "Scrape me.", "max_new_tokens": 2}
@@ -121,8 +133,10 @@ def test_a_real_prometheus_scrapes_a_live_server(tiny_server, tmp_path):
         while time.monotonic() < deadline and not series:
             time.sleep(1)
             try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
-                                   params={"query": 'alpaca_requests_total{outcome="success"}'})
+                answer = httpx.get(
+                    f"http://127.0.0.1:{port}/api/v1/query",
+                    params={"query": 'alpaca_requests_total{outcome="success"}'},
+                )
             except httpx.TransportError:
                 continue
             if answer.status_code == 200:

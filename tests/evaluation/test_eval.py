@@ -44,7 +44,10 @@ def require_data(*files: Path) -> None:
 def alpaca_eval(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "evaluation.cli", *map(str, args)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check:
         assert result.returncode == 0, result.stderr
@@ -61,17 +64,43 @@ def answers(tiny_server, workdir) -> Path:
     """Our model's answers to the first 20 evaluation instructions."""
     require_data(DEFAULT_INSTRUCTIONS, EVALUATION_SET, DAVINCI)
     out = workdir / "tiny.jsonl"
-    result = alpaca_eval("answer", "--server-url", tiny_server.url, "--limit", "20",
-                         "--max-new-tokens", "12", "--temperature", "0", "--out", out)
+    result = alpaca_eval(
+        "answer",
+        "--server-url",
+        tiny_server.url,
+        "--limit",
+        "20",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0",
+        "--out",
+        out,
+    )
     assert "wrote 20 answers" in result.stdout and "(0 failed)" in result.stdout
     return out
 
 
-def compare(answers: Path, other: Path, server, out: Path, seed: int,
-            labels=("tiny", "davinci")) -> dict:
-    result = alpaca_eval("compare", "--a", answers, "--b", other, "--label-a", labels[0],
-                         "--label-b", labels[1], "--seed", seed, "--server-url", server.url,
-                         "--out", out)
+def compare(
+    answers: Path, other: Path, server, out: Path, seed: int, labels=("tiny", "davinci")
+) -> dict:
+    result = alpaca_eval(
+        "compare",
+        "--a",
+        answers,
+        "--b",
+        other,
+        "--label-a",
+        labels[0],
+        "--label-b",
+        labels[1],
+        "--seed",
+        seed,
+        "--server-url",
+        server.url,
+        "--out",
+        out,
+    )
     assert re.search(r"wrote \d+ pairs", result.stdout), result.stdout
     return json.loads(out.read_text())
 
@@ -100,14 +129,16 @@ def test_the_davinci_answers_are_imported_so_every_side_has_a_generation_id(
 ):
     built = json.loads(comparison.read_text())
     ours = {json.loads(line)["generation_id"] for line in answers.read_text().splitlines()}
-    davinci = {match_key(a["instruction"], a["input"]): a["output"]
-               for a in load_answers(DAVINCI)}
+    davinci = {match_key(a["instruction"], a["input"]): a["output"] for a in load_answers(DAVINCI)}
 
     assert built["server_url"] == tiny_server.url
     assert {p["left_is"] for p in built["pairs"]} == {"a", "b"}  # sides really are shuffled
     for pair in built["pairs"]:
-        tiny, other = ((pair["left"], pair["right"]) if pair["left_is"] == "a"
-                       else (pair["right"], pair["left"]))
+        tiny, other = (
+            (pair["left"], pair["right"])
+            if pair["left_is"] == "a"
+            else (pair["right"], pair["left"])
+        )
         assert tiny["generation_id"] in ours
         assert other["generation_id"].startswith("gen-") and other["generation_id"] not in ours
         assert other["output"] == davinci[match_key(pair["instruction"], pair["input"])]
@@ -120,8 +151,17 @@ def test_votes_cast_through_the_api_are_stored_and_reported_with_their_interval(
     pattern = ["left"] * 9 + ["right"] * 7 + ["tie"] * 4
     tiny_wins = davinci_wins = 0
     for pair, winner in zip(pairs, pattern, strict=True):
-        result = alpaca_eval("vote", "--comparison", comparison, "--pair-id", pair["pair_id"],
-                             "--winner", winner, "--session-id", "alice")
+        result = alpaca_eval(
+            "vote",
+            "--comparison",
+            comparison,
+            "--pair-id",
+            pair["pair_id"],
+            "--winner",
+            winner,
+            "--session-id",
+            "alice",
+        )
         assert f"recorded: {pair['pair_id']} {winner}" in result.stdout
         if winner != "tie":
             if (winner == "left") == (pair["left_is"] == "a"):
@@ -135,8 +175,17 @@ def test_votes_cast_through_the_api_are_stored_and_reported_with_their_interval(
     tiny_key = "wins_b" if davinci_key == "wins_a" else "wins_a"
     assert (row[tiny_key], row["ties"], row[davinci_key]) == (tiny_wins, 4, davinci_wins)
     # A second vote of the same session on a pair changes it instead of adding one.
-    changed = alpaca_eval("vote", "--comparison", comparison, "--pair-id", pairs[0]["pair_id"],
-                          "--winner", "left", "--session-id", "alice")
+    changed = alpaca_eval(
+        "vote",
+        "--comparison",
+        comparison,
+        "--pair-id",
+        pairs[0]["pair_id"],
+        "--winner",
+        "left",
+        "--session-id",
+        "alice",
+    )
     assert changed.stdout.startswith("changed:")
     chart = workdir / "report.png"
 
@@ -145,8 +194,11 @@ def test_votes_cast_through_the_api_are_stored_and_reported_with_their_interval(
     assert "Human votes: 20 votes" in report
     assert re.search(rf"^\s+tiny\s+{tiny_wins}\s+4\s+{davinci_wins}\s+0$", report, re.M), report
     assert re.search(rf"^\s+davinci\s+{davinci_wins}\s+4\s+{tiny_wins}\s+0$", report, re.M)
-    shown = re.search(r"win rate over decided votes: ([\d.]+)% \((\d+) of (\d+)\), "
-                      r"95% CI ([\d.]+)% to ([\d.]+)% \(Wilson\)", report)
+    shown = re.search(
+        r"win rate over decided votes: ([\d.]+)% \((\d+) of (\d+)\), "
+        r"95% CI ([\d.]+)% to ([\d.]+)% \(Wilson\)",
+        report,
+    )
     assert shown, report
     rate, wins, decided, low, high = (float(x) for x in shown.groups())
     assert (wins, decided) == (tiny_wins, 16)
@@ -166,19 +218,54 @@ def test_two_answer_files_of_our_server_are_compared_without_importing_anything(
     tiny_server, answers, workdir
 ):
     second = workdir / "tiny-sampled.jsonl"
-    alpaca_eval("answer", "--server-url", tiny_server.url, "--limit", "3", "--max-new-tokens",
-                "8", "--temperature", "1.0", "--out", second)
+    alpaca_eval(
+        "answer",
+        "--server-url",
+        tiny_server.url,
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "1.0",
+        "--out",
+        second,
+    )
     both = workdir / "tiny-vs-tiny.json"
-    result = alpaca_eval("compare", "--a", answers, "--b", second, "--label-a", "greedy",
-                         "--label-b", "sampled", "--seed", "1", "--server-url", tiny_server.url,
-                         "--out", both)
+    result = alpaca_eval(
+        "compare",
+        "--a",
+        answers,
+        "--b",
+        second,
+        "--label-a",
+        "greedy",
+        "--label-b",
+        "sampled",
+        "--seed",
+        "1",
+        "--server-url",
+        tiny_server.url,
+        "--out",
+        both,
+    )
     assert "3 pairs" in result.stdout and "0 answers imported" in result.stdout
     session = f"eval-{uuid.uuid4().hex[:8]}"
     greedy_wins = 0
-    for pair, winner in zip(json.loads(both.read_text())["pairs"], ["left", "right", "both_bad"],
-                            strict=True):
-        alpaca_eval("vote", "--comparison", both, "--pair-id", pair["pair_id"], "--winner",
-                    winner, "--session-id", session)
+    for pair, winner in zip(
+        json.loads(both.read_text())["pairs"], ["left", "right", "both_bad"], strict=True
+    ):
+        alpaca_eval(
+            "vote",
+            "--comparison",
+            both,
+            "--pair-id",
+            pair["pair_id"],
+            "--winner",
+            winner,
+            "--session-id",
+            session,
+        )
         greedy_wins += winner != "both_bad" and (winner == "left") == (pair["left_is"] == "a")
 
     report = alpaca_eval("report", "--comparison", both).stdout
@@ -200,8 +287,16 @@ class FakeJudge(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][0]["content"]
         FakeJudge.prompts.append(prompt)
-        self._reply({"choices": [{"index": 0, "message": {
-            "role": "assistant", "content": FakeJudge.decide(prompt)}}]})
+        self._reply(
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": FakeJudge.decide(prompt)},
+                    }
+                ]
+            }
+        )
 
     def _reply(self, payload):
         data = json.dumps(payload).encode()
@@ -248,8 +343,7 @@ def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_peop
         return "A" if " ".join(first.split()) in davinci else "B"
 
     FakeJudge.decide = staticmethod(prefers_davinci)
-    result = alpaca_eval("judge", "--comparison", path, "--judge-url", fake_judge,
-                         "--no-progress")
+    result = alpaca_eval("judge", "--comparison", path, "--judge-url", fake_judge, "--no-progress")
 
     assert "recorded 20 machine votes" in result.stdout, result.stdout
     assert len(FakeJudge.prompts) == 40  # each pair twice, the sides swapped
@@ -265,18 +359,21 @@ def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_peop
 
     # A judge that always picks the first answer shown is caught out by the swap: all ties.
     FakeJudge.decide = staticmethod(lambda prompt: "A")
-    biased = alpaca_eval("judge", "--comparison", path, "--judge-url", fake_judge,
-                         "--no-progress").stdout
+    biased = alpaca_eval(
+        "judge", "--comparison", path, "--judge-url", fake_judge, "--no-progress"
+    ).stdout
     assert "20 pairs were judged differently with the sides swapped" in biased
-    assert machine_row(alpaca_eval("report", "--comparison", path,
-                                   "--include-machine").stdout, "tiny") == (0, 20, 0, 0)
+    assert machine_row(
+        alpaca_eval("report", "--comparison", path, "--include-machine").stdout, "tiny"
+    ) == (0, 20, 0, 0)
     # Asked once, its position bias goes straight into the votes (they replace the earlier).
-    alpaca_eval("judge", "--comparison", path, "--judge-url", fake_judge, "--one-order",
-                "--no-progress")
+    alpaca_eval(
+        "judge", "--comparison", path, "--judge-url", fake_judge, "--one-order", "--no-progress"
+    )
     left_is_tiny = sum(p["left_is"] == "a" for p in pairs)
-    assert machine_row(alpaca_eval("report", "--comparison", path,
-                                   "--include-machine").stdout, "tiny") == (
-        left_is_tiny, 0, 20 - left_is_tiny, 0)
+    assert machine_row(
+        alpaca_eval("report", "--comparison", path, "--include-machine").stdout, "tiny"
+    ) == (left_is_tiny, 0, 20 - left_is_tiny, 0)
 
 
 def test_this_server_can_be_the_judge(answers, workdir, tiny_server):
@@ -284,8 +381,9 @@ def test_this_server_can_be_the_judge(answers, workdir, tiny_server):
     path = workdir / "self-judged.json"
     compare(answers, DAVINCI, tiny_server, path, seed=12)
 
-    result = alpaca_eval("judge", "--comparison", path, "--judge-url", tiny_server.url,
-                         "--no-progress")
+    result = alpaca_eval(
+        "judge", "--comparison", path, "--judge-url", tiny_server.url, "--no-progress"
+    )
 
     recorded = int(re.search(r"recorded (\d+) machine votes", result.stdout).group(1))
     unreadable = re.search(r"(\d+) replies were not A, B or tie", result.stdout)
@@ -298,22 +396,54 @@ def test_bad_input_is_refused_with_one_line_and_a_failing_status(comparison, wor
     nobody = f"http://127.0.0.1:{free_port()}"
     no_server = workdir / "no-server.json"
     no_server.write_text(json.dumps({**json.loads(comparison.read_text()), "server_url": None}))
-    missing = alpaca_eval("answer", "--instructions", workdir / "nope.jsonl",
-                          "--out", workdir / "x.jsonl", check=False)
-    unknown_pair = alpaca_eval("vote", "--comparison", comparison, "--pair-id", "pair-999",
-                               "--winner", "left", check=False)
-    not_answers = alpaca_eval("compare", "--a", EVALUATION_SET, "--b", DAVINCI,
-                              "--out", workdir / "x.json", check=False)
-    unreachable = alpaca_eval("compare", "--a", DAVINCI, "--b", DAVINCI, "--server-url", nobody,
-                              "--out", workdir / "y.json", check=False)
+    missing = alpaca_eval(
+        "answer",
+        "--instructions",
+        workdir / "nope.jsonl",
+        "--out",
+        workdir / "x.jsonl",
+        check=False,
+    )
+    unknown_pair = alpaca_eval(
+        "vote", "--comparison", comparison, "--pair-id", "pair-999", "--winner", "left", check=False
+    )
+    not_answers = alpaca_eval(
+        "compare", "--a", EVALUATION_SET, "--b", DAVINCI, "--out", workdir / "x.json", check=False
+    )
+    unreachable = alpaca_eval(
+        "compare",
+        "--a",
+        DAVINCI,
+        "--b",
+        DAVINCI,
+        "--server-url",
+        nobody,
+        "--out",
+        workdir / "y.json",
+        check=False,
+    )
     serverless = alpaca_eval("report", "--comparison", no_server, check=False)
-    gone = alpaca_eval("vote", "--comparison", comparison, "--pair-id", "pair-000",
-                       "--winner", "left", "--server-url", nobody, check=False)
+    gone = alpaca_eval(
+        "vote",
+        "--comparison",
+        comparison,
+        "--pair-id",
+        "pair-000",
+        "--winner",
+        "left",
+        "--server-url",
+        nobody,
+        check=False,
+    )
 
-    for result, words in [(missing, "cannot read"), (unknown_pair, "no pair 'pair-999'"),
-                          (not_answers, "neither `output` nor `response`"),
-                          (unreachable, "cannot be reached"), (serverless, "pass --server-url"),
-                          (gone, "cannot be reached")]:
+    for result, words in [
+        (missing, "cannot read"),
+        (unknown_pair, "no pair 'pair-999'"),
+        (not_answers, "neither `output` nor `response`"),
+        (unreachable, "cannot be reached"),
+        (serverless, "pass --server-url"),
+        (gone, "cannot be reached"),
+    ]:
         assert result.returncode != 0
         assert result.stderr.count("\n") == 1, result.stderr
         assert result.stderr.startswith("alpaca-eval ") and "error:" in result.stderr
@@ -338,17 +468,34 @@ def test_unreachable_server_fails_fast_without_writing_answers(workdir):
     require_data(DEFAULT_INSTRUCTIONS)  # `answer` reads it before calling the server
     port = free_port()  # nobody listens there once the probe socket is closed
     out = workdir / "none.jsonl"
-    result = alpaca_eval("answer", "--server-url", f"http://127.0.0.1:{port}", "--limit", "2",
-                         "--no-progress", "--out", out, check=False)
+    result = alpaca_eval(
+        "answer",
+        "--server-url",
+        f"http://127.0.0.1:{port}",
+        "--limit",
+        "2",
+        "--no-progress",
+        "--out",
+        out,
+        check=False,
+    )
     assert result.returncode != 0
     assert "all 2 instructions failed" in result.stderr.splitlines()[-1]
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("reply", "winner"), [
-    ("A", "left"), ("b.", "right"), ("Tie", "tie"), ("**Answer B** is better", "right"),
-    ("I prefer A", "left"), ("hard to say", None), ("", None),
-])
+@pytest.mark.parametrize(
+    ("reply", "winner"),
+    [
+        ("A", "left"),
+        ("b.", "right"),
+        ("Tie", "tie"),
+        ("**Answer B** is better", "right"),
+        ("I prefer A", "left"),
+        ("hard to say", None),
+        ("", None),
+    ],
+)
 def test_judge_replies_are_read_as_a_b_or_tie(reply, winner):
     from evaluation.comparison import parse_judgement
 

@@ -116,16 +116,32 @@ def models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def diff_dir(models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("diffs") / "diff"
-    assert run("make-diff", "--raw", models["base"], "--tuned", models["tuned-float32"],
-               "--out", out, "--max-shard-size", "40KB") == 0
+    assert (
+        run(
+            "make-diff",
+            "--raw",
+            models["base"],
+            "--tuned",
+            models["tuned-float32"],
+            "--out",
+            out,
+            "--max-shard-size",
+            "40KB",
+        )
+        == 0
+    )
     return out
 
 
 def test_recovering_a_bfloat16_tuned_model_gives_it_back_bit_for_bit(models, tmp_path, capsys):
     diff = tmp_path / "diff"
     out = tmp_path / "recovered"
-    assert run("make-diff", "--raw", models["base"], "--tuned", models["tuned-bfloat16"],
-               "--out", diff) == 0
+    assert (
+        run(
+            "make-diff", "--raw", models["base"], "--tuned", models["tuned-bfloat16"], "--out", diff
+        )
+        == 0
+    )
     assert run("recover", "--raw", models["base"], "--diff", diff, "--out", out) == 0
 
     tuned = load_tensors(models["tuned-bfloat16"])
@@ -139,15 +155,30 @@ def test_recovering_a_bfloat16_tuned_model_gives_it_back_bit_for_bit(models, tmp
     )
     provenance = read_provenance(out).as_json()  # what the server's /info reports
     assert (provenance["made_by"], provenance["diff"], provenance["base"]) == (
-        "alpaca-recover", str(diff.resolve()), str(models["base"].resolve()))
+        "alpaca-recover",
+        str(diff.resolve()),
+        str(models["base"].resolve()),
+    )
 
 
 def test_recovered_float32_model_loads_and_matches_the_tuned_one_within_float32_rounding(
     models, diff_dir, tmp_path, capsys
 ):
     out = tmp_path / "recovered"
-    assert run("recover", "--raw", models["base"], "--diff", diff_dir, "--out", out,
-               "--max-shard-size", "40KB") == 0
+    assert (
+        run(
+            "recover",
+            "--raw",
+            models["base"],
+            "--diff",
+            diff_dir,
+            "--out",
+            out,
+            "--max-shard-size",
+            "40KB",
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "verified" in printed and "sum check passed" in printed
 
@@ -223,11 +254,17 @@ def test_base_saved_in_float16_is_named_as_the_cause(models, diff_dir, tmp_path,
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("missing", "the base model lacks 1 tensor that the diff has: "
-                    "model.layers.0.self_attn.k_proj.weight (wrong base model?)"),
+        (
+            "missing",
+            "the base model lacks 1 tensor that the diff has: "
+            "model.layers.0.self_attn.k_proj.weight (wrong base model?)",
+        ),
         ("extra", "the base model has 1 tensor that the diff lacks: model.extra.weight"),
-        ("shape", "shape mismatch for model.layers.0.self_attn.k_proj.weight: "
-                  "base model [16, 32], diff [32, 32]"),
+        (
+            "shape",
+            "shape mismatch for model.layers.0.self_attn.k_proj.weight: "
+            "base model [16, 32], diff [32, 32]",
+        ),
     ],
 )
 def test_missing_extra_or_misshapen_base_tensor_is_named(
@@ -280,7 +317,7 @@ def published_format_diff(models, folder: Path) -> float:
 
     folder.mkdir()
     names = list(diff)
-    shards = [names[: len(names) // 2], names[len(names) // 2:]]
+    shards = [names[: len(names) // 2], names[len(names) // 2 :]]
     weight_map = {}
     for i, shard in enumerate(shards):
         file = f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.bin"
@@ -294,22 +331,44 @@ def published_format_diff(models, folder: Path) -> float:
     return expected_sum
 
 
-def test_published_format_diff_recovers_with_the_original_sum_check(
-    models, tmp_path, capsys
-):
+def test_published_format_diff_recovers_with_the_original_sum_check(models, tmp_path, capsys):
     diff = tmp_path / "diff"
     expected_sum = published_format_diff(models, diff)
 
     out = tmp_path / "recovered"
-    assert run("recover", "--raw", models["base"], "--diff", diff, "--out", out,
-               "--expected-sum", repr(expected_sum)) == 0
+    assert (
+        run(
+            "recover",
+            "--raw",
+            models["base"],
+            "--diff",
+            diff,
+            "--out",
+            out,
+            "--expected-sum",
+            repr(expected_sum),
+        )
+        == 0
+    )
     assert f"sum check passed: {expected_sum:.4f}" in capsys.readouterr().out
     recovered = load_float32(out).state_dict()
     tuned = load_float32(models["tuned-float32"]).state_dict()
     assert all(torch.allclose(recovered[k], tuned[k], rtol=0, atol=1e-6) for k in tuned)
 
-    assert run("recover", "--raw", models["base"], "--diff", diff, "--out", tmp_path / "bad",
-               "--expected-sum", repr(expected_sum + 0.5)) == 2
+    assert (
+        run(
+            "recover",
+            "--raw",
+            models["base"],
+            "--diff",
+            diff,
+            "--out",
+            tmp_path / "bad",
+            "--expected-sum",
+            repr(expected_sum + 0.5),
+        )
+        == 2
+    )
     assert "integrity check failed: the recovered tensors sum to" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
@@ -342,8 +401,20 @@ def test_diff_saved_with_rotary_buffers_recovers_against_a_base_without_them(
     expected_sum = float(sum((v + raw_state.get(k, inv_freq)).sum() for k, v in state.items()))
 
     out = tmp_path / "recovered"
-    assert run("recover", "--raw", models["base"], "--diff", diff, "--out", out,
-               "--expected-sum", repr(expected_sum)) == 0
+    assert (
+        run(
+            "recover",
+            "--raw",
+            models["base"],
+            "--diff",
+            diff,
+            "--out",
+            out,
+            "--expected-sum",
+            repr(expected_sum),
+        )
+        == 0
+    )
     assert "sum check passed" in capsys.readouterr().out
     assert not any("inv_freq" in k for k in load_tensors(out))  # loaders compute it
 
@@ -361,8 +432,20 @@ def test_base_with_tied_embeddings_serves_as_its_own_output_embedding(models, tm
     save_tensors(tuned, tuned_tensors)
 
     assert run("make-diff", "--raw", base, "--tuned", tuned, "--out", tmp_path / "diff") == 0
-    assert run("recover", "--raw", base, "--diff", tmp_path / "diff", "--out", tmp_path / "out",
-               "--dtype", "float16") == 0
+    assert (
+        run(
+            "recover",
+            "--raw",
+            base,
+            "--diff",
+            tmp_path / "diff",
+            "--out",
+            tmp_path / "out",
+            "--dtype",
+            "float16",
+        )
+        == 0
+    )
     recovered = load_tensors(tmp_path / "out")
     assert recovered.keys() == tuned_tensors.keys()
     for name, tensor in tuned_tensors.items():
@@ -417,8 +500,7 @@ def test_existing_output_is_kept_unless_forced(models, diff_dir, tmp_path, capsy
     out.mkdir()
     assert run("recover", "--raw", models["base"], "--diff", diff_dir, "--out", out) == 2
     assert "output folder exists" in capsys.readouterr().err
-    assert run("recover", "--raw", models["base"], "--diff", diff_dir, "--out", out,
-               "--force") == 0
+    assert run("recover", "--raw", models["base"], "--diff", diff_dir, "--out", out, "--force") == 0
     assert (out / "model.safetensors").is_file()
 
 
@@ -427,6 +509,8 @@ def test_command_help_lists_both_subcommands():
     argv = [command] if command else [sys.executable, "-m", "recover.cli"]
     result = subprocess.run(
         [*argv, "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "make-diff" in result.stdout and "recover" in result.stdout

@@ -67,9 +67,11 @@ def test_probes_metrics_and_the_demo_stay_open(keyed_server):
 
 
 def test_a_key_past_its_rate_limit_gets_429_with_retry_after(keyed_server):
-    statuses = [call(keyed_server, "GET", "/info", None, "key-three").status_code
-                for _ in range(RATE_LIMIT + 5)]
-    assert statuses[:RATE_LIMIT - 1] == [200] * (RATE_LIMIT - 1)
+    statuses = [
+        call(keyed_server, "GET", "/info", None, "key-three").status_code
+        for _ in range(RATE_LIMIT + 5)
+    ]
+    assert statuses[: RATE_LIMIT - 1] == [200] * (RATE_LIMIT - 1)
     assert statuses[-1] == 429
     refused = call(keyed_server, "GET", "/info", None, "key-three")
     assert refused.json()["error"]["type"] == "rate_limited"
@@ -79,8 +81,10 @@ def test_a_key_past_its_rate_limit_gets_429_with_retry_after(keyed_server):
 
 
 def test_cors_allows_only_the_listed_origin(keyed_server):
-    preflight = {"Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     allowed = keyed_server.client.options(
         "/generate", headers={"Origin": ALLOWED_ORIGIN, **preflight}
     )

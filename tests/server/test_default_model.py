@@ -41,9 +41,11 @@ def test_info_says_the_default_model_was_converted_from_the_bundled_gguf_file(de
     info = default_server.client.get("/info").json()
 
     assert info["prompt_template"] == TEMPLATE_NAME
-    assert (info["provenance"]["made_by"], info["provenance"]["gguf"],
-            info["provenance"]["prompt_template_source"]) == (
-        "alpaca-convert", BUNDLED_FILE, "marker")
+    assert (
+        info["provenance"]["made_by"],
+        info["provenance"]["gguf"],
+        info["provenance"]["prompt_template_source"],
+    ) == ("alpaca-convert", BUNDLED_FILE, "marker")
 
 
 def test_the_converted_model_is_cached_and_reused(default_server):
@@ -52,7 +54,10 @@ def test_the_converted_model_is_cached_and_reused(default_server):
     assert (folder / "model.safetensors").is_file()
     result = subprocess.run(
         [sys.executable, "-m", "recover.convert", "--out", str(folder)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0
     assert "already converted" in result.stdout
@@ -75,8 +80,11 @@ def test_an_answer_never_runs_on_into_a_new_instruction(default_server):
 
 
 def test_streamed_non_ascii_text_never_splits_a_character(default_server):
-    body = {"instruction": 'Translate "thank you very much" into Japanese.', "temperature": 0,
-            "max_new_tokens": 60}
+    body = {
+        "instruction": 'Translate "thank you very much" into Japanese.',
+        "temperature": 0,
+        "max_new_tokens": 60,
+    }
     whole = default_server.client.post("/generate", json=body).json()["text"]
     _, events = stream_events(default_server.client, body)
     pieces = [event["text"] for event in events[:-2]]

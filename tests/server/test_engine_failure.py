@@ -31,9 +31,12 @@ def test_readiness_tracks_loading_and_engine_death(tiny_model_dir, tmp_path):
         assert "loading" in refused.json()["error"]["message"]
 
         server.wait_until_ready()
-        assert server.client.post(
-            "/generate", json={"instruction": "hi", "max_new_tokens": 2}
-        ).status_code == 200
+        assert (
+            server.client.post(
+                "/generate", json={"instruction": "hi", "max_new_tokens": 2}
+            ).status_code
+            == 200
+        )
 
         # Kill the engine's processes (not the HTTP server).
         engine_processes = psutil.Process(server.process.pid).children(recursive=True)

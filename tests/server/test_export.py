@@ -21,7 +21,7 @@ def generation(index: int, model: str = "alpaca-7b", instruction: str | None = N
         model=model,
         params={"temperature": 0.1},
         instruction=instruction if instruction is not None else f"Instruction {index}: count.",
-        input="" if index % 2 else f"numbers up to {index}\nand \"quotes\" ☃",
+        input="" if index % 2 else f'numbers up to {index}\nand "quotes" ☃',
         prompt="(the formatted prompt)",
         response=f"1, 2, … {index}",
         finish_reason="eos",
@@ -85,9 +85,7 @@ def test_a_bare_export_reads_the_store_in_ALPACA_DATA_DIR(tmp_path, monkeypatch,
     assert (row["generation_id"], row["rating"], row["flag"]) == ("gen-00002", "down", "incorrect")
 
 
-def test_a_bare_export_reads_the_store_in_ALPACA_DATABASE_URL(
-    database_url, tmp_path, monkeypatch
-):
+def test_a_bare_export_reads_the_store_in_ALPACA_DATABASE_URL(database_url, tmp_path, monkeypatch):
     with open_store(database_url) as store:
         store.record_generations([generation(1)])
         store.save_rating(RatingFeedback("gen-00001", "up"))
@@ -97,8 +95,9 @@ def test_a_bare_export_reads_the_store_in_ALPACA_DATABASE_URL(
 
     assert main(["--out", str(out)]) == 0
 
-    assert load_records(out) == [AlpacaRecord(generation(1).instruction, generation(1).input,
-                                              generation(1).response)]
+    assert load_records(out) == [
+        AlpacaRecord(generation(1).instruction, generation(1).input, generation(1).response)
+    ]
     assert not (tmp_path / "unused").exists()
 
 
@@ -122,20 +121,27 @@ def test_the_exports_default_store_is_the_servers(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ALPACA_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("ALPACA_DATABASE_URL", "")  # as docker-compose.yml passes it when unset
-    assert StoreSettings().store_url == ServerSettings().store_url == (
-        f"sqlite://{tmp_path / 'alpaca.sqlite3'}"
+    assert (
+        StoreSettings().store_url
+        == ServerSettings().store_url
+        == (f"sqlite://{tmp_path / 'alpaca.sqlite3'}")
     )
 
     monkeypatch.setenv("ALPACA_DATABASE_URL", "postgresql://alpaca:secret@db:5432/alpaca")
-    assert StoreSettings().store_url == ServerSettings().store_url == (
-        "postgresql://alpaca:secret@db:5432/alpaca"
+    assert (
+        StoreSettings().store_url
+        == ServerSettings().store_url
+        == ("postgresql://alpaca:secret@db:5432/alpaca")
     )
 
 
 def run_export(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "server.feedback.export", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -63,8 +63,15 @@ def rating_totals(client) -> dict:
 def test_a_rating_is_saved_with_201_and_counted_in_the_summary(client, store):
     generation_id = generate(client, instruction="Name a planet.")
     before = rating_totals(client)
-    response = client.post("/feedback", json={"generation_id": generation_id, "rating": "up",
-                                              "comment": "good", "flag": "incorrect"})
+    response = client.post(
+        "/feedback",
+        json={
+            "generation_id": generation_id,
+            "rating": "up",
+            "comment": "good",
+            "flag": "incorrect",
+        },
+    )
     assert response.status_code == 201, response.text
     assert response.json()["created"] is True
     assert rating_totals(client) == {**before, "up": before["up"] + 1}
@@ -75,11 +82,16 @@ def test_a_rating_is_saved_with_201_and_counted_in_the_summary(client, store):
 def test_a_second_rating_from_the_same_session_updates_the_first(client, store):
     generation_id = generate(client, instruction="Name a river.")
     before = rating_totals(client)
-    first = client.post("/feedback", json={"generation_id": generation_id, "rating": "up",
-                                           "session_id": "session-a"})
+    first = client.post(
+        "/feedback",
+        json={"generation_id": generation_id, "rating": "up", "session_id": "session-a"},
+    )
     assert first.status_code == 201
-    second = client.post("/feedback", json={"generation_id": generation_id, "rating": "down"},
-                         headers={"X-Session-Id": "session-a"})
+    second = client.post(
+        "/feedback",
+        json={"generation_id": generation_id, "rating": "down"},
+        headers={"X-Session-Id": "session-a"},
+    )
     assert second.status_code == 200
     assert second.json() == {"id": first.json()["id"], "created": False}
     assert rating_totals(client) == {"up": before["up"], "down": before["down"] + 1}
@@ -103,13 +115,13 @@ def test_a_blind_comparison_is_saved_and_tabulated(client):
     second = generate(client, instruction="Write a haiku.", seed=2, temperature=1.0)
     before = client.get("/feedback/summary").json()["pairwise"]
     response = client.post(
-        "/feedback", json={"generation_ids": [first, second], "winner": second,
-                           "session_id": "judge"}
+        "/feedback",
+        json={"generation_ids": [first, second], "winner": second, "session_id": "judge"},
     )
     assert response.status_code == 201, response.text
     again = client.post(
-        "/feedback", json={"generation_ids": [second, first], "winner": "tie",
-                           "session_id": "judge"}
+        "/feedback",
+        json={"generation_ids": [second, first], "winner": "tie", "session_id": "judge"},
     )
     assert again.status_code == 200
     after = client.get("/feedback/summary").json()["pairwise"]
@@ -174,14 +186,23 @@ def test_malformed_feedback_json_is_a_400(client):
 
 
 def test_every_finished_generation_is_recorded_without_the_client_address(client, store):
-    generation_id = generate(client, instruction="Translate.", input="Hallo", temperature=0.0,
-                             max_new_tokens=6, stop=["zzz"])
+    generation_id = generate(
+        client,
+        instruction="Translate.",
+        input="Hallo",
+        temperature=0.0,
+        max_new_tokens=6,
+        stop=["zzz"],
+    )
     _, events = stream_events(client, {"instruction": "Stream it.", "max_new_tokens": 3})
     streamed_id = events[0]["id"]
     prompt_id = generate(client, prompt="A raw prompt")
     assert wait_for(
-        lambda: store.generation_exists([generation_id, streamed_id, prompt_id])
-        == {generation_id, streamed_id, prompt_id}, 10
+        lambda: (
+            store.generation_exists([generation_id, streamed_id, prompt_id])
+            == {generation_id, streamed_id, prompt_id}
+        ),
+        10,
     )
     rows = {row["generation_id"]: row for row in store.export_rows(include_unrated=True)}
     row = rows[generation_id]
@@ -199,38 +220,59 @@ def test_every_finished_generation_is_recorded_without_the_client_address(client
     assert "127.0.0.1" not in repr(row)
 
 
-def test_answers_of_another_model_are_imported_compared_and_counted_under_its_name(client,
-                                                                                   store):
+def test_answers_of_another_model_are_imported_compared_and_counted_under_its_name(client, store):
     ours = generate(client, instruction="Name a planet.")
-    response = client.post("/generations/import", json={
-        "model": "other-model",
-        "answers": [{"instruction": "Name a planet.", "output": "Mars."},
-                    {"instruction": "Translate.", "input": "Hallo", "output": "Hello."}],
-    })
+    response = client.post(
+        "/generations/import",
+        json={
+            "model": "other-model",
+            "answers": [
+                {"instruction": "Name a planet.", "output": "Mars."},
+                {"instruction": "Translate.", "input": "Hallo", "output": "Hello."},
+            ],
+        },
+    )
     assert response.status_code == 201, response.text
     theirs, second = response.json()["generation_ids"]
     rows = {row["generation_id"]: row for row in store.export_rows(include_unrated=True)}
     assert (rows[theirs]["model"], rows[theirs]["source"], rows[theirs]["output"]) == (
-        "other-model", "imported", "Mars.")
+        "other-model",
+        "imported",
+        "Mars.",
+    )
     assert "### Input:\nHallo" in rows[second]["prompt"]
 
-    vote = client.post("/feedback", json={"generation_ids": [ours, theirs], "winner": theirs,
-                                          "session_id": "alice"})
-    judged = client.post("/feedback", json={"generation_ids": [theirs, ours], "winner": "tie",
-                                            "session_id": "judge-x", "voter": "machine"})
+    vote = client.post(
+        "/feedback",
+        json={"generation_ids": [ours, theirs], "winner": theirs, "session_id": "alice"},
+    )
+    judged = client.post(
+        "/feedback",
+        json={
+            "generation_ids": [theirs, ours],
+            "winner": "tie",
+            "session_id": "judge-x",
+            "voter": "machine",
+        },
+    )
 
     assert (vote.status_code, judged.status_code) == (201, 201)
     summary = client.get("/feedback/summary").json()
-    [human] = [row for row in summary["pairwise"] if "other-model" in
-               (row["model_a"], row["model_b"])]
-    [machine] = [row for row in summary["pairwise_machine"] if "other-model" in
-                 (row["model_a"], row["model_b"])]
+    [human] = [
+        row for row in summary["pairwise"] if "other-model" in (row["model_a"], row["model_b"])
+    ]
+    [machine] = [
+        row
+        for row in summary["pairwise_machine"]
+        if "other-model" in (row["model_a"], row["model_b"])
+    ]
     other_wins = "wins_a" if human["model_a"] == "other-model" else "wins_b"
     assert (human[other_wins], human["ties"]) == (1, 0)
     assert (machine["ties"], machine["wins_a"] + machine["wins_b"]) == (1, 0)
     listed = [c for c in all_comparisons(client) if c["generation_ids"] == sorted([ours, theirs])]
     assert [(c["winner"], c["voter"], c["session_id"]) for c in listed] == [
-        (theirs, "human", "alice"), ("tie", "machine", "judge-x")
+        (theirs, "human", "alice"),
+        ("tie", "machine", "judge-x"),
     ]
 
 
@@ -249,12 +291,13 @@ INVALID_IMPORTS = [
     ({"model": "", "answers": [{"instruction": "Hi", "output": "Hello"}]}, "model"),
     ({"model": "m", "answers": []}, "answers"),
     ({"model": "m", "answers": [{"instruction": "Hi", "output": "x"}] * 1001}, "answers"),
-    ({"model": "m", "answers": [{"instruction": "", "output": "Hello"}]},
-     "answers[0].instruction"),
+    ({"model": "m", "answers": [{"instruction": "", "output": "Hello"}]}, "answers[0].instruction"),
     ({"model": "m", "answers": [{"instruction": "Hi"}]}, "answers[0].output"),
     ({"model": "m", "answers": [{"instruction": "Hi", "output": 3}]}, "answers[0].output"),
-    ({"model": "m", "answers": [{"instruction": "Hi", "output": "x", "score": 1}]},
-     "answers[0].score"),
+    (
+        {"model": "m", "answers": [{"instruction": "Hi", "output": "x", "score": 1}]},
+        "answers[0].score",
+    ),
 ]
 
 
@@ -270,8 +313,9 @@ def test_bad_imports_are_refused_and_store_nothing(client, store, body, param):
 def test_a_machine_vote_needs_a_known_voter_and_paging_needs_a_sane_limit(client):
     first = generate(client, instruction="Say yes.")
     second = generate(client, instruction="Say no.")
-    robot = client.post("/feedback", json={"generation_ids": [first, second], "winner": "tie",
-                                           "voter": "robot"})
+    robot = client.post(
+        "/feedback", json={"generation_ids": [first, second], "winner": "tie", "voter": "robot"}
+    )
     too_many = client.get("/feedback/comparisons", params={"limit": 5000})
     negative = client.get("/feedback/comparisons", params={"after": -1})
     assert (robot.status_code, robot.json()["error"]["param"]) == (422, "voter")

@@ -36,8 +36,12 @@ def test_feedback_acknowledged_with_201_survives_kill_9(tiny_model_dir, tmp_path
         ).json()["id"]
         response = server.client.post(
             "/feedback",
-            json={"generation_id": generation_id, "rating": "down", "comment": "kept",
-                  "flag": "unhelpful"},
+            json={
+                "generation_id": generation_id,
+                "rating": "down",
+                "comment": "kept",
+                "flag": "unhelpful",
+            },
         )
         assert response.status_code == 201
         server.kill_hard()  # right after the response: no shutdown code runs
@@ -45,7 +49,5 @@ def test_feedback_acknowledged_with_201_survives_kill_9(tiny_model_dir, tmp_path
         server.stop()
     with open_store(default_database_url(server.data_dir)) as store:
         rows = [row for row in store.export_rows() if row["generation_id"] == generation_id]
-    assert [(r["rating"], r["comment"], r["flag"]) for r in rows] == [
-        ("down", "kept", "unhelpful")
-    ]
+    assert [(r["rating"], r["comment"], r["flag"]) for r in rows] == [("down", "kept", "unhelpful")]
     assert rows[0]["instruction"] == "Rate me."

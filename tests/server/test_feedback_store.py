@@ -145,8 +145,9 @@ def test_ratings_without_a_session_each_add_a_row_and_other_sessions_count_separ
 
 
 def test_a_second_comparison_from_the_same_session_replaces_the_first_in_either_order(store):
-    store.record_generations([make_generation("gen-a", model="m1"),
-                              make_generation("gen-b", model="m2")])
+    store.record_generations(
+        [make_generation("gen-a", model="m1"), make_generation("gen-b", model="m2")]
+    )
 
     first_id, first_created = store.save_comparison(
         ComparisonFeedback(("gen-a", "gen-b"), winner="gen-a", session_id="session-a")
@@ -158,7 +159,10 @@ def test_a_second_comparison_from_the_same_session_replaces_the_first_in_either_
     _, again_created = store.save_comparison(ComparisonFeedback(("gen-a", "gen-b"), "tie"))
 
     assert (first_created, second_created, anonymous_created, again_created) == (
-        True, False, True, True
+        True,
+        False,
+        True,
+        True,
     )
     assert second_id == first_id
     assert store.summary()["pairwise"] == [
@@ -167,13 +171,15 @@ def test_a_second_comparison_from_the_same_session_replaces_the_first_in_either_
 
 
 def test_summary_counts_ratings_flags_and_pairwise_wins_per_model(store):
-    store.record_generations([
-        make_generation("zeta-1", model="zeta"),
-        make_generation("zeta-2", model="zeta"),
-        make_generation("beta-1", model="beta"),
-        make_generation("beta-2", model="beta"),
-        make_generation("beta-3", model="beta"),
-    ])
+    store.record_generations(
+        [
+            make_generation("zeta-1", model="zeta"),
+            make_generation("zeta-2", model="zeta"),
+            make_generation("beta-1", model="beta"),
+            make_generation("beta-2", model="beta"),
+            make_generation("beta-3", model="beta"),
+        ]
+    )
     for generation_id, rating, flag in [
         ("zeta-1", "up", None),
         ("zeta-2", "up", None),
@@ -199,20 +205,34 @@ def test_summary_counts_ratings_flags_and_pairwise_wins_per_model(store):
             "zeta": {"up": 2, "down": 1, "flags": {"incorrect": 1}},
         },
         "pairwise": [
-            {"model_a": "beta", "model_b": "beta", "wins_a": 0, "wins_b": 1, "ties": 0,
-             "both_bad": 0},
-            {"model_a": "beta", "model_b": "zeta", "wins_a": 1, "wins_b": 2, "ties": 1,
-             "both_bad": 1},
+            {
+                "model_a": "beta",
+                "model_b": "beta",
+                "wins_a": 0,
+                "wins_b": 1,
+                "ties": 0,
+                "both_bad": 0,
+            },
+            {
+                "model_a": "beta",
+                "model_b": "zeta",
+                "wins_a": 1,
+                "wins_b": 2,
+                "ties": 1,
+                "both_bad": 1,
+            },
         ],
         "pairwise_machine": [],
     }
 
 
 def test_machine_votes_are_kept_apart_from_people_and_listed_with_their_voter(store):
-    store.record_generations([
-        make_generation("ours-1", model="ours"),
-        make_generation("theirs-1", model="davinci", source="imported"),
-    ])
+    store.record_generations(
+        [
+            make_generation("ours-1", model="ours"),
+            make_generation("theirs-1", model="davinci", source="imported"),
+        ]
+    )
     pair = ("ours-1", "theirs-1")
     human_id, _ = store.save_comparison(ComparisonFeedback(pair, "ours-1", "alice"))
     machine_id, _ = store.save_comparison(
@@ -222,17 +242,35 @@ def test_machine_votes_are_kept_apart_from_people_and_listed_with_their_voter(st
     summary = store.summary()
     listed = store.list_comparisons()
 
-    assert summary["pairwise"] == [{"model_a": "davinci", "model_b": "ours", "wins_a": 0,
-                                    "wins_b": 1, "ties": 0, "both_bad": 0}]
-    assert summary["pairwise_machine"] == [{"model_a": "davinci", "model_b": "ours",
-                                            "wins_a": 1, "wins_b": 0, "ties": 0, "both_bad": 0}]
-    assert [(c["id"], c["generation_ids"], c["winner"], c["voter"], c["session_id"])
-            for c in listed] == [
+    assert summary["pairwise"] == [
+        {
+            "model_a": "davinci",
+            "model_b": "ours",
+            "wins_a": 0,
+            "wins_b": 1,
+            "ties": 0,
+            "both_bad": 0,
+        }
+    ]
+    assert summary["pairwise_machine"] == [
+        {
+            "model_a": "davinci",
+            "model_b": "ours",
+            "wins_a": 1,
+            "wins_b": 0,
+            "ties": 0,
+            "both_bad": 0,
+        }
+    ]
+    assert [
+        (c["id"], c["generation_ids"], c["winner"], c["voter"], c["session_id"]) for c in listed
+    ] == [
         (human_id, ["ours-1", "theirs-1"], "ours-1", "human", "alice"),
         (machine_id, ["ours-1", "theirs-1"], "theirs-1", "machine", "judge-x"),
     ]
     assert [row["source"] for row in store.export_rows(include_unrated=True)] == [
-        "served", "imported"
+        "served",
+        "imported",
     ]
     with pytest.raises(ValueError, match="voter"):
         ComparisonFeedback(pair, "tie", voter="robot")
@@ -261,18 +299,25 @@ def test_listing_comparisons_in_pages_reads_each_vote_once_even_after_a_change(s
 def test_a_database_of_the_first_schema_is_migrated_keeping_its_rows(tmp_path):
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as old:  # what the first release created
-        old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
-                    "applied_at REAL NOT NULL)")
+        old.execute(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
         types = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL", "json": "TEXT"}
         for statement in MIGRATIONS[0]:
             old.execute(statement.format(**types))
         old.execute("INSERT INTO schema_version VALUES (1, 0)")
-        old.execute("INSERT INTO generations VALUES ('gen-a', 1, 'm', '{}', 'Hi', '', 'p', "
-                    "'Hello', 'eos', 1, 1, 0.1, '[]')")
-        old.execute("INSERT INTO generations VALUES ('gen-b', 2, 'm', '{}', 'Hi', '', 'p', "
-                    "'Hey', 'eos', 1, 1, 0.1, '[]')")
-        old.execute("INSERT INTO comparisons (generation_a, generation_b, winner, session_id, "
-                    "created_at, updated_at) VALUES ('gen-a', 'gen-b', 'gen-a', 's', 1, 1)")
+        old.execute(
+            "INSERT INTO generations VALUES ('gen-a', 1, 'm', '{}', 'Hi', '', 'p', "
+            "'Hello', 'eos', 1, 1, 0.1, '[]')"
+        )
+        old.execute(
+            "INSERT INTO generations VALUES ('gen-b', 2, 'm', '{}', 'Hi', '', 'p', "
+            "'Hey', 'eos', 1, 1, 0.1, '[]')"
+        )
+        old.execute(
+            "INSERT INTO comparisons (generation_a, generation_b, winner, session_id, "
+            "created_at, updated_at) VALUES ('gen-a', 'gen-b', 'gen-a', 's', 1, 1)"
+        )
 
     with open_store(f"sqlite://{path}") as store:
         [vote] = store.list_comparisons()
@@ -280,16 +325,19 @@ def test_a_database_of_the_first_schema_is_migrated_keeping_its_rows(tmp_path):
 
     assert (vote["winner"], vote["voter"]) == ("gen-a", "human")
     assert [(r["generation_id"], r["source"]) for r in rows] == [
-        ("gen-a", "served"), ("gen-b", "served")
+        ("gen-a", "served"),
+        ("gen-b", "served"),
     ]
 
 
 def test_export_joins_each_rating_and_skips_raw_prompt_generations(store):
-    store.record_generations([
-        make_generation("gen-rated", created_at=1.0),
-        make_generation("gen-unrated", created_at=2.0),
-        make_generation("gen-raw", instruction=None, created_at=3.0, prompt="Once upon a time"),
-    ])
+    store.record_generations(
+        [
+            make_generation("gen-rated", created_at=1.0),
+            make_generation("gen-unrated", created_at=2.0),
+            make_generation("gen-raw", instruction=None, created_at=3.0, prompt="Once upon a time"),
+        ]
+    )
     store.save_rating(RatingFeedback("gen-rated", "up", comment="clear"))
     store.save_rating(RatingFeedback("gen-rated", "down", preferred_response="Blue."))
     store.save_rating(RatingFeedback("gen-raw", "up"))
@@ -298,12 +346,15 @@ def test_export_joins_each_rating_and_skips_raw_prompt_generations(store):
     everything = list(store.export_rows(include_unrated=True))
 
     assert [(r["generation_id"], r["rating"]) for r in rated] == [
-        ("gen-rated", "up"), ("gen-rated", "down")
+        ("gen-rated", "up"),
+        ("gen-rated", "down"),
     ]
     assert rated[0]["comment"] == "clear"
     assert rated[1]["preferred_response"] == "Blue."
     assert [(r["generation_id"], r["rating"]) for r in everything] == [
-        ("gen-rated", "up"), ("gen-rated", "down"), ("gen-unrated", None)
+        ("gen-rated", "up"),
+        ("gen-rated", "down"),
+        ("gen-unrated", None),
     ]
 
 
@@ -319,14 +370,16 @@ def test_feedback_on_an_unknown_generation_is_refused_and_stores_nothing(store):
 
 
 def test_nul_characters_in_user_text_are_stored_on_every_backend(store):
-    store.record_generations([make_generation(
-        "gen-1", instruction="a\x00b", params={"stop": ["\x00"]}, response="ok"
-    )])
+    store.record_generations(
+        [make_generation("gen-1", instruction="a\x00b", params={"stop": ["\x00"]}, response="ok")]
+    )
     store.save_rating(RatingFeedback("gen-1", "down", comment="bad\x00"))
 
     [row] = store.export_rows()
     assert (row["instruction"], row["params"]["stop"], row["comment"]) == (
-        "a\ufffdb", ["\ufffd"], "bad\ufffd"
+        "a\ufffdb",
+        ["\ufffd"],
+        "bad\ufffd",
     )
 
 
@@ -341,8 +394,9 @@ def test_two_stores_open_on_one_database_migrate_once_and_share_data(database_ur
 
 def test_data_survives_closing_and_reopening_the_store(database_url):
     with open_store(database_url) as store:
-        store.record_generations([make_generation("gen-1", model="a"),
-                                  make_generation("gen-2", model="b")])
+        store.record_generations(
+            [make_generation("gen-1", model="a"), make_generation("gen-2", model="b")]
+        )
         store.save_rating(RatingFeedback("gen-1", "up", session_id="s", flag="great"))
         store.save_comparison(ComparisonFeedback(("gen-1", "gen-2"), "gen-2", session_id="s"))
         before = store.summary()
@@ -372,8 +426,11 @@ def test_a_store_that_cannot_be_used_is_a_503_for_the_routes(store):
     runtime = Runtime(ServerSettings(), ServerMetrics("m"), store=store)
     store.close()
 
-    for call, args in [(store.summary, ()), (store.list_comparisons, (0, 10)),
-                       (store.record_generations, ([make_generation("gen-1")],))]:
+    for call, args in [
+        (store.summary, ()),
+        (store.list_comparisons, (0, 10)),
+        (store.record_generations, ([make_generation("gen-1")],)),
+    ]:
         with pytest.raises(APIError) as raised:
             asyncio.run(runtime.in_store(call, *args))
         assert (raised.value.status, raised.value.type) == (503, "feedback_store_unavailable")
@@ -390,9 +447,11 @@ def test_ratings_saved_from_eight_threads_at_once_all_land(store):
         try:
             start.wait()
             for n in range(25):
-                row_id, created = store.save_rating(RatingFeedback(
-                    f"gen-{n % 4}", "up" if n % 2 else "down", session_id=f"t{thread}-{n}"
-                ))
+                row_id, created = store.save_rating(
+                    RatingFeedback(
+                        f"gen-{n % 4}", "up" if n % 2 else "down", session_id=f"t{thread}-{n}"
+                    )
+                )
                 assert created
                 ids.append(row_id)
         except BaseException as err:

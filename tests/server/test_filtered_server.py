@@ -11,13 +11,22 @@ import pytest
 from tests.conftest import LAYERS, read_metrics, start_server, stream_events, wait_for
 
 FILTERS = [
-    {"factory": "tests.server.filter_plugins:keyword",
-     "options": {"keyword": "forbidden-topic", "category": "custom"}},
+    {
+        "factory": "tests.server.filter_plugins:keyword",
+        "options": {"keyword": "forbidden-topic", "category": "custom"},
+    },
     {"factory": "tests.server.filter_plugins:crashing", "options": {"trigger": "crash-me"}},
-    {"factory": "tests.server.filter_plugins:crashing", "options": {"trigger": "crash-open"},
-     "fail_open": True, "name": "lenient"},
-    {"factory": "tests.server.filter_plugins:slow", "options": {"trigger": "hang-me"},
-     "timeout_s": 0.3},
+    {
+        "factory": "tests.server.filter_plugins:crashing",
+        "options": {"trigger": "crash-open"},
+        "fail_open": True,
+        "name": "lenient",
+    },
+    {
+        "factory": "tests.server.filter_plugins:slow",
+        "options": {"trigger": "hang-me"},
+        "timeout_s": 0.3,
+    },
 ]
 
 
@@ -61,8 +70,9 @@ def test_a_blocklisted_instruction_is_refused_with_its_category_and_never_reache
     )
     # The engine saw nothing: no prompt tokens, no first token.
     assert after["alpaca_prompt_tokens_total"] == before["alpaca_prompt_tokens_total"]
-    assert after["alpaca_time_to_first_token_seconds_count"] == (
-        before["alpaca_time_to_first_token_seconds_count"]
+    assert (
+        after["alpaca_time_to_first_token_seconds_count"]
+        == (before["alpaca_time_to_first_token_seconds_count"])
     )
 
 
@@ -144,8 +154,9 @@ def test_a_streamed_answer_that_hits_the_blocklist_is_cut_and_ends_with_the_reas
     assert full.startswith(sent)
     assert len(sent) < full.index(word) + len(word)
 
-    after = wait_for(lambda: (m := read_metrics(client))[
-        "alpaca_num_requests_running"] == 0 and m, 10)
+    after = wait_for(
+        lambda: (m := read_metrics(client))["alpaca_num_requests_running"] == 0 and m, 10
+    )
     assert blocks(after, "output", "spoiler") == blocks(before, "output", "spoiler") + 1
     # Generation stopped at the block rather than running to max_new_tokens.
     assert after["alpaca_generation_tokens_total"] - before["alpaca_generation_tokens_total"] < 120
@@ -166,5 +177,11 @@ def test_a_streamed_answer_that_hits_the_blocklist_is_cut_and_ends_with_the_reas
     row = wait_for(lambda: recorded().get(answer["id"]), 10)
     assert row["finish_reason"] == "content_filter"
     assert row["output"] == sent
-    assert {"filter": "blocklist", "hook": "output", "allowed": False, "category": "spoiler",
-            "reason": answer["filter"]["reason"], "failed": False} in row["filter_verdicts"]
+    assert {
+        "filter": "blocklist",
+        "hook": "output",
+        "allowed": False,
+        "category": "spoiler",
+        "reason": answer["filter"]["reason"],
+        "failed": False,
+    } in row["filter_verdicts"]

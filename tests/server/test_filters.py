@@ -152,20 +152,24 @@ def test_a_fail_open_filter_allows_when_it_fails_but_is_still_counted():
 
 
 def test_the_first_block_wins_and_later_filters_are_not_asked():
-    chain = FilterChain([
-        LoadedFilter("blocking", Blocking(), False, 1),
-        LoadedFilter("raising", Raising(), False, 1),
-    ])
+    chain = FilterChain(
+        [
+            LoadedFilter("blocking", Blocking(), False, 1),
+            LoadedFilter("raising", Raising(), False, 1),
+        ]
+    )
     verdict, outcomes = asyncio.run(chain.check_input(request("hi")))
     assert verdict.category == "custom"
     assert [o.filter for o in outcomes] == ["blocking"]
 
 
 def test_filters_are_built_from_an_import_path_with_options():
-    loaded = load_filter(FilterSettings(
-        factory="tests.server.filter_plugins:keyword",
-        options={"keyword": "secret", "category": "leak"},
-    ))
+    loaded = load_filter(
+        FilterSettings(
+            factory="tests.server.filter_plugins:keyword",
+            options={"keyword": "secret", "category": "leak"},
+        )
+    )
     assert loaded.name == "keyword"
     assert loaded.impl.check_input(request("the secret plan")).category == "leak"
 

@@ -83,8 +83,13 @@ def test_greedy_decoding_is_deterministic(real_client):
 
 def test_a_seed_makes_sampling_reproducible(real_client):
     client = real_client
-    body = {"instruction": "Invent a word.", "max_new_tokens": 20, "temperature": 1.0,
-            "top_k": 0, "top_p": 1.0}
+    body = {
+        "instruction": "Invent a word.",
+        "max_new_tokens": 20,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+    }
     first = generate(client, seed=1234, **body)
     again = generate(client, seed=1234, **body)
     others = {generate(client, seed=seed, **body)["text"] for seed in (1, 2, 3)}
@@ -127,8 +132,14 @@ def test_streaming_sends_deltas_then_a_final_event_then_done(client):
 def test_streamed_pieces_never_hold_a_broken_character(real_client):
     """Random tokens of a byte-level tokenizer often leave characters half-finished."""
     client = real_client
-    body = {"instruction": "Écris un poème 🎉 日本語", "max_new_tokens": 64,
-            "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 7}
+    body = {
+        "instruction": "Écris un poème 🎉 日本語",
+        "max_new_tokens": 64,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "seed": 7,
+    }
     whole = generate(client, **body)
     _, events = stream_events(client, body)
     pieces = [event["text"] for event in events[:-2]]

@@ -41,9 +41,14 @@ def attributes_set_in_init(cls: type) -> set[str]:
         tree = ast.parse(inspect.getsource(cls.__init__).strip())
     except (OSError, TypeError):  # a generated __init__ (a dataclass): its fields are annotated
         return set()
-    return {node.attr for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
-            and isinstance(node.value, ast.Name) and node.value.id == "self"}
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Store)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
 
 
 def test_both_engines_offer_every_call_of_the_engine_protocol():

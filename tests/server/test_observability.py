@@ -28,6 +28,7 @@ def client(tiny_server):
     """These tests read the real server's log and its engine's behaviour."""
     return tiny_server.client
 
+
 SUCCESS = "alpaca_requests_total{outcome=success}"
 DISCONNECTED = "alpaca_requests_total{outcome=client_disconnected}"
 
@@ -36,8 +37,9 @@ def expected_device_and_dtype(model_dir) -> tuple[str, str]:
     """Where the tiny server should run, by server/engine.py's own rule applied to the settings
     it was started with (ALPACA_DEVICE / ALPACA_DTYPE, else auto: cuda when a GPU is visible)."""
     env = tiny_server_env(model_dir)
-    settings = ServerSettings(**{key.removeprefix("ALPACA_").lower(): value
-                                 for key, value in env.items()})
+    settings = ServerSettings(
+        **{key.removeprefix("ALPACA_").lower(): value for key, value in env.items()}
+    )
     device = resolve_device(settings)
     return device, resolve_dtype(settings, device)
 
@@ -50,7 +52,8 @@ def test_health_ready_and_info_describe_a_loaded_server(client, tiny_model_dir):
     info = client.get("/info").json()
     assert info["ready"] is True
     assert info["limits"] == {
-        "max_model_len": TINY_CONTEXT, "max_new_tokens_limit": TINY_MAX_NEW_TOKENS_LIMIT
+        "max_model_len": TINY_CONTEXT,
+        "max_new_tokens_limit": TINY_MAX_NEW_TOKENS_LIMIT,
     }
     device, dtype = expected_device_and_dtype(tiny_model_dir)
     assert (info["device"], info["dtype"]) == (device, dtype)
@@ -61,8 +64,12 @@ def test_info_of_a_model_folder_without_a_marker_assumes_the_alpaca_template(cli
     info = client.get("/info").json()
 
     assert info["prompt_template"] == TEMPLATE_NAME
-    assert info["provenance"] == {"made_by": None, "marker": None,
-                                  "prompt_template_source": "assumed", "created_at": None}
+    assert info["provenance"] == {
+        "made_by": None,
+        "marker": None,
+        "prompt_template_source": "assumed",
+        "created_at": None,
+    }
 
 
 def test_every_response_has_a_fresh_request_id(client):
@@ -79,8 +86,9 @@ def test_request_id_is_the_engine_request_id_and_appears_in_the_log(client, tiny
 
 
 def test_each_request_gets_one_json_log_line_without_text_or_address(client, tiny_server):
-    response = client.post("/generate", json={"instruction": "Log me, secret-7731.",
-                                              "max_new_tokens": 3})
+    response = client.post(
+        "/generate", json={"instruction": "Log me, secret-7731.", "max_new_tokens": 3}
+    )
     request_id = response.headers["X-Request-Id"]
 
     def json_line():
@@ -113,9 +121,13 @@ def test_a_generation_moves_the_metrics(client):
     answer = client.post(
         "/generate", json={"instruction": "Say a lot.", "max_new_tokens": 16, "temperature": 0}
     ).json()
-    after = wait_for(lambda: (m := read_metrics(client))[
-        "alpaca_request_queue_time_seconds_count"] > before[
-        "alpaca_request_queue_time_seconds_count"] and m)
+    after = wait_for(
+        lambda: (
+            (m := read_metrics(client))["alpaca_request_queue_time_seconds_count"]
+            > before["alpaca_request_queue_time_seconds_count"]
+            and m
+        )
+    )
     assert after, "queue time was never observed"
     assert after[SUCCESS] == before[SUCCESS] + 1
     assert after["alpaca_prompt_tokens_total"] == (
@@ -127,8 +139,9 @@ def test_a_generation_moves_the_metrics(client):
     for histogram in ("time_to_first_token", "e2e_request_latency"):
         name = f"alpaca_{histogram}_seconds_count"
         assert after[name] == before[name] + 1, name
-    assert after["alpaca_inter_token_latency_seconds_count"] > (
-        before["alpaca_inter_token_latency_seconds_count"]
+    assert (
+        after["alpaca_inter_token_latency_seconds_count"]
+        > (before["alpaca_inter_token_latency_seconds_count"])
     )
     assert after["alpaca_engine_ready"] == 1
 
@@ -156,8 +169,11 @@ def test_running_gauge_counts_a_request_in_flight_and_returns_to_zero(client, ti
 
 def _engine_idle(client) -> bool:
     metrics = read_metrics(client)
-    return (metrics["alpaca_num_requests_running"], metrics["alpaca_num_requests_waiting"],
-            metrics["alpaca_admission_queue"]) == (0, 0, 0)
+    return (
+        metrics["alpaca_num_requests_running"],
+        metrics["alpaca_num_requests_waiting"],
+        metrics["alpaca_admission_queue"],
+    ) == (0, 0, 0)
 
 
 def assert_aborted_after_disconnect(client, before: dict) -> None:
@@ -174,8 +190,11 @@ def assert_aborted_after_disconnect(client, before: dict) -> None:
 
 def test_a_streaming_client_that_disconnects_aborts_its_request(client, tiny_server):
     before = read_metrics(client)
-    body = {"instruction": "Write forever.", "max_new_tokens": TINY_MAX_NEW_TOKENS_LIMIT,
-            "stream": True}
+    body = {
+        "instruction": "Write forever.",
+        "max_new_tokens": TINY_MAX_NEW_TOKENS_LIMIT,
+        "stream": True,
+    }
     with client.stream("POST", "/generate", json=body) as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -193,7 +212,8 @@ def test_a_waiting_client_that_disconnects_aborts_its_request(client, tiny_serve
     with socket.create_connection(("127.0.0.1", tiny_server.port)) as sock:
         sock.sendall(
             b"POST /generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         assert wait_for(lambda: read_metrics(client)["alpaca_num_requests_running"] >= 1, 10, 0.05)
     assert_aborted_after_disconnect(client, before)

@@ -25,8 +25,9 @@ def test_models_lists_the_served_model(sdk, client):
 
 
 def test_a_completion_sends_the_prompt_as_it_is(sdk, model, server):
-    answer = sdk.completions.create(model=model, prompt="Once upon a time", max_tokens=5,
-                                    temperature=0)
+    answer = sdk.completions.create(
+        model=model, prompt="Once upon a time", max_tokens=5, temperature=0
+    )
     assert answer.object == "text_completion"
     assert answer.choices[0].finish_reason == "length"
     assert answer.usage.completion_tokens == 5
@@ -50,18 +51,26 @@ def test_chat_uses_the_alpaca_template_with_earlier_turns_as_input(sdk, model, s
 
 def test_chat_and_generate_give_the_same_answer(sdk, model, client):
     chat = sdk.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "List two rivers."}],
-        max_tokens=16, temperature=0,
+        model=model,
+        messages=[{"role": "user", "content": "List two rivers."}],
+        max_tokens=16,
+        temperature=0,
     )
-    generated = client.post("/generate", json={"instruction": "List two rivers.",
-                                               "max_new_tokens": 16, "temperature": 0}).json()
+    generated = client.post(
+        "/generate",
+        json={"instruction": "List two rivers.", "max_new_tokens": 16, "temperature": 0},
+    ).json()
     assert chat.choices[0].message.content == generated["text"]
     assert chat.usage.prompt_tokens == generated["usage"]["prompt_tokens"]
 
 
 def test_streamed_chat_deltas_add_up_to_the_answer(sdk, model):
-    body = {"model": model, "messages": [{"role": "user", "content": "Tell a story."}],
-            "max_tokens": 24, "temperature": 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell a story."}],
+        "max_tokens": 24,
+        "temperature": 0,
+    }
     whole = sdk.chat.completions.create(**body).choices[0].message.content
     chunks = list(sdk.chat.completions.create(**body, stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -79,8 +88,12 @@ def test_streamed_completion_pieces_add_up_to_the_text(sdk, model):
 
 
 def test_a_stop_sequence_stops_and_is_not_returned(sdk, model):
-    body = {"model": model, "messages": [{"role": "user", "content": "Describe dogs."}],
-            "max_tokens": 40, "temperature": 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Describe dogs."}],
+        "max_tokens": 40,
+        "temperature": 0,
+    }
     full = sdk.chat.completions.create(**body).choices[0].message.content
     words = full.split()
     stop = words[len(words) // 2]
@@ -104,10 +117,16 @@ def test_the_response_id_is_the_generation_id_feedback_takes(sdk, model, client)
         ({"max_tokens": 0}, openai.UnprocessableEntityError, "max_tokens"),
         ({"temperature": 5}, openai.UnprocessableEntityError, "temperature"),
         ({"n": 2}, openai.UnprocessableEntityError, "n"),
-        ({"messages": [{"role": "assistant", "content": "hi"}]},
-         openai.UnprocessableEntityError, "messages"),
-        ({"messages": [{"role": "user", "content": "x " * 2000}]},
-         openai.UnprocessableEntityError, "instruction"),
+        (
+            {"messages": [{"role": "assistant", "content": "hi"}]},
+            openai.UnprocessableEntityError,
+            "messages",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "x " * 2000}]},
+            openai.UnprocessableEntityError,
+            "instruction",
+        ),
     ],
 )
 def test_errors_surface_as_the_sdks_exceptions(sdk, model, kwargs, error, param):
@@ -119,7 +138,6 @@ def test_errors_surface_as_the_sdks_exceptions(sdk, model, kwargs, error, param)
 
 @pytest.mark.parametrize("stop", ["", [""], ["x"] * 9])
 def test_bad_stop_values_are_422_not_server_errors(client, model, stop):
-    response = client.post("/v1/completions",
-                           json={"model": model, "prompt": "hi", "stop": stop})
+    response = client.post("/v1/completions", json={"model": model, "prompt": "hi", "stop": stop})
     assert response.status_code == 422, response.text
     assert response.json()["error"]["param"].startswith("stop")

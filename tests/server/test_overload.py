@@ -16,10 +16,12 @@ REJECTED = "alpaca_requests_total{outcome=rejected}"
 async def _flood(url: str, count: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        return await asyncio.gather(*(
-            client.post("/generate", json={"instruction": f"Flood {i}", "max_new_tokens": 16})
-            for i in range(count)
-        ))
+        return await asyncio.gather(
+            *(
+                client.post("/generate", json={"instruction": f"Flood {i}", "max_new_tokens": 16})
+                for i in range(count)
+            )
+        )
 
 
 def test_a_flood_gets_only_answers_and_429s_and_the_server_recovers(server):
@@ -48,7 +50,10 @@ def test_a_flood_gets_only_answers_and_429s_and_the_server_recovers(server):
 
     def idle():
         metrics = read_metrics(client)
-        return (metrics["alpaca_num_requests_running"], metrics["alpaca_num_requests_waiting"],
-                metrics["alpaca_admission_queue"]) == (0, 0, 0)
+        return (
+            metrics["alpaca_num_requests_running"],
+            metrics["alpaca_num_requests_waiting"],
+            metrics["alpaca_admission_queue"],
+        ) == (0, 0, 0)
 
     assert wait_for(idle, 5)

@@ -15,14 +15,21 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, **(env or {})},
     )
 
 
 def test_importing_the_app_imports_neither_vllm_nor_torch():
-    result = run("-c", "import sys, server.app; print(sorted(m for m in ('vllm', 'torch', "
-                       "'transformers') if m in sys.modules))")
+    result = run(
+        "-c",
+        "import sys, server.app; print(sorted(m for m in ('vllm', 'torch', "
+        "'transformers') if m in sys.modules))",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -39,14 +46,23 @@ def test_help_explains_every_option():
     [
         (["--port", "0"], {}, "port"),
         (["--model", "/no/such/folder"], {}, "config.json"),
-        ([], {"ALPACA_DEFAULT_MAX_NEW_TOKENS": "900", "ALPACA_MAX_NEW_TOKENS_LIMIT": "500"},
-         "default_max_new_tokens (900) is above max_new_tokens_limit (500)"),
-        ([], {"ALPACA_MAX_MODEL_LEN": "256", "ALPACA_MAX_NEW_TOKENS_LIMIT": "256"},
-         "leaves no room for a prompt"),
+        (
+            [],
+            {"ALPACA_DEFAULT_MAX_NEW_TOKENS": "900", "ALPACA_MAX_NEW_TOKENS_LIMIT": "500"},
+            "default_max_new_tokens (900) is above max_new_tokens_limit (500)",
+        ),
+        (
+            [],
+            {"ALPACA_MAX_MODEL_LEN": "256", "ALPACA_MAX_NEW_TOKENS_LIMIT": "256"},
+            "leaves no room for a prompt",
+        ),
         ([], {"ALPACA_DEVICE": "tpu"}, "device"),
         ([], {"ALPACA_BLOCKLIST": "/no/such/list.txt"}, "blocklist file /no/such/list.txt"),
-        ([], {"ALPACA_FILTERS": '[{"factory": "no_such_module:build"}]'},
-         "cannot import filter factory 'no_such_module:build'"),
+        (
+            [],
+            {"ALPACA_FILTERS": '[{"factory": "no_such_module:build"}]'},
+            "cannot import filter factory 'no_such_module:build'",
+        ),
         ([], {"ALPACA_FILTERS": "not json"}, "filters"),
         ([], {"ALPACA_RATE_LIMIT_PER_MINUTE": "10"}, "set api_keys as well"),
         ([], {"ALPACA_API_KEYS_FILE": "/no/keys.txt"}, "api_keys_file /no/keys.txt"),
@@ -73,8 +89,14 @@ def test_every_setting_reads_its_alpaca_environment_variable(monkeypatch):
 
 
 def test_convert_reports_a_missing_gguf_file_in_one_line(tmp_path):
-    result = run("-m", "recover.convert", "--gguf", str(tmp_path / "missing.gguf"),
-                 "--out", str(tmp_path / "out"))
+    result = run(
+        "-m",
+        "recover.convert",
+        "--gguf",
+        str(tmp_path / "missing.gguf"),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"alpaca-convert: error: GGUF file not found: {tmp_path / 'missing.gguf'}"

@@ -32,8 +32,9 @@ def test_an_engine_that_dies_mid_stream_ends_it_with_an_error_event_and_turns_un
     engine.delay_s = 0.02
     died = threading.Timer(0.2, engine.die)
     died.start()
-    response, events = stream_events(own_server.client,
-                                     {"instruction": "Talk.", "max_new_tokens": 200})
+    response, events = stream_events(
+        own_server.client, {"instruction": "Talk.", "max_new_tokens": 200}
+    )
     died.join()
     assert response.status_code == 200
     assert events[-1] == "[DONE]"
@@ -57,8 +58,7 @@ def test_a_generation_past_the_time_limit_is_cut_with_504_and_a_stream_with_an_e
     _, events = stream_events(own_server.client, body)
     assert events[-1] == "[DONE]"
     assert events[-2]["error"]["type"] == "timeout"
-    assert own_server.engine.aborted[-2:] == [response.headers["X-Request-Id"],
-                                              events[0]["id"]]
+    assert own_server.engine.aborted[-2:] == [response.headers["X-Request-Id"], events[0]["id"]]
 
 
 @pytest.mark.env({"ALPACA_REQUEST_TIMEOUT_S": "0.5", "ALPACA_MAX_CONCURRENT": "1"})
@@ -67,8 +67,11 @@ def test_a_request_still_waiting_for_a_slot_at_the_time_limit_is_a_503_to_retry(
     # go: the slot comes free after the waiting request's time limit.
     own_server.engine.delay_s = 0.05
     own_server.engine.abort_delay_s = 1.0
-    holder = threading.Thread(target=own_server.client.post, args=("/generate",),
-                              kwargs={"json": {"instruction": "Hold.", "max_new_tokens": 100}})
+    holder = threading.Thread(
+        target=own_server.client.post,
+        args=("/generate",),
+        kwargs={"json": {"instruction": "Hold.", "max_new_tokens": 100}},
+    )
     holder.start()
     assert wait_for(lambda: own_server.engine.num_unfinished_requests() == 1, 5)
     with httpx.Client(base_url=own_server.url, timeout=30) as other:
@@ -103,7 +106,10 @@ def test_the_engine_is_told_to_stop_before_any_template_header_as_well(scripted_
     response = scripted_server.client.post(
         "/generate", json={"instruction": "Hi.", "stop": ["END"], "max_new_tokens": 2}
     )
-    [seen] = [r for r in scripted_server.engine.requests
-              if r.request_id == response.headers["X-Request-Id"]]
+    [seen] = [
+        r
+        for r in scripted_server.engine.requests
+        if r.request_id == response.headers["X-Request-Id"]
+    ]
     assert seen.options.stop == ("END", *SECTION_HEADERS)
     assert seen.options.max_new_tokens == 2

@@ -126,37 +126,52 @@ def test_invalid_requests_never_reach_the_engine(client):
     assert after["alpaca_requests_total{outcome=invalid}"] == (
         before["alpaca_requests_total{outcome=invalid}"] + 10
     )
-    for key in ("alpaca_requests_total{outcome=success}", "alpaca_prompt_tokens_total",
-                "alpaca_time_to_first_token_seconds_count"):
+    for key in (
+        "alpaca_requests_total{outcome=success}",
+        "alpaca_prompt_tokens_total",
+        "alpaca_time_to_first_token_seconds_count",
+    ):
         assert after[key] == before[key], key
 
 
 def test_a_body_over_the_limit_is_a_413_with_or_without_a_declared_length(client):
     big = b'{"instruction": "' + b"x" * 1_100_000 + b'"}'
-    declared = client.post("/generate", content=big,
-                           headers={"content-type": "application/json"})
+    declared = client.post("/generate", content=big, headers={"content-type": "application/json"})
     assert_error(declared, 413, "request_too_large", None, ["1048576"])
 
     def chunks():
         for start in range(0, len(big), 65536):
-            yield big[start:start + 65536]
+            yield big[start : start + 65536]
 
-    chunked = client.post("/generate", content=chunks(),
-                          headers={"content-type": "application/json"})
+    chunked = client.post(
+        "/generate", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert chunked.status_code == 413
-    assert client.post("/generate", json={"instruction": "still here", "max_new_tokens": 2}
-                       ).status_code == 200
+    assert (
+        client.post(
+            "/generate", json={"instruction": "still here", "max_new_tokens": 2}
+        ).status_code
+        == 200
+    )
 
 
 def test_a_one_megabyte_instruction_is_refused_with_the_numbers(client):
     response = client.post("/generate", json={"instruction": "y" * 1_000_000})
-    assert_error(response, 422, "invalid_request_error", "instruction",
-                 ["1000000 characters", "limit of 100000"])
+    assert_error(
+        response,
+        422,
+        "invalid_request_error",
+        "instruction",
+        ["1000000 characters", "limit of 100000"],
+    )
 
 
 def test_a_body_that_is_not_utf8_is_a_400(client):
-    response = client.post("/generate", content=b'{"instruction": "\xff\xfe"}',
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/generate",
+        content=b'{"instruction": "\xff\xfe"}',
+        headers={"content-type": "application/json"},
+    )
     assert_error(response, 400, "invalid_json", None, ["UTF-8"])
 
 
@@ -165,7 +180,7 @@ def test_control_characters_and_emoji_reach_the_model_intact(client, server):
     from tests.conftest import wait_for
     from training.prompts import format_prompt
 
-    instruction = "Echo: a\u0001b\u0007c \u00e9\u00e8 \U0001F389\U0001F1EB\U0001F1F7 \u200b\u202e!"
+    instruction = "Echo: a\u0001b\u0007c \u00e9\u00e8 \U0001f389\U0001f1eb\U0001f1f7 \u200b\u202e!"
     response = client.post("/generate", json={"instruction": instruction, "max_new_tokens": 2})
     assert response.status_code == 200, response.text
     answer = response.json()

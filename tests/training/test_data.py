@@ -41,8 +41,10 @@ def test_llamafactory_sample_loads_all_999_records():
 def test_json_lines_load_with_input_defaulting_to_empty_and_extra_keys_ignored(tmp_path):
     path = tmp_path / "feedback.jsonl"
     path.write_text(
-        json.dumps({"instruction": "Say hi.", "output": "Hi!", "rating": "up"}) + "\n\n"
-        + json.dumps({"instruction": "Echo.", "input": "ping", "output": ""}) + "\n",
+        json.dumps({"instruction": "Say hi.", "output": "Hi!", "rating": "up"})
+        + "\n\n"
+        + json.dumps({"instruction": "Echo.", "input": "ping", "output": ""})
+        + "\n",
         encoding="utf-8",
     )
 
@@ -65,18 +67,33 @@ GOOD = {"instruction": "Name a colour.", "input": "", "output": "Red."}
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("missing.json", [GOOD, GOOD, {"input": "", "output": "x"}],
-         "record 2: 'instruction' is missing"),
+        (
+            "missing.json",
+            [GOOD, GOOD, {"input": "", "output": "x"}],
+            "record 2: 'instruction' is missing",
+        ),
         ("empty.json", [GOOD, {**GOOD, "instruction": "  "}], "record 1: 'instruction' is empty"),
-        ("number.json", [{**GOOD, "instruction": 7}],
-         "record 0: 'instruction' must be a string, got a number"),
-        ("null.json", [GOOD, {**GOOD, "input": None}],
-         "record 1: 'input' must be a string, got null"),
+        (
+            "number.json",
+            [{**GOOD, "instruction": 7}],
+            "record 0: 'instruction' must be a string, got a number",
+        ),
+        (
+            "null.json",
+            [GOOD, {**GOOD, "input": None}],
+            "record 1: 'input' must be a string, got null",
+        ),
         ("no_output.json", [{"instruction": "x"}], "record 0: 'output' is missing"),
-        ("list_output.json", [{**GOOD, "output": ["a"]}],
-         "record 0: 'output' must be a string, got a list"),
-        ("not_object.json", [GOOD, ["Name a colour.", "", "Red."]],
-         "record 1: expected an object, got a list"),
+        (
+            "list_output.json",
+            [{**GOOD, "output": ["a"]}],
+            "record 0: 'output' must be a string, got a list",
+        ),
+        (
+            "not_object.json",
+            [GOOD, ["Name a colour.", "", "Red."]],
+            "record 1: expected an object, got a list",
+        ),
         ("nothing.json", [], "no records"),
     ],
 )
@@ -93,10 +110,14 @@ def test_a_bad_record_in_a_json_list_is_named_by_its_index(tmp_path, name, conte
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        ([json.dumps(GOOD), "", '{"instruction": "x", "output": '],
-         "record 1 (line 3): not valid JSON at column"),
-        ([json.dumps(GOOD), json.dumps({"instruction": "x"})],
-         "record 1 (line 2): 'output' is missing"),
+        (
+            [json.dumps(GOOD), "", '{"instruction": "x", "output": '],
+            "record 1 (line 3): not valid JSON at column",
+        ),
+        (
+            [json.dumps(GOOD), json.dumps({"instruction": "x"})],
+            "record 1 (line 2): 'output' is missing",
+        ),
         (["", "", "42"], "record 0 (line 3): expected an object, got a number"),
         (["{", '  "instruction": "x"', "}"], "record 0 (line 1): not valid JSON"),
         (["", "   "], "no records"),
@@ -130,8 +151,10 @@ def test_a_file_that_is_not_utf8_is_refused_with_its_name(tmp_path):
 
 def test_the_raw_reader_gives_a_json_lists_objects_unchecked_with_their_index(tmp_path):
     path = tmp_path / "self_instruct.json"
-    items = [{"instruction": "Sort.", "instances": [{"input": "b a", "output": "a b"}]},
-             {"id": 7, "anything": None}]
+    items = [
+        {"instruction": "Sort.", "instances": [{"input": "b a", "output": "a b"}]},
+        {"id": 7, "anything": None},
+    ]
     path.write_text(json.dumps(items), encoding="utf-8")
 
     assert list(read_raw_records(path)) == [
@@ -154,8 +177,11 @@ def test_the_raw_reader_gives_json_lines_with_their_line_and_skips_blank_ones(tm
     ("name", "text", "message"),
     [
         ("lines.jsonl", '{"a": 1}\n\n{"a": 2\n', "record 1 (line 3): not valid JSON at column 8"),
-        ("lines.jsonl", '{"a": 1}\n"just text"\n',
-         "record 1 (line 2): expected an object, got a string"),
+        (
+            "lines.jsonl",
+            '{"a": 1}\n"just text"\n',
+            "record 1 (line 2): expected an object, got a string",
+        ),
         ("list.json", '[{"a": 1}, null]', "record 1: expected an object, got null"),
         ("list.json", '[{"a": 1},\n {"a": ]', "not valid JSON at line 2, column 8"),
         ("blank.jsonl", "\n  \n", "no records"),
@@ -182,14 +208,19 @@ def test_the_raw_reader_can_hand_bad_items_over_and_read_on(tmp_path):
     fields = [raw.fields for raw in read_raw_records(path, on_invalid=invalid.append)]
 
     assert fields == [{"a": 1}, {"a": 2}]
-    assert [str(err).split(": ")[1] for err in invalid] == ["record 1 (line 2)",
-                                                           "record 2 (line 3)"]
+    assert [str(err).split(": ")[1] for err in invalid] == [
+        "record 1 (line 2)",
+        "record 2 (line 3)",
+    ]
 
 
 def test_loading_data_imports_no_torch():
     result = subprocess.run(
         [sys.executable, "-c", "import sys, training.data; print('torch' in sys.modules)"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert result.returncode == 0, result.stderr

@@ -22,10 +22,20 @@ def write_json(path: Path, value) -> None:
 
 def train_marker(folder: Path, *extra: str) -> None:
     """alpaca_train.json as alpaca-train writes it at the end of a run into `folder`."""
-    args = parse_args(["--model", "/models/llama-7b", "--data", "/data/alpaca_data.json",
-                       "--out", str(folder), *extra])
-    summary = TrainSummary(global_step=3, steps_this_run=3, examples=6, tokens=300, seconds=1.5,
-                           train_loss=2.0)
+    args = parse_args(
+        [
+            "--model",
+            "/models/llama-7b",
+            "--data",
+            "/data/alpaca_data.json",
+            "--out",
+            str(folder),
+            *extra,
+        ]
+    )
+    summary = TrainSummary(
+        global_step=3, steps_this_run=3, examples=6, tokens=300, seconds=1.5, train_loss=2.0
+    )
     stats = SimpleNamespace(examples=6, truncated=0, dropped_no_target=0, tokens=300)
     write_train_info(args, summary, stats, 0, [], 6)
 
@@ -45,7 +55,10 @@ def test_a_folder_trained_by_alpaca_train_names_its_method_base_model_data_and_t
     body = provenance.as_json()
     assert body["made_by"] == "alpaca-train" and body["marker"] == TRAIN_INFO_FILE
     assert (body["method"], body["base_model"], body["data"]) == (
-        "lora", "/models/llama-7b", "/data/alpaca_data.json")
+        "lora",
+        "/models/llama-7b",
+        "/data/alpaca_data.json",
+    )
     assert_recent(body["created_at"])
 
 
@@ -62,8 +75,10 @@ def test_a_recovered_folder_names_its_diff_and_base(tmp_path):
 
 
 def test_recovery_keeps_the_prompt_template_the_diff_carries(tmp_path):
-    write_json(tmp_path / MARKER_FILE, {"prompt_template": "alpaca-v2", "made_by": "alpaca-convert",
-                                        "gguf": "tuned.gguf"})
+    write_json(
+        tmp_path / MARKER_FILE,
+        {"prompt_template": "alpaca-v2", "made_by": "alpaca-convert", "gguf": "tuned.gguf"},
+    )
 
     weight_diff._write_marker(tmp_path, tmp_path / "diff", tmp_path / "base", "float32")
 
@@ -86,17 +101,34 @@ def test_a_folder_converted_from_a_gguf_file_names_the_file(tmp_path):
 def test_markers_written_before_they_named_their_maker_are_still_understood(tmp_path):
     converted, recovered = tmp_path / "converted", tmp_path / "recovered"
     converted.mkdir(), recovered.mkdir()
-    write_json(converted / MARKER_FILE, {"source": "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                         "dtype": "float32", "prompt_template": "alpaca"})
-    write_json(recovered / MARKER_FILE, {"prompt_template": "alpaca", "dtype": "float32",
-                                         "source": "weight diff alpaca-7b-wdiff"})
+    write_json(
+        converted / MARKER_FILE,
+        {
+            "source": "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "dtype": "float32",
+            "prompt_template": "alpaca",
+        },
+    )
+    write_json(
+        recovered / MARKER_FILE,
+        {"prompt_template": "alpaca", "dtype": "float32", "source": "weight diff alpaca-7b-wdiff"},
+    )
 
     assert read_provenance(converted).as_json() == {
-        "made_by": "alpaca-convert", "marker": MARKER_FILE, "prompt_template_source": "marker",
-        "created_at": None, "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+        "made_by": "alpaca-convert",
+        "marker": MARKER_FILE,
+        "prompt_template_source": "marker",
+        "created_at": None,
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    }
     assert read_provenance(recovered).as_json() == {
-        "made_by": "alpaca-recover", "marker": MARKER_FILE, "prompt_template_source": "marker",
-        "created_at": None, "diff": "alpaca-7b-wdiff", "base": None}
+        "made_by": "alpaca-recover",
+        "marker": MARKER_FILE,
+        "prompt_template_source": "marker",
+        "created_at": None,
+        "diff": "alpaca-7b-wdiff",
+        "base": None,
+    }
 
 
 def test_a_folder_without_a_marker_is_of_unknown_origin_and_the_alpaca_template_is_assumed(
@@ -107,8 +139,12 @@ def test_a_folder_without_a_marker_is_of_unknown_origin_and_the_alpaca_template_
     provenance = read_provenance(tmp_path)
 
     assert (provenance.prompt_template, provenance.template_source) == (TEMPLATE_NAME, "assumed")
-    assert provenance.as_json() == {"made_by": None, "marker": None,
-                                    "prompt_template_source": "assumed", "created_at": None}
+    assert provenance.as_json() == {
+        "made_by": None,
+        "marker": None,
+        "prompt_template_source": "assumed",
+        "created_at": None,
+    }
 
 
 def test_a_damaged_marker_is_reported_not_raised(tmp_path):
@@ -117,7 +153,10 @@ def test_a_damaged_marker_is_reported_not_raised(tmp_path):
     body = read_provenance(tmp_path).as_json()
 
     assert (body["made_by"], body["marker"], body["prompt_template_source"]) == (
-        None, TRAIN_INFO_FILE, "assumed")
+        None,
+        TRAIN_INFO_FILE,
+        "assumed",
+    )
     assert TRAIN_INFO_FILE in body["error"]
 
 

@@ -49,7 +49,7 @@ def test_prompt_positions_carry_minus_100_and_every_response_token_and_eos_is_le
         else:
             assert label == token, f"response token {position} is not learned"
     assert ids[-1] == labels[-1] == tiny_tokenizer.eos_token_id
-    assert tiny_tokenizer.decode(ids[len(prompt_ids):-1]) == record.output
+    assert tiny_tokenizer.decode(ids[len(prompt_ids) : -1]) == record.output
     assert stats.target_tokens == len(ids) - len(prompt_ids)
 
 

@@ -28,13 +28,28 @@ from training.train import (
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SAMPLE = DATA / "alpaca_data_first200.json"
 # Small and quick on two CPU cores: short examples, tiny batches.
-FAST = ["--preset", "tiny", "--model-max-length", "64", "--global-batch-size", "2",
-        "--micro-batch-size", "2", "--logging-steps", "1"]
+FAST = [
+    "--preset",
+    "tiny",
+    "--model-max-length",
+    "64",
+    "--global-batch-size",
+    "2",
+    "--micro-batch-size",
+    "2",
+    "--logging-steps",
+    "1",
+]
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training.train", *argv], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "training.train", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def short_records(n: int) -> list[AlpacaRecord]:
@@ -65,8 +80,18 @@ def in_process_trainer(tmp_path, tiny_model_dir, records, *extra):
 
     from training.tokenization import tokenize_records
 
-    args = parse_args(["--model", str(tiny_model_dir), "--data", str(SAMPLE),
-                       "--out", str(tmp_path / "out"), *FAST, *extra])
+    args = parse_args(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(SAMPLE),
+            "--out",
+            str(tmp_path / "out"),
+            *FAST,
+            *extra,
+        ]
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     examples, _ = tokenize_records(records, tokenizer, args.data.model_max_length)
     training_args = build_training_args(args, args.train.gradient_accumulation_steps(1))
@@ -89,8 +114,7 @@ def test_an_invalid_record_stops_the_run_before_training_naming_its_index(tmp_pa
     good = {"instruction": "Say hi.", "output": "Hi!"}
     data = write_records(tmp_path / "bad.json", [good, good, {"instruction": "No answer."}])
 
-    result = run_cli("--model", str(ROOT), "--data", str(data), "--out",
-                     str(tmp_path / "out"))
+    result = run_cli("--model", str(ROOT), "--data", str(data), "--out", str(tmp_path / "out"))
 
     assert result.returncode == 2
     # --model is checked first; give it a real folder and the data error shows.
@@ -98,8 +122,9 @@ def test_an_invalid_record_stops_the_run_before_training_naming_its_index(tmp_pa
     config_dir = tmp_path / "model"
     config_dir.mkdir()
     (config_dir / "config.json").write_text("{}")
-    result = run_cli("--model", str(config_dir), "--data", str(data), "--out",
-                     str(tmp_path / "out"))
+    result = run_cli(
+        "--model", str(config_dir), "--data", str(data), "--out", str(tmp_path / "out")
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"alpaca-train: error: {data}: record 2: 'output' is missing"
@@ -109,8 +134,9 @@ def test_an_invalid_record_stops_the_run_before_training_naming_its_index(tmp_pa
 
 def test_skip_invalid_drops_bad_records_and_counts_them(tmp_path):
     good = {"instruction": "Say hi.", "output": "Hi!"}
-    data = write_records(tmp_path / "mixed.json", [good, {"instruction": 3, "output": ""}, good,
-                                                   "not an object"])
+    data = write_records(
+        tmp_path / "mixed.json", [good, {"instruction": 3, "output": ""}, good, "not an object"]
+    )
 
     records, skipped = load_training_records(data, skip_invalid=True)
 
@@ -118,8 +144,20 @@ def test_skip_invalid_drops_bad_records_and_counts_them(tmp_path):
 
 
 def test_a_global_batch_that_does_not_divide_is_a_one_line_error(tmp_path, capsys):
-    status = main(["--model", "m", "--data", "d", "--out", str(tmp_path),
-                   "--global-batch-size", "10", "--micro-batch-size", "4"])
+    status = main(
+        [
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--out",
+            str(tmp_path),
+            "--global-batch-size",
+            "10",
+            "--micro-batch-size",
+            "4",
+        ]
+    )
 
     assert status == 2
     assert capsys.readouterr().err == (
@@ -132,25 +170,36 @@ def test_presets_follow_the_alpaca_paper_and_accumulation_follows_the_world_size
         return parse_args(["--model", "m", "--data", "d", "--out", "o", *extra])
 
     seven = resolved()
-    assert (seven.train.global_batch_size, seven.train.learning_rate, seven.train.epochs,
-            seven.data.model_max_length, seven.train.warmup_ratio, seven.train.lr_scheduler,
-            seven.train.weight_decay) == (128, 2e-5, 3, 512, 0.03, "cosine", 0.0)
+    assert (
+        seven.train.global_batch_size,
+        seven.train.learning_rate,
+        seven.train.epochs,
+        seven.data.model_max_length,
+        seven.train.warmup_ratio,
+        seven.train.lr_scheduler,
+        seven.train.weight_decay,
+    ) == (128, 2e-5, 3, 512, 0.03, "cosine", 0.0)
     assert seven.train.gradient_accumulation_steps(world_size=8) == 4  # 4 x 4 x 8 = 128
     assert seven.train.gradient_accumulation_steps(world_size=1) == 32
     thirteen = resolved("--preset", "13b")
     assert (thirteen.train.learning_rate, thirteen.train.epochs) == (1e-5, 5)
     lora = resolved("--lora")
-    assert (lora.train.learning_rate, lora.lora.lora_r, lora.lora.lora_alpha,
-            lora.lora.lora_dropout, lora.lora.lora_target_modules) == (
-        3e-4, 8, 16, 0.05, ["q_proj", "v_proj"])
+    assert (
+        lora.train.learning_rate,
+        lora.lora.lora_r,
+        lora.lora.lora_alpha,
+        lora.lora.lora_dropout,
+        lora.lora.lora_target_modules,
+    ) == (3e-4, 8, 16, 0.05, ["q_proj", "v_proj"])
     assert resolved("--learning-rate", "1e-4", "--lora").train.learning_rate == 1e-4
 
 
 def test_fsdp_shards_fully_and_wraps_the_decoder_layer_class_read_from_the_model(
     tiny_model_dir, tmp_path
 ):
-    args = parse_args(["--model", str(tiny_model_dir), "--data", "d", "--out",
-                       str(tmp_path), "--fsdp"])
+    args = parse_args(
+        ["--model", str(tiny_model_dir), "--data", "d", "--out", str(tmp_path), "--fsdp"]
+    )
 
     training_args = build_training_args(args, args.train.gradient_accumulation_steps(8))
 
@@ -178,9 +227,17 @@ def test_shipped_scale_out_configs_are_full_shard_fsdp_and_zero_3():
 def test_full_fine_tuning_loss_on_a_fixed_batch_falls_over_a_few_dozen_steps(
     tmp_path, tiny_model_dir
 ):
-    model, trainer = in_process_trainer(tmp_path, tiny_model_dir, short_records(2),
-                                        "--max-steps", "30", "--learning-rate", "1e-3",
-                                        "--save-steps", "1000")
+    model, trainer = in_process_trainer(
+        tmp_path,
+        tiny_model_dir,
+        short_records(2),
+        "--max-steps",
+        "30",
+        "--learning-rate",
+        "1e-3",
+        "--save-steps",
+        "1000",
+    )
     before = fixed_batch_loss(model, trainer)
 
     trainer.train()
@@ -192,9 +249,18 @@ def test_full_fine_tuning_loss_on_a_fixed_batch_falls_over_a_few_dozen_steps(
 def test_lora_changes_every_adapter_weight_and_no_frozen_weight(tmp_path, tiny_model_dir):
     import torch
 
-    model, trainer = in_process_trainer(tmp_path, tiny_model_dir, short_records(2), "--lora",
-                                        "--max-steps", "4", "--learning-rate", "1e-3",
-                                        "--save-steps", "1000")
+    model, trainer = in_process_trainer(
+        tmp_path,
+        tiny_model_dir,
+        short_records(2),
+        "--lora",
+        "--max-steps",
+        "4",
+        "--learning-rate",
+        "1e-3",
+        "--save-steps",
+        "1000",
+    )
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     adapters = {name for name, p in model.named_parameters() if p.requires_grad}
     assert adapters and all("lora_" in name for name in adapters)
@@ -211,8 +277,17 @@ def test_lora_changes_every_adapter_weight_and_no_frozen_weight(tmp_path, tiny_m
 
 def test_training_resumes_from_the_saved_step(tmp_path, tiny_model_dir, capsys):
     data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(4)])
-    common = ["--model", str(tiny_model_dir), "--data", str(data), "--out",
-              str(tmp_path / "out"), *FAST, "--save-steps", "2"]
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "out"),
+        *FAST,
+        "--save-steps",
+        "2",
+    ]
     assert main([*common, "--max-steps", "2"]) == 0
     capsys.readouterr()
 
@@ -224,8 +299,9 @@ def test_training_resumes_from_the_saved_step(tmp_path, tiny_model_dir, capsys):
     assert "resuming from" in log and "checkpoint-2" in log
     assert "step 3/4" in log and "step 1/4" not in log
     assert "done: 2 steps" in log
-    state = json.loads((tmp_path / "out" / "checkpoints" / "checkpoint-4" /
-                        "trainer_state.json").read_text())
+    state = json.loads(
+        (tmp_path / "out" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text()
+    )
     assert state["global_step"] == 4
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
 
@@ -236,9 +312,24 @@ def test_packing_and_length_grouping_train_to_a_servable_folder(
 ):
     data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(8)])
 
-    status = main(["--model", str(tiny_model_dir), "--data", str(data), "--out",
-                   str(tmp_path / "out"), *FAST, "--micro-batch-size", "2",
-                   "--global-batch-size", "4", "--max-steps", "2", option])
+    status = main(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "out"),
+            *FAST,
+            "--micro-batch-size",
+            "2",
+            "--global-batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            option,
+        ]
+    )
 
     assert status == 0
     assert "done: 2 steps" in capsys.readouterr().err
@@ -254,29 +345,57 @@ def test_trackers_reach_the_trainer_and_a_missing_or_unknown_one_is_a_one_line_e
     )
 
     def args(report_to):
-        return parse_args(["--model", str(tiny_model_dir), "--data", str(SAMPLE), "--out",
-                           str(tmp_path / "out"), *FAST, "--report-to", report_to])
+        return parse_args(
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(SAMPLE),
+                "--out",
+                str(tmp_path / "out"),
+                *FAST,
+                "--report-to",
+                report_to,
+            ]
+        )
 
     assert build_training_args(args("tensorboard, WandB"), 1).report_to == ["tensorboard", "wandb"]
     assert build_training_args(args("none"), 1).report_to == []
     # A tracker the Trainer knows whose package is not installed here (tensorboard if absent).
     installed = get_available_reporting_integrations()
-    missing = next(name for name in ("tensorboard", *sorted(INTEGRATION_TO_CALLBACK))
-                   if name not in installed and name != "flyte")
-    common = ["--model", str(tiny_model_dir), "--data", str(SAMPLE), "--out",
-              str(tmp_path / "out"), *FAST, "--max-steps", "1"]
+    missing = next(
+        name
+        for name in ("tensorboard", *sorted(INTEGRATION_TO_CALLBACK))
+        if name not in installed and name != "flyte"
+    )
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(SAMPLE),
+        "--out",
+        str(tmp_path / "out"),
+        *FAST,
+        "--max-steps",
+        "1",
+    ]
 
     assert main([*common, "--report-to", missing]) == 2
     error = capsys.readouterr().err.splitlines()[-1]
     assert re.fullmatch(
         rf"alpaca-train: error: --report-to {missing}: its package is not installed "
-        r"\(pip install \S+\)", error), error
+        r"\(pip install \S+\)",
+        error,
+    ), error
     assert main([*common, "--report-to", "tensorboard,nosuch"]) == 2
-    assert capsys.readouterr().err.splitlines()[-1].startswith(
-        "alpaca-train: error: --report-to: unknown tracker 'nosuch'; the Trainer knows none, all, ")
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith(
+        "alpaca-train: error: --report-to: unknown tracker 'nosuch'; the Trainer knows none, all, "
+    )
     assert main([*common, "--report-to", "none,wandb"]) == 2
     assert capsys.readouterr().err == (
-        "alpaca-train: error: --report-to: none and all stand alone, got 'none,wandb'\n")
+        "alpaca-train: error: --report-to: none and all stand alone, got 'none,wandb'\n"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -284,9 +403,24 @@ def test_report_to_tensorboard_writes_its_event_files(tmp_path, tiny_model_dir):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed in this environment")
     data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(2)])
 
-    assert main(["--model", str(tiny_model_dir), "--data", str(data), "--out",
-                 str(tmp_path / "out"), *FAST, "--max-steps", "1", "--report-to",
-                 "tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "out"),
+                *FAST,
+                "--max-steps",
+                "1",
+                "--report-to",
+                "tensorboard",
+            ]
+        )
+        == 0
+    )
 
     assert list((tmp_path / "out" / "checkpoints" / "runs").glob("*/events.out.tfevents.*"))
 
@@ -295,8 +429,20 @@ def test_report_to_tensorboard_writes_its_event_files(tmp_path, tiny_model_dir):
 def lora_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, str]:
     """A LoRA run of the real command line, merged: its output folder and its stderr."""
     out = tmp_path_factory.mktemp("lora-run") / "out"
-    result = run_cli("--model", str(tiny_model_dir), "--data", str(SAMPLE), "--out",
-                     str(out), *FAST, "--lora", "--max-steps", "3", "--learning-rate", "1e-2")
+    result = run_cli(
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(SAMPLE),
+        "--out",
+        str(out),
+        *FAST,
+        "--lora",
+        "--max-steps",
+        "3",
+        "--learning-rate",
+        "1e-2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: 3 steps" in result.stderr
     return out, result.stderr
@@ -322,8 +468,14 @@ def test_the_command_shows_a_progress_bar_and_a_line_per_logging_step(lora_run):
 def test_lora_output_folder_describes_itself_and_holds_weights_tokenizer_and_adapter(
     lora_output,
 ):
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "alpaca_train.json",
-                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "alpaca_train.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+    ):
         assert (lora_output / name).is_file(), name
     info = json.loads((lora_output / "alpaca_train.json").read_text())
     assert info["prompt_template"] == TEMPLATE_NAME
@@ -377,7 +529,13 @@ def test_a_model_trained_by_the_command_is_served_and_info_reports_its_training(
     assert info["prompt_template"] == TEMPLATE_NAME
     provenance = info["provenance"]
     assert (provenance["made_by"], provenance["marker"], provenance["prompt_template_source"]) == (
-        "alpaca-train", "alpaca_train.json", "marker")
+        "alpaca-train",
+        "alpaca_train.json",
+        "marker",
+    )
     assert (provenance["method"], provenance["base_model"], provenance["data"]) == (
-        "lora", str(tiny_model_dir), str(SAMPLE))
+        "lora",
+        str(tiny_model_dir),
+        str(SAMPLE),
+    )
     assert provenance["created_at"]
