@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow  # a fresh interpreter importing Gradio: over ten seconds
 def test_the_demo_never_imports_the_server():
     code = (
         "import sys, demo.app, demo.main; "

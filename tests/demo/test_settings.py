@@ -67,6 +67,7 @@ def test_a_file_that_is_not_a_comparison_is_refused(tmp_path):
         DemoSettings(comparison_file=path)
 
 
+@pytest.mark.slow  # a server process that imports Gradio before it refuses
 def test_the_server_refuses_to_mount_the_demo_on_such_a_comparison_in_one_line(tmp_path):
     path = comparison_file(tmp_path, None)
     result = subprocess.run(

@@ -41,6 +41,7 @@ def test_help_explains_every_option():
         assert option in result.stdout
 
 
+@pytest.mark.slow  # a server process per case (tests/test_commands.py has a quick one in-process)
 @pytest.mark.parametrize(
     ("args", "env", "fragment"),
     [
