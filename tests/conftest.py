@@ -14,6 +14,7 @@ real one marked slow), so `pytest -m "not slow"` (`make test-fast`) is the quick
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -75,6 +76,24 @@ class ServerProcess:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
+
+    @contextlib.contextmanager
+    def engine_paused(self):
+        """The engine's processes (vLLM's engine core, where tokens are made) stopped with
+        SIGSTOP, then continued; the HTTP process is not touched. A paused engine makes no
+        tokens, so a request in flight stays in flight however fast the machine is."""
+        import psutil
+
+        processes = psutil.Process(self.process.pid).children(recursive=True)
+        assert processes, "the engine runs in child processes of the server"
+        for process in processes:
+            process.suspend()
+        try:
+            yield
+        finally:
+            for process in processes:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.resume()
 
     def wait_until_ready(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout

@@ -9,12 +9,10 @@ outlasts any limit. The pause is lifted (SIGCONT) before each test ends.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import psutil
@@ -46,20 +44,8 @@ def server(tiny_model_dir, tmp_path_factory):
         process.stop()
 
 
-@contextlib.contextmanager
-def engine_paused(server: ServerProcess) -> Iterator[None]:
-    """The server's engine processes (vLLM's engine core, where tokens are made) stopped with
-    SIGSTOP, then continued; the HTTP process is not touched."""
-    processes = psutil.Process(server.process.pid).children(recursive=True)
-    assert processes, "the engine runs in child processes of the server"
-    for process in processes:
-        process.suspend()
-    try:
-        yield
-    finally:
-        for process in processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.resume()
+def engine_paused(server: ServerProcess):
+    return server.engine_paused()
 
 
 def engine_idle(client: httpx.Client) -> bool:

@@ -158,9 +158,12 @@ def test_running_gauge_counts_a_request_in_flight_and_returns_to_zero(client, ti
     worker = threading.Thread(target=long_request)
     worker.start()
     try:
-        seen_running.append(
-            wait_for(lambda: read_metrics(client)["alpaca_num_requests_running"] >= 1, 20, 0.05)
-        )
+        # Paused once it runs, the request stays in flight however fast the engine is.
+        assert wait_for(lambda: read_metrics(client)["alpaca_num_requests_running"] >= 1, 20, 0.05)
+        with tiny_server.engine_paused():
+            seen_running.append(
+                wait_for(lambda: read_metrics(client)["alpaca_num_requests_running"] == 1, 5)
+            )
     finally:
         worker.join()
     assert seen_running == [True]
@@ -216,4 +219,9 @@ def test_a_waiting_client_that_disconnects_aborts_its_request(client, tiny_serve
             + body
         )
         assert wait_for(lambda: read_metrics(client)["alpaca_num_requests_running"] >= 1, 10, 0.05)
+        # The engine is paused while the client leaves: the request cannot finish first,
+        # however fast the engine is.
+        with tiny_server.engine_paused():
+            sock.close()
+            assert wait_for(lambda: read_metrics(client)[DISCONNECTED] > before[DISCONNECTED], 10)
     assert_aborted_after_disconnect(client, before)
