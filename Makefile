@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup run test test-fast bench lint format settings-table
+.PHONY: setup run test test-fast bench lint format settings-table compose-up compose-down test-stack
 
 setup: $(STAMP)
 
@@ -38,3 +38,16 @@ format: setup
 
 settings-table: setup
 	$(BIN)/python -m server.settings_table --write
+
+# The Docker Compose stack (scripts/compose): build the CPU image, start the default stack
+# detached and return once the server is healthy; then stop and remove it.
+compose-up:
+	scripts/compose up
+
+compose-down:
+	scripts/compose down
+
+# The stack test: builds and starts the stack itself (make compose-up), checks it from outside,
+# and stops it (make compose-down); needs a Docker engine. .ci/run runs it after `make test`.
+test-stack: setup
+	$(BIN)/pytest -m stack tests/deploy/test_stack.py

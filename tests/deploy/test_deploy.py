@@ -45,6 +45,10 @@ def test_the_compose_file_is_valid_against_the_compose_specification():
     assert [error.message for error in validator.iter_errors(COMPOSE)] == []
     broken = {**COMPOSE, "services": {"server": {"ports": "8000"}}}
     assert list(validator.iter_errors(broken)), "the schema check accepts anything"
+    # The override make compose-up adds where public images cannot be pulled.
+    local = yaml.safe_load((ROOT / "deploy" / "compose.local.yml").read_text())
+    assert [error.message for error in validator.iter_errors(local)] == []
+    assert set(local["services"]) <= set(COMPOSE["services"])
 
 
 def test_every_environment_name_in_compose_is_a_real_setting():
@@ -79,10 +83,22 @@ def test_prometheus_scrapes_the_servers_metrics_route():
     assert mount.startswith("./deploy/prometheus.yml:")
 
 
-def test_the_image_installs_with_the_script_ci_runs():
+def test_the_image_installs_the_whole_tree_with_the_script_ci_runs():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.findall(r"^FROM .* AS (\w+)$", dockerfile, re.M) == ["cpu", "gpu"]
-    assert len(re.findall(r"^RUN .*scripts/install ", dockerfile, re.M)) == 2
+    stages = re.findall(r"^FROM .* AS ([\w-]+)$", dockerfile, re.M)
+    assert stages == ["cpu-build", "cpu", "gpu-build", "gpu"]
+    assert len(re.findall(r"scripts/install /opt/venv", dockerfile)) == 2
+    # The project's tree goes in whole (no hand-kept list of packages that can drift) ...
+    assert re.findall(r"^COPY (?!--from)(.*)$", dockerfile, re.M) == [". /src", ". /src"]
+    # ... less what .dockerignore keeps out, which is never a package of the project.
+    ignored = {
+        line.strip("/*")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = re.findall(r'"(\w+)\*"', re.search(r"^include = \[(.*)\]$", pyproject, re.M)[1])
+    assert packages and not set(packages) & ignored
     assert "HEALTHCHECK" in dockerfile and "/ready" in dockerfile
     assert re.search(r"^USER alpaca$", dockerfile, re.M)
     makefile = (ROOT / "Makefile").read_text()

@@ -1,0 +1,202 @@
+"""The Docker Compose stack, running: built and started by `make compose-up`, checked from
+outside the containers through the ports published on 127.0.0.1, stopped by `make compose-down`.
+
+Run with `make test-stack` (`.ci/run` does); it needs a Docker engine and builds the CPU image
+(minutes the first time). Without a Docker engine the tests fail, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, wait_for
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+API = "http://127.0.0.1:8000"
+DEMO = "http://127.0.0.1:7860"
+PROMETHEUS = "http://127.0.0.1:9090"
+PROJECT = "alpaca"  # the compose project name scripts/compose uses
+
+
+def compose(*args: str, check: bool = True, timeout: float = 1800) -> str:
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "compose"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"scripts/compose {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def docker(*args: str) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def container_of(service: str) -> str:
+    container = compose("ps", "-q", service).strip()
+    assert container, f"no container for {service}"
+    return container
+
+
+def wait_until_ready(timeout: float = 300) -> None:
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{API}/ready", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    assert wait_for(ready, timeout, 2), "the server did not come back ready"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "info"], capture_output=True).returncode
+    ):
+        pytest.fail(
+            "the stack tests need a running Docker engine "
+            "(apt-get install docker.io docker-compose debootstrap, then dockerd &)"
+        )
+    subprocess.run(["make", "compose-up"], cwd=ROOT, check=True, timeout=3600)
+    try:
+        yield
+    finally:
+        subprocess.run(["make", "compose-down"], cwd=ROOT, timeout=600)
+
+
+def generate(instruction: str) -> dict:
+    response = httpx.post(
+        f"{API}/generate",
+        json={"instruction": instruction, "max_new_tokens": 8, "temperature": 0},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_server_is_ready_healthy_and_answers(stack):
+    assert httpx.get(f"{API}/ready", timeout=10).status_code == 200
+    health = docker("inspect", "-f", "{{.State.Health.Status}}", container_of("server"))
+    assert health == "healthy"
+    answer = generate("What is the capital of France?")
+    assert answer["text"] and answer["model"] == "SmolLM2-135M-Instruct"
+
+
+def test_the_server_process_runs_as_a_user_other_than_root(stack):
+    uid = docker("exec", container_of("server"), "id", "-u")
+    assert uid != "0"
+    # The server is the container's first process, run by that user.
+    assert docker("exec", container_of("server"), "sh", "-c", "stat -c %u /proc/1") == uid
+
+
+def test_the_ui_and_the_standalone_demo_are_served(stack):
+    page = httpx.get(f"{API}/ui/", timeout=30, follow_redirects=True)
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+    demo = httpx.get(f"{DEMO}/", timeout=30)
+    assert demo.status_code == 200 and "gradio" in demo.text.lower()
+
+
+def test_the_standalone_demo_gets_an_answer_in_a_browser(stack):
+    from tests.demo.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not shutil.which(CHROMIUM):
+        pytest.fail("Debian's chromium is needed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{DEMO}/")
+            page.locator("#instruction textarea").fill("Name a colour.")
+            page.locator("#send").click()
+            answer = page.locator('#chatbot [aria-label^="bot\'s message"]').last
+            answer.wait_for(timeout=60_000)
+            assert wait_for(lambda: answer.inner_text().strip(), 60), "no answer in the demo"
+        finally:
+            browser.close()
+
+
+def test_prometheus_scrapes_the_server(stack):
+    def query(expression: str) -> list:
+        response = httpx.get(f"{PROMETHEUS}/api/v1/query", params={"query": expression}, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()["data"]["result"]
+
+    up = wait_for(lambda: query('up{job="alpaca-serve"} == 1'), 90, 3)
+    assert up, "Prometheus does not see the server up"
+    assert wait_for(lambda: query("alpaca_requests_total"), 90, 3), "no alpaca_ series"
+
+
+def test_feedback_survives_a_restart_of_the_server(stack):
+    answer = generate("Say something kind.")
+    saved = httpx.post(
+        f"{API}/feedback", json={"generation_id": answer["id"], "rating": "up"}, timeout=30
+    )
+    assert saved.status_code == 201, saved.text
+    compose("restart", "server")
+    wait_until_ready()
+    summary = httpx.get(f"{API}/feedback/summary", timeout=30).json()
+    assert summary["models"]["SmolLM2-135M-Instruct"]["up"] >= 1
+
+
+def test_the_postgres_profile_keeps_feedback_in_postgresql_across_restarts(stack):
+    url = "postgresql://alpaca:alpaca@postgres:5432/alpaca"
+    subprocess.run(
+        [str(ROOT / "scripts" / "compose"), "up", "postgres"],
+        cwd=ROOT,
+        check=True,
+        timeout=3600,
+        env={**os.environ, "ALPACA_DATABASE_URL": url},
+    )
+    try:
+        wait_until_ready()
+        answer = generate("Name a planet.")
+        saved = httpx.post(
+            f"{API}/feedback",
+            json={"generation_id": answer["id"], "rating": "down"},
+            timeout=30,
+        )
+        assert saved.status_code == 201, saved.text
+        rows = docker(
+            "exec",
+            container_of("postgres"),
+            "psql",
+            "-U",
+            "alpaca",
+            "-d",
+            "alpaca",
+            "-tA",
+            "-c",
+            f"SELECT count(*) FROM ratings WHERE generation_id = '{answer['id']}'",
+        )
+        assert rows == "1"
+        compose("restart", "postgres", "server")
+        wait_until_ready()
+        summary = httpx.get(f"{API}/feedback/summary", timeout=30).json()
+        assert summary["models"]["SmolLM2-135M-Instruct"]["down"] >= 1
+    finally:
+        # Back to the default stack (SQLite in the data volume) for the tests after this one.
+        subprocess.run(
+            [str(ROOT / "scripts" / "compose"), "up"], cwd=ROOT, check=True, timeout=3600
+        )
+
+
+def test_compose_down_leaves_no_container(stack):
+    subprocess.run(["make", "compose-down"], cwd=ROOT, check=True, timeout=600)
+    left = docker("ps", "-a", "--filter", f"label=com.docker.compose.project={PROJECT}", "-q")
+    assert left == ""
