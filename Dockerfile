@@ -19,12 +19,15 @@ FROM ${CPU_BASE_IMAGE} AS cpu-build
 # PyPI and the wheels of deploy/build-extras/wheels).
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 ALPACA_ENGINE=cpu
+# First the dependencies, from pyproject.toml alone (a layer that stays cached until it changes),
+# then the whole tree; deploy/build-extras holds an optional CA bundle (ca.pem) and wheels
+# (wheels/), used in this stage only.
+COPY pyproject.toml README.md /src/
+COPY scripts /src/scripts
+COPY deploy/build-extras /src/deploy/build-extras
+RUN cd /src && . scripts/build-extras && scripts/install /opt/venv demo
 COPY . /src
-# deploy/build-extras: an optional CA bundle (ca.pem) and wheels (wheels/); this stage only.
-RUN cd /src && extras=deploy/build-extras \
-    && if [ -f $extras/ca.pem ]; then export PIP_CERT=/src/$extras/ca.pem; fi \
-    && if [ -d $extras/wheels ]; then export PIP_FIND_LINKS=/src/$extras/wheels; fi \
-    && scripts/install /opt/venv demo
+RUN cd /src && . scripts/build-extras && scripts/install /opt/venv demo
 # The default model, converted once into the image's model cache.
 RUN /opt/venv/bin/alpaca-convert --out /models/SmolLM2-135M-Instruct
 
@@ -53,11 +56,12 @@ ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CH
     ALPACA_ENGINE=gpu
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml README.md /src/
+COPY scripts /src/scripts
+COPY deploy/build-extras /src/deploy/build-extras
+RUN cd /src && . scripts/build-extras && PYTHON=python3 scripts/install /opt/venv demo
 COPY . /src
-RUN cd /src && extras=deploy/build-extras \
-    && if [ -f $extras/ca.pem ]; then export PIP_CERT=/src/$extras/ca.pem; fi \
-    && if [ -d $extras/wheels ]; then export PIP_FIND_LINKS=/src/$extras/wheels; fi \
-    && PYTHON=python3 scripts/install /opt/venv demo
+RUN cd /src && . scripts/build-extras && PYTHON=python3 scripts/install /opt/venv demo
 RUN /opt/venv/bin/alpaca-convert --out /models/SmolLM2-135M-Instruct
 
 FROM ${GPU_BASE_IMAGE} AS gpu
