@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.datasets import ALPACA_SAMPLE as SAMPLE
 from tests.conftest import ROOT, ServerProcess, tiny_server_env
 from training.args import DataArgs, LoraArgs, TrainArgs, parse_args
 from training.data import AlpacaRecord
@@ -25,8 +26,6 @@ from training.train import (
     main,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-SAMPLE = DATA / "alpaca_data_first200.json"
 # Small and quick on two CPU cores: short examples, tiny batches.
 FAST = [
     "--preset",
