@@ -1,6 +1,8 @@
-"""The data the project uses by default ships with it: the files are package data, they parse with
-the project's own readers, each carries its licence note, and nothing reads a folder beside the
-checkout (a user's clone has only the repository)."""
+"""A fresh clone stands alone and its tests tell the truth. The data the project uses by default
+ships with it: the files are package data, they parse with the project's own readers, each carries
+its licence note, and nothing reads a folder beside the checkout (a user's clone has only the
+repository). And no test skips for want of a program or package: it fails, naming what to install.
+"""
 
 from __future__ import annotations
 
@@ -101,4 +103,19 @@ def test_no_file_of_the_project_points_at_the_folder_beside_the_checkout():
         if BESIDE_THE_CHECKOUT.search(line)
     ]
     assert checked
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_test_skips_for_want_of_something_to_install():
+    """A missing program, database or package fails the test with a one-line message naming the
+    command that installs it (scripts/test-deps, the test extra): a skip would read as a pass."""
+    skipping = re.compile(r"pytest\.(skip|importorskip)\(|mark\.skip(if)?\b")
+    this_test = Path(__file__).resolve()
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if path != this_test
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if skipping.search(line)
+    ]
     assert not offenders, "\n".join(offenders)
