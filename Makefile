@@ -1,6 +1,9 @@
 # `make run` serves the default model and the demo; `make test` runs the whole suite,
 # `make test-fast` its quick layer, `make lint` the linter and the formatter check.
 # Each sets up .venv first, with scripts/install: the same install the Dockerfile runs.
+# The tests also get what they drive outside Python (Chromium, Prometheus, PostgreSQL) from
+# scripts/test-deps, which installs what is missing (root needed then) and prints the PostgreSQL
+# URL; when something cannot be had it says so in one line and the tests do not run.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,12 +21,12 @@ run: setup
 	$(BIN)/alpaca-serve
 
 test: setup
-	$(BIN)/pytest
+	url="$$(scripts/test-deps)" && ALPACA_TEST_DATABASE_URL="$$url" $(BIN)/pytest
 
 # The quick loop while editing: everything but the tests that load vLLM or start real servers
 # (the HTTP behaviour runs on the scripted engine instead); under a minute.
 test-fast: setup
-	$(BIN)/pytest -m "not slow"
+	url="$$(scripts/test-deps --fast)" && ALPACA_TEST_DATABASE_URL="$$url" $(BIN)/pytest -m "not slow"
 
 bench: setup
 	$(BIN)/python -m benchmarks.http_overhead

@@ -27,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "alpaca_data_first200.json"
+from evaluation.datasets import ALPACA_SAMPLE
+
+DEFAULT_DATA = ALPACA_SAMPLE
 DEFAULT_MODEL = Path.home() / ".cache" / "alpaca-serve" / "SmolLM2-135M-Instruct"
 
 

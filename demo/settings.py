@@ -7,13 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The Alpaca evaluation set (user-oriented self-instruct instructions), where this checkout has it.
-EVALUATION_SET = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / "user_oriented_instructions.jsonl"
-)
+from evaluation.datasets import EVALUATION_SET
 
 
 class CompareArm(BaseModel):
@@ -44,7 +38,7 @@ class DemoSettings(BaseSettings):
     examples_file: Path | None = Field(
         None,
         description="JSON lines with `instruction` (and `instances[0].input`) to offer as "
-        "examples; default: the Alpaca evaluation set when present",
+        "examples; default: the Alpaca evaluation set shipped with the project",
     )
     max_examples: int = Field(8, ge=0, description="how many examples to show")
     comparison_file: Path | None = Field(
@@ -105,10 +99,9 @@ class DemoSettings(BaseSettings):
             )
         return path
 
-    def example_source(self) -> Path | None:
-        if self.examples_file is not None:
-            return self.examples_file
-        return EVALUATION_SET if EVALUATION_SET.is_file() else None
+    def example_source(self) -> Path:
+        """The examples file: the configured one, else the shipped Alpaca evaluation set."""
+        return self.examples_file if self.examples_file is not None else EVALUATION_SET
 
 
 def describe_errors(err: ValidationError) -> str:

@@ -2,14 +2,14 @@
 
 Usage:
     alpaca-eval answer --server-url http://127.0.0.1:8000 --out ours.jsonl
-    alpaca-eval compare --a ours.jsonl \
-        --b ../shared/data/user_oriented_text-davinci-003_predictions.jsonl \
-        --label-a ours --label-b text-davinci-003 --out comparison.json
+    alpaca-eval compare --a ours.jsonl --label-a ours --out comparison.json   # vs text-davinci-003
     alpaca-eval vote --comparison comparison.json --pair-id pair-000 --winner left
     alpaca-eval judge --comparison comparison.json --judge-url http://judge:8000
     alpaca-eval report --comparison comparison.json --chart report.png
 
-Answers and votes live in the server's feedback store, reached through `client.api`.
+The evaluation set and text-davinci-003's answers to it ship with the package (`evaluation/data/`,
+paths in `evaluation.datasets`). Answers and votes live in the server's feedback store, reached
+through `client.api`.
 
 `evaluation` is a client of the server's HTTP API like the demo: it never imports `server`.
 """

@@ -1,10 +1,11 @@
 """Instruction files in, model answers out: the first step of an evaluation.
 
 Usage:
-    items = load_instructions(Path("../shared/data/user_oriented_instructions.jsonl"), limit=20)
+    from evaluation.datasets import DAVINCI_ANSWERS, EVALUATION_SET
+    items = load_instructions(EVALUATION_SET, limit=20)
     answers, failures = generate_answers("http://127.0.0.1:8000", items, concurrency=4)
     write_jsonl(Path("ours.jsonl"), answers)
-    answers = load_answers(Path("../shared/data/user_oriented_text-davinci-003_predictions.jsonl"))
+    answers = load_answers(DAVINCI_ANSWERS)
 
 Instruction files: the self-instruct user-oriented JSON lines (`instruction`,
 `instances[0].input`, `motivation_app`) or an Alpaca JSON list (`instruction`, `input`).

@@ -2,9 +2,8 @@
 
 Usage:
     alpaca-eval answer --server-url http://127.0.0.1:8000 --limit 20 --out ours.jsonl
-    alpaca-eval compare --a ours.jsonl \
-        --b ../shared/data/user_oriented_text-davinci-003_predictions.jsonl \
-        --label-a ours --label-b text-davinci-003 --seed 7 --out comparison.json
+    alpaca-eval compare --a ours.jsonl --label-a ours --seed 7 --out comparison.json
+        # side B: text-davinci-003's answers, shipped with the project (--b FILE for others)
     alpaca-eval vote --comparison comparison.json --pair-id pair-000 --winner left \
         [--session-id alice]
     alpaca-eval judge --comparison comparison.json --judge-url http://127.0.0.1:8001 \
@@ -27,13 +26,13 @@ import secrets
 import sys
 from pathlib import Path
 
-# The Alpaca evaluation set (user-oriented self-instruct instructions), beside the project.
-DEFAULT_INSTRUCTIONS = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / "user_oriented_instructions.jsonl"
-)
+from evaluation.datasets import DAVINCI_ANSWERS, EVALUATION_SET
+
+# The Alpaca evaluation set (user-oriented self-instruct instructions) and the reference side of
+# Alpaca's comparison, text-davinci-003's answers to it: both shipped with the project.
+DEFAULT_INSTRUCTIONS = EVALUATION_SET
+DEFAULT_REFERENCE = DAVINCI_ANSWERS
+DEFAULT_REFERENCE_LABEL = "text-davinci-003"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 STORE_TIMEOUT_S = 60.0  # feedback-store calls are quick; answers have their own --timeout
 
@@ -77,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_INSTRUCTIONS,
         help="self-instruct user-oriented JSON lines (instruction, "
         "instances[0].input, motivation_app) or an Alpaca JSON list "
-        "(instruction, input); default: ../shared/data/"
-        "user_oriented_instructions.jsonl beside the project",
+        "(instruction, input); default: the shipped Alpaca evaluation set, "
+        f"{EVALUATION_SET}",
     )
     answer.add_argument(
         "--limit",
@@ -126,13 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer file of side A (from `answer`, a self-instruct predictions "
         "file such as the text-davinci-003 one, or an Alpaca JSON list)",
     )
-    compare.add_argument("--b", type=Path, required=True, help="answer file of side B")
+    compare.add_argument(
+        "--b",
+        type=Path,
+        default=DEFAULT_REFERENCE,
+        help="answer file of side B (default: text-davinci-003's answers to the Alpaca "
+        f"evaluation set, shipped with the project, {DEFAULT_REFERENCE})",
+    )
     compare.add_argument(
         "--label-a",
         default=None,
         help="name of side A in reports (default: the model named in the file, else the file name)",
     )
-    compare.add_argument("--label-b", default=None, help="name of side B (default: as --label-a)")
+    compare.add_argument(
+        "--label-b",
+        default=None,
+        help="name of side B (default: as --label-a; "
+        f"{DEFAULT_REFERENCE_LABEL} for the default --b)",
+    )
     compare.add_argument(
         "--seed",
         type=int,
@@ -300,7 +310,11 @@ def run_compare(args: argparse.Namespace) -> None:
 
     answers_a, answers_b = load_answers(args.a), load_answers(args.b)
     label_a = args.label_a or _default_label(answers_a, args.a)
-    label_b = args.label_b or _default_label(answers_b, args.b)
+    label_b = args.label_b or (
+        DEFAULT_REFERENCE_LABEL
+        if args.b == DEFAULT_REFERENCE
+        else _default_label(answers_b, args.b)
+    )
     if label_a == label_b:
         label_b += " (B)"
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)

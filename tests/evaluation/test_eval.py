@@ -17,28 +17,14 @@ from pathlib import Path
 import pytest
 
 from evaluation.answers import load_answers
-from evaluation.cli import DEFAULT_INSTRUCTIONS
 from evaluation.comparison import match_key
+from evaluation.datasets import DAVINCI_ANSWERS as DAVINCI
+from evaluation.datasets import EVALUATION_SET
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
-DATA = ROOT.parent / "shared" / "data"
-DAVINCI = DATA / "user_oriented_text-davinci-003_predictions.jsonl"
-EVALUATION_SET = DATA / "user_oriented_instructions.jsonl"
 Z_95 = 1.959963984540054
-
-
-def require_data(*files: Path) -> None:
-    """Fail, naming each missing file and where it is expected: a test never passes or skips
-    quietly without the data it is about."""
-    missing = list(dict.fromkeys(str(file) for file in files if not file.is_file()))
-    if missing:
-        pytest.fail(
-            f"evaluation data missing: {', '.join(missing)}; expected in {DATA} (the shared data "
-            "folder beside this checkout, ../shared/data; see its README for the sources)",
-            pytrace=False,
-        )
 
 
 def alpaca_eval(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -61,8 +47,8 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def answers(tiny_server, workdir) -> Path:
-    """Our model's answers to the first 20 evaluation instructions."""
-    require_data(DEFAULT_INSTRUCTIONS, EVALUATION_SET, DAVINCI)
+    """Our model's answers to the first 20 evaluation instructions (the default instruction
+    file: the evaluation set shipped with the project)."""
     out = workdir / "tiny.jsonl"
     result = alpaca_eval(
         "answer",
@@ -379,7 +365,22 @@ def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_peop
 def test_this_server_can_be_the_judge(answers, workdir, tiny_server):
     """A random tiny model rarely answers A, B or tie: this checks the accounting only."""
     path = workdir / "self-judged.json"
-    compare(answers, DAVINCI, tiny_server, path, seed=12)
+    # Without --b, the other side is text-davinci-003's answers, shipped with the project.
+    built = alpaca_eval(
+        "compare",
+        "--a",
+        answers,
+        "--label-a",
+        "tiny",
+        "--seed",
+        "12",
+        "--server-url",
+        tiny_server.url,
+        "--out",
+        path,
+    )
+    assert "wrote 20 pairs (tiny vs text-davinci-003, seed 12)" in built.stdout
+    assert json.loads(path.read_text())["labels"] == ["tiny", "text-davinci-003"]
 
     result = alpaca_eval(
         "judge", "--comparison", path, "--judge-url", tiny_server.url, "--no-progress"
@@ -465,7 +466,6 @@ def test_a_broken_instruction_file_is_refused_in_one_line_naming_its_line(workdi
 
 
 def test_unreachable_server_fails_fast_without_writing_answers(workdir):
-    require_data(DEFAULT_INSTRUCTIONS)  # `answer` reads it before calling the server
     port = free_port()  # nobody listens there once the probe socket is closed
     out = workdir / "none.jsonl"
     result = alpaca_eval(

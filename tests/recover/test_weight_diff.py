@@ -19,12 +19,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import safetensors.torch as safetensors_torch
+import torch
 
 from recover import cli, weight_diff
 from training.provenance import read_provenance
-
-torch = pytest.importorskip("torch")
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 VOCAB = 64
 TOKENIZER_FILES = {

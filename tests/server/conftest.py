@@ -1,9 +1,9 @@
 """Feedback-store fixtures: every store test runs on SQLite and on PostgreSQL.
 
-PostgreSQL comes from ALPACA_TEST_DATABASE_URL (`bash .ci/postgres-up` starts one and prints
-the URL; `.ci/run` does this before the suite). Each test gets a fresh schema of its own in that
-database, dropped afterwards. Without the variable the PostgreSQL cases are skipped, except under
-CI (the CI variable set), where they fail: CI must not pass by testing one backend only.
+PostgreSQL comes from ALPACA_TEST_DATABASE_URL, which `make test` and `make test-fast` set from
+scripts/test-deps (it starts a local PostgreSQL when none answers and prints the URL). Each test
+gets a fresh schema of its own in that database, dropped afterwards. Without the variable the
+PostgreSQL cases fail, saying how to get one: a run never passes by testing one backend only.
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ TEST_DATABASE_VARIABLE = "ALPACA_TEST_DATABASE_URL"
 
 
 def postgres_base_url() -> str:
-    """The test PostgreSQL server's URL; skips (fails under CI) when none is configured."""
+    """The test PostgreSQL server's URL; fails the test, in one line, when none is configured."""
     base = os.environ.get(TEST_DATABASE_VARIABLE)
     if not base:
-        message = (
-            f"set {TEST_DATABASE_VARIABLE} to a PostgreSQL URL to run the PostgreSQL cases "
-            f'(export {TEST_DATABASE_VARIABLE}="$(bash .ci/postgres-up | tail -n 1)")'
+        pytest.fail(
+            f"{TEST_DATABASE_VARIABLE} is not set: the PostgreSQL cases need a PostgreSQL server "
+            f'(make test sets one up; or export {TEST_DATABASE_VARIABLE}="$(scripts/test-deps)")',
+            pytrace=False,
         )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
     return base
 
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from evaluation.datasets import ALPACA_SAMPLE
 from tests.conftest import ROOT
 from training.data import AlpacaRecord, DataFormatError, RawRecord, load_records, read_raw_records
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 def test_stanford_sample_loads_all_200_records_as_published():
-    records = load_records(DATA / "alpaca_data_first200.json")
+    records = load_records(ALPACA_SAMPLE)
 
     assert len(records) == 200
     assert records[0] == AlpacaRecord(
@@ -29,13 +27,6 @@ def test_stanford_sample_loads_all_200_records_as_published():
     assert sum(1 for r in records if r.input) == 118
     # The data README's "record 9" counts from 1; the output begins with the marker.
     assert records[8].output.startswith("<nooutput>")
-
-
-def test_llamafactory_sample_loads_all_999_records():
-    records = load_records(DATA / "llamafactory_alpaca_en_demo.json")
-
-    assert len(records) == 999
-    assert all(r.instruction.strip() for r in records)
 
 
 def test_json_lines_load_with_input_defaulting_to_empty_and_extra_keys_ignored(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.datasets import ALPACA_SAMPLE as SAMPLE
 from tests.conftest import ROOT, ServerProcess, tiny_server_env
 from training.args import DataArgs, LoraArgs, TrainArgs, parse_args
 from training.data import AlpacaRecord
@@ -25,8 +26,6 @@ from training.train import (
     main,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-SAMPLE = DATA / "alpaca_data_first200.json"
 # Small and quick on two CPU cores: short examples, tiny batches.
 FAST = [
     "--preset",
@@ -400,7 +399,14 @@ def test_trackers_reach_the_trainer_and_a_missing_or_unknown_one_is_a_one_line_e
 
 
 def test_report_to_tensorboard_writes_its_event_files(tmp_path, tiny_model_dir):
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed in this environment")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        pytest.fail(
+            "tensorboard is needed (the test extra has it: `make setup` or "
+            "`pip install -e '.[test]'` installs it)",
+            pytrace=False,
+        )
     data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(2)])
 
     assert (
