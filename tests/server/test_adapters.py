@@ -469,3 +469,31 @@ def test_a_malformed_adapter_list_stops_the_server_at_start(tmp_path):
 
     with pytest.raises(ValidationError, match="'oops' is not name=path"):
         ServerSettings(adapters="good=/x,oops")
+
+
+@pytest.mark.slow  # imports Gradio, which takes a while
+def test_the_compare_tab_pits_an_adapter_against_its_base_blind(serve, adapters_dir):
+    import gradio as gr
+
+    from client.api import AsyncAlpacaClient
+    from demo.compare import CompareHandlers
+    from demo.settings import CompareArm
+
+    write_adapter(adapters_dir / "pirate")
+    server = serve()
+    arms = [CompareArm(label="the base"), CompareArm(label="pirate", model="pirate")]
+    clients = [AsyncAlpacaClient(server.url), AsyncAlpacaClient(server.url)]
+    handlers = CompareHandlers(clients[0], arms, clients)
+    tab = gr.Request(session_hash="compare-test")
+
+    async def compare_and_vote():
+        updates = [update async for update in handlers.compare("Name a colour.", tab)]
+        return updates[-1], await handlers.vote("a", updates[-1][-1], tab)
+
+    (answer_a, answer_b, *_, state), _ = asyncio.run(compare_and_vote())
+
+    answers = dict(zip(state["labels"], (answer_a, answer_b), strict=True))
+    assert answers["pirate"].startswith("[pirate] ")
+    assert not answers["the base"].startswith("[")
+    (pair,) = server.client.get("/feedback/summary").json()["pairwise"]
+    assert {pair["model_a"], pair["model_b"]} == {"pirate", "tiny-base"}
