@@ -146,7 +146,7 @@ class Pipeline:
         return engine
 
     async def start(self, body: GenerateRequest, request_id: str, arrival: float) -> Generation:
-        """Steps 1-4: a generation holding a slot, ready to run; the caller releases it."""
+        """Steps 0-4: a generation holding a slot, ready to run; the caller releases it."""
         engine = self.require_engine()
         adapter = self.resolve_model(body.model, engine)  # 0. the model
         model_name = adapter.name if adapter is not None else engine.model_name

@@ -497,3 +497,29 @@ def test_the_compare_tab_pits_an_adapter_against_its_base_blind(serve, adapters_
     assert not answers["the base"].startswith("[")
     (pair,) = server.client.get("/feedback/summary").json()["pairwise"]
     assert {pair["model_a"], pair["model_b"]} == {"pirate", "tiny-base"}
+
+
+@pytest.mark.slow  # imports Gradio, which takes a while
+def test_the_chat_model_picker_offers_every_model_and_the_answer_comes_from_the_one_picked(
+    serve, adapters_dir
+):
+    from client.api import AsyncAlpacaClient
+    from demo.app import build_demo
+    from demo.chat import ChatHandlers
+    from demo.settings import DemoSettings
+
+    write_adapter(adapters_dir / "pirate")
+    server = serve()
+    chat = ChatHandlers(AsyncAlpacaClient(server.url))
+
+    async def pick_and_ask():
+        picker = await chat.model_choices()
+        updates = [u async for u in chat.respond("Name a colour.", "", 0, 1, 8, [], {}, "pirate")]
+        return picker, updates[-1]
+
+    picker, (history, ids, _) = asyncio.run(pick_and_ask())
+
+    assert picker["choices"] == ["tiny-base", "pirate"] and picker["value"] == "tiny-base"
+    assert history[-1]["content"].startswith("[pirate] ")
+    assert server.engine.requests[-1].adapter == "pirate"
+    build_demo(DemoSettings(server_url=server.url))  # the page with the picker still builds
