@@ -188,8 +188,8 @@ class ServerSettings(BaseSettings):
     )
     adapters: str | None = Field(
         None,
-        description="more LoRA adapters to serve, as `name=path,name=path` (read at start and "
-        "on reload)",
+        description="more LoRA adapters to serve, as `name=path,name=path`; their folders are "
+        "watched like adapters_dir's",
     )
     max_loras: int = Field(
         4, ge=1, description="LoRA adapters the engine holds at once (in one batch)"
