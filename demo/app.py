@@ -59,6 +59,8 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
         gr.Markdown("# Alpaca: instruction following")
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         with gr.Tab("Chat", elem_id="chat-tab"):
+            # Filled when the page loads: the base and every LoRA adapter the server serves.
+            model = gr.Dropdown(label="Model", elem_id="model", choices=[], allow_custom_value=True)
             chatbot = gr.Chatbot(
                 label="Conversation",
                 elem_id="chatbot",
@@ -93,7 +95,10 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
                     inputs=[instruction, input_box],
                     label="Examples from the Alpaca evaluation set",
                 )
-            inputs = [instruction, input_box, temperature, top_p, max_new_tokens, chatbot, ids]
+            inputs = [
+                *(instruction, input_box, temperature, top_p, max_new_tokens),
+                *(chatbot, ids, model),
+            ]
             outputs = [chatbot, ids, instruction]
             sent = send.click(chat.respond, inputs, outputs)
             submitted = instruction.submit(chat.respond, inputs, outputs)
@@ -101,6 +106,7 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
             clear.click(lambda: ([], {}, ""), None, [chatbot, ids, status])
             chatbot.like(chat.on_like, [ids], [status])
             flag.click(chat.on_flag, [flag_choice, ids], [status])
+            blocks.load(chat.model_choices, None, [model])
         with gr.Tab("Compare", elem_id="compare-tab"):
             gr.Markdown(
                 "One instruction, two answers from different models or settings, shown "

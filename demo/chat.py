@@ -53,9 +53,11 @@ class ChatHandlers:
         max_new_tokens: float,
         history: list[dict[str, str]] | None,
         ids: dict[int, str] | None,
+        model: str | None = None,
     ) -> AsyncIterator[tuple[list[dict[str, str]], dict[int, str], str]]:
         """Stream the answer to `instruction` into the chat: yields (history, ids, the
-        instruction box's new text) as the answer grows; an error becomes the answer's text."""
+        instruction box's new text) as the answer grows; an error becomes the answer's text.
+        `model` is the model picked (the base or a served adapter); None: the server's base."""
         history = list(history or [])
         ids = dict(ids or {})
         if not instruction or not instruction.strip():
@@ -72,6 +74,7 @@ class ChatHandlers:
                 temperature=float(temperature),
                 top_p=float(top_p),
                 max_new_tokens=int(max_new_tokens),
+                model=model or None,
             ):
                 ids[answer] = event["id"]
                 if event.get("text"):
@@ -84,6 +87,15 @@ class ChatHandlers:
         if not history[answer]["content"]:
             history[answer]["content"] = "*(the model gave an empty answer)*"
         yield history, ids, ""
+
+    async def model_choices(self) -> dict[str, Any]:
+        """The model picker's update: every model the server serves (the base first, then its
+        LoRA adapters), the base picked; unchanged when the server cannot say."""
+        try:
+            names = [model["id"] for model in await self.client.models()]
+        except APIRequestError:
+            return gr.update()
+        return gr.update(choices=names, value=names[0] if names else None)
 
     async def on_like(
         self, ids: dict[int, str] | None, data: gr.LikeData, request: gr.Request

@@ -155,6 +155,7 @@ async def _stream_into(
             temperature=arm.temperature,
             top_p=arm.top_p,
             max_new_tokens=arm.max_new_tokens,
+            model=arm.model,
         ):
             await queue.put((slot, event))
     except APIRequestError as err:

@@ -11,12 +11,16 @@ from evaluation.datasets import EVALUATION_SET
 
 
 class CompareArm(BaseModel):
-    """One side of the blind comparison: a server and the sampling settings it is asked with."""
+    """One side of the blind comparison: a server, the model (base or adapter) and the sampling
+    settings it is asked with."""
 
     model_config = ConfigDict(extra="forbid")
 
     label: str = Field(description="shown to the user only after the vote")
     server_url: str | None = Field(None, description="default: the demo's server")
+    model: str | None = Field(
+        None, description="the model to ask, such as a served LoRA adapter; default: the base"
+    )
     temperature: float = Field(0.1, ge=0, le=2)
     top_p: float = Field(0.75, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from server import __version__
 from server.access import AccessMiddleware
+from server.adapters import AdapterRegistry, watch_adapters
 from server.admission import Admission
 from server.default_model import ensure_default_model
 from server.engine import Engine, SamplingOptions, build_engine
@@ -29,9 +30,10 @@ from server.filters import build_filter_chain
 from server.lifecycle import watch_engine
 from server.metrics import ServerMetrics
 from server.request_context import BodyLimitMiddleware, RequestContextMiddleware
-from server.routes import feedback, generate, generations, openai_api, status
+from server.routes import adapters, feedback, generate, generations, openai_api, status
 from server.runtime import Runtime
 from server.settings import ServerSettings
+from training.provenance import made_at
 
 log = logging.getLogger("alpaca.server")
 
@@ -67,12 +69,15 @@ def create_app(
         runtime.recorder.start()
         loading = asyncio.create_task(_start_engine(runtime, engine))
         watching = asyncio.create_task(watch_engine(runtime, partial(_engine_died, runtime)))
+        tasks = [loading, watching]
+        if settings.serves_adapters:
+            tasks.append(asyncio.create_task(_watch_adapters(runtime)))
         try:
             yield
         finally:
-            for task in (loading, watching):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(loading, watching, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await runtime.recorder.close()
             if store is None:
                 runtime.store.close()
@@ -115,6 +120,7 @@ def create_app(
     app.include_router(feedback.router)
     app.include_router(generations.router)
     app.include_router(openai_api.router)
+    app.include_router(adapters.router)
     if settings.ui:
         app = _mount_demo(app, settings)
     return app
@@ -162,6 +168,14 @@ async def _start_engine(runtime: Runtime, engine: Engine | None) -> None:
             )
         runtime.engine = engine
         await _warm_up(engine)
+        if runtime.settings.serves_adapters:
+            # Before readiness, so that a client that waits for /ready finds them.
+            registry = AdapterRegistry(
+                runtime.settings, engine.model_name, runtime.model_dir or runtime.settings.model
+            )
+            await registry.refresh(engine, wait_until_stable=False)
+            runtime.serve_adapters(registry)
+        runtime.loaded_at = made_at()
         runtime.ready = True
         url = runtime.settings.local_url
         log.info(
@@ -179,6 +193,13 @@ async def _start_engine(runtime: Runtime, engine: Engine | None) -> None:
         log.exception("the model failed to load")
         if runtime.on_fatal is not None:
             runtime.on_fatal(runtime.load_error)
+
+
+async def _watch_adapters(runtime: Runtime) -> None:
+    """Rescan the adapters every adapters_poll_s seconds, once they are first loaded."""
+    while runtime.adapters is None:
+        await asyncio.sleep(runtime.settings.adapters_poll_s)
+    await watch_adapters(runtime.adapters, lambda: runtime.engine, lambda: runtime.ready)
 
 
 def _engine_died(runtime: Runtime, reason: str) -> None:

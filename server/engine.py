@@ -52,6 +52,16 @@ class Piece:
     finish_reason: str | None  # None while generating; then "stop", "length" or "eos"
 
 
+@dataclass(frozen=True)
+class AdapterWeights:
+    """A LoRA adapter as the engine knows it: its model name, an id unique to these weights (a
+    changed folder gets a new one), and the folder holding adapter_config.json."""
+
+    name: str
+    id: int
+    path: str
+
+
 @dataclass
 class EngineLoad:
     """The scheduler's latest view, pushed by the engine's stats hook every step."""
@@ -83,10 +93,24 @@ class Engine(Protocol):
         ...
 
     def generate(
-        self, prompt_ids: list[int], options: SamplingOptions, request_id: str
+        self,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: AdapterWeights | None = None,
     ) -> AsyncIterator[Piece]:
         """The new text, piece by piece; the last piece has a finish reason. Closing the
-        iterator early aborts the request. Raises EngineUnavailableError if the engine died."""
+        iterator early aborts the request. Raises EngineUnavailableError if the engine died.
+        With `adapter` (one `add_adapter` loaded), the base plus that LoRA adapter answers."""
+        ...
+
+    async def add_adapter(self, adapter: AdapterWeights) -> None:
+        """Load a LoRA adapter (checked by server/adapters.py first); raises when the engine
+        refuses it, and stays up."""
+        ...
+
+    async def remove_adapter(self, adapter: AdapterWeights) -> None:
+        """Drop a LoRA adapter no request uses any more."""
         ...
 
     async def check_health(self) -> None:
@@ -128,7 +152,11 @@ class VllmEngine:
         return list(self._tokenizer.encode(prompt))
 
     async def generate(
-        self, prompt_ids: list[int], options: SamplingOptions, request_id: str
+        self,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: AdapterWeights | None = None,
     ) -> AsyncIterator[Piece]:
         """Stream the new text. Cancelling the consumer aborts the request in the engine."""
         from vllm import SamplingParams
@@ -147,7 +175,12 @@ class VllmEngine:
         completion_tokens = 0
         if self._llm.errored:
             raise EngineUnavailableError("the engine has stopped")
-        outputs = self._llm.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+        outputs = self._llm.generate(
+            {"prompt_token_ids": prompt_ids},
+            params,
+            request_id,
+            lora_request=_lora_request(adapter) if adapter is not None else None,
+        )
         try:
             async for out in outputs:
                 result = out.outputs[0]
@@ -166,6 +199,13 @@ class VllmEngine:
             # A consumer that stops early closes this generator; closing vLLM's aborts the request.
             await outputs.aclose()
 
+    async def add_adapter(self, adapter: AdapterWeights) -> None:
+        """Load the adapter now (vLLM returns a refusal as an error; the engine stays up)."""
+        await self._llm.add_lora(_lora_request(adapter))
+
+    async def remove_adapter(self, adapter: AdapterWeights) -> None:
+        await self._llm.remove_lora(adapter.id)
+
     async def check_health(self) -> None:
         """Raise EngineUnavailableError when the engine process is gone."""
         try:
@@ -182,6 +222,12 @@ class VllmEngine:
 
     def shutdown(self) -> None:
         self._llm.shutdown()
+
+
+def _lora_request(adapter: AdapterWeights) -> Any:
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora_name=adapter.name, lora_int_id=adapter.id, lora_path=adapter.path)
 
 
 def _finish_reason(result: Any) -> str:
@@ -256,6 +302,16 @@ def build_engine(
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         seed=0,
+        # LoRA only when adapters are configured: it turns compilation off and costs speed.
+        **(
+            dict(
+                enable_lora=True,
+                max_loras=settings.max_loras,
+                max_lora_rank=settings.max_lora_rank,
+            )
+            if settings.serves_adapters
+            else {}
+        ),
     )
     log.info("loading %s on %s (%s)", model_path, device, dtype)
     llm = AsyncLLM.from_engine_args(args, stat_loggers=[LoadRecorder])

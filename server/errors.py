@@ -45,6 +45,8 @@ def invalid(message: str, param: str | None) -> APIError:
 # A refusal's kind: its HTTP status and error type.
 REFUSAL_STATUS = {
     "invalid": (422, "invalid_request_error"),
+    "unknown_model": (404, "not_found"),
+    "adapter_refused": (422, "adapter_refused"),
     "blocked": (400, "content_filter"),
     "overloaded": (429, "overloaded"),
     "queue_timeout": (503, "overloaded"),

@@ -79,13 +79,19 @@ class ServerMetrics:
             self.requests.labels(model_name=model_name, outcome=outcome)
         self._model_name = model_name
 
+        # The per-request families, kept unlabelled so that `for_model` can label them for an
+        # adapter's requests.
+        self._families: dict[str, Histogram | Counter] = {}
+
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(
-                name, doc, ["model_name"], buckets=buckets, registry=self.registry
-            ).labels(**labels)
+            family = Histogram(name, doc, ["model_name"], buckets=buckets, registry=self.registry)
+            self._families[name] = family
+            return family.labels(**labels)
 
         def counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, ["model_name"], registry=self.registry).labels(**labels)
+            family = Counter(name, doc, ["model_name"], registry=self.registry)
+            self._families[name] = family
+            return family.labels(**labels)
 
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, ["model_name"], registry=self.registry).labels(**labels)
@@ -142,6 +148,13 @@ class ServerMetrics:
             "alpaca_engine_ready", "1 when the engine is loaded and answering, else 0."
         )
 
+    def for_model(self, model_name: str) -> ServerMetrics | ModelMetrics:
+        """The per-request metrics labelled with `model_name` (a served adapter's name); the
+        base model's are this object itself."""
+        if model_name == self._model_name:
+            return self
+        return ModelMetrics(self, model_name)
+
     def count_block(self, hook: str, category: str) -> None:
         self.filter_blocks.labels(model_name=self._model_name, hook=hook, category=category).inc()
 
@@ -161,3 +174,25 @@ class ServerMetrics:
         if refresh is not None:
             refresh()
         return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    """The per-request metrics of one more model (an adapter) of the same server: the same
+    attributes as ServerMetrics uses for a request, labelled with that model's name."""
+
+    def __init__(self, metrics: ServerMetrics, model_name: str):
+        families = metrics._families
+
+        def labelled(name: str):
+            return families[name].labels(model_name=model_name)
+
+        self._metrics = metrics
+        self._model_name = model_name
+        self.time_to_first_token = labelled("alpaca_time_to_first_token_seconds")
+        self.inter_token_latency = labelled("alpaca_inter_token_latency_seconds")
+        self.e2e_latency = labelled("alpaca_e2e_request_latency_seconds")
+        self.prompt_tokens = labelled("alpaca_prompt_tokens")
+        self.generation_tokens = labelled("alpaca_generation_tokens")
+
+    def count(self, outcome: str) -> None:
+        self._metrics.requests.labels(model_name=self._model_name, outcome=outcome).inc()

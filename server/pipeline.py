@@ -2,12 +2,14 @@
 
 Usage (a route):
     generation = await pipeline.start(body, request_id, arrival)   # a refusal raises Refusal
+    # body.model names the base or a served LoRA adapter (server/adapters.py); None: the base
     try:
         async for text in generation.run(): ...                    # the answer as it grows
     finally:
         generation.release()                                       # frees its slot, always
 
 The steps, in the order a request takes them:
+    0. model         the base, or a served adapter (Refusal "unknown_model" / "adapter_refused")
     1. admission     a place in the queue, or Refusal("overloaded") at once (before any work)
     2. prompt        the fields checked against the limits and the model; the Alpaca template
                      (training/prompts.py, the one source) or the raw prompt; its tokens
@@ -32,11 +34,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from server.adapters import Adapter, AdapterRegistry
 from server.admission import Admission, Ticket
-from server.engine import Engine, EngineUnavailableError, Piece, SamplingOptions
+from server.engine import AdapterWeights, Engine, EngineUnavailableError, Piece, SamplingOptions
 from server.feedback import GenerationRecord
 from server.filters import FilterChain, FilterInput, FilterOutcome, Verdict
-from server.metrics import ServerMetrics
+from server.metrics import ModelMetrics, ServerMetrics
 from server.schemas import GenerateRequest
 from server.settings import ServerSettings
 from training.prompts import SECTION_HEADERS, format_prompt
@@ -50,7 +53,8 @@ RETRY_AFTER_S = 1  # what a refused client is told to wait before trying again
 class Refusal(Exception):
     """The request was refused before it reached the engine.
 
-    `kind` says why: "invalid" (a field, with `param`), "overloaded" (no place in the queue),
+    `kind` says why: "invalid" (a field, with `param`), "unknown_model" (no model of that name),
+    "adapter_refused" (an adapter that failed its checks), "overloaded" (no place in the queue),
     "queue_timeout" (no slot came free before the deadline), "blocked" (an input filter, with
     `category`), "unavailable" (no engine to use) or "shutting_down".
     """
@@ -101,6 +105,34 @@ class Pipeline:
     is_draining: Callable[[], bool]
     record: Callable[[GenerationRecord], None]
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # The LoRA adapters served beside the base; None when none are configured.
+    adapters: AdapterRegistry | None = None
+
+    def model_names(self, engine: Engine) -> list[str]:
+        """Every model a request may name: the base first, then the served adapters."""
+        served = list(self.adapters.served) if self.adapters is not None else []
+        return [engine.model_name, *served]
+
+    def resolve_model(self, name: str | None, engine: Engine) -> Adapter | None:
+        """Step 0: the served adapter a request names (held until its generation is released),
+        None for the base; a Refusal for a name nothing is served under."""
+        if name is None or name == engine.model_name:
+            return None
+        adapters = self.adapters
+        if adapters is not None and name in adapters.served:
+            return adapters.resolve(name)
+        if adapters is not None and name in adapters.refused:
+            raise Refusal(
+                "adapter_refused",
+                f"the adapter {name!r} is not served: {adapters.refused[name].reason}",
+                "model",
+            )
+        served = ", ".join(repr(n) for n in self.model_names(engine))
+        raise Refusal(
+            "unknown_model",
+            f"the model {name!r} does not exist; this server serves {served}",
+            "model",
+        )
 
     def require_engine(self) -> Engine:
         """The engine, or a Refusal saying why there is none to use."""
@@ -114,11 +146,30 @@ class Pipeline:
         return engine
 
     async def start(self, body: GenerateRequest, request_id: str, arrival: float) -> Generation:
-        """Steps 1-4: a generation holding a slot, ready to run; the caller releases it."""
+        """Steps 0-4: a generation holding a slot, ready to run; the caller releases it."""
         engine = self.require_engine()
+        adapter = self.resolve_model(body.model, engine)  # 0. the model
+        model_name = adapter.name if adapter is not None else engine.model_name
+        metrics = self.metrics.for_model(model_name)
+        try:
+            return await self._start(body, request_id, arrival, engine, adapter, metrics)
+        except BaseException:
+            if adapter is not None:
+                self.adapters.release(adapter)
+            raise
+
+    async def _start(
+        self,
+        body: GenerateRequest,
+        request_id: str,
+        arrival: float,
+        engine: Engine,
+        adapter: Adapter | None,
+        metrics: ServerMetrics | ModelMetrics,
+    ) -> Generation:
         ticket = self.admission.admit()  # 1. admission, before any work
         if ticket is None:
-            self.metrics.count("rejected")
+            metrics.count("rejected")
             raise Refusal(
                 "overloaded",
                 f"the server is at capacity ({self.admission.max_concurrent} generating, "
@@ -127,12 +178,12 @@ class Pipeline:
             )
         try:
             prompt, prompt_ids, options = self.prepare(body, engine)  # 2. prompt
-            input_outcomes = await self._check_input(body, prompt)  # 3. input filters
+            input_outcomes = await self._check_input(body, prompt, metrics)  # 3. input filters
             deadline = arrival + self.settings.request_timeout_s
             try:  # 4. wait in the queue for a generation slot
                 await asyncio.wait_for(ticket.acquire(), deadline - time.perf_counter())
             except asyncio.TimeoutError:
-                self.metrics.count("timeout")
+                metrics.count("timeout")
                 raise Refusal(
                     "queue_timeout",
                     f"no generation slot came free within the server's time limit "
@@ -143,9 +194,10 @@ class Pipeline:
         except BaseException:
             ticket.release()
             raise
+        registry = self.adapters
         generation = Generation(
             engine,
-            self.metrics,
+            metrics,
             prompt_ids,
             options,
             request_id,
@@ -155,6 +207,9 @@ class Pipeline:
             deadline=deadline,
             stop_event=self.stop_event,
             ticket=ticket,
+            adapter=adapter.weights if adapter is not None else None,
+            model_name=adapter.name if adapter is not None else None,
+            on_release=(lambda: registry.release(adapter)) if adapter is not None else None,
         )
         generation.filter_outcomes.extend(input_outcomes)
         return generation
@@ -223,14 +278,16 @@ class Pipeline:
         )
         return prompt, prompt_ids, options
 
-    async def _check_input(self, body: GenerateRequest, prompt: str) -> list[FilterOutcome]:
+    async def _check_input(
+        self, body: GenerateRequest, prompt: str, metrics: ServerMetrics | ModelMetrics
+    ) -> list[FilterOutcome]:
         """Step 3: run the input filters; a block never reaches the engine."""
         if not self.filters:
             return []
         request = FilterInput(instruction=body.instruction, input=body.input, prompt=prompt)
         verdict, outcomes = await self.filters.check_input(request)
         if not verdict.allowed:
-            self.metrics.count("blocked")
+            metrics.count("blocked")
             raise Refusal(
                 "blocked",
                 f"the request was refused by the content filter (category: {verdict.category}): "
@@ -286,7 +343,7 @@ class Generation:
     def __init__(
         self,
         engine: Engine,
-        metrics: ServerMetrics,
+        metrics: ServerMetrics | ModelMetrics,
         prompt_ids: list[int],
         options: SamplingOptions,
         request_id: str,
@@ -296,8 +353,14 @@ class Generation:
         deadline: float | None = None,
         stop_event: asyncio.Event | None = None,
         ticket: Ticket | None = None,
+        adapter: AdapterWeights | None = None,
+        model_name: str | None = None,
+        on_release: Callable[[], None] | None = None,
     ):
         self.engine = engine
+        self.adapter = adapter  # the LoRA adapter answering, None for the base model
+        self.model_name = model_name or engine.model_name
+        self.on_release = on_release  # called once, when the slot is released
         self.metrics = metrics
         self.prompt_ids = prompt_ids
         self.options = options
@@ -321,14 +384,13 @@ class Generation:
     def prompt_tokens(self) -> int:
         return len(self.prompt_ids)
 
-    @property
-    def model_name(self) -> str:
-        return self.engine.model_name
-
     def release(self) -> None:
         """Free the generation slot (idempotent); call it however the generation ended."""
         if self.ticket is not None:
             self.ticket.release()
+        on_release, self.on_release = self.on_release, None
+        if on_release is not None:
+            on_release()
 
     async def run_to_end(self) -> None:
         """Generate the whole answer (`text` holds it afterwards)."""
@@ -340,7 +402,9 @@ class Generation:
         first_at = last_at = None
         outcome = "error"
         output_outcomes: list[FilterOutcome] = []
-        pieces = self.engine.generate(self.prompt_ids, self.options, self.request_id)
+        # The adapter is passed only when there is one, so an engine without LoRA works as before.
+        adapter = {"adapter": self.adapter} if self.adapter is not None else {}
+        pieces = self.engine.generate(self.prompt_ids, self.options, self.request_id, **adapter)
         try:
             async for piece in self._until_stopped(pieces):
                 now = time.perf_counter()

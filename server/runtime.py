@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from server.adapters import AdapterRegistry
 from server.admission import Admission
 from server.engine import Engine
 from server.errors import APIError
@@ -30,6 +32,10 @@ class Runtime:
     # The served model folder, once known (the default model's after its conversion); /info
     # reads where the model came from and its prompt template from the markers in it.
     model_dir: Path | None = None
+    # The LoRA adapters served beside the base, once the engine is up; None when none are
+    # configured (ALPACA_ADAPTERS_DIR, ALPACA_ADAPTERS).
+    adapters: AdapterRegistry | None = None
+    loaded_at: str | None = None  # when the base model became ready (ISO 8601, UTC)
     store: FeedbackStore | None = None
     recorder: GenerationRecorder | None = None
     ready: bool = False
@@ -57,8 +63,32 @@ class Runtime:
                 is_draining=lambda: self.draining,
                 record=lambda record: self.recorder.submit(record),
                 stop_event=self.stop_event,
+                adapters=self.adapters,
             )
         return self._pipeline
+
+    def serve_adapters(self, registry: AdapterRegistry) -> None:
+        """From now on requests may name the adapters of `registry`."""
+        self.adapters = registry
+        self.pipeline.adapters = registry
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """/v1/models' entries: the base, then every served adapter with the base as parent."""
+        base = self.engine.model_name if self.engine else self.settings.served_model_name
+        now = int(time.time())
+        models = [{"id": base, "object": "model", "created": now, "owned_by": "alpaca-serve"}]
+        for adapter in self.adapters.served.values() if self.adapters else ():
+            models.append(
+                {
+                    "id": adapter.name,
+                    "object": "model",
+                    "created": now,
+                    "owned_by": "alpaca-serve",
+                    "root": str(adapter.folder),
+                    "parent": base,
+                }
+            )
+        return models
 
     async def in_store(self, call: Callable[..., Any], *args: Any) -> Any:
         """`call(*args)`, a method of the feedback store, off the event loop; a store that cannot

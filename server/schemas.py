@@ -46,6 +46,11 @@ class GenerateRequest(BaseModel):
     )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="makes sampling reproducible")
     stream: bool = Field(False, description="send server-sent events as the text is generated")
+    model: str | None = Field(
+        None,
+        description="the model to answer: the base model's name or a served LoRA adapter's "
+        "(GET /v1/models lists them); default: the base",
+    )
 
     @field_validator("stop")
     @classmethod
@@ -114,7 +119,8 @@ GENERATION_RESPONSES = {
         "content": {"text/event-stream": {}},
     },
     400: error_doc("the body is not valid JSON, or a content filter refused it"),
-    422: error_doc("a parameter is invalid"),
+    404: error_doc("no model of that name is served"),
+    422: error_doc("a parameter is invalid, or the adapter named was refused"),
     429: error_doc("at capacity; see Retry-After"),
     503: error_doc("the model is loading or the engine died"),
     504: error_doc("the request ran past the time limit"),

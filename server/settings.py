@@ -43,6 +43,21 @@ DatabaseUrl = Annotated[
 ]
 
 
+def parse_adapter_list(text: str | None) -> dict[str, Path]:
+    """`name=path,name=path` as {name: path}; ValueError naming a malformed entry."""
+    named: dict[str, Path] = {}
+    for entry in (text or "").split(","):
+        if not entry.strip():
+            continue
+        name, sep, path = (part.strip() for part in entry.partition("="))
+        if not sep or not name or not path:
+            raise ValueError(f"adapters: {entry.strip()!r} is not name=path")
+        if name in named:
+            raise ValueError(f"adapters: the name {name!r} is given twice")
+        named[name] = Path(path)
+    return named
+
+
 class StoreSettings(BaseSettings):
     """Where the feedback store is, as the server finds it: ALPACA_DATA_DIR, ALPACA_DATABASE_URL."""
 
@@ -164,6 +179,27 @@ class ServerSettings(BaseSettings):
         description="blocklist file for the built-in content filter (one entry a line: "
         "`phrase`, `category: phrase` or `category: re:pattern`)",
     )
+    adapters_dir: Path | None = Field(
+        None,
+        description="folder of LoRA adapters: each sub-folder holding a PEFT adapter "
+        "(adapter_config.json and adapter_model.safetensors, or alpaca-train's output with its "
+        "adapter/ folder) is served as a model named after it; watched, so adapters copied in "
+        "later are served without a restart",
+    )
+    adapters: str | None = Field(
+        None,
+        description="more LoRA adapters to serve, as `name=path,name=path`; their folders are "
+        "watched like adapters_dir's",
+    )
+    max_loras: int = Field(
+        4, ge=1, description="LoRA adapters the engine holds at once (in one batch)"
+    )
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        16, description="largest LoRA rank served; an adapter of a larger rank is refused"
+    )
+    adapters_poll_s: float = Field(
+        2.0, gt=0, description="how often adapters_dir is scanned for new or removed adapters"
+    )
     filters: list[FilterSettings] = Field(
         default_factory=list,
         description="content filters, as JSON: "
@@ -178,6 +214,8 @@ class ServerSettings(BaseSettings):
         "api_keys",
         "api_keys_file",
         "cors_origins",
+        "adapters_dir",
+        "adapters",
         mode="before",
     )
     @classmethod
@@ -206,7 +244,21 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 f"model folder {self.model} has no config.json (expected a Hugging Face folder)"
             )
+        if self.adapters_dir is not None and not self.adapters_dir.is_dir():
+            raise ValueError(f"adapters_dir {self.adapters_dir} is not a folder")
+        parse_adapter_list(self.adapters)  # a malformed list stops the server here
         return self
+
+    @property
+    def adapter_paths(self) -> dict[str, Path]:
+        """The adapters named in `adapters`, name -> folder."""
+        return parse_adapter_list(self.adapters)
+
+    @property
+    def serves_adapters(self) -> bool:
+        """Whether LoRA is enabled in the engine: only when adapters are configured (LoRA
+        turns compilation off and costs speed)."""
+        return self.adapters_dir is not None or bool(self.adapter_paths)
 
     @property
     def api_key_list(self) -> list[str]:

@@ -6,6 +6,8 @@ Usage:
     engine.delay_s = 0.05                            # seconds per token (slow generations)
     engine.abort_delay_s = 1.0                       # aborting a request takes a second
     engine.die()                                     # the engine process is gone from now on
+    engine.adapters                                  # LoRA adapters loaded: name -> AdapterWeights
+    engine.refuse_adapters["bad"] = "unsupported"    # add_adapter("bad") raises, as vLLM would
     app = create_app(settings, engine=engine)
 
 It satisfies `server.engine.Engine`, the Protocol the server is written against, and behaves as
@@ -14,6 +16,9 @@ one word (a token) per piece; `stop` strings end it before the string, which is 
 (finish "stop"); `max_new_tokens` cuts it (finish "length"); otherwise it ends with "eos".
 Closing the stream early aborts the request (its id goes to `aborted`). Every request that
 reaches it is kept in `requests`, so a test can tell that a refused request never got here.
+A request with a LoRA adapter is answered `adapter_reply(name, answer)`: by default the base's
+answer with the adapter's name in front, so a test can tell which model answered. Generating with
+an adapter that was never added, or was removed, fails as it would make vLLM fail.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from server.engine import EngineLoad, EngineUnavailableError, Piece, SamplingOptions
+from server.engine import AdapterWeights, EngineLoad, EngineUnavailableError, Piece, SamplingOptions
 
 # Pieces of an answer: each word with the white space before it, as a tokenizer would cut it.
 TOKEN = re.compile(r"\s*\S+|\s+")
@@ -40,11 +45,17 @@ def long_answer(prompt: str) -> str:
     return f"Answer {len(prompt)}: " + " ".join(words) + "."
 
 
+def adapter_answer(name: str, answer: str) -> str:
+    """The default answer of an adapter: the base's, marked with the adapter's name."""
+    return f"[{name}] {answer}"
+
+
 @dataclass
 class ScriptedRequest:
     request_id: str
     prompt: str
     options: SamplingOptions
+    adapter: str | None = None  # the LoRA adapter's name, None for the base
 
 
 @dataclass
@@ -59,6 +70,9 @@ class ScriptedEngine:
     load: EngineLoad = field(default_factory=EngineLoad)
     requests: list[ScriptedRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
+    adapter_reply: Callable[[str, str], str] = adapter_answer
+    adapters: dict[str, AdapterWeights] = field(default_factory=dict)
+    refuse_adapters: dict[str, str] = field(default_factory=dict)  # name -> the error add raises
     _alive: bool = True
     _running: int = 0
 
@@ -73,14 +87,32 @@ class ScriptedEngine:
     def tokenize(self, prompt: str) -> list[int]:
         return [ord(char) for char in prompt]
 
+    async def add_adapter(self, adapter: AdapterWeights) -> None:
+        if adapter.name in self.refuse_adapters:
+            raise ValueError(self.refuse_adapters[adapter.name])
+        self.adapters[adapter.name] = adapter
+
+    async def remove_adapter(self, adapter: AdapterWeights) -> None:
+        if self.adapters.get(adapter.name) == adapter:
+            del self.adapters[adapter.name]
+
     async def generate(
-        self, prompt_ids: list[int], options: SamplingOptions, request_id: str
+        self,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: AdapterWeights | None = None,
     ) -> AsyncIterator[Piece]:
         if not self._alive:
             raise EngineUnavailableError("the engine has stopped")
+        if adapter is not None and self.adapters.get(adapter.name) != adapter:
+            raise RuntimeError(f"adapter {adapter.name} (id {adapter.id}) was never loaded")
         prompt = "".join(chr(token) for token in prompt_ids)
-        self.requests.append(ScriptedRequest(request_id, prompt, options))
+        name = adapter.name if adapter is not None else None
+        self.requests.append(ScriptedRequest(request_id, prompt, options, name))
         text, finish = self.reply(prompt), "eos"
+        if adapter is not None:
+            text = self.adapter_reply(adapter.name, text)
         cuts = [text.index(stop) for stop in options.stop if stop in text]
         if cuts:
             text, finish = text[: min(cuts)], "stop"

@@ -48,23 +48,32 @@ class TokenizeStats:
         )
 
 
-def add_missing_special_tokens(tokenizer: Any) -> list[str]:
+def add_missing_special_tokens(tokenizer: Any, pad_with_existing: bool = False) -> list[str]:
     """Give the tokenizer an EOS and a pad token when it has none (or an empty one).
 
     Returns the tokens added to the vocabulary; when there are any the model's embeddings must be
     resized with `resize_embeddings`. A tokenizer whose pad token equals its EOS is left alone:
-    padding positions are masked in the labels, so EOS is still learned.
+    padding positions are masked in the labels, so EOS is still learned. With
+    `pad_with_existing` (LoRA), a missing pad token becomes the EOS (or UNK) token instead of a
+    new `[PAD]` row: a new row would put whole embedding matrices into the adapter, which vLLM
+    cannot serve unmerged.
     """
     special: dict[str, str] = {}
     if not tokenizer.eos_token:
         special["eos_token"] = DEFAULT_EOS_TOKEN
     if not tokenizer.pad_token:
-        special["pad_token"] = DEFAULT_PAD_TOKEN
+        existing = tokenizer.eos_token or tokenizer.unk_token
+        if pad_with_existing and existing:
+            tokenizer.pad_token = existing
+        elif pad_with_existing:
+            special["pad_token"] = special["eos_token"]  # the one new row serves both
+        else:
+            special["pad_token"] = DEFAULT_PAD_TOKEN
     if not special:
         return []
     before = len(tokenizer)
     tokenizer.add_special_tokens(special)
-    return list(special.values()) if len(tokenizer) > before else []
+    return list(dict.fromkeys(special.values())) if len(tokenizer) > before else []
 
 
 def resize_embeddings(model: Any, vocab_size: int) -> int:

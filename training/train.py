@@ -171,9 +171,17 @@ def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> T
     # Tokenizer and tokens: all data problems surface here, before the model is loaded.
     tokenizer = AutoTokenizer.from_pretrained(str(args.train.model))
     tokenizer.padding_side = "right"
-    added_tokens = add_missing_special_tokens(tokenizer)
+    had_pad = bool(tokenizer.pad_token)
+    added_tokens = add_missing_special_tokens(tokenizer, pad_with_existing=args.lora.lora)
     if added_tokens:
         log(f"tokenizer: added {', '.join(added_tokens)} (embeddings grow with mean rows)")
+    if not had_pad and tokenizer.pad_token not in added_tokens:
+        log(f"tokenizer: pads with {tokenizer.pad_token} (no new row, so the adapter stays small)")
+    if args.lora.lora and added_tokens:
+        log(
+            f"LoRA with new tokens ({', '.join(added_tokens)}): the adapter holds whole "
+            "embedding matrices, so it can only be served merged"
+        )
     examples, stats = tokenize_records(records, tokenizer, args.data.model_max_length)
     tokenizer.model_max_length = args.data.model_max_length  # saved with it, as the original did
     log(f"tokens: {stats.describe()} (max length {args.data.model_max_length})")
@@ -377,8 +385,17 @@ def save_output(
     tokenizer.save_pretrained(str(out_dir / ADAPTER_DIR))
     if args.lora.merge:
         merge_adapter(args.train.model, out_dir / ADAPTER_DIR, out_dir, tokenizer)
+    elif added_tokens:
+        log(
+            f"adapter only (--no-merge) in {out_dir / ADAPTER_DIR}: it adds tokens, so it is "
+            "servable only merged (train again without --no-merge)"
+        )
     else:
-        log(f"adapter only (--no-merge) in {out_dir / ADAPTER_DIR}: not servable until merged")
+        log(
+            f"adapter only (--no-merge) in {out_dir / ADAPTER_DIR}: servable beside its base "
+            f"(ALPACA_ADAPTERS_DIR=<folder holding {out_dir.name}>, "
+            f"or ALPACA_ADAPTERS={out_dir.name}={out_dir})"
+        )
 
 
 def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, tokenizer: Any) -> None:
@@ -421,6 +438,9 @@ def write_train_info(
         "base_model": str(args.train.model),
         "method": "lora" if args.lora.lora else "full",
         "merged": bool(args.lora.lora and args.lora.merge) or not args.lora.lora,
+        # Whether OUTPUT_DIR/adapter can be served unmerged, beside its base (LoRA only): not
+        # when tokens were added, as the adapter then carries whole embedding matrices.
+        "adapter_servable_unmerged": bool(args.lora.lora and not added_tokens),
         "arguments": args.to_json(),
         "data": {
             "path": str(args.data.data),

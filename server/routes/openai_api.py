@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from server.errors import APIError, invalid
+from server.errors import invalid
 from server.pipeline import GENERATION_ERRORS, Generation
 from server.runtime import Runtime, RuntimeDep
 from server.schemas import (
@@ -89,17 +89,8 @@ class ChatRequest(_Sampling):
 
 @router.get("/models")
 async def list_models(runtime: RuntimeDep) -> dict:
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": runtime.settings.served_model_name,
-                "object": "model",
-                "created": int(time.time()),
-                "owned_by": "alpaca-serve",
-            }
-        ],
-    }
+    """The base model, then every served LoRA adapter (`parent`: the base, as vLLM says)."""
+    return {"object": "list", "data": runtime.list_models()}
 
 
 @router.post("/completions", responses=ERRORS)
@@ -122,14 +113,7 @@ async def chat_completions(body: ChatRequest, request: Request, runtime: Runtime
 
 
 def _to_generate(body: _Sampling, runtime: Runtime, **text: str) -> GenerateRequest:
-    if body.model != runtime.settings.served_model_name:
-        raise APIError(
-            404,
-            f"the model {body.model!r} does not exist; this server serves "
-            f"{runtime.settings.served_model_name!r}",
-            "not_found",
-            "model",
-        )
+    # The model (the base or a served adapter) is resolved on the generation path: 404 there.
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > MAX_STOP_SEQUENCES:
         raise invalid(f"stop takes at most {MAX_STOP_SEQUENCES} strings (got {len(stop)})", "stop")
@@ -142,6 +126,7 @@ def _to_generate(body: _Sampling, runtime: Runtime, **text: str) -> GenerateRequ
         stop=stop,
         seed=body.seed,
         stream=body.stream,
+        model=body.model,
     )
     try:
         return GenerateRequest(**fields)

@@ -46,6 +46,15 @@ async def info(runtime: RuntimeDep) -> dict:
     settings, engine = runtime.settings, runtime.engine
     model_dir = runtime.model_dir or settings.model  # None until the default model is converted
     provenance = read_provenance(model_dir) if model_dir is not None else unknown_provenance()
+    base = {
+        "name": engine.model_name if engine else settings.served_model_name,
+        "kind": "base",
+        "path": str(model_dir) if model_dir is not None else None,
+        "loaded_at": runtime.loaded_at,
+        "prompt_template": provenance.prompt_template,
+        "provenance": provenance.as_json(),
+    }
+    adapters = runtime.adapters.describe() if runtime.adapters is not None else {}
     return {
         "model": engine.model_name if engine else settings.served_model_name,
         "version": __version__,
@@ -65,6 +74,9 @@ async def info(runtime: RuntimeDep) -> dict:
             "top_k": DEFAULT_TOP_K,
             "repetition_penalty": 1.0,
         },
+        # Every model a request may name (`model`): the base, then each served LoRA adapter.
+        "models": [base, *adapters.get("adapters", [])],
+        "refused_adapters": adapters.get("refused_adapters", []),
     }
 
 

@@ -148,3 +148,13 @@ def test_a_packed_batch_gives_the_same_loss_as_the_padded_one(tiny_tokenizer, ti
 
     assert packed["input_ids"].shape[0] == 1
     torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-4, atol=1e-4)
+
+
+def test_for_lora_a_tokenizer_without_pad_pads_with_eos_and_adds_no_row(fresh_tokenizer):
+    fresh_tokenizer.pad_token = None
+    size = len(fresh_tokenizer)
+
+    added = add_missing_special_tokens(fresh_tokenizer, pad_with_existing=True)
+
+    assert added == [] and len(fresh_tokenizer) == size
+    assert fresh_tokenizer.pad_token == fresh_tokenizer.eos_token

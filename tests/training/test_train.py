@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -545,3 +546,34 @@ def test_a_model_trained_by_the_command_is_served_and_info_reports_its_training(
         str(SAMPLE),
     )
     assert provenance["created_at"]
+
+
+def test_lora_on_a_tokenizer_without_pad_makes_an_adapter_the_server_accepts(
+    tmp_path, tiny_model_dir
+):
+    from safetensors import safe_open
+
+    from server.adapters import BaseModel, inspect_adapter
+
+    base = tmp_path / "no-pad-base"
+    shutil.copytree(tiny_model_dir, base)
+    config_path = base / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config["pad_token"] = None
+    config_path.write_text(json.dumps(tokenizer_config))
+    out = tmp_path / "out"
+
+    result = run_cli(
+        "--model", str(base), "--data", str(SAMPLE), "--out", str(out), *FAST,
+        "--lora", "--no-merge", "--max-steps", "1",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pads with <|im_end|> (no new row" in result.stderr
+    assert "servable beside its base" in result.stderr
+    with safe_open(out / "adapter" / "adapter_model.safetensors", framework="numpy") as weights:
+        assert all(".lora_A." in name or ".lora_B." in name for name in weights.keys())
+    info = json.loads((out / "alpaca_train.json").read_text())
+    assert (info["added_tokens"], info["adapter_servable_unmerged"]) == ([], True)
+    files = inspect_adapter(out, BaseModel.read(base.name, base), max_rank=16)
+    assert files.weights_dir == out / "adapter" and files.rank == 8
