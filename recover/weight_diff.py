@@ -832,6 +832,7 @@ def _plan_shards(specs, max_shard_bytes: int) -> list[list[tuple]]:
 def _staging_folder(out_dir: Path, force: bool) -> Iterator[Path]:
     """A hidden folder beside `out_dir`, renamed to `out_dir` only if the block completes."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.incomplete-", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a model folder is for every user to read
     try:
         yield staging
         _fsync_dir(staging)

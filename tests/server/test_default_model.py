@@ -52,6 +52,9 @@ def test_the_converted_model_is_cached_and_reused(default_server):
     folder = default_server.cache / "SmolLM2-135M-Instruct"
     assert (folder / "config.json").is_file()
     assert (folder / "model.safetensors").is_file()
+    # Readable by every user, as a model folder must be for a server running as another user
+    # (the Docker image converts as root and serves as `alpaca`).
+    assert folder.stat().st_mode & 0o777 == 0o755
     result = subprocess.run(
         [sys.executable, "-m", "recover.convert", "--out", str(folder)],
         cwd=ROOT,
