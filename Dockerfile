@@ -46,7 +46,7 @@ USER alpaca
 WORKDIR /home/alpaca
 VOLUME ["/data"]
 EXPOSE 8000 7860
-HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status == 200 else 1)"]
 CMD ["alpaca-serve"]
 
