@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+
 import openai
 import pytest
 
+from tests.conftest import wait_for
 from training.prompts import format_prompt
 
 
@@ -111,33 +115,261 @@ def test_the_response_id_is_the_generation_id_feedback_takes(sdk, model, client)
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error", "param"),
+    ("kwargs", "error", "param", "code"),
     [
-        ({"model": "no-such-model"}, openai.NotFoundError, "model"),
-        ({"max_tokens": 0}, openai.UnprocessableEntityError, "max_tokens"),
-        ({"temperature": 5}, openai.UnprocessableEntityError, "temperature"),
-        ({"n": 2}, openai.UnprocessableEntityError, "n"),
+        ({"model": "no-such-model"}, openai.NotFoundError, "model", "model_not_found"),
+        ({"max_tokens": 0}, openai.BadRequestError, "max_tokens", "invalid_value"),
+        ({"temperature": 5}, openai.BadRequestError, "temperature", "invalid_value"),
+        ({"n": 5}, openai.BadRequestError, "n", None),
         (
             {"messages": [{"role": "assistant", "content": "hi"}]},
-            openai.UnprocessableEntityError,
+            openai.BadRequestError,
             "messages",
+            None,
         ),
         (
             {"messages": [{"role": "user", "content": "x " * 2000}]},
-            openai.UnprocessableEntityError,
-            "instruction",
+            openai.BadRequestError,
+            "messages",
+            "context_length_exceeded",
         ),
     ],
 )
-def test_errors_surface_as_the_sdks_exceptions(sdk, model, kwargs, error, param):
+def test_errors_surface_as_the_sdks_exceptions_in_openais_shape(
+    sdk, model, kwargs, error, param, code
+):
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **kwargs}
     with pytest.raises(error) as raised:
         sdk.chat.completions.create(**body)
     assert raised.value.body["param"] == param
+    assert raised.value.body["code"] == code
+    assert set(raised.value.body) >= {"message", "type", "param", "code"}
+    if error is openai.BadRequestError:
+        assert raised.value.body["type"] == "invalid_request_error"
+
+
+def test_max_tokens_past_the_context_is_context_length_exceeded(sdk, model, server):
+    # A prompt that fits, but not with TINY_MAX_NEW_TOKENS_LIMIT (512) new tokens after it.
+    content = next(
+        "x " * words
+        for words in range(50, 2000, 25)
+        if 512 < server.count_tokens(format_prompt("x " * words)) < 1000
+    )
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], max_tokens=512
+        )
+    assert raised.value.body["param"] == "max_tokens"
+    assert raised.value.body["code"] == "context_length_exceeded"
+    assert "context" in raised.value.body["message"]
+
+
+def test_generate_keeps_its_422_for_the_same_context_overflow(client):
+    response = client.post("/generate", json={"instruction": "x " * 2000})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == "instruction"
 
 
 @pytest.mark.parametrize("stop", ["", [""], ["x"] * 9])
-def test_bad_stop_values_are_422_not_server_errors(client, model, stop):
+def test_bad_stop_values_are_400_not_server_errors(client, model, stop):
     response = client.post("/v1/completions", json={"model": model, "prompt": "hi", "stop": stop})
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
     assert response.json()["error"]["param"].startswith("stop")
+
+
+# --- What real clients send: content parts, the developer role -----------------------------
+
+
+def chat_body(model: str, content, **extra) -> dict:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 8,
+        "temperature": 0,
+        **extra,
+    }
+
+
+def test_text_parts_are_read_as_the_string_they_join_to(sdk, model):
+    parts = [{"type": "text", "text": "Name a "}, {"type": "text", "text": "fruit."}]
+    from_parts = sdk.chat.completions.create(**chat_body(model, parts))
+    from_string = sdk.chat.completions.create(**chat_body(model, "Name a fruit."))
+    assert from_parts.usage.prompt_tokens == from_string.usage.prompt_tokens
+    assert from_parts.choices[0].message.content == from_string.choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"file_id": "file-1"}},
+    ],
+)
+def test_a_part_other_than_text_is_refused_naming_it(sdk, model, part):
+    content = [{"type": "text", "text": "What is this?"}, part]
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.chat.completions.create(**chat_body(model, content))
+    assert raised.value.body["param"] == "messages[0].content[1].type"
+    assert part["type"] in raised.value.body["message"]
+
+
+def test_a_developer_message_is_read_as_a_system_message(sdk, model, server):
+    def prompt_tokens(role: str) -> int:
+        messages = [
+            {"role": role, "content": "Answer in French."},
+            {"role": "user", "content": "Say hello."},
+        ]
+        answer = sdk.chat.completions.create(model=model, messages=messages, max_tokens=2)
+        return answer.usage.prompt_tokens
+
+    expected = server.count_tokens(format_prompt("Say hello.", "System: Answer in French."))
+    assert prompt_tokens("developer") == prompt_tokens("system") == expected
+
+
+# --- Nothing silently ignored -----------------------------------------------------------------
+
+TOOL = {
+    "type": "function",
+    "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tools", [TOOL]),
+        ("tool_choice", "required"),
+        ("functions", [TOOL["function"]]),
+        ("function_call", "auto"),
+        ("parallel_tool_calls", True),
+        ("logit_bias", {"50": -100}),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("modalities", ["text", "audio"]),
+        ("prediction", {"type": "content", "content": "Paris"}),
+    ],
+)
+def test_a_chat_field_that_would_change_the_answer_is_refused_naming_it(sdk, model, field, value):
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.chat.completions.create(**chat_body(model, "hi"), extra_body={field: value})
+    assert raised.value.body["param"] == field
+    assert raised.value.body["code"] == "unsupported_parameter"
+    assert field in raised.value.body["message"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"suffix": "The end."}, "suffix"),
+        ({"logit_bias": {"50": 5}}, "logit_bias"),
+        ({"best_of": 3}, "best_of"),
+        ({"echo": True, "logprobs": 1}, "echo"),
+        ({"logprobs": 6}, "logprobs"),
+        ({"prompt": ["one", "two"]}, "prompt"),
+    ],
+)
+def test_a_completion_field_that_is_not_supported_is_refused_naming_it(
+    client, model, fields, param
+):
+    body = {"model": model, "prompt": "Once", "max_tokens": 2, **fields}
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_fields_that_ask_for_nothing_are_accepted(sdk, model):
+    nothing = {"tools": [], "tool_choice": "none", "logit_bias": {}, "modalities": ["text"]}
+    answer = sdk.chat.completions.create(**chat_body(model, "hi"), extra_body=nothing)
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    same = sdk.completions.create(model=model, prompt="Once", max_tokens=2, best_of=1, n=1)
+    assert same.choices[0].text is not None
+
+
+def test_sampling_extras_reach_the_engine(scripted_server):
+    model = scripted_server.settings.served_model_name
+    extras = {
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.5,
+        "min_tokens": 2,
+        "top_k": 7,
+        "repetition_penalty": 1.3,
+    }
+    response = scripted_server.client.post(
+        "/v1/chat/completions", json=chat_body(model, "Sample me.", **extras)
+    )
+    assert response.status_code == 200, response.text
+    options = scripted_server.engine.requests[-1].options
+    assert {name: getattr(options, name) for name in extras} == extras
+
+
+def test_a_presence_penalty_changes_a_greedy_answer(tiny_server):
+    with openai.OpenAI(base_url=f"{tiny_server.url}/v1", api_key="x", max_retries=0) as sdk:
+        body = chat_body("tiny", "Repeat yourself.", max_tokens=32)
+        body["model"] = sdk.models.list().data[0].id
+        plain = sdk.chat.completions.create(**body).choices[0].message.content
+        penalised = sdk.chat.completions.create(**body, presence_penalty=2.0, frequency_penalty=2.0)
+    assert penalised.choices[0].message.content != plain
+
+
+def test_an_unknown_field_is_logged_once_and_ignored(client, model, server):
+    name = f"x_unknown_{uuid.uuid4().hex[:8]}"
+    for _ in range(2):
+        response = client.post("/v1/chat/completions", json={**chat_body(model, "hi"), name: 1})
+        assert response.status_code == 200, response.text
+    log = wait_for(lambda: name in server.log_text() and server.log_text())
+    assert log.count(name) == 1
+
+
+# --- Errors and headers as clients expect --------------------------------------------------------
+
+
+def test_usage_comes_in_a_last_chunk_only_when_asked_for(sdk, model):
+    body = chat_body(model, "Count to three.")
+    whole = sdk.chat.completions.create(**body)
+    plain = list(sdk.chat.completions.create(**body, stream=True))
+    assert all(chunk.usage is None for chunk in plain)
+    asked = list(
+        sdk.chat.completions.create(**body, stream=True, stream_options={"include_usage": True})
+    )
+    assert asked[-1].choices == []
+    assert asked[-1].usage.model_dump() == whole.usage.model_dump()
+    assert all(chunk.usage is None for chunk in asked[:-1])
+    completion = list(
+        sdk.completions.create(
+            model=model,
+            prompt="Once",
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert completion[-1].choices == [] and completion[-1].usage.completion_tokens == 4
+
+
+def test_a_sane_request_id_is_kept_and_the_generation_id_derives_from_it(client, model):
+    sent = f"trace-{uuid.uuid4().hex[:12]}:1.a_b"
+    response = client.post(
+        "/v1/chat/completions", json=chat_body(model, "hi"), headers={"X-Request-Id": sent}
+    )
+    assert response.headers["X-Request-Id"] == sent
+    generation_id = response.json()["id"]
+    assert re.fullmatch(re.escape(sent) + r"-[0-9a-f]{8}", generation_id)
+    rated = client.post("/feedback", json={"generation_id": generation_id, "rating": "up"})
+    assert rated.status_code == 201, rated.text
+    again = client.post(
+        "/generate", json={"instruction": "hi", "max_new_tokens": 2}, headers={"X-Request-Id": sent}
+    )
+    assert again.headers["X-Request-Id"] == sent
+    assert again.json()["id"].startswith(sent + "-") and again.json()["id"] != generation_id
+
+
+@pytest.mark.parametrize("sent", ["has space", "x" * 129, "semi;colon", "ünï"])
+def test_an_insane_request_id_is_replaced_by_a_fresh_one(client, sent):
+    response = client.post(
+        "/generate",
+        json={"instruction": "hi", "max_new_tokens": 2},
+        headers={"X-Request-Id": sent.encode("utf-8")},
+    )
+    fresh = response.headers["X-Request-Id"]
+    assert fresh != sent and re.fullmatch(r"gen-[0-9a-f]{32}", fresh)
+    assert response.json()["id"] == fresh
