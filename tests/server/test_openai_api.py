@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
+import jsonschema
 import openai
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import start_server, wait_for
 from training.prompts import format_prompt
 
 
@@ -373,3 +375,245 @@ def test_an_insane_request_id_is_replaced_by_a_fresh_one(client, sent):
     fresh = response.headers["X-Request-Id"]
     assert fresh != sent and re.fullmatch(r"gen-[0-9a-f]{32}", fresh)
     assert response.json()["id"] == fresh
+
+
+# --- Several choices -------------------------------------------------------------------------
+
+
+def test_n_choices_are_each_their_own_generation_to_rate(sdk, model, client):
+    body = chat_body(model, "Name a colour.", max_tokens=6, temperature=1.0, seed=7)
+    answer = sdk.chat.completions.create(**body, n=3)
+    assert [choice.index for choice in answer.choices] == [0, 1, 2]
+    single = sdk.chat.completions.create(**body)
+    assert answer.choices[0].message.content == single.choices[0].message.content
+    assert answer.usage.prompt_tokens == single.usage.prompt_tokens
+    ids = [answer.id, f"{answer.id}-1", f"{answer.id}-2"]
+    for generation_id in ids:
+        rated = client.post("/feedback", json={"generation_id": generation_id, "rating": "up"})
+        assert rated.status_code == 201, (generation_id, rated.text)
+
+
+def test_n_completions_count_every_choices_tokens(sdk, model):
+    answer = sdk.completions.create(model=model, prompt="Once", max_tokens=5, n=2, temperature=0)
+    assert len(answer.choices) == 2
+    assert all(choice.finish_reason == "length" for choice in answer.choices)
+    assert answer.usage.completion_tokens == 10
+
+
+def test_streamed_choices_carry_their_index_and_add_up_to_each_answer(sdk, model):
+    body = chat_body(model, "Tell a story.", max_tokens=12)
+    whole = sdk.chat.completions.create(**body, n=2)
+    chunks = list(sdk.chat.completions.create(**body, n=2, stream=True))
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        assert mine[0].delta.role == "assistant"
+        assert "".join(c.delta.content or "" for c in mine) == whole.choices[index].message.content
+        assert mine[-1].finish_reason == "length"
+
+
+def test_n_above_the_servers_limit_is_refused(sdk, model):
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.chat.completions.create(**chat_body(model, "hi"), n=5)
+    assert raised.value.body["param"] == "n"
+    assert "4" in raised.value.body["message"]
+
+
+def test_n_choices_take_n_places_in_admission(request, tmp_path):
+    own = start_server(
+        request,
+        "scripted",
+        {"ALPACA_MAX_CONCURRENT": "2", "ALPACA_MAX_QUEUE": "1"},
+        tmp_path,
+    )
+    try:
+        own.engine.delay_s = 0.05
+        model = own.settings.served_model_name
+        body = chat_body(model, "Take your time.", max_tokens=40, n=2)
+        with own.client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}):
+            assert wait_for(lambda: own.runtime.admission.active == 2, 5)
+            # One place is left (in the queue): two more choices do not fit, one does.
+            refused = own.client.post("/v1/chat/completions", json=body)
+            assert refused.status_code == 429, refused.text
+            too_many = own.client.post("/v1/chat/completions", json={**body, "n": 3})
+            assert too_many.status_code == 400
+            assert too_many.json()["error"]["param"] == "n"
+        own.engine.delay_s = 0
+        fits = own.client.post("/v1/chat/completions", json={**body, "max_tokens": 2})
+        assert fits.status_code == 200, fits.text
+    finally:
+        own.stop()
+
+
+# --- Log-probabilities -------------------------------------------------------------------------
+
+
+def test_chat_logprobs_give_each_tokens_logprob_and_its_top_alternatives(sdk, model):
+    body = chat_body(model, "Describe the sea.", max_tokens=10, logprobs=True, top_logprobs=3)
+    answer = sdk.chat.completions.create(**body)
+    content = answer.choices[0].logprobs.content
+    assert len(content) == answer.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0
+        assert entry.bytes == list(entry.token.encode())
+        assert len(entry.top_logprobs) == 3
+        values = [top.logprob for top in entry.top_logprobs]
+        assert values == sorted(values, reverse=True)
+        # Greedy decoding picks the likeliest token.
+        assert entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+    streamed = list(sdk.chat.completions.create(**body, stream=True))
+    tokens = [
+        t
+        for c in streamed
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content
+    ]
+    assert [(t.token, round(t.logprob, 4)) for t in tokens] == [
+        (t.token, round(t.logprob, 4)) for t in content
+    ]
+
+
+def test_chat_without_logprobs_has_none(sdk, model):
+    answer = sdk.chat.completions.create(**chat_body(model, "hi"))
+    assert answer.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.chat.completions.create(**chat_body(model, "hi"), top_logprobs=2)
+    assert raised.value.body["param"] == "top_logprobs"
+
+
+def test_completion_logprobs_take_openais_completion_shape(sdk, model):
+    answer = sdk.completions.create(
+        model=model, prompt="The sky is", max_tokens=6, temperature=0, logprobs=2
+    )
+    logprobs = answer.choices[0].logprobs
+    count = answer.usage.completion_tokens
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == count
+    assert len(logprobs.top_logprobs) == len(logprobs.text_offset) == count
+    rows = zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True)
+    for token, value, top in rows:
+        assert top[token] == pytest.approx(value)
+        assert 2 <= len(top) <= 3  # the top 2 and the sampled token
+    assert logprobs.text_offset[0] == 0
+    assert logprobs.text_offset == sorted(logprobs.text_offset)
+
+
+def test_echo_puts_the_prompt_before_the_answer(sdk, model):
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}
+    plain = sdk.completions.create(**body).choices[0].text
+    echoed = sdk.completions.create(**body, echo=True).choices[0].text
+    assert echoed == "Once upon a time" + plain
+    chunks = list(sdk.completions.create(**body, echo=True, stream=True))
+    assert chunks[0].choices[0].text == "Once upon a time"
+    assert "".join(c.choices[0].text for c in chunks) == echoed
+
+
+# --- Structured output -------------------------------------------------------------------------
+
+COLOUR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "colour": {"enum": ["red", "green", "blue"]},
+        "count": {"type": "integer", "minimum": 0, "maximum": 9},
+    },
+    "required": ["colour", "count"],
+    "additionalProperties": False,
+}
+
+
+def test_a_json_schema_answer_parses_and_validates(sdk, model):
+    answer = sdk.chat.completions.create(
+        **chat_body(model, "Pick a colour and a count.", max_tokens=64),
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "pick", "schema": COLOUR_SCHEMA},
+        },
+    )
+    jsonschema.validate(json.loads(answer.choices[0].message.content), COLOUR_SCHEMA)
+    assert answer.choices[0].finish_reason == "stop"
+
+
+def test_a_streamed_json_schema_answer_parses_and_validates(sdk, model):
+    chunks = sdk.chat.completions.create(
+        **chat_body(model, "Pick a colour and a count.", max_tokens=64),
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "pick", "schema": COLOUR_SCHEMA},
+        },
+        stream=True,
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    jsonschema.validate(json.loads(text), COLOUR_SCHEMA)
+
+
+def test_a_json_object_answer_is_a_json_object(sdk, model):
+    answer = sdk.chat.completions.create(
+        **chat_body(model, "Describe a cat as JSON.", max_tokens=200),
+        response_format={"type": "json_object"},
+    )
+    assert isinstance(json.loads(answer.choices[0].message.content), dict)
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ({"type": "colour"}, "not a valid JSON schema"),
+        ({"type": "object", "properties": {"a": {"minimum": "zero"}}}, "not a valid JSON schema"),
+        ({"type": "string", "pattern": "(?<=a)b"}, "ookbehind"),
+    ],
+)
+def test_a_schema_the_backend_cannot_compile_is_refused_naming_the_problem(
+    sdk, model, schema, words
+):
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.chat.completions.create(
+            **chat_body(model, "hi"),
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        )
+    assert raised.value.body["param"] == "response_format"
+    assert words in raised.value.body["message"]
+
+
+# --- Tokenizer routes --------------------------------------------------------------------------
+
+
+def test_tokenize_counts_a_prompt_as_the_engine_does(client, server):
+    answer = client.post("/tokenize", json={"prompt": "Hello there, world."}).json()
+    assert answer["count"] == len(answer["tokens"]) == server.count_tokens("Hello there, world.")
+    assert answer["max_model_len"] == client.get("/info").json()["limits"]["max_model_len"]
+
+
+def test_tokenize_counts_a_chat_as_the_chat_route_sends_it(client, sdk, model):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Name a river."}]},
+    ]
+    counted = client.post("/tokenize", json={"model": model, "messages": messages}).json()
+    answer = sdk.chat.completions.create(model=model, messages=messages, max_tokens=2)
+    assert counted["count"] == answer.usage.prompt_tokens
+
+
+def test_detokenize_gives_back_the_text_of_tokens(client):
+    tokens = client.post(
+        "/tokenize", json={"prompt": "A small test.", "add_special_tokens": False}
+    ).json()["tokens"]
+    assert client.post("/detokenize", json={"tokens": tokens}).json() == {"prompt": "A small test."}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        ("/detokenize", {"tokens": [-1]}, 400, "tokens"),
+        ("/detokenize", {"tokens": [1], "model": "other"}, 404, "model"),
+        (
+            "/tokenize",
+            {"prompt": "a", "messages": [{"role": "user", "content": "b"}]},
+            400,
+            "prompt",
+        ),
+        ("/tokenize", {"prompt": 5}, 400, "prompt"),
+    ],
+)
+def test_tokenizer_routes_refuse_bad_requests_as_vllm_does(client, path, body, status, param):
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
