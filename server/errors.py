@@ -109,10 +109,12 @@ def _error_response(
     if status == 422 and not counted:
         _count_invalid(request)
     if _is_openai(request):
-        if status in (400, 415, 422):
+        if status in (400, 415, 422) and type != "content_filter":
             code = code or (None if type == "invalid_request_error" else type)
             type = "invalid_request_error"
             status = 400 if status == 422 else status
+        elif type == "content_filter":
+            code = "content_filter"
         extra = {"code": code, **extra}
     body = error_body(message, type, param, **extra)
     return JSONResponse(body, status_code=status, headers=headers)
