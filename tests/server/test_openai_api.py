@@ -411,7 +411,8 @@ def test_streamed_choices_carry_their_index_and_add_up_to_each_answer(sdk, model
         assert mine[-1].finish_reason == "length"
 
 
-def test_n_above_the_servers_limit_is_refused(sdk, model):
+def test_n_above_the_servers_limit_is_refused(sdk, model, client):
+    assert client.get("/info").json()["limits"]["max_choices"] == 4
     with pytest.raises(openai.BadRequestError) as raised:
         sdk.chat.completions.create(**chat_body(model, "hi"), n=5)
     assert raised.value.body["param"] == "n"
