@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -295,9 +296,13 @@ def _is_request_error(err: Exception) -> bool:
     return isinstance(err, ValueError) or "VLLMClientError" in names
 
 
+# The source location xgrammar puts before its messages: "[06:00:14] /project/cpp/x.cc:83: ".
+_NATIVE_LOCATION = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
+
+
 def _rejection(err: Exception) -> str:
     """vLLM's reason for refusing a request, on one line."""
-    text = " ".join(str(err).split())
+    text = _NATIVE_LOCATION.sub("", " ".join(str(err).split()))
     return text[:500] or type(err).__name__
 
 
