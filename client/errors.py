@@ -61,7 +61,8 @@ def describe_error(err: APIRequestError, key_hint: str | None = None) -> str:
         return f"{where} sent an answer this client cannot read ({err.message})."
     if err.type == "content_filter":
         return f"This request was refused by the content filter ({err.details.get('category')})."
-    if err.status == 422:
+    if err.status == 422 or (err.status == 400 and err.type == "invalid_request_error"):
+        # 400 is how the OpenAI-compatible routes refuse a field (/generate uses 422).
         return f"The request was not accepted: {err.message}"
     if err.status == 401:
         return f"{where} wants a valid API key ({err.message})" + (

@@ -8,6 +8,10 @@ Usage:
     await ticket.acquire()         # wait in the queue for a slot
     ...                            # generate
     ticket.release()               # always, whatever happened
+
+A request for several answers (OpenAI's `n`) takes one ticket per answer, admitted together
+(`admit(n)`) and given their slots together (`acquire_all`), so two such requests never hold
+part of their slots each while waiting for the rest.
 """
 
 from __future__ import annotations
@@ -45,9 +49,29 @@ class Admission:
         self.active = 0  # holding a slot: in the engine
         self.waiting = 0  # admitted, waiting for a slot
 
+        self._group_lock = asyncio.Lock()  # one group of tickets takes its slots at a time
+
     def admit(self) -> Ticket | None:
         """A ticket, or None when the engine and the queue are both full."""
-        if self.active + self.waiting >= self.max_concurrent + self.max_queue:
+        tickets = self.admit_group(1)
+        return tickets[0] if tickets else None
+
+    def admit_group(self, count: int) -> list[Ticket] | None:
+        """`count` tickets, or None when they do not all fit in the engine and the queue."""
+        if self.active + self.waiting + count > self.max_concurrent + self.max_queue:
             return None
-        self.waiting += 1
-        return Ticket(self)
+        self.waiting += count
+        return [Ticket(self) for _ in range(count)]
+
+    async def acquire_all(self, tickets: list[Ticket]) -> None:
+        """Wait until every ticket of a group holds a slot (count <= max_concurrent).
+
+        Groups take their slots one group at a time: a group waiting for its last slots holds
+        the others, but it waits only for single requests and the group before it, which all
+        end, so no two groups can wait on each other."""
+        if len(tickets) == 1:
+            await tickets[0].acquire()
+            return
+        async with self._group_lock:
+            for ticket in tickets:
+                await ticket.acquire()

@@ -30,7 +30,7 @@ from server.filters import build_filter_chain
 from server.lifecycle import watch_engine
 from server.metrics import ServerMetrics
 from server.request_context import BodyLimitMiddleware, RequestContextMiddleware
-from server.routes import adapters, feedback, generate, generations, openai_api, status
+from server.routes import adapters, feedback, generate, generations, openai_api, status, tokenize
 from server.runtime import Runtime
 from server.settings import ServerSettings
 from training.provenance import made_at
@@ -121,6 +121,7 @@ def create_app(
     app.include_router(generations.router)
     app.include_router(openai_api.router)
     app.include_router(adapters.router)
+    app.include_router(tokenize.router)
     if settings.ui:
         app = _mount_demo(app, settings)
     return app

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ class EngineUnavailableError(RuntimeError):
     """The engine is not loaded yet, or it has died."""
 
 
+class EngineRequestError(ValueError):
+    """The engine refused a request's options (such as a JSON schema it cannot compile)."""
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """Sampling settings of one request, already validated."""
@@ -40,6 +45,22 @@ class SamplingOptions:
     repetition_penalty: float
     stop: tuple[str, ...]
     seed: int | None
+    presence_penalty: float = 0.0  # -2 to 2, as OpenAI's
+    frequency_penalty: float = 0.0
+    min_tokens: int = 0  # the end of sequence and stop strings are ignored before this many
+    logprobs: int | None = None  # None: no log-probabilities; k: each token's and its top k
+    json_schema: dict[str, Any] | None = None  # the answer is JSON valid against this schema
+    json_object: bool = False  # the answer is a JSON object
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token and its log-probability; `top_logprobs` are the likeliest tokens
+    at that position, most likely first (empty for the alternatives themselves)."""
+
+    token: str
+    logprob: float
+    top_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,7 @@ class Piece:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None  # None while generating; then "stop", "length" or "eos"
+    logprobs: tuple[TokenLogprob, ...] = ()  # of this step's tokens, when the options ask
 
 
 @dataclass(frozen=True)
@@ -88,8 +110,17 @@ class Engine(Protocol):
         """False once the engine has died; it never comes back."""
         ...
 
-    def tokenize(self, prompt: str) -> list[int]:
+    def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `prompt`, exactly as the engine will see them."""
+        ...
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of `token_ids`. Raises ValueError for an id outside the vocabulary."""
+        ...
+
+    def check_options(self, options: SamplingOptions) -> None:
+        """Raise EngineRequestError, naming the problem, for options the engine cannot honour
+        (a JSON schema its structured-output backend cannot compile)."""
         ...
 
     def generate(
@@ -147,9 +178,34 @@ class VllmEngine:
         self.max_model_len: int = llm.model_config.max_model_len
         self.load = load
 
-    def tokenize(self, prompt: str) -> list[int]:
+    def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `prompt`, exactly as the engine will see them."""
-        return list(self._tokenizer.encode(prompt))
+        return list(self._tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of `token_ids`. Raises ValueError for an id outside the vocabulary."""
+        vocabulary = len(self._tokenizer)
+        for token_id in token_ids:
+            if not 0 <= token_id < vocabulary:
+                raise ValueError(
+                    f"token id {token_id} is outside the vocabulary (0-{vocabulary - 1})"
+                )
+        return self._tokenizer.decode(token_ids)
+
+    def check_options(self, options: SamplingOptions) -> None:
+        """Raise EngineRequestError for options vLLM would refuse when the request is added
+        (the same check it runs then: the structured-output backend compiles the schema)."""
+        params = _sampling_params(options)
+        config = self._llm.vllm_config
+        try:
+            params.verify(
+                config.model_config,
+                config.speculative_config,
+                config.structured_outputs_config,
+                self._tokenizer,
+            )
+        except Exception as err:
+            raise EngineRequestError(_rejection(err)) from err
 
     async def generate(
         self,
@@ -159,20 +215,9 @@ class VllmEngine:
         adapter: AdapterWeights | None = None,
     ) -> AsyncIterator[Piece]:
         """Stream the new text. Cancelling the consumer aborts the request in the engine."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        params = SamplingParams(
-            max_tokens=options.max_new_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            top_k=options.top_k if options.top_k > 0 else -1,
-            repetition_penalty=options.repetition_penalty,
-            stop=list(options.stop),
-            seed=options.seed,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        params = _sampling_params(options)
         completion_tokens = 0
+        started = False
         if self._llm.errored:
             raise EngineUnavailableError("the engine has stopped")
         outputs = self._llm.generate(
@@ -183,6 +228,7 @@ class VllmEngine:
         )
         try:
             async for out in outputs:
+                started = True
                 result = out.outputs[0]
                 completion_tokens += len(result.token_ids)
                 yield Piece(
@@ -190,10 +236,13 @@ class VllmEngine:
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=completion_tokens,
                     finish_reason=_finish_reason(result) if out.finished else None,
+                    logprobs=_token_logprobs(result, options.logprobs, self._tokenizer),
                 )
         except Exception as err:
             if type(err).__name__ == "EngineDeadError":
                 raise EngineUnavailableError("the engine has stopped") from err
+            if not started and _is_request_error(err):  # refused when the request was added
+                raise EngineRequestError(_rejection(err)) from err
             raise
         finally:
             # A consumer that stops early closes this generator; closing vLLM's aborts the request.
@@ -228,6 +277,79 @@ def _lora_request(adapter: AdapterWeights) -> Any:
     from vllm.lora.request import LoRARequest
 
     return LoRARequest(lora_name=adapter.name, lora_int_id=adapter.id, lora_path=adapter.path)
+
+
+def _sampling_params(options: SamplingOptions) -> Any:
+    """vLLM's SamplingParams for `options`, streaming deltas."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    structured = None
+    if options.json_schema is not None:
+        structured = StructuredOutputsParams(json=options.json_schema)
+    elif options.json_object:
+        structured = StructuredOutputsParams(json_object=True)
+    return SamplingParams(
+        max_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k if options.top_k > 0 else -1,
+        repetition_penalty=options.repetition_penalty,
+        presence_penalty=options.presence_penalty,
+        frequency_penalty=options.frequency_penalty,
+        min_tokens=options.min_tokens,
+        stop=list(options.stop),
+        seed=options.seed,
+        logprobs=options.logprobs,
+        structured_outputs=structured,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+# JSON has no -inf; OpenAI and vLLM's server send this floor instead.
+LOGPROB_FLOOR = -9999.0
+
+
+def _token_logprobs(result: Any, top: int | None, tokenizer: Any) -> tuple[TokenLogprob, ...]:
+    """This step's tokens with their log-probabilities and the `top` likeliest at each place.
+
+    vLLM gives one {token_id: Logprob} per token: the sampled token first, then the top ones,
+    each with its rank (1 = likeliest)."""
+    if top is None or not result.logprobs:
+        return ()
+
+    def entry(token_id: int, logprob: Any) -> TokenLogprob:
+        token = logprob.decoded_token
+        if token is None:
+            token = tokenizer.decode([token_id])
+        return TokenLogprob(token, max(logprob.logprob, LOGPROB_FLOOR))
+
+    tokens = []
+    for token_id, position in zip(result.token_ids, result.logprobs, strict=True):
+        ranked = sorted(
+            (item for item in position.items() if (item[1].rank or top + 1) <= top),
+            key=lambda item: item[1].rank,
+        )
+        sampled = entry(token_id, position[token_id])
+        alternatives = tuple(entry(other_id, logprob) for other_id, logprob in ranked)
+        tokens.append(TokenLogprob(sampled.token, sampled.logprob, alternatives))
+    return tuple(tokens)
+
+
+def _is_request_error(err: Exception) -> bool:
+    """vLLM's refusal of a request's parameters (a ValueError or one of its client errors)."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return isinstance(err, ValueError) or "VLLMClientError" in names
+
+
+# The source location xgrammar puts before its messages: "[06:00:14] /project/cpp/x.cc:83: ".
+_NATIVE_LOCATION = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
+
+
+def _rejection(err: Exception) -> str:
+    """vLLM's reason for refusing a request, on one line."""
+    text = _NATIVE_LOCATION.sub("", " ".join(str(err).split()))
+    return text[:500] or type(err).__name__
 
 
 def _finish_reason(result: Any) -> str:
@@ -292,6 +414,14 @@ def build_engine(
         def log_engine_initialized(self):
             pass
 
+    structured = {}
+    if settings.structured_output_disable_whitespace:
+        from vllm.config import StructuredOutputsConfig
+
+        # vLLM honours this with a named backend only; xgrammar is the one "auto" tries first.
+        structured["structured_outputs_config"] = StructuredOutputsConfig(
+            backend="xgrammar", disable_any_whitespace=True
+        )
     args = AsyncEngineArgs(
         model=str(model_path),
         served_model_name=settings.served_model_name,
@@ -312,6 +442,7 @@ def build_engine(
             if settings.serves_adapters
             else {}
         ),
+        **structured,
     )
     log.info("loading %s on %s (%s)", model_path, device, dtype)
     llm = AsyncLLM.from_engine_args(args, stat_loggers=[LoadRecorder])

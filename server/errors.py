@@ -2,6 +2,11 @@
 
 The generation path (`server/pipeline.py`) knows nothing of HTTP: its refusals and interruptions
 are mapped to statuses here, in `generation_error`, for every route alike.
+
+The OpenAI-compatible routes (`/v1/...`, and vLLM's `/tokenize` and `/detokenize`) answer as
+OpenAI does: a bad request is a 400 (not our 422) of type `invalid_request_error`, and the body
+always carries `code` (such as `context_length_exceeded`, or our own error type where OpenAI has
+no code), so the official SDK raises `BadRequestError`. `/generate` keeps its 422s.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class APIError(Exception):
         type: str,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        code: str | None = None,
         **extra: Any,
     ):
         super().__init__(message)
@@ -35,6 +41,7 @@ class APIError(Exception):
         self.message = message
         self.type = type
         self.param = param
+        self.code = code
         self.extra = extra
 
 
@@ -61,7 +68,9 @@ def generation_error(err: Exception) -> APIError:
         status, kind = REFUSAL_STATUS[err.kind]
         headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else None
         extra = {"category": err.category} if err.category is not None else {}
-        return APIError(status, err.message, kind, err.param, headers=headers, **extra)
+        return APIError(
+            status, err.message, kind, err.param, headers=headers, code=err.code, **extra
+        )
     if isinstance(err, GenerationInterrupted):
         if err.kind == "timeout":
             return APIError(504, str(err), "timeout")
@@ -73,6 +82,44 @@ def generation_error(err: Exception) -> APIError:
 
 def error_body(message: str, type: str, param: str | None = None, **extra: Any) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, **extra}}
+
+
+OPENAI_PREFIX = "/v1/"
+# vLLM's routes beside /v1, answered the same way.
+OPENAI_PATHS = ("/tokenize", "/detokenize")
+# Validation error types (pydantic's) and the codes OpenAI gives such errors.
+VALIDATION_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter"}
+
+
+def _is_openai(request: Request) -> bool:
+    path = request.url.path
+    return path.startswith(OPENAI_PREFIX) or path in OPENAI_PATHS
+
+
+def _error_response(
+    request: Request,
+    status: int,
+    message: str,
+    type: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    counted: bool = False,
+    **extra: Any,
+) -> JSONResponse:
+    """The error as the route's API expects it: OpenAI's shape and statuses on /v1."""
+    if status == 422 and not counted:
+        _count_invalid(request)
+    if _is_openai(request):
+        if status in (400, 415, 422) and type != "content_filter":
+            code = code or (None if type == "invalid_request_error" else type)
+            type = "invalid_request_error"
+            status = 400 if status == 422 else status
+        elif type == "content_filter":
+            code = "content_filter"
+        extra = {"code": code, **extra}
+    body = error_body(message, type, param, **extra)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 # Where FastAPI says a bad value was; the name of the parameter follows.
@@ -106,42 +153,56 @@ def _describe(error: dict[str, Any]) -> str:
     return text
 
 
+GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
+
+
 def _count_invalid(request: Request) -> None:
     runtime = getattr(request.app.state, "runtime", None)
-    if runtime is not None and request.url.path == "/generate":
+    if runtime is not None and request.url.path in GENERATION_PATHS:
         runtime.metrics.count("invalid")
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    _count_invalid(request)
     errors = list(exc.errors())
     if any(error.get("type") == "json_invalid" for error in errors):
+        _count_invalid(request)
         detail = next(e for e in errors if e.get("type") == "json_invalid")
         reason = (detail.get("ctx") or {}).get("error", "")
         message = "the request body is not valid JSON" + (f": {reason}" if reason else "")
-        return JSONResponse(error_body(message, "invalid_json"), status_code=400)
+        return _error_response(request, 400, message, "invalid_json")
     if (
         len(errors) == 1
         and tuple(errors[0].get("loc", ())) == ("body",)
         and isinstance(errors[0].get("input"), bytes)
     ):
+        _count_invalid(request)
         content_type = request.headers.get("content-type", "none")
         message = f"send the body as JSON with Content-Type: application/json (got {content_type})"
-        return JSONResponse(error_body(message, "unsupported_media_type"), status_code=415)
+        return _error_response(request, 415, message, "unsupported_media_type")
     message = "; ".join(_describe(error) for error in errors)
     param = _param_name(tuple(errors[0].get("loc", ()))) if errors else None
-    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=422)
+    code = VALIDATION_CODES.get(errors[0].get("type"), "invalid_value") if errors else None
+    return _error_response(request, 422, message, "invalid_request_error", param, code)
 
 
-async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    if exc.status == 422:
-        _count_invalid(request)
-    body = error_body(exc.message, exc.type, exc.param, **exc.extra)
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+async def _api_error(request: Request, exc: APIError, counted: bool = False) -> JSONResponse:
+    return _error_response(
+        request,
+        exc.status,
+        exc.message,
+        exc.type,
+        exc.param,
+        exc.code,
+        exc.headers,
+        counted,
+        **exc.extra,
+    )
 
 
 async def _generation_error(request: Request, exc: Exception) -> JSONResponse:
-    return await _api_error(request, generation_error(exc))
+    # A generation refused by the engine once it had started has counted itself already.
+    counted = isinstance(exc, Refusal) and exc.counted
+    return await _api_error(request, generation_error(exc), counted)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -149,7 +210,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         # FastAPI's words for a body it could not decode, such as one that is not UTF-8.
         _count_invalid(request)
         message = "the request body could not be read as JSON text (it must be UTF-8)"
-        return JSONResponse(error_body(message, "invalid_json"), status_code=400)
+        return _error_response(request, 400, message, "invalid_json")
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse(
         error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers

@@ -8,9 +8,12 @@ Usage (a route):
     finally:
         generation.release()                                       # frees its slot, always
 
+    generations = await pipeline.start_choices(body, [id_0, id_1], arrival)   # n answers
+
 The steps, in the order a request takes them:
     0. model         the base, or a served adapter (Refusal "unknown_model" / "adapter_refused")
-    1. admission     a place in the queue, or Refusal("overloaded") at once (before any work)
+    1. admission     a place in the queue, or Refusal("overloaded") at once (before any work);
+                     a request for n answers takes n places
     2. prompt        the fields checked against the limits and the model; the Alpaca template
                      (training/prompts.py, the one source) or the raw prompt; its tokens
     3. input filters the content filters' verdict on the request (Refusal("blocked"))
@@ -29,14 +32,25 @@ statuses (`server/errors.py`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import jsonschema
+
 from server.adapters import Adapter, AdapterRegistry
 from server.admission import Admission, Ticket
-from server.engine import AdapterWeights, Engine, EngineUnavailableError, Piece, SamplingOptions
+from server.engine import (
+    AdapterWeights,
+    Engine,
+    EngineRequestError,
+    EngineUnavailableError,
+    Piece,
+    SamplingOptions,
+    TokenLogprob,
+)
 from server.feedback import GenerationRecord
 from server.filters import FilterChain, FilterInput, FilterOutcome, Verdict
 from server.metrics import ModelMetrics, ServerMetrics
@@ -56,7 +70,8 @@ class Refusal(Exception):
     `kind` says why: "invalid" (a field, with `param`), "unknown_model" (no model of that name),
     "adapter_refused" (an adapter that failed its checks), "overloaded" (no place in the queue),
     "queue_timeout" (no slot came free before the deadline), "blocked" (an input filter, with
-    `category`), "unavailable" (no engine to use) or "shutting_down".
+    `category`), "unavailable" (no engine to use) or "shutting_down". `code` is a
+    machine-readable reason where one helps a client (such as "context_length_exceeded").
     """
 
     def __init__(
@@ -66,13 +81,17 @@ class Refusal(Exception):
         param: str | None = None,
         category: str | None = None,
         retry_after_s: int | None = None,
+        code: str | None = None,
+        counted: bool = False,
     ):
         super().__init__(message)
+        self.counted = counted  # already in the request metrics (raised by a running generation)
         self.kind = kind
         self.message = message
         self.param = param
         self.category = category
         self.retry_after_s = retry_after_s
+        self.code = code
 
 
 class GenerationInterrupted(Exception):
@@ -84,8 +103,9 @@ class GenerationInterrupted(Exception):
 
 
 # Why a generation that had started may end without an answer (after the HTTP status is sent,
-# for a stream).
-GENERATION_ERRORS = (EngineUnavailableError, GenerationInterrupted)
+# for a stream): the engine died, the deadline or shutdown, or the engine refused the request
+# when it was added (a Refusal the generation raises itself).
+GENERATION_ERRORS = (EngineUnavailableError, GenerationInterrupted, Refusal)
 
 
 @dataclass
@@ -132,6 +152,7 @@ class Pipeline:
             "unknown_model",
             f"the model {name!r} does not exist; this server serves {served}",
             "model",
+            code="model_not_found",
         )
 
     def require_engine(self) -> Engine:
@@ -147,12 +168,21 @@ class Pipeline:
 
     async def start(self, body: GenerateRequest, request_id: str, arrival: float) -> Generation:
         """Steps 0-4: a generation holding a slot, ready to run; the caller releases it."""
+        return (await self.start_choices(body, [request_id], arrival))[0]
+
+    async def start_choices(
+        self, body: GenerateRequest, request_ids: list[str], arrival: float
+    ) -> list[Generation]:
+        """Steps 0-4 for several answers to one request (OpenAI's `n`): one generation per id,
+        each holding its own slot and recorded under its own id; the caller releases them all.
+
+        With a seed, answer i samples with seed + i, so the first is the answer of n = 1."""
         engine = self.require_engine()
         adapter = self.resolve_model(body.model, engine)  # 0. the model
         model_name = adapter.name if adapter is not None else engine.model_name
         metrics = self.metrics.for_model(model_name)
         try:
-            return await self._start(body, request_id, arrival, engine, adapter, metrics)
+            return await self._start(body, request_ids, arrival, engine, adapter, metrics)
         except BaseException:
             if adapter is not None:
                 self.adapters.release(adapter)
@@ -161,14 +191,21 @@ class Pipeline:
     async def _start(
         self,
         body: GenerateRequest,
-        request_id: str,
+        request_ids: list[str],
         arrival: float,
         engine: Engine,
         adapter: Adapter | None,
         metrics: ServerMetrics | ModelMetrics,
-    ) -> Generation:
-        ticket = self.admission.admit()  # 1. admission, before any work
-        if ticket is None:
+    ) -> list[Generation]:
+        count = len(request_ids)
+        if count > self.admission.max_concurrent:
+            raise _invalid(
+                f"n is {count}, but this server generates at most "
+                f"{self.admission.max_concurrent} answers at once",
+                "n",
+            )
+        tickets = self.admission.admit_group(count)  # 1. admission, before any work
+        if tickets is None:
             metrics.count("rejected")
             raise Refusal(
                 "overloaded",
@@ -180,39 +217,50 @@ class Pipeline:
             prompt, prompt_ids, options = self.prepare(body, engine)  # 2. prompt
             input_outcomes = await self._check_input(body, prompt, metrics)  # 3. input filters
             deadline = arrival + self.settings.request_timeout_s
-            try:  # 4. wait in the queue for a generation slot
-                await asyncio.wait_for(ticket.acquire(), deadline - time.perf_counter())
+            try:  # 4. wait in the queue for the generation slots
+                await asyncio.wait_for(
+                    self.admission.acquire_all(tickets), deadline - time.perf_counter()
+                )
             except asyncio.TimeoutError:
                 metrics.count("timeout")
                 raise Refusal(
                     "queue_timeout",
                     f"no generation slot came free within the server's time limit "
-                    f"({self.admission.active} generating, {self.admission.waiting - 1} "
-                    f"others waiting)",
+                    f"({self.admission.active} generating, "
+                    f"{max(self.admission.waiting - count, 0)} others waiting)",
                     retry_after_s=RETRY_AFTER_S,
                 ) from None
         except BaseException:
-            ticket.release()
+            for ticket in tickets:
+                ticket.release()
             raise
         registry = self.adapters
-        generation = Generation(
-            engine,
-            metrics,
-            prompt_ids,
-            options,
-            request_id,
-            arrival,
-            filters=self.filters,
-            on_finish=lambda done: self.record(_generation_record(done, body, prompt)),
-            deadline=deadline,
-            stop_event=self.stop_event,
-            ticket=ticket,
-            adapter=adapter.weights if adapter is not None else None,
-            model_name=adapter.name if adapter is not None else None,
-            on_release=(lambda: registry.release(adapter)) if adapter is not None else None,
-        )
-        generation.filter_outcomes.extend(input_outcomes)
-        return generation
+        generations = []
+        for index, (request_id, ticket) in enumerate(zip(request_ids, tickets, strict=True)):
+            choice_options = options
+            if index and options.seed is not None:
+                choice_options = dataclasses.replace(options, seed=(options.seed + index) % 2**63)
+            if index and adapter is not None:
+                registry.resolve(adapter.name)  # each answer holds the adapter until released
+            generation = Generation(
+                engine,
+                metrics,
+                prompt_ids,
+                choice_options,
+                request_id,
+                arrival,
+                filters=self.filters,
+                on_finish=lambda done: self.record(_generation_record(done, body, prompt)),
+                deadline=deadline,
+                stop_event=self.stop_event,
+                ticket=ticket,
+                adapter=adapter.weights if adapter is not None else None,
+                model_name=adapter.name if adapter is not None else None,
+                on_release=(lambda: registry.release(adapter)) if adapter is not None else None,
+            )
+            generation.filter_outcomes.extend(input_outcomes)
+            generations.append(generation)
+        return generations
 
     def prepare(
         self, body: GenerateRequest, engine: Engine
@@ -251,20 +299,33 @@ class Pipeline:
                 f"{settings.max_new_tokens_limit}",
                 "max_new_tokens",
             )
+        if body.min_tokens > max_new_tokens:
+            raise _invalid(
+                f"min_tokens is {body.min_tokens}, above max_new_tokens ({max_new_tokens})",
+                "min_tokens",
+            )
+        if body.json_schema is not None and body.json_object:
+            raise _invalid("give json_schema or json_object, not both", "json_object")
+        if body.json_schema is not None:
+            check_json_schema(body.json_schema)
         prompt_ids = engine.tokenize(prompt)
         context = engine.max_model_len
         if len(prompt_ids) >= context:
-            raise _invalid(
+            raise Refusal(
+                "invalid",
                 f"the prompt is {len(prompt_ids)} tokens, which fills the model's context of "
                 f"{context} tokens",
                 prompt_param,
+                code=CONTEXT_LENGTH_EXCEEDED,
             )
         if len(prompt_ids) + max_new_tokens > context:
-            raise _invalid(
+            raise Refusal(
+                "invalid",
                 f"the prompt is {len(prompt_ids)} tokens and max_new_tokens is {max_new_tokens}: "
                 f"{len(prompt_ids) + max_new_tokens} in all, above the model's context of "
                 f"{context} tokens (at most {context - len(prompt_ids)} new tokens fit)",
                 "max_new_tokens",
+                code=CONTEXT_LENGTH_EXCEEDED,
             )
         options = SamplingOptions(
             max_new_tokens=max_new_tokens,
@@ -275,7 +336,17 @@ class Pipeline:
             # Also stop before a template header, so an answer never runs on into a new section.
             stop=tuple(dict.fromkeys([*body.stop, *SECTION_HEADERS])),
             seed=body.seed,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            min_tokens=body.min_tokens,
+            logprobs=body.logprobs,
+            json_schema=body.json_schema,
+            json_object=body.json_object,
         )
+        try:
+            engine.check_options(options)
+        except EngineRequestError as err:
+            raise _invalid(str(err), _structured_param(options)) from None
         return prompt, prompt_ids, options
 
     async def _check_input(
@@ -298,8 +369,26 @@ class Pipeline:
         return outcomes
 
 
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+
 def _invalid(message: str, param: str) -> Refusal:
     return Refusal("invalid", message, param)
+
+
+def check_json_schema(schema: dict) -> None:
+    """Refuse a JSON schema that is not well-formed (checked against its metaschema) before it
+    reaches the engine."""
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        validator.check_schema(schema)
+    except jsonschema.SchemaError as err:
+        where = "/".join(str(part) for part in err.absolute_path)
+        raise _invalid(
+            f"json_schema is not a valid JSON schema: {err.message}"
+            + (f" (at {where})" if where else ""),
+            "json_schema",
+        ) from None
 
 
 class AnswerText:
@@ -379,6 +468,9 @@ class Generation:
         self.completion_tokens = 0
         self.latency_s = 0.0
         self.ttft_ms: float | None = None
+        # With options.logprobs: the tokens the client has been given, with their
+        # log-probabilities (a token whose text is held back comes with the next text).
+        self.logprobs: list[TokenLogprob] = []
 
     @property
     def prompt_tokens(self) -> int:
@@ -431,6 +523,7 @@ class Generation:
                         # closes the engine's stream, which aborts the request.
                         self.blocked, self.finish_reason = verdict, "content_filter"
                         break
+                self.logprobs.extend(piece.logprobs)
                 if text:
                     self.text += text
                     yield text
@@ -438,6 +531,10 @@ class Generation:
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "client_disconnected"
             raise
+        except EngineRequestError as err:  # refused when added, though check_options passed
+            outcome = "invalid"
+            param = _structured_param(self.options)
+            raise Refusal("invalid", str(err), param, counted=True) from None
         except EngineUnavailableError:
             outcome = "unavailable"
             raise
@@ -510,6 +607,10 @@ class Generation:
                 await asyncio.gather(step, return_exceptions=True)
 
 
+def _structured_param(options: SamplingOptions) -> str:
+    return "json_object" if options.json_object else "json_schema"
+
+
 def _generation_record(
     generation: Generation, body: GenerateRequest, prompt: str
 ) -> GenerationRecord:
@@ -528,6 +629,7 @@ def _generation_record(
             "repetition_penalty": options.repetition_penalty,
             "stop": body.stop,
             "seed": options.seed,
+            **_extra_params(options),
         },
         instruction=body.instruction,
         input=body.input,
@@ -539,3 +641,24 @@ def _generation_record(
         latency_s=generation.latency_s,
         filter_verdicts=[outcome.as_record() for outcome in generation.filter_outcomes],
     )
+
+
+def _extra_params(options: SamplingOptions) -> dict:
+    """The sampling parameters a request set beyond the usual ones, for the record."""
+    extra = {
+        "presence_penalty": options.presence_penalty,
+        "frequency_penalty": options.frequency_penalty,
+        "min_tokens": options.min_tokens,
+        "logprobs": options.logprobs,
+        "json_schema": options.json_schema,
+        "json_object": options.json_object,
+    }
+    unset = {
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "min_tokens": 0,
+        "logprobs": None,
+        "json_schema": None,
+        "json_object": False,
+    }
+    return {name: value for name, value in extra.items() if value != unset[name]}

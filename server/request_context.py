@@ -1,10 +1,17 @@
 """Request ids: one per HTTP request, sent back as `X-Request-Id`, used as the engine request id
-and stamped on every log line written while the request is handled."""
+and stamped on every log line written while the request is handled.
+
+A client may send its own `X-Request-Id` (at most 128 characters of `A-Z a-z 0-9 . _ : -`): it is
+kept, echoed and logged. The generation id (the answer's `id`, the key of the generation log and
+of feedback) is then that id followed by `-` and 8 hex digits, so that a client reusing an id
+never merges two generations. Without one, or with one that breaks the rule (then replaced and
+logged), both are a fresh `gen-<32 hex digits>`."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from contextvars import ContextVar
@@ -21,8 +28,23 @@ log = logging.getLogger("alpaca.server")
 access_log = logging.getLogger("alpaca.access")
 
 
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 def new_request_id() -> str:
     return f"gen-{uuid.uuid4().hex}"
+
+
+def request_ids(scope: Scope) -> tuple[str, str]:
+    """The request's id and its generation id, from a sane incoming X-Request-Id or fresh."""
+    incoming = dict(scope.get("headers", ())).get(REQUEST_ID_HEADER.lower().encode())
+    if incoming is not None:
+        supplied = incoming.decode("latin-1")
+        if SANE_REQUEST_ID.fullmatch(supplied):
+            return supplied, f"{supplied}-{uuid.uuid4().hex[:8]}"
+        log.warning("replaced an X-Request-Id that is not 1-128 characters of A-Z a-z 0-9 . _ : -")
+    request_id = new_request_id()
+    return request_id, request_id
 
 
 class RequestIdLogFilter(logging.Filter):
@@ -43,9 +65,10 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_request_id()
+        request_id, generation_id = request_ids(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state["generation_id"] = generation_id  # the id a generation of this request gets
         state["arrival"] = arrival = time.perf_counter()
         token = request_id_var.set(request_id)
         started = False

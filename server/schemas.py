@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -12,6 +12,7 @@ DEFAULT_TEMPERATURE = 0.1
 DEFAULT_TOP_P = 0.75
 DEFAULT_TOP_K = 40
 MAX_STOP_SEQUENCES = 8
+MAX_LOGPROBS = 20  # alternatives per token, as vLLM's default max_logprobs
 
 
 class GenerateRequest(BaseModel):
@@ -44,7 +45,28 @@ class GenerateRequest(BaseModel):
         max_length=MAX_STOP_SEQUENCES,
         description="generation ends before any of these strings; they are not returned",
     )
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="above 0 discourages any token already in the answer"
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="above 0 discourages tokens by how often they appeared"
+    )
+    min_tokens: int = Field(
+        0, ge=0, description="the end of sequence and stop strings are ignored before this many"
+    )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="makes sampling reproducible")
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="return each generated token's log-probability and the k likeliest tokens "
+        "at its place (0: the token's own only)",
+    )
+    json_schema: dict[str, Any] | None = Field(
+        None,
+        description="the answer is JSON valid against this JSON schema (structured output)",
+    )
+    json_object: bool = Field(False, description="the answer is a JSON object")
     stream: bool = Field(False, description="send server-sent events as the text is generated")
     model: str | None = Field(
         None,
@@ -59,6 +81,19 @@ class GenerateRequest(BaseModel):
             if not item:
                 raise ValueError(f"stop[{index}] is empty; every stop string needs a character")
         return value
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+
+
+class TokenLogprobInfo(BaseModel):
+    """One generated token: its text, log-probability and the likeliest tokens at its place."""
+
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob]
 
 
 class Usage(BaseModel):
@@ -85,12 +120,16 @@ class GenerateResponse(BaseModel):
     filter: FilterBlock | None = Field(
         None, description="set when finish_reason is content_filter: what the filter found"
     )
+    logprobs: list[TokenLogprobInfo] | None = Field(
+        None, description="with `logprobs` in the request: one entry per generated token"
+    )
 
 
 class ErrorDetail(BaseModel):
     message: str
     type: str
     param: str | None = None
+    code: str | None = Field(None, description="on /v1 routes: a machine-readable reason")
     category: str | None = Field(None, description="with type content_filter: what was found")
 
 

@@ -150,6 +150,15 @@ class ServerSettings(BaseSettings):
     max_queue: int = Field(
         256, ge=0, description="requests waiting for a slot; past it, 429 with Retry-After"
     )
+    max_choices: int = Field(
+        4, ge=1, description="most choices (`n`) one OpenAI request may ask for; each takes a slot"
+    )
+    structured_output_disable_whitespace: bool = Field(
+        False,
+        description="JSON answers (response_format, json_schema) without white space between "
+        "tokens (vLLM's disable_any_whitespace; pins the xgrammar backend); helps small models "
+        "that otherwise fill the budget with white space",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error; prompts and answers are never logged"
     )

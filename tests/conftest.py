@@ -256,6 +256,8 @@ def tiny_server_env(model_dir: Path) -> dict[str, str]:
         "ALPACA_DEFAULT_MAX_NEW_TOKENS": str(TINY_DEFAULT_MAX_NEW_TOKENS),
         "ALPACA_MAX_CONCURRENT": str(TINY_MAX_CONCURRENT),
         "ALPACA_MAX_QUEUE": str(TINY_MAX_QUEUE),
+        # A random model fills a JSON answer's budget with white space unless this forbids it.
+        "ALPACA_STRUCTURED_OUTPUT_DISABLE_WHITESPACE": "true",
     }
 
 

@@ -19,16 +19,33 @@ reaches it is kept in `requests`, so a test can tell that a refused request neve
 A request with a LoRA adapter is answered `adapter_reply(name, answer)`: by default the base's
 answer with the adapter's name in front, so a test can tell which model answered. Generating with
 an adapter that was never added, or was removed, fails as it would make vLLM fail.
+
+Beyond text: with `logprobs` each token gets a fake log-probability derived from the token (the
+sampled token is always the likeliest; its alternatives are `alt1`, `alt2`, ... one nat apart);
+with `json_schema` or `json_object` the answer is a JSON value built from the schema (the first
+enum value, the minimum, every property), unless a test scripted `reply`; a schema with a
+look-behind pattern is refused, as vLLM's backends refuse it; `penalties` and `min_tokens` only
+reach `requests`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from server.engine import AdapterWeights, EngineLoad, EngineUnavailableError, Piece, SamplingOptions
+from server.engine import (
+    AdapterWeights,
+    EngineLoad,
+    EngineRequestError,
+    EngineUnavailableError,
+    Piece,
+    SamplingOptions,
+    TokenLogprob,
+)
 
 # Pieces of an answer: each word with the white space before it, as a tokenizer would cut it.
 TOKEN = re.compile(r"\s*\S+|\s+")
@@ -48,6 +65,50 @@ def long_answer(prompt: str) -> str:
 def adapter_answer(name: str, answer: str) -> str:
     """The default answer of an adapter: the base's, marked with the adapter's name."""
     return f"[{name}] {answer}"
+
+
+def fake_logprobs(token: str, top: int) -> TokenLogprob:
+    """A deterministic log-probability for `token`, with `top` alternatives, likeliest first."""
+    logprob = -round(0.05 * (1 + sum(map(ord, token)) % 7), 2)
+    alternatives = [TokenLogprob(token, logprob)]
+    alternatives += [TokenLogprob(f"alt{rank}", logprob - rank) for rank in range(1, top)]
+    return TokenLogprob(token, logprob, tuple(alternatives[:top]))
+
+
+def instance_of(schema: dict[str, Any]) -> Any:
+    """A small JSON value valid against `schema` (the kinds of schema the tests use)."""
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: instance_of(sub) for name, sub in properties.items()}
+    if kind == "array":
+        items = schema.get("items", {"type": "null"})
+        return [instance_of(items)] * schema.get("minItems", 0)
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "x" * schema.get("minLength", 1)
+
+
+def has_lookbehind(schema: Any) -> bool:
+    """Whether a pattern in `schema` uses a look-behind, which vLLM's backends cannot compile."""
+    if isinstance(schema, dict):
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str) and "(?<" in pattern:
+            return True
+        return any(has_lookbehind(value) for value in schema.values())
+    if isinstance(schema, list):
+        return any(has_lookbehind(value) for value in schema)
+    return False
 
 
 @dataclass
@@ -84,7 +145,7 @@ class ScriptedEngine:
         """From now on every call fails as a dead vLLM engine's would."""
         self._alive = False
 
-    def tokenize(self, prompt: str) -> list[int]:
+    def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(char) for char in prompt]
 
     async def add_adapter(self, adapter: AdapterWeights) -> None:
@@ -95,6 +156,16 @@ class ScriptedEngine:
     async def remove_adapter(self, adapter: AdapterWeights) -> None:
         if self.adapters.get(adapter.name) == adapter:
             del self.adapters[adapter.name]
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        for token_id in token_ids:
+            if not 0 <= token_id < 0x110000:
+                raise ValueError(f"token id {token_id} is outside the vocabulary")
+        return "".join(chr(token_id) for token_id in token_ids)
+
+    def check_options(self, options: SamplingOptions) -> None:
+        if options.json_schema is not None and has_lookbehind(options.json_schema):
+            raise EngineRequestError("Lookbehind is not supported in a JSON schema pattern")
 
     async def generate(
         self,
@@ -110,7 +181,8 @@ class ScriptedEngine:
         prompt = "".join(chr(token) for token in prompt_ids)
         name = adapter.name if adapter is not None else None
         self.requests.append(ScriptedRequest(request_id, prompt, options, name))
-        text, finish = self.reply(prompt), "eos"
+        self.check_options(options)
+        text, finish = self._answer(prompt, options), "eos"
         if adapter is not None:
             text = self.adapter_reply(adapter.name, text)
         cuts = [text.index(stop) for stop in options.stop if stop in text]
@@ -130,7 +202,10 @@ class ScriptedEngine:
                 if not self._alive:
                     raise EngineUnavailableError("the engine has stopped")
                 last = count == len(tokens)
-                yield Piece(token, len(prompt_ids), count, finish if last else None)
+                logprobs = ()
+                if options.logprobs is not None and token:
+                    logprobs = (fake_logprobs(token, options.logprobs),)
+                yield Piece(token, len(prompt_ids), count, finish if last else None, logprobs)
             finished = True
         finally:
             if not finished:
@@ -138,6 +213,12 @@ class ScriptedEngine:
                     await asyncio.sleep(self.abort_delay_s)
                 self.aborted.append(request_id)
             self._running -= 1
+
+    def _answer(self, prompt: str, options: SamplingOptions) -> str:
+        structured = options.json_schema is not None or options.json_object
+        if structured and self.reply is long_answer:
+            return json.dumps(instance_of(options.json_schema or {"type": "object"}))
+        return self.reply(prompt)
 
     async def check_health(self) -> None:
         if not self._alive:

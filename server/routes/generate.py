@@ -2,7 +2,8 @@
 
 The route translates HTTP to the generation path (`server/pipeline.py`) and back: a JSON answer,
 or server-sent events (`{"id", "text"}` deltas, a final event with the finish reason and usage,
-then `[DONE]`).
+then `[DONE]`). With `logprobs`, the answer (and each event) carries the log-probabilities of
+its tokens as `[{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from server.engine import TokenLogprob
 from server.pipeline import GENERATION_ERRORS, Generation
 from server.runtime import RuntimeDep
 from server.schemas import (
@@ -32,7 +34,9 @@ router = APIRouter()
     responses=GENERATION_RESPONSES,
 )
 async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep):
-    generation = await runtime.pipeline.start(body, request.state.request_id, request.state.arrival)
+    generation = await runtime.pipeline.start(
+        body, request.state.generation_id, request.state.arrival
+    )
     request.state.generation = generation  # for the request's log line
     if body.stream:  # the response releases the slot when the stream ends
         return EventStreamResponse(_events(generation), on_close=generation.release)
@@ -48,6 +52,7 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
         finish_reason=generation.finish_reason,
         usage=_usage(generation),
         filter=_block_info(generation),
+        logprobs=_logprobs(generation.logprobs) if body.logprobs is not None else None,
     )
 
 
@@ -55,6 +60,17 @@ def _usage(generation: Generation) -> Usage:
     return Usage(
         prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens
     )
+
+
+def _logprobs(tokens: list[TokenLogprob]) -> list[dict]:
+    return [
+        {
+            "token": token.token,
+            "logprob": token.logprob,
+            "top_logprobs": [{"token": t.token, "logprob": t.logprob} for t in token.top_logprobs],
+        }
+        for token in tokens
+    ]
 
 
 def _block_info(generation: Generation) -> FilterBlock | None:
@@ -68,9 +84,19 @@ def _block_info(generation: Generation) -> FilterBlock | None:
 
 async def _events(generation: Generation) -> AsyncIterator[bytes]:
     """One event per new piece of text, a final event with the finish reason, then [DONE]."""
+    with_logprobs = generation.options.logprobs is not None
+    sent = 0  # log-probabilities sent so far
+
+    def new_logprobs() -> dict:
+        nonlocal sent
+        if not with_logprobs:
+            return {}
+        tokens, sent = generation.logprobs[sent:], len(generation.logprobs)
+        return {"logprobs": _logprobs(tokens)}
+
     try:
         async for text in generation.run():
-            yield sse({"id": generation.request_id, "text": text})
+            yield sse({"id": generation.request_id, "text": text, **new_logprobs()})
     except GENERATION_ERRORS as err:
         yield error_event(err)
     else:
@@ -79,6 +105,7 @@ async def _events(generation: Generation) -> AsyncIterator[bytes]:
             "text": "",
             "finish_reason": generation.finish_reason,
             "usage": _usage(generation).model_dump(),
+            **new_logprobs(),
         }
         block = _block_info(generation)
         if block is not None:

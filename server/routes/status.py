@@ -66,6 +66,8 @@ async def info(runtime: RuntimeDep) -> dict:
         "limits": {
             "max_model_len": engine.max_model_len if engine else settings.max_model_len,
             "max_new_tokens_limit": settings.max_new_tokens_limit,
+            # choices (OpenAI's n) one request may ask for: each takes a generation slot
+            "max_choices": min(settings.max_choices, settings.max_concurrent),
         },
         "defaults": {
             "max_new_tokens": settings.default_max_new_tokens,

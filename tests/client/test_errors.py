@@ -43,6 +43,18 @@ def answering(status: int, body: object):
             400,
             {
                 "error": {
+                    "message": "the prompt is 1020 tokens and max_tokens is 5: 1025 in all",
+                    "type": "invalid_request_error",
+                    "param": "max_tokens",
+                    "code": "context_length_exceeded",
+                }
+            },
+            "The request was not accepted: the prompt is 1020 tokens",
+        ),
+        (
+            400,
+            {
+                "error": {
                     "message": "refused",
                     "type": "content_filter",
                     "param": "instruction",

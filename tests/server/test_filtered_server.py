@@ -185,3 +185,21 @@ def test_a_streamed_answer_that_hits_the_blocklist_is_cut_and_ends_with_the_reas
         "reason": answer["filter"]["reason"],
         "failed": False,
     } in row["filter_verdicts"]
+
+
+def test_a_blocked_chat_is_the_sdks_bad_request_with_the_filters_category(filtered_server):
+    import openai
+
+    client = filtered_server.client
+    model = client.get("/v1/models").json()["data"][0]["id"]
+    with openai.OpenAI(base_url=f"{filtered_server.url}/v1", api_key="x", max_retries=0) as sdk:
+        with pytest.raises(openai.BadRequestError) as raised:
+            sdk.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Smash the window now."}]
+            )
+    error = raised.value.body
+    assert (error["type"], error["code"], error["category"]) == (
+        "content_filter",
+        "content_filter",
+        "violence",
+    )

@@ -3,6 +3,9 @@ only the real engine can show (determinism, seeds, characters split across token
 
 from __future__ import annotations
 
+import json
+
+import jsonschema
 import pytest
 
 from tests.conftest import stream_events
@@ -146,3 +149,53 @@ def test_streamed_pieces_never_hold_a_broken_character(real_client):
     assert "".join(pieces) == whole["text"]
     for piece in pieces[:-1]:
         assert not piece.endswith("\ufffd"), pieces
+
+
+def test_logprobs_are_an_opt_in_list_one_entry_per_token(client):
+    plain = generate(client, instruction="Describe rain.", max_new_tokens=8, **GREEDY)
+    assert plain["logprobs"] is None
+    answer = generate(client, instruction="Describe rain.", max_new_tokens=8, logprobs=2, **GREEDY)
+    assert answer["text"] == plain["text"]
+    assert len(answer["logprobs"]) == answer["usage"]["completion_tokens"]
+    for entry in answer["logprobs"]:
+        assert set(entry) == {"token", "logprob", "top_logprobs"}
+        assert entry["logprob"] <= 0 and len(entry["top_logprobs"]) == 2
+        assert entry["top_logprobs"][0]["token"] == entry["token"]
+    _, events = stream_events(
+        client, {"instruction": "Describe rain.", "max_new_tokens": 8, "logprobs": 2, **GREEDY}
+    )
+    streamed = [entry for event in events[:-1] for entry in event["logprobs"]]
+    assert [e["token"] for e in streamed] == [e["token"] for e in answer["logprobs"]]
+
+
+def test_a_json_schema_answer_parses_and_validates(client):
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+        "required": ["ok", "n"],
+        "additionalProperties": False,
+    }
+    answer = generate(client, instruction="Answer.", max_new_tokens=48, json_schema=schema)
+    jsonschema.validate(json.loads(answer["text"]), schema)
+    assert answer["finish_reason"] == "eos"
+    anything = generate(client, instruction="Answer.", max_new_tokens=48, json_object=True)
+    assert anything["text"].startswith("{")
+    if anything["finish_reason"] == "eos":  # a random model may still be inside a string
+        assert isinstance(json.loads(anything["text"]), dict)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"json_schema": {"type": 3}}, "json_schema"),
+        ({"json_schema": {"type": "string", "pattern": "(?<=x)y"}}, "json_schema"),
+        ({"json_schema": {"type": "object"}, "json_object": True}, "json_object"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"min_tokens": 40, "max_new_tokens": 4}, "min_tokens"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+    ],
+)
+def test_bad_structured_output_and_sampling_fields_are_422(client, body, param):
+    response = client.post("/generate", json={"instruction": "Answer.", **body})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == param
