@@ -32,6 +32,9 @@ RUN cd /src && . scripts/build-extras && scripts/install /opt/venv demo
 RUN /opt/venv/bin/alpaca-convert --out /models/SmolLM2-135M-Instruct
 
 FROM ${CPU_BASE_IMAGE} AS cpu
+# vLLM's CPU kernels need libnuma.
+RUN apt-get update && apt-get install -y --no-install-recommends libnuma1 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=cpu-build /opt/venv /opt/venv
 COPY --from=cpu-build /models /models
 ENV PATH=/opt/venv/bin:$PATH \

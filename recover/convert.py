@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from recover.folders import open_to_all
 from recover.settings import RecoverSettings
 from training.prompts import TEMPLATE_NAME
 from training.provenance import MADE_BY_CONVERT, MARKER_FILE, made_at
@@ -62,7 +63,6 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a model folder is for every user to read
     try:
         folder, name = str(gguf_path.parent), gguf_path.name
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -76,6 +76,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         tokenizer.save_pretrained(staging)
         marker = conversion_marker(gguf_path)
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+        open_to_all(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)

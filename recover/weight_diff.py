@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recover.folders import open_to_all
 from training.prompts import TEMPLATE_NAME
 from training.provenance import MADE_BY_RECOVER, MARKER_FILE, made_at
 
@@ -832,9 +833,9 @@ def _plan_shards(specs, max_shard_bytes: int) -> list[list[tuple]]:
 def _staging_folder(out_dir: Path, force: bool) -> Iterator[Path]:
     """A hidden folder beside `out_dir`, renamed to `out_dir` only if the block completes."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.incomplete-", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a model folder is for every user to read
     try:
         yield staging
+        open_to_all(staging)
         _fsync_dir(staging)
         old = None
         if out_dir.exists() and force:

@@ -513,3 +513,18 @@ def test_command_help_lists_both_subcommands():
         check=True,
     )
     assert "make-diff" in result.stdout and "recover" in result.stdout
+
+
+def test_model_folders_are_opened_to_every_user(tmp_path):
+    """Recovered as one user (root in the image), served as another."""
+    from recover.folders import open_to_all
+
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x")
+    (folder / "model.safetensors").chmod(0o600)
+    folder.chmod(0o700)
+    open_to_all(folder)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (folder / "sub").stat().st_mode & 0o777 == 0o755
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o644

@@ -55,6 +55,7 @@ def test_the_converted_model_is_cached_and_reused(default_server):
     # Readable by every user, as a model folder must be for a server running as another user
     # (the Docker image converts as root and serves as `alpaca`).
     assert folder.stat().st_mode & 0o777 == 0o755
+    assert all(path.stat().st_mode & 0o777 == 0o644 for path in folder.iterdir())
     result = subprocess.run(
         [sys.executable, "-m", "recover.convert", "--out", str(folder)],
         cwd=ROOT,
