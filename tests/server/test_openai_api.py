@@ -439,6 +439,9 @@ def test_n_choices_take_n_places_in_admission(request, tmp_path):
             assert too_many.status_code == 400
             assert too_many.json()["error"]["param"] == "n"
         own.engine.delay_s = 0
+        # The stream's client has left: its two places come free once the server notices.
+        admission = own.runtime.admission
+        assert wait_for(lambda: admission.active + admission.waiting == 0, 10)
         fits = own.client.post("/v1/chat/completions", json={**body, "max_tokens": 2})
         assert fits.status_code == 200, fits.text
     finally:
