@@ -24,13 +24,14 @@ PROMETHEUS = "http://127.0.0.1:9090"
 PROJECT = "alpaca"  # the compose project name scripts/compose uses
 
 
-def compose(*args: str, check: bool = True, timeout: float = 1800) -> str:
+def compose(*args: str, check: bool = True, timeout: float = 3600, env: dict | None = None) -> str:
     result = subprocess.run(
         [str(ROOT / "scripts" / "compose"), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
         pytest.fail(f"scripts/compose {' '.join(args)} failed:\n{result.stderr[-3000:]}")
@@ -156,13 +157,7 @@ def test_feedback_survives_a_restart_of_the_server(stack):
 
 def test_the_postgres_profile_keeps_feedback_in_postgresql_across_restarts(stack):
     url = "postgresql://alpaca:alpaca@postgres:5432/alpaca"
-    subprocess.run(
-        [str(ROOT / "scripts" / "compose"), "up", "postgres"],
-        cwd=ROOT,
-        check=True,
-        timeout=3600,
-        env={**os.environ, "ALPACA_DATABASE_URL": url},
-    )
+    compose("up", "postgres", env={"ALPACA_DATABASE_URL": url})
     try:
         wait_until_ready()
         answer = generate("Name a planet.")
@@ -191,9 +186,7 @@ def test_the_postgres_profile_keeps_feedback_in_postgresql_across_restarts(stack
         assert summary["models"]["SmolLM2-135M-Instruct"]["down"] >= 1
     finally:
         # Back to the default stack (SQLite in the data volume) for the tests after this one.
-        subprocess.run(
-            [str(ROOT / "scripts" / "compose"), "up"], cwd=ROOT, check=True, timeout=3600
-        )
+        compose("up")
 
 
 def test_compose_down_leaves_no_container(stack):

@@ -44,10 +44,6 @@ def server(tiny_model_dir, tmp_path_factory):
         process.stop()
 
 
-def engine_paused(server: ServerProcess):
-    return server.engine_paused()
-
-
 def engine_idle(client: httpx.Client) -> bool:
     metrics = read_metrics(client)
     return metrics["alpaca_num_requests_running"] == metrics["alpaca_num_requests_waiting"] == 0
@@ -75,7 +71,7 @@ def stream_in_background(server, body):
 
 
 def test_a_request_past_the_time_limit_is_cut_with_504(server):
-    with engine_paused(server):  # 4 tokens, which take milliseconds, will not come in time
+    with server.engine_paused():  # 4 tokens, which take milliseconds, will not come in time
         start = time.monotonic()
         response = server.client.post("/generate", json={"instruction": "Go.", "max_new_tokens": 4})
         elapsed = time.monotonic() - start
@@ -94,7 +90,7 @@ def test_a_stream_past_the_time_limit_ends_with_an_error_event_then_done(server)
     assert first.wait(30), events
     # The stream is under way. Pausing the engine now leaves it far from its LONG tokens: making
     # them in the moment between the first event and the pause would take 900 engine steps.
-    with engine_paused(server):
+    with server.engine_paused():
         thread.join(REQUEST_TIMEOUT_S + 10)
 
     assert not thread.is_alive(), events[-3:]
@@ -138,7 +134,7 @@ def test_sigterm_lets_an_open_stream_finish_cuts_one_past_the_drain_then_exits_0
     # The long one ran in the same engine steps (vLLM batches them), so it has only a few more
     # tokens than the short one: far from LONG. With the engine paused it stays open, however
     # fast the machine, until the drain runs out and cuts it.
-    with engine_paused(server):
+    with server.engine_paused():
         long_thread.join(DRAIN_TIMEOUT_S + 10)
     assert long[-1] == "[DONE]", long[-3:]
     assert long[-2]["error"]["type"] == "shutting_down", long[-3:]
