@@ -22,26 +22,38 @@ from tests.conftest import ServerProcess, read_metrics, tiny_server_env, wait_fo
 
 pytestmark = pytest.mark.slow
 
-REQUEST_TIMEOUT_S = 8.0  # each time-limit test waits this long once; in the drain test it must
-# not run out before the drain does, so it leaves room for both streams to start on a busy machine
+REQUEST_TIMEOUT_S = 8.0  # each time-limit test waits this long once
 DRAIN_TIMEOUT_S = 3.0  # ample for the short stream's last 3 tokens, even on a busy 2-core machine
 LONG = 900  # tokens: far more than the engine makes between two steps of a test (context 1024)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+def lifecycle_server(tiny_model_dir, folder, request_timeout_s: float):
     env = {
         **tiny_server_env(tiny_model_dir),
         "ALPACA_MAX_NEW_TOKENS_LIMIT": str(LONG),
-        "ALPACA_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
+        "ALPACA_REQUEST_TIMEOUT_S": str(request_timeout_s),
         "ALPACA_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
     }
-    process = ServerProcess(env, tmp_path_factory.mktemp("lifecycle") / "server.log")
+    process = ServerProcess(env, folder / "server.log")
     try:
         process.wait_until_ready()
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    yield from lifecycle_server(
+        tiny_model_dir, tmp_path_factory.mktemp("lifecycle"), REQUEST_TIMEOUT_S
+    )
+
+
+@pytest.fixture
+def draining_server(tiny_model_dir, tmp_path):
+    """A server of its own (the test ends it), whose time limit cannot run out before the drain
+    does however long its streams take to start on a busy machine: only the drain cuts them."""
+    yield from lifecycle_server(tiny_model_dir, tmp_path, request_timeout_s=3600)
 
 
 def engine_idle(client: httpx.Client) -> bool:
@@ -103,10 +115,12 @@ def test_a_stream_past_the_time_limit_ends_with_an_error_event_then_done(server)
     assert engine_idle(server.client)
 
 
-def test_sigterm_lets_an_open_stream_finish_cuts_one_past_the_drain_then_exits_0(server):
+def test_sigterm_lets_an_open_stream_finish_cuts_one_past_the_drain_then_exits_0(
+    draining_server,
+):
+    server = draining_server
     engine_processes = psutil.Process(server.process.pid).children(recursive=True)
     assert engine_processes
-    long_started = time.monotonic()
     long, long_thread, long_first = stream_in_background(
         server, {"instruction": "Long.", "max_new_tokens": LONG}
     )
@@ -115,10 +129,6 @@ def test_sigterm_lets_an_open_stream_finish_cuts_one_past_the_drain_then_exits_0
         server, {"instruction": "Short.", "max_new_tokens": 4}
     )
     assert short_first.wait(30), short
-    # The long stream must be cut by the drain, not by its own time limit: both have to start
-    # well within REQUEST_TIMEOUT_S - DRAIN_TIMEOUT_S.
-    started_in = time.monotonic() - long_started
-    assert started_in < REQUEST_TIMEOUT_S - DRAIN_TIMEOUT_S - 1, f"streams took {started_in:.1f} s"
 
     server.process.send_signal(signal.SIGTERM)
     # While draining, the server still answers: not ready, and no new work.
