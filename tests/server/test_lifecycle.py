@@ -91,7 +91,7 @@ def test_a_request_past_the_time_limit_is_cut_with_504(server):
     assert response.status_code == 504, response.text
     assert response.json()["error"]["type"] == "timeout"
     # Cut at the limit (counted from the request's arrival), not before and not long after.
-    assert REQUEST_TIMEOUT_S - 0.1 <= elapsed < REQUEST_TIMEOUT_S + 2, elapsed
+    assert REQUEST_TIMEOUT_S - 0.1 <= elapsed < REQUEST_TIMEOUT_S + 5, elapsed
     assert wait_for(lambda: engine_idle(server.client), 10), "the request stayed in the engine"
 
 
