@@ -5,6 +5,7 @@ Usage:
     engine.reply = lambda prompt: "Paris."           # any answer, from the prompt text
     engine.delay_s = 0.05                            # seconds per token (slow generations)
     engine.abort_delay_s = 1.0                       # aborting a request takes a second
+    engine.held = True                               # no token comes until it is False again
     engine.die()                                     # the engine process is gone from now on
     engine.adapters                                  # LoRA adapters loaded: name -> AdapterWeights
     engine.refuse_adapters["bad"] = "unsupported"    # add_adapter("bad") raises, as vLLM would
@@ -128,6 +129,7 @@ class ScriptedEngine:
     reply: Callable[[str], str] = long_answer
     delay_s: float = 0.0  # per token
     abort_delay_s: float = 0.0  # how long aborting a request takes (a busy engine's is slow)
+    held: bool = False  # while True, running requests make no token (a paused engine)
     load: EngineLoad = field(default_factory=EngineLoad)
     requests: list[ScriptedRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
@@ -199,6 +201,8 @@ class ScriptedEngine:
             for count, token in enumerate(tokens, start=1):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
+                while self.held and self._alive:
+                    await asyncio.sleep(0.005)
                 if not self._alive:
                     raise EngineUnavailableError("the engine has stopped")
                 last = count == len(tokens)

@@ -252,7 +252,7 @@ def test_an_adapter_copied_in_is_served_without_a_restart_and_a_removed_one_stop
 def test_a_request_running_on_a_removed_adapter_finishes(serve, adapters_dir):
     write_adapter(adapters_dir / "leaving")
     server = serve()
-    server.engine.delay_s = 0.02  # about 6 s for the whole answer
+    server.engine.held = True  # the request stays running until the adapter is gone
     answers = []
     worker = threading.Thread(
         target=lambda: answers.append(generate(server.client, "leaving", max_new_tokens=300))
@@ -264,8 +264,8 @@ def test_a_request_running_on_a_removed_adapter_finishes(serve, adapters_dir):
         assert wait_for(lambda: "leaving" not in served_names(server.client), timeout=10)
         assert "leaving" in server.engine.adapters  # still loaded: a request runs on it
     finally:
+        server.engine.held = False
         worker.join(60)
-        server.engine.delay_s = 0.0
 
     (answer,) = answers
     assert answer.status_code == 200 and answer.json()["finish_reason"] == "length"
