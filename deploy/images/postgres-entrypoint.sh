@@ -7,9 +7,10 @@ bin=$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     password_file=$(mktemp)
     printf '%s\n' "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD is required}" > "$password_file"
-    # As the official image: trust on the local socket, passwords over the network.
+    # As the official image: UTF-8, trust on the local socket, passwords over the network.
+    # (Without a locale, initdb would make SQL_ASCII databases in this bare image.)
     "$bin/initdb" -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$password_file" \
-        --auth-local=trust --auth-host=scram-sha-256 \
+        --encoding=UTF8 --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 \
         >/dev/null
     rm -f "$password_file"
     echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"

@@ -40,7 +40,11 @@ class PostgresBackend(Backend):
             ) from err
         self.errors = (psycopg.Error,)
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            # UTF-8 whatever the database's own encoding: one created as SQL_ASCII (initdb's
+            # choice where no UTF-8 locale is set) would otherwise hand back bytes, not text.
+            return psycopg.connect(
+                self.url, autocommit=True, connect_timeout=10, client_encoding="UTF8"
+            )
         except psycopg.Error as err:
             raise StoreError(f"cannot connect to {self.description}: {one_line(err)}") from err
 

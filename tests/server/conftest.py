@@ -1,7 +1,8 @@
 """Feedback-store fixtures: every store test runs on SQLite and on PostgreSQL.
 
 PostgreSQL comes from ALPACA_TEST_DATABASE_URL, which `make test` and `make test-fast` set from
-scripts/test-deps (it starts a local PostgreSQL when none answers and prints the URL). Each test
+scripts/test-deps (it starts a local PostgreSQL when none answers and prints the URL; its role
+may create databases, which one test needs). Each test
 gets a fresh schema of its own in that database, dropped afterwards. Without the variable the
 PostgreSQL cases fail, saying how to get one: a run never passes by testing one backend only.
 """

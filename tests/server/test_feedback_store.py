@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -16,6 +18,7 @@ from server.feedback import (
     open_store,
 )
 from server.feedback.schema import MIGRATIONS
+from tests.server.conftest import postgres_base_url
 
 
 def make_generation(
@@ -517,6 +520,36 @@ def test_postgres_store_reconnects_after_its_connection_is_dropped(postgres_url)
         with pytest.raises(psycopg.OperationalError):
             store.generation_exists(["gen-1"])  # the call that finds the connection gone
         assert store.generation_exists(["gen-1"]) == {"gen-1"}
+
+
+def test_a_postgres_database_without_an_encoding_stores_and_finds_text_as_text():
+    """A database created as SQL_ASCII (what initdb makes where no UTF-8 locale is set, as in a
+    bare Debian image) hands psycopg bytes, not text, unless the store asks for UTF-8: then ids
+    never matched and every rating of a recorded generation was a 404."""
+    import psycopg
+
+    base = postgres_base_url()
+    name = f"test_ascii_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LOCALE 'C' TEMPLATE template0")
+    try:
+        url = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+        with open_store(url) as store:
+            store.record_generations(
+                [make_generation("gen-1", instruction="Où est Tōkyō? 東京", response="Au Japon.")]
+            )
+            assert store.generation_exists(["gen-1"]) == {"gen-1"}
+            store.save_rating(RatingFeedback("gen-1", "up", comment="très bien"))
+
+            [row] = store.export_rows()
+        assert (row["generation_id"], row["instruction"], row["comment"]) == (
+            "gen-1",
+            "Où est Tōkyō? 東京",
+            "très bien",
+        )
+    finally:
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.mark.parametrize(
