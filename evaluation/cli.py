@@ -7,7 +7,7 @@ Usage:
     alpaca-eval vote --comparison comparison.json --pair-id pair-000 --winner left \
         [--session-id alice]
     alpaca-eval judge --comparison comparison.json --judge-url http://127.0.0.1:8001 \
-        [--judge-model NAME]
+        [--judge-model NAME] [--concurrency 4] [--rejudge]
     alpaca-eval report --comparison comparison.json --chart report.png [--include-machine]
 
 Votes live in the feedback store of the server the comparison was built against (its URL is in
@@ -26,6 +26,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from evaluation.answers import MAX_ATTEMPTS
 from evaluation.datasets import DAVINCI_ANSWERS, EVALUATION_SET
 
 # The Alpaca evaluation set (user-oriented self-instruct instructions) and the reference side of
@@ -205,6 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask once per pair instead of twice with the answers swapped "
         "(half the cost, but position bias goes uncorrected)",
     )
+    judge.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="pairs judged at once; each pair's vote is sent to the store as soon as it is "
+        "decided (default: 4)",
+    )
+    judge.add_argument(
+        "--attempts",
+        type=int,
+        default=MAX_ATTEMPTS,
+        help="tries per request while the judge or the store answers 429 (busy) or 503 "
+        f"(unavailable), each after the wait its Retry-After asks for (default: {MAX_ATTEMPTS})",
+    )
+    judge.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="judge every pair again, replacing this judge's earlier votes (default: skip the "
+        "pairs it has voted on, so a rerun after a failure judges only the rest)",
+    )
     judge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _store_options(judge, STORE_HELP)
 
@@ -259,16 +280,22 @@ def _store_options(
     )
 
 
-def _open_store(args: argparse.Namespace, comparison: dict):
-    """A client of `--server-url`, or of the server the comparison was built with: the one whose
-    feedback store keeps the comparison's answers and votes."""
-    from client.api import AlpacaClient
+def _store_url(args: argparse.Namespace, comparison: dict) -> str:
+    """`--server-url`, or the server the comparison was built with: the one whose feedback store
+    keeps the comparison's answers and votes."""
     from evaluation.answers import EvaluationError
 
     url = args.server_url or comparison.get("server_url")
     if not url:
         raise EvaluationError(f"{args.comparison} names no server: pass --server-url")
-    return AlpacaClient(url, args.api_key, timeout_s=STORE_TIMEOUT_S)
+    return url
+
+
+def _open_store(args: argparse.Namespace, comparison: dict):
+    """A client of the comparison's feedback store (`_store_url`)."""
+    from client.api import AlpacaClient
+
+    return AlpacaClient(_store_url(args, comparison), args.api_key, timeout_s=STORE_TIMEOUT_S)
 
 
 def run_answer(args: argparse.Namespace) -> None:
@@ -349,24 +376,32 @@ def run_vote(args: argparse.Namespace) -> None:
 
 
 def run_judge(args: argparse.Namespace) -> None:
-    from evaluation.comparison import cast_vote, find_pair, judge_comparison, load_comparison
+    from evaluation.comparison import judge_comparison, load_comparison
 
     comparison = load_comparison(args.comparison)
-    with _open_store(args, comparison) as store:
-        store.comparisons_page(limit=1)  # reachable, key accepted: before the long part
-        judgement = judge_comparison(
-            comparison,
-            args.judge_url,
-            model=args.judge_model,
-            api_key=args.judge_api_key,
-            both_orders=not args.one_order,
-            progress=not args.no_progress,
-        )
-        for vote in judgement.votes:
-            cast_vote(store, find_pair(comparison, vote.pair_id), vote)
+    store_url = _store_url(args, comparison)
+    judgement = judge_comparison(
+        comparison,
+        args.judge_url,
+        store_url,
+        model=args.judge_model,
+        api_key=args.judge_api_key,
+        store_api_key=args.api_key,
+        both_orders=not args.one_order,
+        concurrency=args.concurrency,
+        attempts=args.attempts,
+        rejudge=args.rejudge,
+        progress=not args.no_progress,
+    )
     print(
         f"recorded {len(judgement.votes)} machine votes in the feedback store at "
-        f"{store.server_url}"
+        f"{store_url.rstrip('/')}"
+        + (
+            f"; {len(judgement.skipped)} pairs judged earlier by judge-{judgement.model} were "
+            "skipped (--rejudge asks again)"
+            if judgement.skipped
+            else ""
+        )
         + (
             f"; {len(judgement.inconsistent)} pairs were judged differently with the sides "
             "swapped and count as ties"

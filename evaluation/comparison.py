@@ -8,7 +8,7 @@ Usage:
         pair = find_pair(comparison, "pair-000")
         cast_vote(store, pair, Vote("pair-000", "left", "human", "alice"))
         votes = votes_in_store(store, comparison)
-    judged = judge_comparison(comparison, "http://127.0.0.1:8001", model="judge")
+    judged = judge_comparison(comparison, "http://127.0.0.1:8001", "http://127.0.0.1:8000")
 
 A comparison file is `{"labels": [label_a, label_b], "seed", "server_url", "pairs": [{"pair_id",
 "instruction", "input", "motivation_app", "left": {"output", "generation_id"}, "right": {...},
@@ -21,10 +21,17 @@ Votes live in the server's feedback store, as pairwise feedback on the generatio
 sides, written and read through `client.api.AlpacaClient`. Answers the server did not give itself
 (another model's file) are imported into the store first, so every side has an id there. A
 session voting again on a pair replaces its earlier vote.
+
+The automatic judge (`judge_comparison`) asks several pairs at once, sends each pair's vote to the
+store as soon as it is decided, and skips the pairs its session has already voted on, so a run
+that stops half-way (an error, a restart) loses nothing and a rerun judges only the rest. A busy
+(429) or unavailable (503) judge or store is asked again, up to `attempts` times per request,
+after the wait its Retry-After asks for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -32,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evaluation.answers import EvaluationError
+from evaluation.answers import MAX_ATTEMPTS, EvaluationError
 
 if TYPE_CHECKING:
-    from client.api import AlpacaClient
+    from client.api import AlpacaClient, AsyncAlpacaClient
+    from client.errors import APIRequestError
 
 WINNERS = ("left", "right", "tie", "both_bad")
 VOTERS = ("human", "machine")
@@ -205,11 +213,7 @@ def cast_vote(store: AlpacaClient, pair: dict[str, Any], vote: Vote) -> bool:
 def votes_in_store(store: AlpacaClient, comparison: dict[str, Any]) -> list[Vote]:
     """The store's votes on the pairs of `comparison` (one per session and pair), as left /
     right / tie / both_bad; votes on other generations are left out."""
-    pairs = {}
-    for pair in comparison["pairs"]:
-        ids = (pair["left"].get("generation_id"), pair["right"].get("generation_id"))
-        if None not in ids:
-            pairs[tuple(sorted(ids))] = pair
+    pairs = _pairs_by_generation_ids(comparison)
     votes = []
     for row in store.comparisons():
         pair = pairs.get(tuple(row["generation_ids"]))
@@ -229,54 +233,183 @@ def votes_in_store(store: AlpacaClient, comparison: dict[str, Any]) -> list[Vote
 
 @dataclass
 class Judgement:
-    """What an automatic judge made of a comparison."""
+    """What an automatic judge made of a comparison in one run."""
 
-    votes: list[Vote]
-    unreadable: list[str]  # pairs whose reply was not A, B or tie
+    model: str  # the judge's model; its votes are session `judge-MODEL`
+    votes: list[Vote]  # cast in this run, each sent to the store as soon as it was decided
+    unreadable: list[str]  # pairs whose reply was not A, B or tie (no vote: a rerun asks again)
     inconsistent: list[str]  # pairs judged differently once the sides were swapped (now ties)
+    skipped: list[str]  # pairs this judge had voted on already, not asked again
 
 
 def judge_comparison(
     comparison: dict[str, Any],
     judge_url: str,
+    store_url: str,
     *,
     model: str | None = None,
     api_key: str | None = None,
+    store_api_key: str | None = None,
     both_orders: bool = True,
     max_tokens: int = 8,
+    concurrency: int = 4,
+    attempts: int = MAX_ATTEMPTS,
+    rejudge: bool = False,
     progress: bool = True,
 ) -> Judgement:
-    """Ask an OpenAI-compatible chat endpoint which side of each pair is better, as machine
-    votes of session `judge-MODEL`.
+    """Ask an OpenAI-compatible chat endpoint which side of each pair is better, `concurrency`
+    pairs at a time, and send each verdict at once to the feedback store at `store_url` as a
+    machine vote of session `judge-MODEL`. Pairs that session has voted on are skipped unless
+    `rejudge`. Requests answered 429 or 503 are asked again, `attempts` times in all.
 
     With `both_orders` each pair is asked twice, the second time with the answers swapped, since
     judges favour one position: a side wins only if it wins both times, and a pair judged
-    differently in the two orders counts as a tie."""
+    differently in the two orders counts as a tie.
+
+    A request that still fails stops the run: pairs in progress finish and cast their votes,
+    no new pair starts, and EvaluationError says what failed and how many votes were kept."""
+    if concurrency < 1:
+        raise EvaluationError(f"--concurrency must be at least 1, got {concurrency}")
+    if attempts < 1:
+        raise EvaluationError(f"--attempts must be at least 1, got {attempts}")
+    for pair in comparison["pairs"]:
+        pairwise_feedback(pair, "tie")  # every side has a generation id, before any question
+    return asyncio.run(
+        _judge_all(
+            comparison,
+            judge_url,
+            store_url,
+            model=model,
+            api_key=api_key,
+            store_api_key=store_api_key,
+            both_orders=both_orders,
+            max_tokens=max_tokens,
+            concurrency=concurrency,
+            attempts=attempts,
+            rejudge=rejudge,
+            progress=progress,
+        )
+    )
+
+
+async def _judge_all(
+    comparison: dict[str, Any],
+    judge_url: str,
+    store_url: str,
+    *,
+    model: str | None,
+    api_key: str | None,
+    store_api_key: str | None,
+    both_orders: bool,
+    max_tokens: int,
+    concurrency: int,
+    attempts: int,
+    rejudge: bool,
+    progress: bool,
+) -> Judgement:
     from tqdm import tqdm
 
-    from client.api import AlpacaClient
+    from client.api import AsyncAlpacaClient, Retries
+    from client.errors import APIRequestError
 
-    judgement = Judgement([], [], [])
-    with AlpacaClient(_api_root(judge_url), api_key, timeout_s=300) as judge:
-        model = model or _first_model(judge)
-        for pair in tqdm(comparison["pairs"], desc="judging", unit="pair", disable=not progress):
-            winner = ask_judge(judge, model, pair, "left", "right", max_tokens)
-            if winner is not None and both_orders:
-                swapped = ask_judge(judge, model, pair, "right", "left", max_tokens)
-                if swapped is None:
-                    winner = None
-                elif swapped != winner:
-                    judgement.inconsistent.append(pair["pair_id"])
-                    winner = "tie"
-            if winner is None:
-                judgement.unreadable.append(pair["pair_id"])
-                continue
-            judgement.votes.append(Vote(pair["pair_id"], winner, "machine", f"judge-{model}"))
+    retries = Retries(attempts=attempts)
+    async with (
+        AsyncAlpacaClient(_api_root(judge_url), api_key, timeout_s=300, retries=retries) as judge,
+        AsyncAlpacaClient(store_url, store_api_key, timeout_s=60, retries=retries) as store,
+    ):
+        try:
+            # The store first: reachable, key accepted, and what is judged already.
+            await store.comparisons_page(limit=1)
+            model = model or await _first_model(judge)
+            session = f"judge-{model}"
+            done = set() if rejudge else await _judged_pairs(store, comparison, session)
+        except APIRequestError as err:
+            raise EvaluationError(_failure(err, attempts)) from err
+        judgement = Judgement(model, [], [], [], [])
+        judgement.skipped = [p["pair_id"] for p in comparison["pairs"] if p["pair_id"] in done]
+        todo = [pair for pair in comparison["pairs"] if pair["pair_id"] not in done]
+        slots = asyncio.Semaphore(concurrency)
+        failures: list[tuple[str, APIRequestError]] = []
+        bar = tqdm(total=len(todo), desc="judging", unit="pair", disable=not progress)
+
+        async def judge_pair(pair: dict[str, Any]) -> None:
+            async with slots:
+                if failures:
+                    return  # the run is stopping: start nothing new
+                try:
+                    winner = await _verdict(judge, model, pair, both_orders, max_tokens, judgement)
+                    if winner is not None:
+                        ids, stored_winner = pairwise_feedback(pair, winner)
+                        await store.send_comparison(ids, stored_winner, session, "machine")
+                        judgement.votes.append(Vote(pair["pair_id"], winner, "machine", session))
+                except APIRequestError as err:
+                    failures.append((pair["pair_id"], err))
+                bar.update(1)
+
+        try:
+            await asyncio.gather(*(judge_pair(pair) for pair in todo))
+        finally:
+            bar.close()
+    if failures:
+        pair_id, err = failures[0]
+        left = len(todo) - len(judgement.votes) - len(judgement.unreadable)
+        raise EvaluationError(
+            f"{pair_id}: {_failure(err, attempts)}; {len(judgement.votes)} votes of this run are "
+            f"in the store, {left} pairs are not judged: run the command again to judge them"
+        )
     return judgement
 
 
-def ask_judge(
-    judge: AlpacaClient,
+async def _verdict(
+    judge: AsyncAlpacaClient,
+    model: str,
+    pair: dict[str, Any],
+    both_orders: bool,
+    max_tokens: int,
+    judgement: Judgement,
+) -> str | None:
+    """The judge's winner for `pair` (left, right or tie), or None when a reply was unreadable;
+    notes unreadable and inconsistent pairs in `judgement`."""
+    winner = await ask_judge(judge, model, pair, "left", "right", max_tokens)
+    if winner is not None and both_orders:
+        swapped = await ask_judge(judge, model, pair, "right", "left", max_tokens)
+        if swapped is None:
+            winner = None
+        elif swapped != winner:
+            judgement.inconsistent.append(pair["pair_id"])
+            winner = "tie"
+    if winner is None:
+        judgement.unreadable.append(pair["pair_id"])
+    return winner
+
+
+async def _judged_pairs(
+    store: AsyncAlpacaClient, comparison: dict[str, Any], session: str
+) -> set[str]:
+    """The ids of the pairs of `comparison` that `session` has a machine vote on in the store."""
+    pairs = _pairs_by_generation_ids(comparison)
+    judged = set()
+    async for row in store.comparisons():
+        pair = pairs.get(tuple(row["generation_ids"]))
+        if pair is not None and row["voter"] == "machine" and row["session_id"] == session:
+            judged.add(pair["pair_id"])
+    return judged
+
+
+def _failure(err: APIRequestError, attempts: int) -> str:
+    """A failed request, in words; a busy or unavailable server says that it was asked again."""
+    from client.api import RETRY_STATUSES
+
+    if err.status in RETRY_STATUSES:
+        return (
+            f"the server at {err.server_url} still answered {err.status} to {err.request} "
+            f"after {attempts} attempts ({err.message})"
+        )
+    return str(err)
+
+
+async def ask_judge(
+    judge: AsyncAlpacaClient,
     model: str,
     pair: dict[str, Any],
     first: str,
@@ -291,7 +424,7 @@ def ask_judge(
         left=pair[first]["output"],
         right=pair[second]["output"],
     )
-    reply = judge.chat_completion(
+    reply = await judge.chat_completion(
         [{"role": "user", "content": prompt}], model, temperature=0, max_tokens=max_tokens
     )
     verdict = parse_judgement(reply["choices"][0]["message"]["content"] or "")
@@ -321,11 +454,11 @@ def _api_root(judge_url: str) -> str:
     return judge_url.rstrip("/").removesuffix("/v1")
 
 
-def _first_model(judge: AlpacaClient) -> str:
+async def _first_model(judge: AsyncAlpacaClient) -> str:
     from client.errors import APIRequestError
 
     try:
-        models = judge.models()
+        models = await judge.models()
     except APIRequestError as err:
         if err.status is None:  # not reachable: say so, not that it lists no models
             raise
@@ -333,6 +466,16 @@ def _first_model(judge: AlpacaClient) -> str:
     if not models:
         raise EvaluationError("the judge lists no models at /v1/models; pass --judge-model")
     return models[0]["id"]
+
+
+def _pairs_by_generation_ids(comparison: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The pairs of `comparison` by their two generation ids, sorted (as the store lists votes)."""
+    pairs = {}
+    for pair in comparison["pairs"]:
+        ids = (pair["left"].get("generation_id"), pair["right"].get("generation_id"))
+        if None not in ids:
+            pairs[tuple(sorted(ids))] = pair
+    return pairs
 
 
 def _side(answer: dict[str, Any]) -> dict[str, Any]:

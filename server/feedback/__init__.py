@@ -15,7 +15,8 @@ Modules, each owning one thing:
     postgres.py   the PostgreSQL backend (several server replicas)
     store.py      FeedbackStore and open_store: every read and write, one transaction each
     recorder.py   GenerationRecorder: finished generations written in batches, off the request path
-    export.py     `alpaca-export`: rated generations as JSON lines of Alpaca records
+    training_data.py  sft_records, dpo_pairs: training data chosen from the feedback, with counts
+    export.py     `alpaca-export`: rated generations as JSON lines (feedback, sft or dpo)
 """
 
 from server.feedback.recorder import GenerationRecorder

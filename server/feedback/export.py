@@ -1,16 +1,26 @@
-"""`alpaca-export`: write rated generations as JSON lines of Alpaca records plus their feedback.
+"""`alpaca-export`: write rated generations as JSON lines of Alpaca records plus their feedback,
+or training data chosen from the feedback (SFT records, DPO preference pairs).
 
 Usage:
     alpaca-export --out feedback.jsonl                      # the server's store, as it finds it
     alpaca-export --database postgresql://alpaca:...@db:5432/alpaca --include-unrated > all.jsonl
     alpaca-export --data-dir /backups/alpaca --out feedback.jsonl   # alpaca.sqlite3 in a folder
+    alpaca-export --format sft --out sft.jsonl              # for alpaca-train --data sft.jsonl
+    alpaca-export --format dpo [--include-machine] --out pairs.jsonl
 
 Without --database or --data-dir it reads the store the server uses, through the server's own
 settings: ALPACA_DATABASE_URL when set, else alpaca.sqlite3 in ALPACA_DATA_DIR (default
 ~/.local/share/alpaca-serve). So in the server's container a bare `alpaca-export` finds it.
 
-Each line has `instruction`, `input`, `output` (so `training.data.load_records` reads the file
-as it is), then the rating, comment, flag, preferred response and the generation's details.
+Formats (--format):
+    feedback  (the default) one line per (generation, rating): `instruction`, `input`, `output`
+              (so `training.data.load_records` reads the file as it is), then the rating,
+              comment, flag, preferred response and the generation's details.
+    sft       `{instruction, input, output}`: answers rated up, and every preferred response.
+    dpo       `{prompt, chosen, rejected}`: people's pairwise votes (winner over loser, resolved
+              by majority) and preferred responses over the answers they correct; the prompt is
+              the text the engine received. What is kept and why: server/feedback/training_data.py.
+For sft and dpo the summary on standard error counts what was kept and left out, by reason.
 Generations sent as raw prompts are left out: they have no instruction.
 """
 
@@ -21,6 +31,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -32,7 +43,10 @@ from server.feedback.store import (
     default_database_url,
     open_store,
 )
+from server.feedback.training_data import Selection, dpo_pairs, sft_records
 from server.settings import StoreSettings
+
+FORMATS = ("feedback", "sft", "dpo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--include-unrated",
         action="store_true",
-        help="also write generations nobody rated, with rating null",
+        help="also write generations nobody rated, with rating null (--format feedback only)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="feedback",
+        help="feedback: every (generation, rating) with all its details (the default); "
+        "sft: Alpaca records {instruction, input, output} of answers rated up and of preferred "
+        "responses, for alpaca-train; dpo: preference pairs {prompt, chosen, rejected} from "
+        "people's pairwise votes and preferred responses",
+    )
+    parser.add_argument(
+        "--include-machine",
+        action="store_true",
+        help="--format dpo: also count the votes of an automatic judge (alpaca-eval judge), "
+        "which are left out by default",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
@@ -72,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_options(args)
         url, data_dir = database_location(args, StoreSettings())
         if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
             # Opening would create an empty store; an export should not create anything.
@@ -80,19 +110,45 @@ def main(argv: list[str] | None = None) -> int:
                 "--data-dir, or let the server record generations first)"
             )
         with open_store(url) as store:
+            selection = select(store, args)
+            rows = (
+                store.export_rows(args.include_unrated) if selection is None else selection.records
+            )
             if args.out is None:
                 sys.stdout.reconfigure(encoding="utf-8")  # JSON lines are UTF-8 whatever the locale
-                count = write_rows(store, sys.stdout, args.include_unrated)
+                count = write_rows(rows, sys.stdout)
             else:
-                count = write_file(store, args.out, args.include_unrated)
+                count = write_file(rows, args.out)
     except (ValueError, StoreError, OSError) as err:
         print(f"alpaca-export: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    noun = "record" if count == 1 else "records"
-    print(
-        f"alpaca-export: wrote {count} {noun} to {args.out or 'standard output'}", file=sys.stderr
-    )
+    print(f"alpaca-export: {describe(args, count, selection)}", file=sys.stderr)
     return 0
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options that do not go with the chosen format."""
+    if args.include_unrated and args.format != "feedback":
+        raise ValueError(f"--include-unrated goes with --format feedback, not {args.format}")
+    if args.include_machine and args.format != "dpo":
+        raise ValueError(f"--include-machine goes with --format dpo, not {args.format}")
+
+
+def select(store: FeedbackStore, args: argparse.Namespace) -> Selection | None:
+    """The training data the format asks for; None for the feedback format (written as read)."""
+    if args.format == "sft":
+        return sft_records(store)
+    if args.format == "dpo":
+        return dpo_pairs(store, include_machine=args.include_machine)
+    return None
+
+
+def describe(args: argparse.Namespace, count: int, selection: Selection | None) -> str:
+    """The line that ends an export: how many written where, and for sft and dpo, why."""
+    nouns = {"feedback": "record", "sft": "sft record", "dpo": "dpo pair"}
+    noun = nouns[args.format] + ("" if count == 1 else "s")
+    line = f"wrote {count} {noun} to {args.out or 'standard output'}"
+    return line if selection is None else f"{line}: {selection.summary()}"
 
 
 def database_location(args: argparse.Namespace, settings: StoreSettings) -> tuple[str, Path | None]:
@@ -106,13 +162,13 @@ def database_location(args: argparse.Namespace, settings: StoreSettings) -> tupl
     return default_database_url(data_dir), data_dir
 
 
-def write_file(store: FeedbackStore, out: Path, include_unrated: bool) -> int:
-    """Write the export to a temporary file beside `out`, then move it into place."""
+def write_file(rows: Iterable[dict], out: Path) -> int:
+    """Write `rows` to a temporary file beside `out`, then move it into place; returns how many."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            count = write_rows(store, stream, include_unrated)
+            count = write_rows(rows, stream)
         os.replace(temporary, out)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -120,10 +176,10 @@ def write_file(store: FeedbackStore, out: Path, include_unrated: bool) -> int:
     return count
 
 
-def write_rows(store: FeedbackStore, stream: TextIO, include_unrated: bool) -> int:
+def write_rows(rows: Iterable[dict], stream: TextIO) -> int:
     """Write one JSON object per line; returns how many."""
     count = 0
-    for row in store.export_rows(include_unrated=include_unrated):
+    for row in rows:
         stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         count += 1
     return count

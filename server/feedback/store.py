@@ -7,6 +7,7 @@ Usage:
     row_id, created = store.save_rating(RatingFeedback("gen-1", "up", session_id="s-42"))
     store.summary()                     # thumbs and flags per model, pairwise wins
     store.list_comparisons(after=0)     # every pairwise vote, oldest first, a page at a time
+    store.generations_by_id(["gen-1"])  # {"gen-1": {"prompt", "response", ...}}
     for row in store.export_rows():     # Alpaca records (instruction, input, output) + feedback
         ...
     store.close()
@@ -133,6 +134,23 @@ class FeedbackStore:
         """The subset of `ids` that the store has recorded."""
         with self._transaction(write=False) as tx:
             return _existing_ids(tx, ids)
+
+    def generations_by_id(self, ids: list[str]) -> dict[str, dict]:
+        """The recorded generations among `ids`, by id: each a dict of the generations table's
+        columns (id, created_at, model, params, instruction, input, prompt, response, ...)."""
+        found: dict[str, dict] = {}
+        with self._transaction(write=False) as tx:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                for row in tx.rows(
+                    f"SELECT {', '.join(GENERATION_COLUMNS)} FROM generations "
+                    f"WHERE id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    generation = dict(zip(GENERATION_COLUMNS, row, strict=True))
+                    generation["params"] = _json_value(generation["params"])
+                    generation["filter_verdicts"] = _json_value(generation["filter_verdicts"])
+                    found[generation["id"]] = generation
+        return found
 
     def save_rating(self, fb: RatingFeedback) -> tuple[int, bool]:
         """Store a rating; returns (row id, created). With a session id, a later rating of the

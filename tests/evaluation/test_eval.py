@@ -333,7 +333,7 @@ def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_peop
 
     assert "recorded 20 machine votes" in result.stdout, result.stdout
     assert len(FakeJudge.prompts) == 40  # each pair twice, the sides swapped
-    assert pairs[0]["instruction"] in FakeJudge.prompts[0]
+    assert any(pairs[0]["instruction"] in prompt for prompt in FakeJudge.prompts)
     human_only = alpaca_eval("report", "--comparison", path).stdout
     both = alpaca_eval("report", "--comparison", path, "--include-machine").stdout
     assert "Human votes: 0 votes" in human_only and "MACHINE VOTES" not in human_only
@@ -343,10 +343,11 @@ def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_peop
     summary = tiny_server.client.get("/feedback/summary").json()
     assert any("davinci" in (r["model_a"], r["model_b"]) for r in summary["pairwise_machine"])
 
-    # A judge that always picks the first answer shown is caught out by the swap: all ties.
+    # Judged again (--rejudge), a judge that always picks the first answer shown is caught out
+    # by the swap: all ties.
     FakeJudge.decide = staticmethod(lambda prompt: "A")
     biased = alpaca_eval(
-        "judge", "--comparison", path, "--judge-url", fake_judge, "--no-progress"
+        "judge", "--comparison", path, "--judge-url", fake_judge, "--rejudge", "--no-progress"
     ).stdout
     assert "20 pairs were judged differently with the sides swapped" in biased
     assert machine_row(
@@ -354,7 +355,14 @@ def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_peop
     ) == (0, 20, 0, 0)
     # Asked once, its position bias goes straight into the votes (they replace the earlier).
     alpaca_eval(
-        "judge", "--comparison", path, "--judge-url", fake_judge, "--one-order", "--no-progress"
+        "judge",
+        "--comparison",
+        path,
+        "--judge-url",
+        fake_judge,
+        "--one-order",
+        "--rejudge",
+        "--no-progress",
     )
     left_is_tiny = sum(p["left_is"] == "a" for p in pairs)
     assert machine_row(

@@ -1,0 +1,249 @@
+"""`alpaca-export --format sft|dpo`: training data chosen from what people said about answers the
+server really gave, on SQLite and on PostgreSQL, and counted by what was kept and left out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from server.feedback import default_database_url
+from server.feedback.export import main
+from tests.conftest import ROOT, start_server
+from training.data import AlpacaRecord
+from training.prompts import format_prompt
+from training.train import load_training_records
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def served(request, tmp_path):
+    """A fresh server on the scripted engine, its store empty (a SQLite file in its data folder,
+    or a PostgreSQL schema of its own), and the URL of that store."""
+    env = {}
+    if request.param == "postgresql":
+        env["ALPACA_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    server = start_server(request, "scripted", env, tmp_path)
+    try:
+        yield server, env.get("ALPACA_DATABASE_URL") or default_database_url(server.data_dir)
+    finally:
+        server.stop()
+
+
+def answer(server, instruction: str, input: str = "", max_new_tokens: int = 4) -> str:
+    """Ask the server; the generation id of its answer (the engine's answer is cut at
+    `max_new_tokens` words, so two lengths give two different answers)."""
+    response = server.client.post(
+        "/generate",
+        json={"instruction": instruction, "input": input, "max_new_tokens": max_new_tokens},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def rate(server, generation_id: str, rating: str, session: str, preferred: str | None = None):
+    body = {"generation_id": generation_id, "rating": rating, "session_id": session}
+    if preferred is not None:
+        body["preferred_response"] = preferred
+    response = server.client.post("/feedback", json=body)
+    assert response.status_code == 201, response.text
+
+
+def vote(server, pair: tuple[str, str], winner: str, session: str, voter: str = "human"):
+    body = {"generation_ids": list(pair), "winner": winner, "session_id": session, "voter": voter}
+    response = server.client.post("/feedback", json=body)
+    assert response.status_code == 201, response.text
+
+
+def two_answers(server, instruction: str, input: str = "") -> tuple[str, str]:
+    return answer(server, instruction, input, 3), answer(server, instruction, input, 6)
+
+
+def stored(server, url: str, generation_id: str) -> dict:
+    """The generation as the store has it."""
+    from server.feedback import open_store
+
+    with open_store(url) as store:
+        return store.generations_by_id([generation_id])[generation_id]
+
+
+def export(url: str, out, *options: str, capsys) -> tuple[list[dict], str]:
+    """Run alpaca-export in this process: the lines written and the summary on stderr."""
+    assert main(["--database", url, "--out", str(out), *options]) == 0
+    err = capsys.readouterr().err.strip()
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()], err
+
+
+def test_sft_keeps_answers_rated_up_and_preferred_responses_but_not_answers_rated_down(
+    served, tmp_path, capsys
+):
+    server, url = served
+    liked = answer(server, "Name a planet.")
+    corrected = answer(server, "Name a colour.", "something warm")
+    disliked = answer(server, "Name a river.")
+    disputed = answer(server, "Name a mountain.")
+    answer(server, "Name a sea.")  # nobody rates it
+    rate(server, liked, "up", "alice")
+    rate(server, liked, "up", "bob")  # a second up: still one record
+    rate(server, corrected, "down", "alice", preferred="Red, like a fire.")
+    rate(server, corrected, "down", "bob", preferred="Red, like a fire.")  # the same correction
+    for session, rating in [("alice", "up"), ("bob", "down"), ("carol", "down")]:
+        rate(server, disliked, rating, session)
+    rate(server, disputed, "up", "alice")
+    rate(server, disputed, "down", "bob")
+    out = tmp_path / "sft.jsonl"
+
+    rows, summary = export(url, out, "--format", "sft", capsys=capsys)
+
+    assert rows == [
+        {
+            "instruction": "Name a planet.",
+            "input": "",
+            "output": stored(server, url, liked)["response"],
+        },
+        {"instruction": "Name a colour.", "input": "something warm", "output": "Red, like a fire."},
+    ]
+    assert summary == (
+        f"alpaca-export: wrote 2 sft records to {out}: 1 answer rated up, 1 preferred response; "
+        "dropped: 2 answers rated down, 1 answer rated up and down equally, 1 duplicate"
+    )
+    # alpaca-train's reader takes the file as it is.
+    records, skipped = load_training_records(out, skip_invalid=False)
+    assert skipped == 0
+    assert records == [AlpacaRecord(**row) for row in rows]
+
+
+def test_dpo_pairs_come_from_votes_by_majority_and_from_preferred_responses(
+    served, tmp_path, capsys
+):
+    server, url = served
+    majority = two_answers(server, "Summarise the text.", "Cats sleep a lot.")
+    unanimous = two_answers(server, "Name a planet.")
+    tied = two_answers(server, "Name a colour.")
+    both_bad = two_answers(server, "Name a river.")
+    split = two_answers(server, "Name a mountain.")
+    for session, winner in [("alice", 0), ("bob", 0), ("carol", 1)]:
+        vote(server, majority, majority[winner], session)
+    vote(server, unanimous, unanimous[1], "alice")
+    vote(server, tied, "tie", "alice")
+    vote(server, tied, "tie", "bob")
+    vote(server, both_bad, "both_bad", "alice")
+    vote(server, split, split[0], "alice")
+    vote(server, split, split[1], "bob")
+    corrected = answer(server, "Translate to French.", "good morning")
+    rate(server, corrected, "down", "alice", preferred="Bonjour.")
+    out = tmp_path / "dpo.jsonl"
+
+    rows, summary = export(url, out, "--format", "dpo", capsys=capsys)
+
+    def pair(chosen: str, rejected: str) -> dict:
+        first, second = stored(server, url, chosen), stored(server, url, rejected)
+        return {
+            "prompt": first["prompt"],
+            "chosen": first["response"],
+            "rejected": second["response"],
+        }
+
+    assert rows == [
+        pair(majority[0], majority[1]),
+        pair(unanimous[1], unanimous[0]),
+        {
+            "prompt": stored(server, url, corrected)["prompt"],
+            "chosen": "Bonjour.",
+            "rejected": stored(server, url, corrected)["response"],
+        },
+    ]
+    assert summary == (
+        f"alpaca-export: wrote 3 dpo pairs to {out}: 1 unanimous vote, "
+        "1 conflict resolved by majority, 1 preferred response; dropped: 1 tie, 1 both bad, "
+        "1 conflict unresolved (even split)"
+    )
+    # The prompt is exactly what the engine was sent: the Alpaca template, with the input.
+    sent = {request.request_id: request.prompt for request in server.engine.requests}
+    assert rows[0]["prompt"] == sent[majority[0]] == sent[majority[1]]
+    assert rows[0]["prompt"] == format_prompt("Summarise the text.", "Cats sleep a lot.")
+    assert (
+        rows[2]["prompt"]
+        == sent[corrected]
+        == format_prompt("Translate to French.", "good morning")
+    )
+
+
+def test_machine_votes_are_left_out_unless_asked_for(served, tmp_path, capsys):
+    server, url = served
+    judged_only = two_answers(server, "Name a planet.")
+    both = two_answers(server, "Name a colour.")
+    vote(server, judged_only, judged_only[0], "judge-fake", voter="machine")
+    vote(server, both, both[0], "alice")
+    vote(server, both, both[1], "judge-fake", voter="machine")  # disagrees with alice
+
+    people, people_summary = export(
+        url, tmp_path / "people.jsonl", "--format", "dpo", capsys=capsys
+    )
+    everyone, everyone_summary = export(
+        url, tmp_path / "all.jsonl", "--format", "dpo", "--include-machine", capsys=capsys
+    )
+
+    chosen = stored(server, url, both[0])["response"]
+    assert [row["chosen"] for row in people] == [chosen]
+    assert people_summary.endswith(": 1 unanimous vote; dropped: 2 machine votes")
+    # With the judge's votes: its pair is kept, and the pair it disputes splits evenly.
+    assert [row["chosen"] for row in everyone] == [stored(server, url, judged_only[0])["response"]]
+    assert everyone_summary.endswith(
+        ": 1 unanimous vote; dropped: 1 conflict unresolved (even split)"
+    )
+
+
+def test_the_default_format_is_still_one_line_per_rating_with_its_details(served, tmp_path, capsys):
+    server, url = served
+    generation_id = answer(server, "Name a planet.")
+    rate(server, generation_id, "down", "alice", preferred="Mars.")
+
+    rows, summary = export(url, tmp_path / "feedback.jsonl", capsys=capsys)
+
+    [row] = rows
+    assert (row["generation_id"], row["rating"], row["preferred_response"]) == (
+        generation_id,
+        "down",
+        "Mars.",
+    )
+    assert summary == f"alpaca-export: wrote 1 record to {tmp_path / 'feedback.jsonl'}"
+
+
+def run_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server.feedback.export", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--format", "csv"], "argument --format: invalid choice: 'csv'"),
+        (["--format", "sft", "--include-machine"], "--include-machine goes with --format dpo"),
+        (["--format", "dpo", "--include-unrated"], "--include-unrated goes with --format feedback"),
+    ],
+)
+def test_a_format_or_option_that_does_not_fit_is_one_error_line_and_status_2(
+    tmp_path, options, message
+):
+    result = run_export("--data-dir", str(tmp_path), *options)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if not line.startswith(("usage:", " "))]
+    assert len(errors) == 1 and errors[0].startswith("alpaca-export: error: ")
+    assert message in errors[0]
+    assert not (tmp_path / "alpaca.sqlite3").exists()
+
+
+def test_help_explains_the_formats():
+    result = run_export("--help")
+
+    for words in ("--format", "feedback", "sft", "dpo", "--include-machine", "preference pairs"):
+        assert words in result.stdout
