@@ -243,6 +243,7 @@ def test_a_judge_that_stays_busy_is_given_up_after_the_attempts_in_one_line(
     assert machine_votes(scripted_server.url, path) == {}
 
 
+@pytest.mark.slow  # waits out a real rate limit: several seconds
 def test_a_rate_limited_store_is_waited_out_and_gets_every_vote(request, judge, tmp_path, capsys):
     judge_url, _ = judge
     store = start_server(
