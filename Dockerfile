@@ -23,6 +23,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 ALPACA_ENGINE=cpu
 # then the whole tree; deploy/build-extras holds an optional CA bundle (ca.pem) and wheels
 # (wheels/), used in this stage only.
 COPY pyproject.toml README.md /src/
+COPY constraints /src/constraints
 COPY scripts /src/scripts
 COPY deploy/build-extras /src/deploy/build-extras
 RUN cd /src && . scripts/build-extras && scripts/install /opt/venv demo
@@ -60,6 +61,7 @@ ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CH
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md /src/
+COPY constraints /src/constraints
 COPY scripts /src/scripts
 COPY deploy/build-extras /src/deploy/build-extras
 RUN cd /src && . scripts/build-extras && PYTHON=python3 scripts/install /opt/venv demo

@@ -7,16 +7,20 @@ Run with `make test-stack` (`.ci/run` does); it needs a Docker engine and builds
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import threading
 
 import httpx
 import pytest
 
 from tests.conftest import ROOT, wait_for
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow]
+# Building the image and loading engines take many minutes on a busy machine: far past the
+# suite's per-test limit, which the fixture's first test pays for.
+pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 API = "http://127.0.0.1:8000"
 DEMO = "http://127.0.0.1:7860"
@@ -187,6 +191,131 @@ def test_the_postgres_profile_keeps_feedback_in_postgresql_across_restarts(stack
     finally:
         # Back to the default stack (SQLite in the data volume) for the tests after this one.
         compose("up")
+
+
+BALANCER = "http://127.0.0.1:8080"  # the replicas profile's HAProxy
+
+
+class SteadyLoad:
+    """`clients` threads sending short `POST /generate` through the balancer, back to back, until
+    stopped. A 502 or 503 is retried once, as a client of a load-balanced service would; every
+    first answer and every retried one is kept."""
+
+    def __init__(self, clients: int = 4):
+        self.first: list[int] = []  # the first answer's status of each request
+        self.final: list[int] = []  # the status the client ends with, after at most one retry
+        self.replicas: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+
+    def _send(self, client: httpx.Client, i: int) -> int:
+        try:
+            response = client.post(
+                f"{BALANCER}/generate",
+                json={"instruction": f"Count to {i}.", "max_new_tokens": 16, "temperature": 0},
+            )
+        except httpx.TransportError:
+            return 0
+        if response.status_code == 200:
+            self.replicas.append(response.headers.get("x-replica", "?"))
+        return response.status_code
+
+    def _run(self, i: int) -> None:
+        with httpx.Client(timeout=120) as client:
+            while not self._stop.is_set():
+                status = self._send(client, i)
+                self.first.append(status)
+                if status in (0, 502, 503):
+                    status = self._send(client, i)
+                self.final.append(status)
+
+    def __enter__(self) -> SteadyLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(180)
+
+    def figures(self) -> str:
+        failed = sum(1 for status in self.first if status != 200)
+        return (
+            f"{len(self.first)} requests, {failed} failed at first "
+            f"({sorted(set(self.first) - {200})}), "
+            f"{sum(1 for status in self.final if status != 200)} failed after one retry"
+        )
+
+
+def wait_until_healthy(service: str, timeout: float = 900) -> None:
+    def healthy() -> bool:
+        status = docker("inspect", "-f", "{{.State.Health.Status}}", container_of(service))
+        return status == "healthy"
+
+    assert wait_for(healthy, timeout, 2), f"{service} did not come back healthy"
+
+
+def through_replica(service: str, method: str, path: str, body: dict | None = None) -> dict:
+    """A request to one replica from inside its container (the replicas publish no port)."""
+    script = (
+        "import json, sys, urllib.request\n"
+        f"request = urllib.request.Request('http://127.0.0.1:8000{path}', method={method!r},\n"
+        "    data=sys.argv[1].encode() or None, headers={'Content-Type': 'application/json'})\n"
+        "print(urllib.request.urlopen(request, timeout=120).read().decode())\n"
+    )
+    body_text = json.dumps(body) if body is not None else ""
+    return json.loads(docker("exec", container_of(service), "python", "-c", script, body_text))
+
+
+def test_replicas_behind_the_balancer_survive_a_kill_and_a_rolling_restart(stack, capsys):
+    compose("up", "replicas")
+    report = []
+    try:
+        # Both replicas answer through the balancer.
+        with SteadyLoad() as load:
+            assert wait_for(lambda: {"replica-a", "replica-b"} <= set(load.replicas), 120, 1)
+        assert set(load.final) == {200}, load.figures()
+        report.append(f"warm-up: {load.figures()}")
+
+        # (a) One replica killed under load: only requests in flight on it may fail, and each
+        # of those gets its answer when retried once.
+        with SteadyLoad() as load:
+            assert wait_for(lambda: len(load.final) >= 8, 120, 0.5)
+            docker("kill", container_of("replica-a"))
+            served = len(load.final)
+            assert wait_for(lambda: len(load.final) >= served + 16, 180, 0.5)
+        assert set(load.final) == {200}, load.figures()
+        assert sum(1 for status in load.first if status != 200) <= 4, load.figures()
+        report.append(f"kill one replica: {load.figures()}")
+        docker("start", container_of("replica-a"))
+        wait_until_healthy("replica-a")
+
+        # (b) A rolling restart: each replica drains on SIGTERM, the balancer stops sending it
+        # work once it is not ready, and no request is lost.
+        with SteadyLoad() as load:
+            for service in ("replica-a", "replica-b"):
+                compose("restart", service)
+                wait_until_healthy(service)
+            assert wait_for(lambda: "replica-a" in load.replicas[-20:], 120, 1)
+        assert set(load.first) == {200}, load.figures()
+        report.append(f"rolling restart: {load.figures()}")
+
+        # (c) One database: feedback written through one replica is read through the other.
+        answer = through_replica(
+            "replica-a", "POST", "/generate", {"instruction": "Name a fruit.", "max_new_tokens": 4}
+        )
+        saved = through_replica(
+            "replica-b", "POST", "/feedback", {"generation_id": answer["id"], "rating": "up"}
+        )
+        assert saved["id"]
+        summary = through_replica("replica-a", "GET", "/feedback/summary")
+        assert summary["models"]["SmolLM2-135M-Instruct"]["up"] >= 1
+    finally:
+        with capsys.disabled():
+            print("\nreplicas behind HAProxy, 4 clients of short /generate requests:")
+            print("\n".join(f"  {line}" for line in report))
+        compose("rm", "-sf", "replica-a", "replica-b", "balancer")
 
 
 def test_compose_down_leaves_no_container(stack):
