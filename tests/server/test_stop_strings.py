@@ -112,13 +112,15 @@ def reference_cut(text: str, stops: list[str]) -> tuple[str, bool]:
 )
 def test_any_split_of_any_text_gives_what_cutting_the_whole_text_gives(pieces, stops):
     matcher = StopMatcher(stops)
-    released, matched = [], False
+    released, matched, fed = [], False, ""
     for piece in pieces:
         text, matched = matcher.feed(piece)
         released.append(text)
+        fed += piece
         if matched:
             break
-        # Held back: only a tail that begins a stop string.
+        # Held back: only the tail, and only when it begins a stop string.
+        assert "".join(released) + matcher.held == fed
         assert not matcher.held or any(stop.startswith(matcher.held) for stop in stops)
     else:
         released.append(matcher.finish())
