@@ -18,7 +18,8 @@ Each client sends `--requests-per-client` requests one after the other; prompt k
 the Alpaca-formatted instruction k of the list (cycling), so both phases generate the same text.
 Decoding is greedy (temperature 0) with `--max-new-tokens`; as end-of-sequence cannot be ignored,
 completion tokens are counted from what was generated (engine: the pieces; http: the final
-event's usage). Both phases stop at the Alpaca section headers, as the server always does.
+event's usage). Both phases stop at the Alpaca section headers, as the server always does: the
+engine phase matches them as the server does (server/stop_strings.py), the engine is given none.
 
 Phases run in the order engine, http, engine, http, ... (`--rounds` times each), each after a
 couple of uncounted warm-up requests. Reported per phase: output tokens/s (completion tokens of
@@ -111,16 +112,16 @@ class Workload:
 
 def _sampling_options(max_new_tokens: int):
     from server.engine import SamplingOptions
-    from training.prompts import SECTION_HEADERS
 
-    # What the server builds from the http phase's body (see server/pipeline.py).
+    # What the server gives the engine for the http phase's body (see server/pipeline.py): no
+    # stop strings, which it matches itself.
     return SamplingOptions(
         max_new_tokens=max_new_tokens,
         temperature=0.0,
         top_p=1.0,
         top_k=0,
         repetition_penalty=1.0,
-        stop=tuple(SECTION_HEADERS),
+        stop=(),
         seed=None,
     )
 
@@ -134,18 +135,27 @@ class EngineClient:
         self._count = 0
 
     async def request(self, instruction: str) -> RequestResult:
-        from training.prompts import format_prompt
+        from server.stop_strings import StopMatcher
+        from training.prompts import SECTION_HEADERS, format_prompt
 
         self._count += 1
         request_id = f"bench-engine-{self._count}-{time.monotonic_ns()}"
         start = time.perf_counter()
         ttft = None
         tokens = 0
+        stops = StopMatcher(SECTION_HEADERS)
         prompt_ids = self.engine.tokenize(format_prompt(instruction))
-        async for piece in self.engine.generate(prompt_ids, self.options, request_id):
-            if ttft is None and piece.text:
-                ttft = time.perf_counter() - start
-            tokens = piece.completion_tokens
+        pieces = self.engine.generate(prompt_ids, self.options, request_id)
+        try:
+            async for piece in pieces:
+                text, stopped = stops.feed(piece.text)
+                if ttft is None and text:
+                    ttft = time.perf_counter() - start
+                tokens = piece.completion_tokens
+                if stopped:
+                    break
+        finally:
+            await pieces.aclose()  # after a stop string: aborts the request, as the server does
         return RequestResult(ttft, tokens, time.perf_counter() - start)
 
 

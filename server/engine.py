@@ -43,6 +43,8 @@ class SamplingOptions:
     top_p: float
     top_k: int
     repetition_penalty: float
+    # The answer ends before any of these. The server's generations pass none to the engine and
+    # match them as the text comes (server/stop_strings.py): vLLM would delay every piece.
     stop: tuple[str, ...]
     seed: int | None
     presence_penalty: float = 0.0  # -2 to 2, as OpenAI's

@@ -19,8 +19,9 @@ The steps, in the order a request takes them:
     3. input filters the content filters' verdict on the request (Refusal("blocked"))
     4. a slot        waiting in the queue until a generation slot is free, within the deadline
     5. engine        `Generation.run()`: the engine's pieces become the answer as the client sees
-                     it (stripped, no broken characters), checked by the output filters after
-                     each piece, cut at the deadline or when the server stops waiting
+                     it (stripped, no broken characters, ended before a stop string, which the
+                     server matches itself: server/stop_strings.py), checked by the output
+                     filters after each piece, cut at the deadline or when the server stops waiting
     6. record        the finished generation goes to the generation log (the feedback store)
 
 `/generate` and the OpenAI-compatible `/v1` routes only translate HTTP to this module and back:
@@ -56,6 +57,7 @@ from server.filters import FilterChain, FilterInput, FilterOutcome, Verdict
 from server.metrics import ModelMetrics, ServerMetrics
 from server.schemas import GenerateRequest
 from server.settings import ServerSettings
+from server.stop_strings import StopMatcher
 from training.prompts import SECTION_HEADERS, format_prompt
 
 log = logging.getLogger("alpaca.server")
@@ -334,6 +336,7 @@ class Pipeline:
             top_k=body.top_k,
             repetition_penalty=body.repetition_penalty,
             # Also stop before a template header, so an answer never runs on into a new section.
+            # Generation.run matches these itself; the engine is given none.
             stop=tuple(dict.fromkeys([*body.stop, *SECTION_HEADERS])),
             seed=body.seed,
             presence_penalty=body.presence_penalty,
@@ -496,7 +499,11 @@ class Generation:
         output_outcomes: list[FilterOutcome] = []
         # The adapter is passed only when there is one, so an engine without LoRA works as before.
         adapter = {"adapter": self.adapter} if self.adapter is not None else {}
-        pieces = self.engine.generate(self.prompt_ids, self.options, self.request_id, **adapter)
+        # The stop strings are matched here, not in the engine: vLLM would hold back the last
+        # characters of every piece until it could rule a match out (server/stop_strings.py).
+        stops = StopMatcher(self.options.stop)
+        options = dataclasses.replace(self.options, stop=())
+        pieces = self.engine.generate(self.prompt_ids, options, self.request_id, **adapter)
         try:
             async for piece in self._until_stopped(pieces):
                 now = time.perf_counter()
@@ -511,10 +518,16 @@ class Generation:
                         self.metrics.inter_token_latency.observe((now - last_at) / new_tokens)
                     last_at = now
                     self.metrics.generation_tokens.inc(new_tokens)
-                if piece.finish_reason is not None:
+                # Stop strings count once min_tokens tokens are out, as in vLLM.
+                matchable = piece.completion_tokens > self.options.min_tokens
+                released, stopped = stops.feed(piece.text, matchable)
+                if stopped:
+                    self.finish_reason = "stop"
+                elif piece.finish_reason is not None:
                     self.finish_reason = piece.finish_reason
-                text = self.answer.feed(piece.text)
-                if piece.finish_reason is not None:
+                    released += stops.finish()
+                text = self.answer.feed(released)
+                if self.finish_reason is not None:
                     text += self.answer.finish()
                 if text and self.filters:
                     verdict, output_outcomes = await self.filters.check_output(self.answer.text)
@@ -527,6 +540,8 @@ class Generation:
                 if text:
                     self.text += text
                     yield text
+                if stopped:
+                    break  # leaving the loop closes the engine's stream, which aborts the request
             outcome = "blocked" if self.blocked else "success"
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "client_disconnected"

@@ -3,6 +3,7 @@
 Usage:
     engine = ScriptedEngine()                        # a long answer that depends on the prompt
     engine.reply = lambda prompt: "Paris."           # any answer, from the prompt text
+    engine.reply = lambda prompt: ["Par", "is."]     # ... or its pieces, one token each
     engine.delay_s = 0.05                            # seconds per token (slow generations)
     engine.abort_delay_s = 1.0                       # aborting a request takes a second
     engine.held = True                               # no token comes until it is False again
@@ -13,8 +14,9 @@ Usage:
 
 It satisfies `server.engine.Engine`, the Protocol the server is written against, and behaves as
 vLLM does where the server relies on it: one token per character of the prompt; the answer comes
-one word (a token) per piece; `stop` strings end it before the string, which is not returned
-(finish "stop"); `max_new_tokens` cuts it (finish "length"); otherwise it ends with "eos".
+one word (a token) per piece, or in the pieces a scripted `reply` lists; `stop` strings end it
+before the string, which is not returned (finish "stop"; the server gives it none, as it matches
+them itself); `max_new_tokens` cuts it (finish "length"); otherwise it ends with "eos".
 Closing the stream early aborts the request (its id goes to `aborted`). Every request that
 reaches it is kept in `requests`, so a test can tell that a refused request never got here.
 A request with a LoRA adapter is answered `adapter_reply(name, answer)`: by default the base's
@@ -61,6 +63,21 @@ def long_answer(prompt: str) -> str:
     start = sum(map(ord, prompt)) % len(WORDS)
     words = [WORDS[(start + i) % len(WORDS)] for i in range(300)]
     return f"Answer {len(prompt)}: " + " ".join(words) + "."
+
+
+def cut_at_stop(pieces: list[str], stops: tuple[str, ...]) -> tuple[list[str], str]:
+    """The pieces up to the first stop string, which is left out, and the finish reason then."""
+    text = "".join(pieces)
+    cuts = [text.index(stop) for stop in stops if stop in text]
+    if not cuts:
+        return pieces, "eos"
+    kept, length = [], 0
+    for piece in pieces:
+        if length >= min(cuts):
+            break
+        kept.append(piece[: min(cuts) - length])
+        length += len(piece)
+    return kept, "stop"
 
 
 def adapter_answer(name: str, answer: str) -> str:
@@ -126,7 +143,7 @@ class ScriptedEngine:
     max_model_len: int = 4096
     device: str = "scripted"
     dtype: str = "none"
-    reply: Callable[[str], str] = long_answer
+    reply: Callable[[str], str | list[str]] = long_answer
     delay_s: float = 0.0  # per token
     abort_delay_s: float = 0.0  # how long aborting a request takes (a busy engine's is slow)
     held: bool = False  # while True, running requests make no token (a paused engine)
@@ -184,13 +201,11 @@ class ScriptedEngine:
         name = adapter.name if adapter is not None else None
         self.requests.append(ScriptedRequest(request_id, prompt, options, name))
         self.check_options(options)
-        text, finish = self._answer(prompt, options), "eos"
+        answer = self._answer(prompt, options)
         if adapter is not None:
-            text = self.adapter_reply(adapter.name, text)
-        cuts = [text.index(stop) for stop in options.stop if stop in text]
-        if cuts:
-            text, finish = text[: min(cuts)], "stop"
-        tokens = TOKEN.findall(text)
+            answer = self.adapter_reply(adapter.name, "".join(answer))
+        tokens = answer if isinstance(answer, list) else TOKEN.findall(answer)
+        tokens, finish = cut_at_stop(tokens, options.stop)
         if len(tokens) > options.max_new_tokens:
             tokens, finish = tokens[: options.max_new_tokens], "length"
         if not tokens:
@@ -218,7 +233,7 @@ class ScriptedEngine:
                 self.aborted.append(request_id)
             self._running -= 1
 
-    def _answer(self, prompt: str, options: SamplingOptions) -> str:
+    def _answer(self, prompt: str, options: SamplingOptions) -> str | list[str]:
         structured = options.json_schema is not None or options.json_object
         if structured and self.reply is long_answer:
             return json.dumps(instance_of(options.json_schema or {"type": "object"}))
