@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tomllib
 from importlib import metadata
 
 import pytest
@@ -19,6 +18,11 @@ from packaging.version import Version
 from recover.convert import BUNDLED_PACKAGE
 from tests.conftest import ROOT
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip's own copy of the same parser
+    from pip._vendor import tomli as tomllib
+
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 ENGINES = ("cpu", "gpu")
 # Installed beside the project by pip and venv themselves, not by the project's requirements.
@@ -28,7 +32,8 @@ TOOLING = {"pip", "setuptools", "wheel"}
 def lock(engine: str) -> dict[str, str]:
     """The lock file's pins: canonical name -> version."""
     pins = {}
-    for number, line in enumerate((ROOT / "constraints" / f"{engine}.txt").read_text().splitlines()):
+    text = (ROOT / "constraints" / f"{engine}.txt").read_text()
+    for number, line in enumerate(text.splitlines()):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -83,7 +88,9 @@ def test_the_environment_the_tests_run_in_is_exactly_its_engines_lock():
     for name in TOOLING:
         installed.pop(name, None)
     differences = {
-        name: (version, pins.get(name)) for name, version in installed.items() if pins.get(name) != version
+        name: (version, pins.get(name))
+        for name, version in installed.items()
+        if pins.get(name) != version
     }
     assert not differences, (
         f"installed (version, locked version) that differ from constraints/{engine}.txt: "
