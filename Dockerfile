@@ -19,8 +19,8 @@ FROM ${CPU_BASE_IMAGE} AS cpu-build
 # PyPI and the wheels of deploy/build-extras/wheels).
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 ALPACA_ENGINE=cpu
-# First the dependencies, from pyproject.toml alone (a layer that stays cached until it changes),
-# then the whole tree; deploy/build-extras holds an optional CA bundle (ca.pem) and wheels
+# First the dependencies, from pyproject.toml and the lock file (constraints/) alone (a layer that
+# stays cached until they change), then the whole tree; deploy/build-extras holds an optional CA bundle (ca.pem) and wheels
 # (wheels/), used in this stage only.
 COPY pyproject.toml README.md /src/
 COPY constraints /src/constraints
