@@ -6,6 +6,8 @@ Usage:
         --max-steps 60                                       # LoRA, a short run
     torchrun --nproc_per_node 8 -m training.train --model ./llama-7b --data alpaca_data.json \
         --out ./alpaca-7b --fsdp                      # 8 GPUs, FSDP full shard
+    alpaca-train --method dpo --model ./alpaca-7b --data prefs.jsonl --out ./alpaca-7b-dpo
+                                                            # preference training (training/dpo.py)
     alpaca-train --help                                     # every option
 
 Steps, in order: check the arguments and every data record (a bad one stops the run here, before
