@@ -277,8 +277,8 @@ def test_dpo_on_the_default_model_raises_held_out_accuracy_and_margin(
 
     status = main(
         ["--method", "dpo", "--model", str(default_model_dir), "--data", str(data)]
-        + ["--out", str(out), "--preset", "tiny", "--max-steps", "8", "--no-merge"]
-        + ["--global-batch-size", "4", "--micro-batch-size", "4", "--logging-steps", "2"]
+        + ["--out", str(out), "--preset", "tiny", "--max-steps", "4", "--no-merge"]
+        + ["--global-batch-size", "2", "--micro-batch-size", "2", "--logging-steps", "2"]
         + ["--learning-rate", "1e-3", "--eval-fraction", "0.34"]
     )
 
