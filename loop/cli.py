@@ -85,7 +85,12 @@ def run_stages(command: str, settings: LoopSettings, state, progress: bool = Tru
 
     ctx = LoopContext(settings, state, progress)
     if command == "run":
-        todo = state.remaining()
+        # From the first stage not finished on: a later one finished before it (a report made
+        # while prefer could not run) is stale.
+        remaining = state.remaining()
+        todo = list(STAGES[STAGES.index(remaining[0]) :]) if remaining else []
+        if todo:
+            state.forget_from(todo[0])
         for stage in STAGES:
             if stage not in todo:
                 print(f"{stage}: finished earlier, skipped ({state.stages[stage].summary})")
@@ -168,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _option_type(annotation: str):
-    return {"int": int, "int | None": int, "Path": Path, "Path | None": Path}.get(annotation, str)
+    types = {"int": int, "int | None": int, "float | None": float, "Path": Path}
+    return types.get(annotation.removesuffix(" | None"), types.get(annotation, str))
 
 
 def _version() -> str:

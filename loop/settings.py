@@ -60,6 +60,12 @@ class LoopSettings:
     dpo_name: str = _help("loop-dpo", "name the preference (DPO) adapter is served under")
     sft_steps: int = _help(8, "optimizer steps of the supervised LoRA fine-tune")
     dpo_steps: int = _help(4, "optimizer steps of the DPO fine-tune")
+    sft_learning_rate: float | None = _help(
+        None, "peak learning rate of the supervised fine-tune (default: alpaca-train's for LoRA)"
+    )
+    dpo_learning_rate: float | None = _help(
+        None, "peak learning rate of the DPO fine-tune (default: alpaca-train's for DPO)"
+    )
     batch_size: int = _help(4, "examples per optimizer step, both fine-tunes")
     max_length: int = _help(128, "tokens per training example (longer ones are cut)")
     auto: bool = _help(
@@ -102,6 +108,10 @@ class LoopSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        for name in ("sft_learning_rate", "dpo_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise SettingsError(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
         if self.max_length < 16:
             raise SettingsError(f"--max-length must be at least 16, got {self.max_length}")
         if self.concurrency < 1:

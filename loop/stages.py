@@ -101,7 +101,7 @@ def run_sft(ctx: LoopContext) -> tuple[dict[str, Any], str]:
             str(out),
             "--lora",
             "--no-merge",
-            *_schedule(settings, settings.sft_steps),
+            *_schedule(settings, settings.sft_steps, settings.sft_learning_rate),
         ]
     )
     with ctx.server() as server:
@@ -219,7 +219,7 @@ def run_prefer(ctx: LoopContext) -> tuple[dict[str, Any], str]:
             str(train_dir),
             "--lora",
             "--no-merge",
-            *_schedule(settings, settings.dpo_steps),
+            *_schedule(settings, settings.dpo_steps, settings.dpo_learning_rate),
         ]
     )
     with ctx.server() as server:
@@ -312,7 +312,10 @@ def run_report(ctx: LoopContext) -> tuple[dict[str, Any], str]:
     from loop.win_rates import collect_rows, format_table, write_reports
 
     files = [Path(ctx.output("compare", "comparison"))]
-    files += [Path(f) for f in ctx.output("prefer", "comparisons")]
+    if ctx.state.is_done("prefer"):
+        files += [Path(f) for f in ctx.output("prefer", "comparisons")]
+    else:
+        print("prefer has not finished: the report covers the compare stage's pairs only")
     out = ctx.folder("report")
     with ctx.server() as store:
         rows, details = collect_rows(files, store)
@@ -342,9 +345,10 @@ def _adapters_dir(settings: LoopSettings) -> Path:
     return settings.adapters_dir
 
 
-def _schedule(settings: LoopSettings, steps: int) -> list[str]:
+def _schedule(settings: LoopSettings, steps: int, learning_rate: float | None) -> list[str]:
     """alpaca-train's schedule options shared by both fine-tunes."""
-    return [
+    rate = [] if learning_rate is None else ["--learning-rate", str(learning_rate)]
+    return rate + [
         "--preset",
         "tiny",
         "--max-steps",

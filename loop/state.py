@@ -27,6 +27,15 @@ STATE_FORMAT = "alpaca-loop-state"
 STATE_VERSION = 1
 # The stages of the cycle, in the order they run.
 STAGES = ("sft", "publish", "compare", "prefer", "report")
+# The stages whose outputs each stage reads. The report covers the comparisons there are, so it
+# can run (`alpaca-loop report`) when prefer could not.
+NEEDS = {
+    "sft": (),
+    "publish": ("sft",),
+    "compare": ("sft",),
+    "prefer": ("sft", "compare"),
+    "report": ("compare",),
+}
 
 
 class StateError(ValueError):
@@ -88,8 +97,8 @@ class LoopState:
         return [stage for stage in STAGES if not self.is_done(stage)]
 
     def missing_before(self, stage: str) -> list[str]:
-        """The stages before `stage` that have not finished: it needs their outputs."""
-        return [s for s in STAGES[: STAGES.index(stage)] if not self.is_done(s)]
+        """The stages `stage` reads the outputs of that have not finished."""
+        return [s for s in NEEDS[stage] if not self.is_done(s)]
 
     def finish(
         self, stage: str, outputs: dict[str, Any], summary: str, seconds: float = 0.0

@@ -89,11 +89,23 @@ def test_naming_a_stage_runs_it_again_and_the_later_ones_at_the_next_run(calls, 
     assert calls == ["compare", "prefer", "report"]
 
 
-def test_a_stage_whose_earlier_stages_have_not_run_is_refused(calls, tmp_path, capsys):
-    assert loop(tmp_path, "compare") == 2
+def test_a_stage_whose_inputs_are_missing_is_refused(calls, tmp_path, capsys):
+    assert loop(tmp_path, "prefer") == 2
     assert calls == []
     err = capsys.readouterr().err.strip()
-    assert err == "alpaca-loop: error: compare needs sft, publish first: run `alpaca-loop run`"
+    assert err == "alpaca-loop: error: prefer needs sft, compare first: run `alpaca-loop run`"
+
+
+def test_the_report_runs_when_prefer_could_not(calls, tmp_path, capsys):
+    calls.fail_at.add("prefer")
+    assert loop(tmp_path, "run") == 2
+    assert loop(tmp_path, "report") == 0
+    assert calls == ["sft", "publish", "compare", "report"]
+    assert capsys.readouterr().out.rstrip().endswith("THE TABLE")
+    calls.fail_at.clear()
+    calls.clear()
+    assert loop(tmp_path, "run") == 0
+    assert calls == ["prefer", "report"]  # the report made without prefer is stale
 
 
 def test_settings_of_the_first_run_are_remembered_and_secrets_are_not(calls, tmp_path):
