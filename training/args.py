@@ -63,6 +63,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # alpaca-lora's learning rate, used for --lora when no --learning-rate is given.
 LORA_LEARNING_RATE = 3e-4
+# --method dpo: the LoRA learning rate when no --learning-rate is given, and the epochs that
+# replace the preset's (DPO over-fits preferences quickly; one pass is the common recipe).
+DPO_LEARNING_RATE = 5e-5
+DPO_EPOCHS = 1.0
+METHODS = ("sft", "dpo")
 
 
 def _opt(default: Any = None, help: str = "", **extra: Any) -> Any:
@@ -77,15 +82,19 @@ class DataArgs:
     """Where the examples come from and how they become tokens."""
 
     data: Path | None = _opt(
-        None, "Alpaca data: a JSON list or JSON lines of {instruction, input, output} (required)"
+        None,
+        "Alpaca data: a JSON list or JSON lines of {instruction, input, output} (required); "
+        "with --method dpo, preference pairs {prompt, chosen, rejected}, prompt being the Alpaca "
+        "prompt text (as alpaca-export --format dpo writes it), or {instruction, input, chosen, "
+        "rejected}",
     )
     skip_invalid: bool = _opt(
         False, "drop records that are not valid Alpaca records (and count them) instead of stopping"
     )
     model_max_length: int | None = _opt(
         None,
-        "tokens per example (prompt + output + EOS); longer ones are truncated and counted "
-        "(preset: 512)",
+        "tokens per example (prompt + output + EOS; with --method dpo, prompt + each response "
+        "+ EOS); longer ones are truncated and counted (preset: 512)",
     )
     group_by_length: bool = _opt(
         False, "batch examples of similar length together: less padding, faster epochs"
@@ -107,7 +116,11 @@ class DataArgs:
 class LoraArgs:
     """LoRA adapters (peft); defaults are alpaca-lora's."""
 
-    lora: bool = _opt(False, "train LoRA adapters instead of all weights")
+    lora: bool | None = _opt(
+        None,
+        "train LoRA adapters instead of all weights (default: off for --method sft, on for "
+        "--method dpo, which needs them)",
+    )
     lora_r: int = _opt(8, "LoRA rank")
     lora_alpha: int = _opt(16, "LoRA scaling numerator: updates are scaled by alpha / r")
     lora_dropout: float = _opt(0.05, "dropout on the LoRA branch's input")
@@ -142,6 +155,13 @@ class TrainArgs:
         "--output-dir, the Trainer's name, works too)",
         flags=("--out", "--output-dir"),
     )
+    method: str = _opt(
+        "sft",
+        "sft: supervised fine-tuning on Alpaca records; dpo: preference training (Direct "
+        "Preference Optimization, TRL's DPOTrainer) of a LoRA adapter on pairs of a preferred "
+        "and a rejected response, the base model (adapter off) being the reference",
+        choices=METHODS,
+    )
     preset: str = _opt(
         "7b",
         "hyperparameter defaults: 7b and 13b are the Alpaca paper's table, tiny is for "
@@ -155,9 +175,13 @@ class TrainArgs:
     )
     micro_batch_size: int | None = _opt(None, "examples per forward pass per process (preset: 4)")
     learning_rate: float | None = _opt(
-        None, f"peak learning rate (preset: 2e-5 for 7b; {LORA_LEARNING_RATE:g} with --lora)"
+        None,
+        f"peak learning rate (preset: 2e-5 for 7b; {LORA_LEARNING_RATE:g} with --lora; "
+        f"{DPO_LEARNING_RATE:g} with --method dpo)",
     )
-    epochs: float | None = _opt(None, "passes over the data (preset: 3)")
+    epochs: float | None = _opt(
+        None, f"passes over the data (preset: 3; {DPO_EPOCHS:g} with --method dpo)"
+    )
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (overrides --epochs)")
     warmup_ratio: float | None = _opt(
         None, "share of the steps spent warming the learning rate up (preset: 0.03)"
@@ -202,7 +226,9 @@ class TrainArgs:
     seed: int = _opt(42, "random seed for initialisation, dropout and data order")
 
     def __post_init__(self) -> None:
-        preset = PRESETS[self.preset]
+        preset = dict(PRESETS[self.preset])
+        if self.method == "dpo":
+            preset["epochs"] = DPO_EPOCHS
         for name in (
             "global_batch_size",
             "micro_batch_size",
@@ -259,12 +285,41 @@ class TrainArgs:
 
 
 @dataclass
+class DpoArgs:
+    """Preference training (--method dpo): the DPO loss and the held-out measurement."""
+
+    beta: float = _opt(
+        0.1,
+        "DPO beta: how strongly the model is held near the reference (the base, adapter off); "
+        "higher stays closer, lower follows the preferences further",
+    )
+    eval_fraction: float = _opt(
+        0.1,
+        "share of the --data prompts held out (seeded by --seed; at least one) to measure "
+        "preference accuracy and log-probability margin before and after training; 0: no "
+        "held-out measurement",
+    )
+    eval_data: Path | None = _opt(
+        None,
+        "held-out preference pairs from their own file (same format as --data) instead of a "
+        "split of --data",
+    )
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ArgsError(f"--beta must be positive, got {self.beta}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ArgsError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass
 class AlpacaTrainArgs:
     """All of `alpaca-train`'s arguments, in their groups."""
 
     train: TrainArgs
     data: DataArgs
     lora: LoraArgs
+    dpo: DpoArgs
 
     def __post_init__(self) -> None:
         missing = [
@@ -278,33 +333,65 @@ class AlpacaTrainArgs:
         ]
         if missing:
             raise ArgsError(f"the following arguments are required: {', '.join(missing)}")
+        if self.train.method == "dpo":
+            self._check_dpo()
+        elif self.dpo.eval_data is not None:
+            raise ArgsError("--eval-data is for --method dpo")
+        if self.lora.lora is None:
+            self.lora.lora = self.train.method == "dpo"
         if self.data.model_max_length is None:
             self.data.model_max_length = PRESETS[self.train.preset]["model_max_length"]
         if self.train.learning_rate is None:
             preset_rate = PRESETS[self.train.preset]["learning_rate"]
-            self.train.learning_rate = LORA_LEARNING_RATE if self.lora.lora else preset_rate
+            if self.train.method == "dpo":
+                self.train.learning_rate = DPO_LEARNING_RATE
+            else:
+                self.train.learning_rate = LORA_LEARNING_RATE if self.lora.lora else preset_rate
         if self.lora.lora and self.train.fsdp:
             raise ArgsError(
                 "--lora with --fsdp is not supported: use --deepspeed for LoRA on many "
                 "GPUs, or train LoRA on one"
             )
 
+    def _check_dpo(self) -> None:
+        """--method dpo trains a LoRA adapter on unpacked pairs."""
+        if self.lora.lora is False:
+            raise ArgsError(
+                "--method dpo trains a LoRA adapter (the base with the adapter off is its "
+                "reference model): drop --no-lora"
+            )
+        for name, value in (
+            ("packing", self.data.packing),
+            ("group_by_length", self.data.group_by_length),
+        ):
+            if value:
+                raise ArgsError(f"--{_flag(name)} is for --method sft only")
+        if self.train.deepspeed is not None:
+            raise ArgsError(
+                "--method dpo with --deepspeed is not supported yet: train on one GPU, or "
+                "several with torchrun (data parallel)"
+            )
+
     def to_json(self) -> dict[str, Any]:
         """The resolved arguments as JSON-ready groups, for alpaca_train.json."""
-        return {
-            name: _jsonable(dataclasses.asdict(getattr(self, name)))
-            for name in ("train", "data", "lora")
-        }
+        return {name: _jsonable(dataclasses.asdict(getattr(self, name))) for name, _ in _KEYS}
 
 
-GROUPS = (("model and schedule", TrainArgs), ("data", DataArgs), ("LoRA", LoraArgs))
+GROUPS = (
+    ("model and schedule", TrainArgs),
+    ("data", DataArgs),
+    ("LoRA", LoraArgs),
+    ("DPO (--method dpo)", DpoArgs),
+)
+_KEYS = (("train", TrainArgs), ("data", DataArgs), ("lora", LoraArgs), ("dpo", DpoArgs))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `alpaca-train` parser: one option per dataclass field, grouped as the dataclasses."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Alpaca supervised fine-tuning (full or LoRA) with the Hugging Face Trainer. "
+        description="Alpaca supervised fine-tuning (full or LoRA) with the Hugging Face Trainer, "
+        "or preference training of a LoRA adapter (--method dpo) with TRL's DPOTrainer. "
         "The output folder is servable as is: alpaca-serve --model OUTPUT_DIR.",
         epilog="Many GPUs: torchrun --nproc_per_node 8 -m training.train ... --fsdp, or "
         "accelerate launch --config_file training/configs/fsdp.yaml -m training.train ...",
@@ -330,7 +417,7 @@ def parse_args(argv: list[str] | None = None) -> AlpacaTrainArgs:
     """
     namespace = vars(build_parser().parse_args(argv))
     groups = {}
-    for key, cls in (("train", TrainArgs), ("data", DataArgs), ("lora", LoraArgs)):
+    for key, cls in _KEYS:
         groups[key] = cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls)})
     return AlpacaTrainArgs(**groups)
 

@@ -7,7 +7,7 @@ Usage:
 
 Three commands write a marker into the folder they make:
 - `alpaca-train` (training/train.py): `alpaca_train.json`, with the prompt template, the method
-  (full or LoRA), the base model, the data and every argument;
+  (full or LoRA), the objective (sft or dpo), the base model, the data and every argument;
 - `alpaca-recover` (recover/weight_diff.py): `alpaca_serve.json` naming the diff and the base;
 - `alpaca-convert` (recover/convert.py): `alpaca_serve.json` naming the GGUF file.
 A folder with no marker (any Hugging Face model) is of unknown origin; it is served with the
@@ -101,6 +101,8 @@ def _trained(marker: dict) -> Provenance:
     data = marker.get("data")
     details = {
         "method": marker.get("method"),
+        # what the training optimised: sft, or dpo (preferences); markers before DPO were sft
+        "objective": marker.get("objective") or "sft",
         "base_model": marker.get("base_model"),
         "data": data.get("path") if isinstance(data, dict) else data,
     }

@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         check_paths(args)
+        if args.train.method == "dpo":
+            from training.dpo import load_dpo_pairs, train_dpo
+
+            data = load_dpo_pairs(args)
+            check_trackers(args.train.trackers)
+            train_dpo(args, data)
+            return 0
         records, skipped = load_training_records(args.data.data, args.data.skip_invalid)
         log(
             f"data: {len(records)} records from {args.data.data}"
@@ -91,6 +98,8 @@ def check_paths(args: AlpacaTrainArgs) -> None:
         raise ArgsError(f"--model: no Hugging Face model (config.json) in {args.train.model}")
     if not args.data.data.is_file():
         raise ArgsError(f"--data: file not found: {args.data.data}")
+    if args.dpo.eval_data is not None and not args.dpo.eval_data.is_file():
+        raise ArgsError(f"--eval-data: file not found: {args.dpo.eval_data}")
     checkpoints = args.train.output_dir / CHECKPOINT_DIR
     has_checkpoints = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
     if has_checkpoints and args.train.resume is None:
@@ -159,9 +168,8 @@ def load_training_records(path: Path, skip_invalid: bool) -> tuple[list[AlpacaRe
 def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> TrainSummary:
     """Tokenize, build the model, train and save; the whole run after the checks."""
     import torch
-    from transformers import AutoTokenizer
 
-    from training.tokenization import add_missing_special_tokens, tokenize_records
+    from training.tokenization import tokenize_records
 
     out_dir = args.train.output_dir
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
@@ -169,19 +177,7 @@ def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> T
     torch.manual_seed(args.train.seed)
 
     # Tokenizer and tokens: all data problems surface here, before the model is loaded.
-    tokenizer = AutoTokenizer.from_pretrained(str(args.train.model))
-    tokenizer.padding_side = "right"
-    had_pad = bool(tokenizer.pad_token)
-    added_tokens = add_missing_special_tokens(tokenizer, pad_with_existing=args.lora.lora)
-    if added_tokens:
-        log(f"tokenizer: added {', '.join(added_tokens)} (embeddings grow with mean rows)")
-    if not had_pad and tokenizer.pad_token not in added_tokens:
-        log(f"tokenizer: pads with {tokenizer.pad_token} (no new row, so the adapter stays small)")
-    if args.lora.lora and added_tokens:
-        log(
-            f"LoRA with new tokens ({', '.join(added_tokens)}): the adapter holds whole "
-            "embedding matrices, so it can only be served merged"
-        )
+    tokenizer, added_tokens = load_tokenizer(args)
     examples, stats = tokenize_records(records, tokenizer, args.data.model_max_length)
     tokenizer.model_max_length = args.data.model_max_length  # saved with it, as the original did
     log(f"tokens: {stats.describe()} (max length {args.data.model_max_length})")
@@ -229,8 +225,34 @@ def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> T
     return summary
 
 
-def build_training_args(args: AlpacaTrainArgs, accumulation: int) -> Any:
-    """The Hugging Face TrainingArguments for this run."""
+def load_tokenizer(args: AlpacaTrainArgs) -> tuple[Any, list[str]]:
+    """The base model's tokenizer, right-padding, given EOS/pad if it lacks them; and the tokens
+    added to its vocabulary (the model's embeddings must grow by as many rows)."""
+    from transformers import AutoTokenizer
+
+    from training.tokenization import add_missing_special_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(str(args.train.model))
+    tokenizer.padding_side = "right"
+    had_pad = bool(tokenizer.pad_token)
+    added_tokens = add_missing_special_tokens(tokenizer, pad_with_existing=args.lora.lora)
+    if added_tokens:
+        log(f"tokenizer: added {', '.join(added_tokens)} (embeddings grow with mean rows)")
+    if not had_pad and tokenizer.pad_token not in added_tokens:
+        log(f"tokenizer: pads with {tokenizer.pad_token} (no new row, so the adapter stays small)")
+    if args.lora.lora and added_tokens:
+        log(
+            f"LoRA with new tokens ({', '.join(added_tokens)}): the adapter holds whole "
+            "embedding matrices, so it can only be served merged"
+        )
+    return tokenizer, added_tokens
+
+
+def build_training_args(
+    args: AlpacaTrainArgs, accumulation: int, config_class: Any = None, **extra: Any
+) -> Any:
+    """The Hugging Face TrainingArguments for this run (or `config_class`, a subclass such as
+    TRL's DPOConfig, given its own fields in `extra`)."""
     import torch
     from transformers import TrainingArguments
 
@@ -242,7 +264,7 @@ def build_training_args(args: AlpacaTrainArgs, accumulation: int) -> Any:
     if args.train.fsdp:
         fsdp_config = json.loads((CONFIGS / "fsdp_config.json").read_text())
         fsdp_config["transformer_layer_cls_to_wrap"] = decoder_layer_classes(args.train.model)
-    return TrainingArguments(
+    return (config_class or TrainingArguments)(
         output_dir=str(args.train.output_dir / CHECKPOINT_DIR),
         per_device_train_batch_size=args.train.micro_batch_size,
         gradient_accumulation_steps=accumulation,
@@ -269,6 +291,7 @@ def build_training_args(args: AlpacaTrainArgs, accumulation: int) -> Any:
         dataloader_pin_memory=torch.cuda.is_available(),
         report_to=args.train.trackers or "none",  # names checked by check_trackers
         disable_tqdm=True,  # the Trainer's own bar prints log dicts; make_callbacks has ours
+        **extra,
     )
 
 
@@ -286,8 +309,9 @@ def decoder_layer_classes(model_dir: Path) -> list[str]:
     return classes
 
 
-def load_model(args: AlpacaTrainArgs, tokenizer: Any) -> Any:
-    """The base model in float32, embeddings grown for added tokens, LoRA-wrapped if asked."""
+def load_model(args: AlpacaTrainArgs, tokenizer: Any, wrap_lora: bool = True) -> Any:
+    """The base model in float32, embeddings grown for added tokens, LoRA-wrapped if asked
+    (unless `wrap_lora` is False: DPO hands the LoRA config to its trainer instead)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -297,7 +321,7 @@ def load_model(args: AlpacaTrainArgs, tokenizer: Any) -> Any:
     resize_embeddings(model, len(tokenizer))
     align_special_tokens(model, tokenizer)
     model.config.use_cache = False  # no KV cache while training (and packing needs none)
-    if args.lora.lora:
+    if args.lora.lora and wrap_lora:
         model = apply_lora(model, args)
     return model
 
@@ -312,9 +336,22 @@ def align_special_tokens(model: Any, tokenizer: Any) -> None:
 
 def apply_lora(model: Any, args: AlpacaTrainArgs) -> Any:
     """Freeze the model and add LoRA adapters to the target modules (peft)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    config = LoraConfig(
+    try:
+        model = get_peft_model(model, lora_config(args))
+    except ValueError as err:
+        raise TrainError(f"--lora-target-modules: {err}") from err
+    trainable, total = model.get_nb_trainable_parameters()
+    log(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    return model
+
+
+def lora_config(args: AlpacaTrainArgs) -> Any:
+    """The peft LoraConfig of the LoRA options."""
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=args.lora.lora_r,
         lora_alpha=args.lora.lora_alpha,
         lora_dropout=args.lora.lora_dropout,
@@ -322,13 +359,6 @@ def apply_lora(model: Any, args: AlpacaTrainArgs) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    try:
-        model = get_peft_model(model, config)
-    except ValueError as err:
-        raise TrainError(f"--lora-target-modules: {err}") from err
-    trainable, total = model.get_nb_trainable_parameters()
-    log(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
-    return model
 
 
 def build_trainer(
@@ -427,8 +457,11 @@ def write_train_info(
     skipped: int,
     added_tokens: list[str],
     records: int,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """alpaca_train.json: the checkpoint describes itself (template, arguments, data, result)."""
+    """alpaca_train.json: the checkpoint describes itself (template, arguments, data, result).
+
+    `extra` adds keys (DPO: the held-out pairs and the preference measurement)."""
     import transformers
 
     info = {
@@ -436,7 +469,10 @@ def write_train_info(
         "made_by": MADE_BY_TRAIN,
         "created_at": made_at(),
         "base_model": str(args.train.model),
+        # Which weights were trained ("method") and towards what ("objective", --method): next-
+        # token loss on Alpaca outputs (sft) or preferred over rejected responses (dpo).
         "method": "lora" if args.lora.lora else "full",
+        "objective": args.train.method,
         "merged": bool(args.lora.lora and args.lora.merge) or not args.lora.lora,
         # Whether OUTPUT_DIR/adapter can be served unmerged, beside its base (LoRA only): not
         # when tokens were added, as the adapter then carries whole embedding matrices.
@@ -460,6 +496,7 @@ def write_train_info(
             "tokens_per_second": round(summary.tokens_per_second, 1),
         },
         "transformers_version": transformers.__version__,
+        **(extra or {}),
     }
     path = args.train.output_dir / TRAIN_INFO_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -519,8 +556,16 @@ def make_callbacks() -> tuple[Any, Any, Any]:
             done = state.global_step - self.first_step
             left = (state.max_steps - state.global_step) * elapsed / done if done else 0.0
             tokens = state.num_input_tokens_seen - self.first_tokens
+            # DPO's trainer also logs how often and by how much the adapter's implicit reward
+            # (beta x log-ratio to the reference) ranks the chosen response above the rejected.
+            rewards = (
+                f" | reward accuracy {logs['rewards/accuracies']:.2f}, margin "
+                f"{logs['rewards/margins']:.3f}"
+                if "rewards/margins" in logs and "rewards/accuracies" in logs
+                else ""
+            )
             log(
-                f"step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
+                f"step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f}{rewards} | "
                 f"lr {logs.get('learning_rate', 0.0):.2e} | epoch {state.epoch or 0:.2f} | "
                 f"{tokens / max(elapsed, 1e-9):.0f} tokens/s | {elapsed:.0f} s, ~{left:.0f} s left"
             )

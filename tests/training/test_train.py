@@ -16,7 +16,7 @@ import pytest
 
 from evaluation.datasets import ALPACA_SAMPLE as SAMPLE
 from tests.conftest import ROOT, ServerProcess, tiny_server_env
-from training.args import DataArgs, LoraArgs, TrainArgs, parse_args
+from training.args import DataArgs, DpoArgs, LoraArgs, TrainArgs, parse_args
 from training.data import AlpacaRecord
 from training.prompts import TEMPLATE_NAME
 from training.train import (
@@ -103,7 +103,7 @@ def test_help_explains_every_option():
     result = run_cli("--help")
 
     assert result.returncode == 0
-    for group in (TrainArgs, DataArgs, LoraArgs):
+    for group in (TrainArgs, DataArgs, LoraArgs, DpoArgs):
         for field in dataclasses.fields(group):
             assert f"--{field.name.replace('_', '-')}" in result.stdout
     assert "torchrun" in result.stdout
