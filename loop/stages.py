@@ -36,6 +36,8 @@ from typing import Any
 from loop.settings import LoopSettings
 from loop.state import LoopState
 
+MIN_PAIRS_TO_HOLD_OUT = 6  # fewer DPO pairs are all trained on: no held-out measurement
+
 
 class LoopError(RuntimeError):
     """A stage cannot go on; the message (one line) says why and, where it can, what to do."""
@@ -219,6 +221,10 @@ def run_prefer(ctx: LoopContext) -> tuple[dict[str, Any], str]:
             str(train_dir),
             "--lora",
             "--no-merge",
+            # A tenth of the prompts held out to measure preference accuracy before and after,
+            # when there are enough of them to spare one (at least 2 prompts to split).
+            "--eval-fraction",
+            "0.1" if pairs >= MIN_PAIRS_TO_HOLD_OUT else "0",
             *_schedule(settings, settings.dpo_steps, settings.dpo_learning_rate),
         ]
     )
@@ -227,11 +233,13 @@ def run_prefer(ctx: LoopContext) -> tuple[dict[str, Any], str]:
     items = load_instructions(settings.instructions, settings.limit)
     dpo_answers = _answer(ctx, items, settings.dpo_name, out / "answers-dpo.jsonl")
     base_name, sft_name = ctx.output("sft", "base_name"), settings.sft_name
+    measured = train_dir / "preference_eval.json"
     outputs: dict[str, Any] = {
         "preferences": str(prefs),
         "preference_pairs": pairs,
         "preference_source": source,
         "train_dir": str(train_dir),
+        **({"preference_eval": str(measured)} if measured.is_file() else {}),
         "served_as": settings.dpo_name,
         "answers_dpo": str(dpo_answers),
         "comparisons": [],
