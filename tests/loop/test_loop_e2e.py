@@ -4,7 +4,11 @@ judge's machine votes, DPO, the report), then a rerun that resumes and finds not
 
 A few evaluation instructions, short answers and one- or two-step fine-tunes keep it to a couple
 of minutes; the supervised fine-tune's learning rate is high so that the adapter's greedy answers
-differ from the base's (otherwise every pair would be a tie and there would be nothing to prefer).
+differ from the base's. The tiny model's answers are random tokens, which share no word with any
+reference answer, so the reference judge (tests/loop/test_judge.py) would call every pair a tie
+and leave nothing to prefer: the machine votes here come from the other kind of judge --auto
+takes, an OpenAI-compatible endpoint (`--judge-url`), a fake one in this process that prefers the
+longer answer whichever side it is shown on.
 
 Until `alpaca-train --method dpo` exists in the checkout (branch h/dpo), prefer must stop with one
 line saying so, and `alpaca-loop report` then reports the pairs there are: the tests check that
@@ -14,14 +18,17 @@ instead of the DPO adapter's files, and check those as soon as it exists.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 import training.args
-from tests.conftest import ROOT, ServerProcess, tiny_server_env
+from tests.conftest import ROOT, ServerProcess, free_port, tiny_server_env
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +44,39 @@ STAGES = (
         "report",
     ]
 )
+
+
+JUDGE = "judge-longer-answer"
+ANSWERS = re.compile(r"### Answer A:\n(.*)\n\n### Answer B:\n(.*)\n\nReply with", re.DOTALL)
+
+
+class LongerAnswerJudge(BaseHTTPRequestHandler):
+    """`POST /v1/chat/completions`: A or B for the longer answer, tie for equal lengths."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        a, b = ANSWERS.search(body["messages"][0]["content"]).groups()
+        verdict = "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"
+        message = {"role": "assistant", "content": verdict}
+        data = json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def judge_url():
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), LongerAnswerJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +112,17 @@ def alpaca_loop(server, work_dir: Path, *args: str) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def finished_run(loop_server, tmp_path_factory):
+def finished_run(loop_server, judge_url, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("loop-run") / "work"
     result = alpaca_loop(
         loop_server,
         work_dir,
         "run",
         "--auto",
+        "--judge-url",
+        judge_url,
+        "--judge-model",
+        JUDGE.removeprefix("judge-"),
         "--server-url",
         loop_server.url,
         "--adapters-dir",
@@ -194,9 +238,9 @@ def test_the_report_ends_the_output_with_machine_votes_named_as_such(finished_ru
     ]
     machine = [row for row in rows if row["judged_by"] == "machine"]
     assert all(row["votes"] == LIMIT for row in machine)
-    assert all(row["judges"] == ["reference-judge-token-f1"] for row in machine)
+    assert all(row["judges"] == [JUDGE] for row in machine)
     assert all(row["votes"] == 0 for row in rows if row["judged_by"] == "human")
-    assert table.count("MACHINE: reference-judge-token-f1") == len(pairings)
+    assert table.count(f"MACHINE: {JUDGE}") == len(pairings)
     assert "MACHINE votes" in stdout  # the compare (and prefer) stages say so too
     if DPO_READY:
         source = json.loads((work_dir / "loop_state.json").read_text())["stages"]["prefer"]
