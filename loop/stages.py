@@ -261,9 +261,9 @@ def _check_dpo_available() -> None:
 
     if "dpo" not in getattr(training.args, "METHODS", ()):
         raise LoopError(
-            "alpaca-train has no --method dpo in this checkout (preference training is being "
-            "written on branch h/dpo): the stages before prefer are done; run "
-            "`alpaca-loop run` again once it is merged"
+            "alpaca-train has no --method dpo in this checkout (preference training comes with "
+            "branch h/dpo): the stages before prefer are done; run `alpaca-loop run` again "
+            "once it is merged"
         )
 
 
