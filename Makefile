@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup run test test-fast bench lint format settings-table compose-up compose-down test-stack
+.PHONY: setup run test test-fast bench lint format settings-table compose-up compose-down test-stack loop
 
 setup: $(STAMP)
 
@@ -27,6 +27,12 @@ test: setup
 # (the HTTP behaviour runs on the scripted engine instead); under a minute.
 test-fast: setup
 	url="$$(scripts/test-deps --fast)" && ALPACA_TEST_DATABASE_URL="$$url" $(BIN)/pytest -m "not slow"
+
+# The Alpaca cycle unattended (scripts/loop): starts a server of its own on the default model,
+# runs `alpaca-loop run --auto` (sft, publish, compare, prefer, report) in loop-run/, stops the
+# server. A rerun resumes what did not finish; `rm -r loop-run` starts over.
+loop: setup
+	scripts/loop $(BIN) loop-run
 
 bench: setup
 	$(BIN)/python -m benchmarks.http_overhead

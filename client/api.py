@@ -133,6 +133,7 @@ def _chat(messages: list[dict[str, str]], model: str, options: dict[str, Any]) -
 _SUMMARY = _Call("GET", "/feedback/summary")
 _MODELS = _Call("GET", "/v1/models")
 _INFO = _Call("GET", "/info")
+_RELOAD_ADAPTERS = _Call("POST", "/admin/adapters/reload")
 
 
 class _ClientBase:
@@ -354,6 +355,11 @@ class AlpacaClient(_ClientBase):
         """`GET /info`: model, version, limits and request defaults."""
         return self._call(_INFO)
 
+    def reload_adapters(self) -> dict[str, Any]:
+        """`POST /admin/adapters/reload`: rescan the adapters folder now; the served and refused
+        adapters, as /info lists them."""
+        return self._call(_RELOAD_ADAPTERS)
+
     @contextmanager
     def _connection(self) -> Iterator[httpx.Client]:
         if self._http is not None:
@@ -501,6 +507,10 @@ class AsyncAlpacaClient(_ClientBase):
     async def info(self) -> dict[str, Any]:
         """As `AlpacaClient.info`."""
         return await self._call(_INFO)
+
+    async def reload_adapters(self) -> dict[str, Any]:
+        """As `AlpacaClient.reload_adapters`."""
+        return await self._call(_RELOAD_ADAPTERS)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[httpx.AsyncClient]:

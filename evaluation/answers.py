@@ -104,6 +104,7 @@ def generate_answers(
     server_url: str,
     items: list[dict[str, Any]],
     *,
+    model: str | None = None,
     concurrency: int = 4,
     max_new_tokens: int | None = None,
     temperature: float = 0.1,
@@ -112,12 +113,13 @@ def generate_answers(
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[AnswerFailure]]:
     """Ask the server (`POST /generate`, not streamed) for an answer to each item, at most
-    `concurrency` at a time, asking again while it is busy. Returns the answers in the items'
-    order and the failures."""
+    `concurrency` at a time, asking again while it is busy; `model` names a served adapter (None:
+    the base). Returns the answers in the items' order and the failures."""
     return asyncio.run(
         _generate_all(
             server_url,
             items,
+            model=model,
             concurrency=concurrency,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -137,7 +139,16 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 async def _generate_all(
-    server_url, items, *, concurrency, max_new_tokens, temperature, api_key, timeout_s, progress
+    server_url,
+    items,
+    *,
+    model,
+    concurrency,
+    max_new_tokens,
+    temperature,
+    api_key,
+    timeout_s,
+    progress,
 ):
     from tqdm import tqdm
 
@@ -157,6 +168,7 @@ async def _generate_all(
                     item["input"],
                     temperature=temperature,
                     max_new_tokens=max_new_tokens,
+                    model=model,
                 )
                 results[index] = {
                     **item,

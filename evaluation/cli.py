@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{EVALUATION_SET}",
     )
     answer.add_argument(
+        "--model",
+        default=None,
+        help="the served model to answer: the base's name or a served LoRA adapter's "
+        "(default: the base)",
+    )
+    answer.add_argument(
         "--limit",
         type=int,
         default=None,
@@ -316,6 +322,7 @@ def run_answer(args: argparse.Namespace) -> None:
     answers, failures = generate_answers(
         args.server_url,
         items,
+        model=args.model,
         concurrency=args.concurrency,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
