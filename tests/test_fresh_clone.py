@@ -19,6 +19,11 @@ from evaluation.datasets import ALPACA_SAMPLE, DAVINCI_ANSWERS, EVALUATION_SET
 from tests.conftest import ROOT
 from training.data import load_records
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip's own copy of the same parser
+    from pip._vendor import tomli as tomllib
+
 SHIPPED = [EVALUATION_SET, DAVINCI_ANSWERS, ALPACA_SAMPLE]
 
 
@@ -66,12 +71,9 @@ def test_each_file_has_a_note_beside_it_naming_its_source_and_licence(data, lice
 def test_pip_install_carries_every_shipped_file_and_its_note():
     """setuptools' package-data patterns match each file, so a non-editable install (the Docker
     image) has them too."""
-    section = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
-    section = section.split("\n[", 1)[0]  # up to the next table
-    patterns = {
-        package: re.findall(r'"([^"]+)"', values)
-        for package, values in re.findall(r"^(\w+) = \[(.*)\]$", section, re.M)
-    }
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
     for data in [*SHIPPED, *(path.parent / "README.md" for path in SHIPPED)]:
         package, relative = data.relative_to(ROOT).as_posix().split("/", 1)
         matching = [p for p in patterns.get(package, []) if fnmatch.fnmatch(relative, p)]
