@@ -115,7 +115,7 @@ class CompareHandlers:
             info = await self.client.info()
         except APIRequestError:
             return list(DEFAULT_ARMS)
-        return default_arms(info.get("models") or [])
+        return default_arms(info)
 
     def next_pair(self) -> tuple:
         """A random pair of the comparison file, shown as A (left) and B (right); the instruction

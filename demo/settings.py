@@ -36,11 +36,13 @@ DEFAULT_ARMS = [
 PAIR_TEMPERATURE, PAIR_TOP_P = 0.1, 0.75
 
 
-def default_arms(models: list[dict[str, Any]]) -> list[CompareArm]:
-    """The Compare tab's two sides when none are configured, for the models a server serves now
-    (/info's `models`: the base first, then its adapters in the order they were loaded): the base
+def default_arms(info: dict[str, Any]) -> list[CompareArm]:
+    """The Compare tab's two sides when none are configured, for what a server serves now (its
+    /info: `models` lists the base, then its adapters in the order they were loaded): the base
     against the newest adapter (latest `loaded_at`; of those loaded in the same second, the one
-    loaded last), both sampled alike; DEFAULT_ARMS when no adapter is served."""
+    loaded last), both sampled alike and as long as the server's default answer; DEFAULT_ARMS
+    when no adapter is served."""
+    models = info.get("models") or []
     adapters = [
         (m.get("loaded_at") or "", i, m) for i, m in enumerate(models) if m.get("kind") == "adapter"
     ]
@@ -48,10 +50,15 @@ def default_arms(models: list[dict[str, Any]]) -> list[CompareArm]:
         return list(DEFAULT_ARMS)
     *_, newest = max(adapters, key=lambda entry: entry[:2])
     base = next((m["name"] for m in models if m.get("kind") == "base"), newest.get("base"))
-    sampling = {"temperature": PAIR_TEMPERATURE, "top_p": PAIR_TOP_P}
+    length = (info.get("defaults") or {}).get("max_new_tokens")
+    same = {
+        "temperature": PAIR_TEMPERATURE,
+        "top_p": PAIR_TOP_P,
+        **({"max_new_tokens": length} if length else {}),
+    }
     return [
-        CompareArm(label=f"the base model {base}", model=None, **sampling),
-        CompareArm(label=f"the LoRA adapter {newest['name']}", model=newest["name"], **sampling),
+        CompareArm(label=f"the base model {base}", model=None, **same),
+        CompareArm(label=f"the LoRA adapter {newest['name']}", model=newest["name"], **same),
     ]
 
 
@@ -78,7 +85,8 @@ class DemoSettings(BaseSettings):
         description="the two sides of the Compare tab, as JSON: a list of two "
         "`{label, server_url, model, temperature, top_p, max_new_tokens}`; unset: chosen when "
         "each comparison starts, the base against the newest LoRA adapter the server serves "
-        f"(temperature {PAIR_TEMPERATURE}, top-p {PAIR_TOP_P} on both sides), or, with no "
+        f"(temperature {PAIR_TEMPERATURE}, top-p {PAIR_TOP_P} and the server's default "
+        "max_new_tokens on both sides), or, with no "
         "adapter served, greedy decoding against sampling (temperature 0.9, top-p 0.95) of the "
         "base",
     )

@@ -123,7 +123,8 @@ def test_the_default_pair_takes_the_adapter_with_the_latest_load_time_whatever_i
         {"name": "old", "kind": "adapter", "loaded_at": "2024-01-01T00:01:00+00:00"},
     ]
 
-    base, adapter = default_arms(models)
+    base, adapter = default_arms({"models": models, "defaults": {"max_new_tokens": 64}})
 
     assert (base.model, adapter.model) == (None, "new")
     assert (base.label, adapter.label) == ("the base model base", "the LoRA adapter new")
+    assert base.max_new_tokens == adapter.max_new_tokens == 64

@@ -532,14 +532,14 @@ def test_the_default_compare_pair_is_the_base_against_the_adapter_loaded_last(
 
     write_adapter(adapters_dir / "zebra")
     client = serve().client
-    alone = default_arms(client.get("/info").json()["models"])
+    alone = default_arms(client.get("/info").json())
     write_adapter(adapters_dir / "aardvark")  # loaded after zebra, though first by name
     assert client.post("/admin/adapters/reload").status_code == 200
-    later = default_arms(client.get("/info").json()["models"])
+    later = default_arms(client.get("/info").json())
     shutil.rmtree(adapters_dir / "zebra")
     shutil.rmtree(adapters_dir / "aardvark")
     assert client.post("/admin/adapters/reload").status_code == 200
-    none = default_arms(client.get("/info").json()["models"])
+    none = default_arms(client.get("/info").json())
 
     assert [arm.model for arm in alone] == [None, "zebra"]
     assert [arm.model for arm in later] == [None, "aardvark"]
@@ -547,7 +547,8 @@ def test_the_default_compare_pair_is_the_base_against_the_adapter_loaded_last(
         "the base model tiny-base",
         "the LoRA adapter aardvark",
     ]
-    assert {(arm.temperature, arm.top_p) for arm in later} == {(0.1, 0.75)}
+    # Sampled alike, as long as the server's default answer (the tiny model's 32 tokens).
+    assert {(arm.temperature, arm.top_p, arm.max_new_tokens) for arm in later} == {(0.1, 0.75, 32)}
     assert none == DEFAULT_ARMS  # no adapter: greedy against sampling of the base, as before
 
 
@@ -582,6 +583,7 @@ def test_without_configured_arms_each_comparison_pits_the_base_against_the_newes
     assert not answers["the base model tiny-base"].startswith("[")
     assert sorted(r.adapter or "" for r in asked) == ["", "pirate"]
     assert {(r.options.temperature, r.options.top_p) for r in asked} == {(0.1, 0.75)}
+    assert {r.options.max_new_tokens for r in asked} == {32}
     assert f"**A** was {state['labels'][0]}; **B** was {state['labels'][1]}" in reveal
     votes = [
         row
