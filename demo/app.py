@@ -40,9 +40,12 @@ def load_examples(path: Path | None, limit: int) -> list[list[str]]:
 def build_handlers(settings: DemoSettings) -> tuple[ChatHandlers, CompareHandlers]:
     """The two tabs' handlers, with a client of each server they talk to."""
     client = _client_of(settings.server_url, settings)
-    arm_clients = [
-        _client_of(arm.server_url or settings.server_url, settings) for arm in settings.compare_arms
-    ]
+    arm_clients = None  # unset arms: both sides on the demo's server, chosen per comparison
+    if settings.compare_arms is not None:
+        arm_clients = [
+            _client_of(arm.server_url or settings.server_url, settings)
+            for arm in settings.compare_arms
+        ]
     comparison = load_comparison(settings.comparison_file) if settings.comparison_file else None
     return (
         ChatHandlers(client),

@@ -4,6 +4,7 @@ Usage:
     handlers = CompareHandlers(client, arms=settings.compare_arms,
                                arm_clients=[AsyncAlpacaClient(url_a), AsyncAlpacaClient(url_b)],
                                comparison=load_comparison(path))   # or comparison=None
+    handlers = CompareHandlers(client)   # arms unset: the pair is chosen as each comparison starts
     async for answer_a, answer_b, *votes, message, state in handlers.compare("Write a poem.",
                                                                             request): ...
     answer_a, answer_b, ... = handlers.next_pair()       # a pair of the comparison file
@@ -13,6 +14,11 @@ Every handler returns (or yields) the new values of its outputs: the two answers
 vote button (VOTES, in order), the message under them and the tab's state. The state says what a
 vote is about: `{"ids": [id_a, id_b], "labels": [label_a, label_b]}` after `compare`,
 `{"pair": pair}` after `next_pair`, `{}` when there is nothing to vote on.
+
+Without configured arms, each comparison asks the demo's server what it serves (`GET /info`) as it
+starts and pits the base against the newest LoRA adapter (`demo.settings.default_arms`), so an
+adapter copied in while the demo runs is compared from the next comparison on; with no adapter,
+greedy decoding against sampling of the base.
 """
 
 # No `from __future__ import annotations`: Gradio reads the `gr.Request` hints at run time.
@@ -27,7 +33,7 @@ import gradio as gr
 from client.api import AsyncAlpacaClient
 from client.errors import APIRequestError
 from demo.chat import sentence, session_of
-from demo.settings import CompareArm
+from demo.settings import DEFAULT_ARMS, CompareArm, default_arms
 from evaluation.comparison import pairwise_feedback
 
 VOTES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
@@ -47,14 +53,15 @@ class CompareHandlers:
     def __init__(
         self,
         client: AsyncAlpacaClient,
-        arms: list[CompareArm],
-        arm_clients: list[AsyncAlpacaClient],
+        arms: list[CompareArm] | None = None,
+        arm_clients: list[AsyncAlpacaClient] | None = None,
         comparison: dict[str, Any] | None = None,
         rng: random.Random | None = None,
     ):
         self.client = client  # the demo's own server: votes on the comparison file's pairs
-        self.arms = arms
-        self.arm_clients = arm_clients  # one per arm, in the same order
+        self.arms = arms  # None: chosen for what the demo's server serves (arms_now)
+        # One per arm, in the same order; without configured arms both are the demo's server.
+        self.arm_clients = arm_clients if arm_clients is not None else [client, client]
         self.comparison = comparison
         self.rng = rng or random.Random()
 
@@ -64,8 +71,9 @@ class CompareHandlers:
         if not instruction or not instruction.strip():
             yield "", "", *_votes(False), "Type an instruction first.", {}
             return
+        both = await self.arms_now()
         order = self.rng.sample(range(2), 2)  # which arm is shown as A, which as B
-        arms = [self.arms[i] for i in order]
+        arms = [both[i] for i in order]
         clients = [self.arm_clients[i] for i in order]
         texts, ids, failed = ["", ""], [None, None], [False, False]
         queue: asyncio.Queue = asyncio.Queue()
@@ -96,6 +104,18 @@ class CompareHandlers:
             return
         state = {"ids": ids, "labels": [arm.label for arm in arms]}
         yield texts[0], texts[1], *_votes(True), ASK_FOR_VOTE, state
+
+    async def arms_now(self) -> list[CompareArm]:
+        """The two arms of a comparison starting now: the configured ones, else the base against
+        the newest adapter the demo's server serves (greedy against sampling of the base when it
+        serves none, or cannot say: the answers then show what is wrong)."""
+        if self.arms is not None:
+            return self.arms
+        try:
+            info = await self.client.info()
+        except APIRequestError:
+            return list(DEFAULT_ARMS)
+        return default_arms(info)
 
     def next_pair(self) -> tuple:
         """A random pair of the comparison file, shown as A (left) and B (right); the instruction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,35 @@ DEFAULT_ARMS = [
     CompareArm(label="greedy decoding (temperature 0)", temperature=0.0, top_p=1.0),
     CompareArm(label="sampling (temperature 0.9, top-p 0.95)", temperature=0.9, top_p=0.95),
 ]
+# Both sides of the base-against-adapter pair sample alike, with the Alpaca demo's settings, so
+# that the vote is about the models only.
+PAIR_TEMPERATURE, PAIR_TOP_P = 0.1, 0.75
+
+
+def default_arms(info: dict[str, Any]) -> list[CompareArm]:
+    """The Compare tab's two sides when none are configured, for what a server serves now (its
+    /info: `models` lists the base, then its adapters in the order they were loaded): the base
+    against the newest adapter (latest `loaded_at`; of those loaded in the same second, the one
+    loaded last), both sampled alike and as long as the server's default answer; DEFAULT_ARMS
+    when no adapter is served."""
+    models = info.get("models") or []
+    adapters = [
+        (m.get("loaded_at") or "", i, m) for i, m in enumerate(models) if m.get("kind") == "adapter"
+    ]
+    if not adapters:
+        return list(DEFAULT_ARMS)
+    *_, newest = max(adapters, key=lambda entry: entry[:2])
+    base = next((m["name"] for m in models if m.get("kind") == "base"), newest.get("base"))
+    length = (info.get("defaults") or {}).get("max_new_tokens")
+    same = {
+        "temperature": PAIR_TEMPERATURE,
+        "top_p": PAIR_TOP_P,
+        **({"max_new_tokens": length} if length else {}),
+    }
+    return [
+        CompareArm(label=f"the base model {base}", model=None, **same),
+        CompareArm(label=f"the LoRA adapter {newest['name']}", model=newest["name"], **same),
+    ]
 
 
 class DemoSettings(BaseSettings):
@@ -50,15 +80,21 @@ class DemoSettings(BaseSettings):
         description="a comparison from `alpaca-eval compare` (built against the same "
         "server) whose pairs the Compare tab offers for blind votes, stored as pairwise feedback",
     )
-    compare_arms: list[CompareArm] = Field(
-        default_factory=lambda: list(DEFAULT_ARMS),
-        description="the two sides of the Compare tab, as JSON",
+    compare_arms: list[CompareArm] | None = Field(
+        None,
+        description="the two sides of the Compare tab, as JSON: a list of two "
+        "`{label, server_url, model, temperature, top_p, max_new_tokens}`; unset: chosen when "
+        "each comparison starts, the base against the newest LoRA adapter the server serves "
+        f"(temperature {PAIR_TEMPERATURE}, top-p {PAIR_TOP_P} and the server's default "
+        "max_new_tokens on both sides), or, with no "
+        "adapter served, greedy decoding against sampling (temperature 0.9, top-p 0.95) of the "
+        "base",
     )
 
     @field_validator("compare_arms")
     @classmethod
-    def _exactly_two(cls, arms: list[CompareArm]) -> list[CompareArm]:
-        if len(arms) != 2:
+    def _exactly_two(cls, arms: list[CompareArm] | None) -> list[CompareArm] | None:
+        if arms is not None and len(arms) != 2:
             raise ValueError(f"compare_arms needs exactly two entries (got {len(arms)})")
         return arms
 

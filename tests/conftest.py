@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -305,6 +306,62 @@ def tiny_server(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, tiny_model_dir) -> Path:
+    """A LoRA adapter of the tiny LLaMA as `alpaca-train --lora --no-merge` makes it
+    (alpaca_train.json beside adapter/): rank 8 on q/v, 2 steps on a few records of the shipped
+    sample at a high learning rate, so that its greedy answers differ from the base's."""
+    from tests.training.test_train import FAST, SAMPLE, run_cli
+
+    out = tmp_path_factory.mktemp("adapter-run") / "alpaca-lora"
+    result = run_cli(
+        *("--model", str(tiny_model_dir), "--data", str(SAMPLE), "--out", str(out)),
+        *FAST,
+        *("--lora", "--no-merge", "--max-steps", "2", "--learning-rate", "5e-2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "servable beside its base" in result.stderr
+    return out
+
+
+def write_pad_row_adapter(trained: Path, folder: Path, vocab: int) -> None:
+    """The adapter a [PAD]-adding LoRA run makes: it also holds a grown lm_head (measured to kill
+    vLLM's engine core when handed over unchecked)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(trained / "adapter", folder)
+    tensors = load_file(folder / "adapter_model.safetensors")
+    tensors["base_model.model.lm_head.weight"] = torch.zeros(vocab + 1, 128)
+    save_file(tensors, folder / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_server(tiny_adapter, tiny_model_dir, tiny_tokenizer, tmp_path_factory):
+    """One real server on the tiny model for the session with `tiny_adapter` served three ways:
+    copied into its adapters folder as "alpaca-lora", its adapter/ folder named in ALPACA_ADAPTERS
+    as "direct", and a copy with lm_head rows ("pad-row", refused). `server.adapters_dir` is that
+    folder; a test that adds adapters removes them again."""
+    folder = tmp_path_factory.mktemp("adapter-server")
+    adapters_dir = folder / "adapters"
+    adapters_dir.mkdir()
+    shutil.copytree(tiny_adapter, adapters_dir / "alpaca-lora")
+    write_pad_row_adapter(tiny_adapter, adapters_dir / "pad-row", len(tiny_tokenizer))
+    env = {
+        **tiny_server_env(tiny_model_dir),
+        "ALPACA_ADAPTERS_DIR": str(adapters_dir),
+        "ALPACA_ADAPTERS": f"direct={tiny_adapter / 'adapter'}",
+        "ALPACA_ADAPTERS_POLL_S": "0.5",
+    }
+    server = ServerProcess(env, folder / "server.log")
+    server.adapters_dir = adapters_dir
+    try:
+        server.wait_until_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def scripted_server(request, tmp_path_factory):
     """One in-process server on the scripted engine for the whole session."""
     server = start_server(request, "scripted", {}, tmp_path_factory.mktemp("scripted-server"))
@@ -376,7 +433,13 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
 
 # Fixtures that load the real engine or build the tiny model: a test using one is slow, whatever
 # its own marks say, so `pytest -m "not slow"` never waits for vLLM.
-REAL_ENGINE_FIXTURES = {"tiny_server", "tiny_model_dir", "tiny_tokenizer"}
+REAL_ENGINE_FIXTURES = {
+    "tiny_server",
+    "tiny_model_dir",
+    "tiny_tokenizer",
+    "tiny_adapter",
+    "tiny_adapter_server",
+}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
@@ -189,3 +190,63 @@ def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_se
     finally:
         context.close()
         blocks.close()
+
+
+def test_the_compare_tab_pits_the_base_against_a_trained_adapter_blind(
+    browser, tiny_adapter_server
+):
+    """Without configured arms, the Compare tab of a server with adapters asks the base and the
+    newest adapter (here one copied in just now, so it is the newest): the answers differ, the
+    reveal names both, and the stored vote is between one generation of each model."""
+    from server.feedback import open_store
+    from server.feedback.store import default_database_url
+
+    server = tiny_adapter_server
+    client = server.client
+    base = client.get("/info").json()["model"]
+    shutil.copytree(server.adapters_dir / "alpaca-lora", server.adapters_dir / "browser-lora")
+    assert client.post("/admin/adapters/reload").status_code == 200
+    last_vote = max(
+        (row["id"] for row in client.get("/feedback/comparisons").json()["comparisons"]), default=0
+    )
+    context = browser.new_context(viewport={"width": 1200, "height": 1000})
+    try:
+        page = context.new_page()
+        page.goto(f"{server.url}/ui/")
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-instruction textarea").fill("Give one tip for staying healthy.")
+        page.locator("#compare-go").click()
+        reveal = page.locator("#compare-reveal")
+        reveal.filter(has_text="Which answer is better").wait_for(timeout=90_000)
+        shown = {
+            side: page.locator(f"#answer-{side} textarea").input_value() for side in ("a", "b")
+        }
+        assert "adapter" not in reveal.inner_text()  # blind until the vote
+        page.locator("#vote-a").click()
+        reveal.filter(has_text="Vote saved").wait_for(timeout=20_000)
+        sources = re.search(r"A was (.+); B was (.+)\.$", reveal.inner_text().strip())
+    finally:
+        context.close()
+        shutil.rmtree(server.adapters_dir / "browser-lora")
+        client.post("/admin/adapters/reload")
+
+    assert shown["a"].strip() and shown["b"].strip() and shown["a"] != shown["b"]
+    assert sources, reveal
+    labels = {"a": sources[1], "b": sources[2]}
+    assert sorted(labels.values()) == [
+        "the LoRA adapter browser-lora",
+        f"the base model {base}",
+    ]
+    [vote] = [
+        row
+        for row in client.get("/feedback/comparisons").json()["comparisons"]
+        if row["id"] > last_vote
+    ]
+    with open_store(default_database_url(server.data_dir)) as store:
+        generations = store.generations_by_id(vote["generation_ids"])
+    models = {g["model"]: g for g in generations.values()}
+    assert set(models) == {base, "browser-lora"}  # the stored vote names both models
+    model_of = {"the LoRA adapter browser-lora": "browser-lora", f"the base model {base}": base}
+    for side in ("a", "b"):  # each side's answer is the one its revealed model gave
+        assert models[model_of[labels[side]]]["response"].strip() == shown[side].strip()
+    assert vote["winner"] == models[model_of[labels["a"]]]["id"]

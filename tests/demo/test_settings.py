@@ -112,3 +112,19 @@ def test_an_examples_file_that_does_not_parse_is_refused_naming_the_line(tmp_pat
     path.write_text('{"instruction": "ok"}\n{"instruction": \n')
     with pytest.raises(ValidationError, match="line 2"):
         DemoSettings(examples_file=path)
+
+
+def test_the_default_pair_takes_the_adapter_with_the_latest_load_time_whatever_its_place():
+    from demo.settings import default_arms
+
+    models = [
+        {"name": "base", "kind": "base", "loaded_at": "2024-01-01T00:00:00+00:00"},
+        {"name": "new", "kind": "adapter", "loaded_at": "2024-01-01T00:05:00+00:00"},
+        {"name": "old", "kind": "adapter", "loaded_at": "2024-01-01T00:01:00+00:00"},
+    ]
+
+    base, adapter = default_arms({"models": models, "defaults": {"max_new_tokens": 64}})
+
+    assert (base.model, adapter.model) == (None, "new")
+    assert (base.label, adapter.label) == ("the base model base", "the LoRA adapter new")
+    assert base.max_new_tokens == adapter.max_new_tokens == 64

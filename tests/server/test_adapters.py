@@ -523,3 +523,75 @@ def test_the_chat_model_picker_offers_every_model_and_the_answer_comes_from_the_
     assert history[-1]["content"].startswith("[pirate] ")
     assert server.engine.requests[-1].adapter == "pirate"
     build_demo(DemoSettings(server_url=server.url))  # the page with the picker still builds
+
+
+def test_the_default_compare_pair_is_the_base_against_the_adapter_loaded_last(
+    serve, adapters_dir, tmp_path
+):
+    from demo.settings import DEFAULT_ARMS, default_arms
+
+    write_adapter(adapters_dir / "zebra")
+    client = serve().client
+    alone = default_arms(client.get("/info").json())
+    write_adapter(adapters_dir / "aardvark")  # loaded after zebra, though first by name
+    assert client.post("/admin/adapters/reload").status_code == 200
+    later = default_arms(client.get("/info").json())
+    shutil.rmtree(adapters_dir / "zebra")
+    shutil.rmtree(adapters_dir / "aardvark")
+    assert client.post("/admin/adapters/reload").status_code == 200
+    none = default_arms(client.get("/info").json())
+
+    assert [arm.model for arm in alone] == [None, "zebra"]
+    assert [arm.model for arm in later] == [None, "aardvark"]
+    assert [arm.label for arm in later] == [
+        "the base model tiny-base",
+        "the LoRA adapter aardvark",
+    ]
+    # Sampled alike, as long as the server's default answer (the tiny model's 32 tokens).
+    assert {(arm.temperature, arm.top_p, arm.max_new_tokens) for arm in later} == {(0.1, 0.75, 32)}
+    assert none == DEFAULT_ARMS  # no adapter: greedy against sampling of the base, as before
+
+
+@pytest.mark.slow  # imports Gradio, which takes a while
+def test_without_configured_arms_each_comparison_pits_the_base_against_the_newest_adapter(
+    serve, adapters_dir
+):
+    import gradio as gr
+
+    from demo.app import build_handlers
+    from demo.settings import DEFAULT_ARMS, DemoSettings
+
+    server = serve()
+    _, handlers = build_handlers(DemoSettings(server_url=server.url))  # arms unset
+    tab = gr.Request(session_hash="default-pair")
+
+    async def compare_and_vote(choice: str):
+        updates = [update async for update in handlers.compare("Name a colour.", tab)]
+        answer_a, answer_b, *_, state = updates[-1]
+        *_, reveal, _ = await handlers.vote(choice, state, tab)
+        return dict(zip(state["labels"], (answer_a, answer_b), strict=True)), state, reveal
+
+    before, _, _ = asyncio.run(compare_and_vote("tie"))
+    write_adapter(adapters_dir / "pirate")  # copied in while the demo runs
+    assert wait_for(lambda: "pirate" in served_names(server.client), timeout=10)
+    answers, state, reveal = asyncio.run(compare_and_vote("a"))
+    asked = server.engine.requests[-2:]
+
+    assert set(before) == {arm.label for arm in DEFAULT_ARMS}  # no adapter yet: as before
+    assert set(answers) == {"the base model tiny-base", "the LoRA adapter pirate"}
+    assert answers["the LoRA adapter pirate"].startswith("[pirate] ")
+    assert not answers["the base model tiny-base"].startswith("[")
+    assert sorted(r.adapter or "" for r in asked) == ["", "pirate"]
+    assert {(r.options.temperature, r.options.top_p) for r in asked} == {(0.1, 0.75)}
+    assert {r.options.max_new_tokens for r in asked} == {32}
+    assert f"**A** was {state['labels'][0]}; **B** was {state['labels'][1]}" in reveal
+    votes = [
+        row
+        for row in server.client.get("/feedback/comparisons").json()["comparisons"]
+        if row["generation_ids"] == sorted(state["ids"])
+    ]
+    assert [vote["winner"] for vote in votes] == [state["ids"][0]]
+    pairs = server.client.get("/feedback/summary").json()["pairwise"]
+    [pair] = [p for p in pairs if "pirate" in (p["model_a"], p["model_b"])]
+    assert {pair["model_a"], pair["model_b"]} == {"pirate", "tiny-base"}
+    assert pair["wins_a"] + pair["wins_b"] == 1
