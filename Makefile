@@ -57,6 +57,6 @@ compose-down:
 	scripts/compose down
 
 # The stack test: builds and starts the stack itself (make compose-up), checks it from outside,
-# and stops it (make compose-down); needs a Docker engine. .ci/run runs it after `make test`.
+# and stops it (make compose-down); needs a Docker engine (.ci/docker-up installs and starts one).
 test-stack: setup
 	$(BIN)/pytest -m stack tests/deploy/test_stack.py
