@@ -142,7 +142,7 @@ def finished_run(loop_server, judge_url, tmp_path_factory):
         "--batch-size",
         "2",
         "--max-length",
-        "64",
+        "256",  # room for the evaluation prompts the DPO pairs are made of
     )
     if DPO_READY:
         assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-4000:]
