@@ -46,7 +46,7 @@ from training.train import (
     load_tokenizer,
     log,
     lora_config,
-    make_callbacks,
+    run_training,
     save_output,
     write_train_info,
 )
@@ -190,21 +190,7 @@ def train_dpo(args: AlpacaTrainArgs, data: DpoData) -> TrainSummary:
         f"{accumulation} accumulation x {world_size}, lr {args.train.learning_rate:g}"
         + (f", resuming from {resume_from}" if resume_from else "")
     )
-    progress_bar, log_lines, clock = make_callbacks()
-    for callback in (progress_bar, log_lines, clock):
-        trainer.add_callback(callback)
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    summary = TrainSummary(
-        global_step=clock.last_step,
-        steps_this_run=clock.steps,
-        examples=min(
-            clock.steps * args.train.global_batch_size,
-            math.ceil(len(trainer.train_dataset) * args.train.epochs),
-        ),
-        tokens=int(clock.tokens),
-        seconds=clock.seconds,
-        train_loss=result.training_loss,
-    )
+    summary = run_training(trainer, args, resume_from, len(trainer.train_dataset))
 
     # After: the trained adapter on, the same pairs.
     policy = trainer.accelerator.unwrap_model(trainer.model)

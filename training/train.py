@@ -198,21 +198,7 @@ def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> T
         f"{accumulation} accumulation x {world_size}, lr {args.train.learning_rate:g}"
         + (f", resuming from {resume_from}" if resume_from else "")
     )
-    progress_bar, log_lines, clock = make_callbacks()
-    for callback in (progress_bar, log_lines, clock):
-        trainer.add_callback(callback)
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    summary = TrainSummary(
-        global_step=clock.last_step,
-        steps_this_run=clock.steps,
-        # The last batch of an epoch may be short: cap at the examples the schedule holds.
-        examples=min(
-            clock.steps * args.train.global_batch_size, math.ceil(len(examples) * args.train.epochs)
-        ),
-        tokens=int(clock.tokens),
-        seconds=clock.seconds,
-        train_loss=result.training_loss,
-    )
+    summary = run_training(trainer, args, resume_from, len(examples))
 
     # The servable folder: weights, tokenizer, alpaca_train.json.
     save_output(args, trainer, tokenizer, added_tokens)  # on every process: shards gather
@@ -225,6 +211,28 @@ def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> T
             f"alpaca-serve --model {out_dir}"
         )
     return summary
+
+
+def run_training(
+    trainer: Any, args: AlpacaTrainArgs, resume_from: str | None, examples: int
+) -> TrainSummary:
+    """Train with the progress bar and log lines on; what the run did, from its step clock.
+    `examples` is the size of the training set (SFT examples or DPO pairs)."""
+    progress_bar, log_lines, clock = make_callbacks()
+    for callback in (progress_bar, log_lines, clock):
+        trainer.add_callback(callback)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    return TrainSummary(
+        global_step=clock.last_step,
+        steps_this_run=clock.steps,
+        # The last batch of an epoch may be short: cap at the examples the schedule holds.
+        examples=min(
+            clock.steps * args.train.global_batch_size, math.ceil(examples * args.train.epochs)
+        ),
+        tokens=int(clock.tokens),
+        seconds=clock.seconds,
+        train_loss=result.training_loss,
+    )
 
 
 def load_tokenizer(args: AlpacaTrainArgs) -> tuple[Any, list[str]]:
