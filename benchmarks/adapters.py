@@ -446,11 +446,6 @@ def default_model() -> Path:
     return asyncio.run(ensure_default_model(ServerSettings().cache_dir))
 
 
-def is_adapter(folder: Path) -> bool:
-    """Whether `folder` holds a PEFT adapter, directly or in alpaca-train's adapter/ folder."""
-    return any((folder / sub / "adapter_config.json").is_file() for sub in (".", "adapter"))
-
-
 # --- the command ----------------------------------------------------------------------------
 
 
@@ -573,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
         args.streams, args.stream_tokens, args.train_steps, args.load_trials = 2, 32, 1, 1
     if args.model is not None and not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model} has no config.json")
-    if args.adapter is not None and not is_adapter(args.adapter):
+    from server.adapters import find_weights_dir  # the server's own test of an adapter folder
+
+    if args.adapter is not None and find_weights_dir(args.adapter) is None:
         parser.error(
             f"--adapter {args.adapter} holds no adapter_config.json (nor does its adapter/ folder)"
         )
