@@ -9,15 +9,12 @@ Usage:
 streamed, `POST /feedback`.
 """
 
-from pathlib import Path
-
 import gradio as gr
 
 from client.api import AsyncAlpacaClient
 from demo.chat import FLAGS, ChatHandlers
 from demo.compare import VOTES, CompareHandlers
-from demo.settings import DemoSettings
-from evaluation.answers import load_instructions
+from demo.settings import DemoSettings, load_examples
 from evaluation.comparison import load_comparison
 
 DISCLAIMER = (
@@ -27,14 +24,6 @@ DISCLAIMER = (
     "address is kept. Please do not type personal information."
 )
 REQUEST_TIMEOUT_S = 300.0  # a long answer on a slow machine still arrives
-
-
-def load_examples(path: Path | None, limit: int) -> list[list[str]]:
-    """[instruction, input] pairs from an instruction file as `alpaca-eval answer` reads them
-    (the evaluation set's JSON lines, or an Alpaca JSON list)."""
-    if path is None or limit == 0:
-        return []
-    return [[item["instruction"], item["input"]] for item in load_instructions(path, limit)]
 
 
 def build_handlers(settings: DemoSettings) -> tuple[ChatHandlers, CompareHandlers]:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from evaluation.answers import load_instructions
 from evaluation.datasets import EVALUATION_SET
 
 
@@ -142,6 +143,14 @@ class DemoSettings(BaseSettings):
     def example_source(self) -> Path:
         """The examples file: the configured one, else the shipped Alpaca evaluation set."""
         return self.examples_file if self.examples_file is not None else EVALUATION_SET
+
+
+def load_examples(path: Path | None, limit: int) -> list[list[str]]:
+    """[instruction, input] pairs from an instruction file as `alpaca-eval answer` reads them
+    (the evaluation set's JSON lines, or an Alpaca JSON list)."""
+    if path is None or limit == 0:
+        return []
+    return [[item["instruction"], item["input"]] for item in load_instructions(path, limit)]
 
 
 def describe_errors(err: ValidationError) -> str:

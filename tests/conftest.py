@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
@@ -431,6 +433,28 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
     return value
 
 
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command run in this process returned and wrote (the fields of CompletedProcess)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_command(main, argv: list[str], capsys) -> CommandResult:
+    """Call a command's `main(argv)` in this process, as its console script would: argparse's
+    own exits (--help, bad options) count as the status. A subprocess would cost half a second of
+    interpreter start per call; the entry points themselves are run in tests/test_commands.py."""
+    capsys.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as exited:
+        status = exited.code
+    captured = capsys.readouterr()
+    return CommandResult(status or 0, captured.out, captured.err)
+
+
 # Fixtures that load the real engine or build the tiny model: a test using one is slow, whatever
 # its own marks say, so `pytest -m "not slow"` never waits for vLLM.
 REAL_ENGINE_FIXTURES = {
@@ -446,3 +470,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if REAL_ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+# A module whose every test is slow says so at its top (`pytestmark = ... pytest.mark.slow`);
+# `pytest -m "not slow"` (`make test-fast`) then does not even import it: some import seconds of
+# packages (Gradio, LangChain) that only their slow tests use.
+SLOW_MODULE = re.compile(r"^pytestmark = .*\bpytest\.mark\.slow\b", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path, config):
+    if config.getoption("markexpr", "").split() != ["not", "slow"]:
+        return None
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        if SLOW_MODULE.search(collection_path.read_text(encoding="utf-8")):
+            return True
+    return None

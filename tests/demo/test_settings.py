@@ -9,7 +9,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from demo.settings import DemoSettings
+from demo.settings import DemoSettings, load_examples
 from tests.conftest import ROOT
 
 
@@ -91,8 +91,6 @@ def test_the_server_refuses_to_mount_the_demo_on_such_a_comparison_in_one_line(t
 
 
 def test_examples_are_read_from_a_json_lines_file_or_an_alpaca_json_list(tmp_path):
-    from demo.app import load_examples
-
     lines = tmp_path / "eval.jsonl"
     lines.write_text(
         '{"instruction": "Say hi.", "instances": [{"input": "to Ann"}]}\n\n'

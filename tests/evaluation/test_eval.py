@@ -9,9 +9,7 @@ import math
 import re
 import subprocess
 import sys
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from evaluation.comparison import match_key
 from evaluation.datasets import DAVINCI_ANSWERS as DAVINCI
 from evaluation.datasets import EVALUATION_SET
 from tests.conftest import ROOT, free_port
+from tests.fake_judge import JudgeScript, running_judge
 
 pytestmark = pytest.mark.slow
 
@@ -260,54 +259,12 @@ def test_two_answer_files_of_our_server_are_compared_without_importing_anything(
     assert re.search(rf"^\s+greedy\s+{greedy_wins}\s+0\s+{2 - greedy_wins}\s+1$", report, re.M)
 
 
-class FakeJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint whose replies come from `decide(prompt)`."""
-
-    prompts: list[str] = []
-    decide = staticmethod(lambda prompt: "A")
-
-    def do_GET(self):
-        self._reply({"object": "list", "data": [{"id": "fake-judge", "object": "model"}]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][0]["content"]
-        FakeJudge.prompts.append(prompt)
-        self._reply(
-            {
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": FakeJudge.decide(prompt)},
-                    }
-                ]
-            }
-        )
-
-    def _reply(self, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def fake_judge():
-    FakeJudge.prompts = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        FakeJudge.decide = staticmethod(lambda prompt: "A")
+    """The fake judge's URL and its script."""
+    script = JudgeScript()
+    with running_judge(script) as url:
+        yield url, script
 
 
 def machine_row(report: str, label: str) -> tuple[int, ...]:
@@ -320,6 +277,7 @@ def machine_row(report: str, label: str) -> tuple[int, ...]:
 def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_people(
     answers, workdir, tiny_server, fake_judge
 ):
+    judge_url, script = fake_judge
     path = workdir / "judged.json"
     pairs = compare(answers, DAVINCI, tiny_server, path, seed=11)["pairs"]
     davinci = {" ".join(a["output"].split()) for a in load_answers(DAVINCI)}
@@ -328,12 +286,12 @@ def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_peop
         first = prompt.split("### Answer A:\n", 1)[1].split("\n\n### Answer B:", 1)[0]
         return "A" if " ".join(first.split()) in davinci else "B"
 
-    FakeJudge.decide = staticmethod(prefers_davinci)
-    result = alpaca_eval("judge", "--comparison", path, "--judge-url", fake_judge, "--no-progress")
+    script.respond = lambda prompt, number: prefers_davinci(prompt)
+    result = alpaca_eval("judge", "--comparison", path, "--judge-url", judge_url, "--no-progress")
 
     assert "recorded 20 machine votes" in result.stdout, result.stdout
-    assert len(FakeJudge.prompts) == 40  # each pair twice, the sides swapped
-    assert any(pairs[0]["instruction"] in prompt for prompt in FakeJudge.prompts)
+    assert len(script.prompts) == 40  # each pair twice, the sides swapped
+    assert any(pairs[0]["instruction"] in prompt for prompt in script.prompts)
     human_only = alpaca_eval("report", "--comparison", path).stdout
     both = alpaca_eval("report", "--comparison", path, "--include-machine").stdout
     assert "Human votes: 0 votes" in human_only and "MACHINE VOTES" not in human_only
@@ -345,9 +303,9 @@ def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_peop
 
     # Judged again (--rejudge), a judge that always picks the first answer shown is caught out
     # by the swap: all ties.
-    FakeJudge.decide = staticmethod(lambda prompt: "A")
+    script.respond = lambda prompt, number: "A"
     biased = alpaca_eval(
-        "judge", "--comparison", path, "--judge-url", fake_judge, "--rejudge", "--no-progress"
+        "judge", "--comparison", path, "--judge-url", judge_url, "--rejudge", "--no-progress"
     ).stdout
     assert "20 pairs were judged differently with the sides swapped" in biased
     assert machine_row(
@@ -359,7 +317,7 @@ def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_peop
         "--comparison",
         path,
         "--judge-url",
-        fake_judge,
+        judge_url,
         "--one-order",
         "--rejudge",
         "--no-progress",

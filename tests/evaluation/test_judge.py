@@ -7,11 +7,8 @@ HTTP server in this process whose replies, failures and pace each test scripts."
 from __future__ import annotations
 
 import json
-import re
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,95 +22,17 @@ from evaluation.comparison import (
     votes_in_store,
 )
 from tests.conftest import start_server
+from tests.fake_judge import JudgeScript, running_judge
 
 JUDGE_SESSION = "judge-fake-judge"
-
-
-class JudgeScript:
-    """What the fake judge answers, and what it saw. `respond(prompt, number)` gives the reply
-    text, or an HTTP status to fail with (sent with `Retry-After: retry_after`); the first
-    `gather` requests are each held until that many are in flight at once (or 10 s pass)."""
-
-    def __init__(self):
-        self.respond = lambda prompt, number: "A"
-        self.retry_after = "1"
-        self.gather = 0
-        self.requests: list[tuple[float, str, int]] = []  # (time, instruction, status)
-        self.in_flight = 0
-        self.most_in_flight = 0
-        self._lock = threading.Lock()
-        self._started = 0
-        self._all_in = threading.Event()
-
-    def answer(self, prompt: str) -> tuple[int, str]:
-        with self._lock:
-            number = self._started
-            self._started += 1
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
-            if self.in_flight >= self.gather:
-                self._all_in.set()
-        try:
-            if number < self.gather:
-                self._all_in.wait(10)
-            reply = self.respond(prompt, number)
-            status = reply if isinstance(reply, int) else 200
-            with self._lock:
-                self.requests.append((time.monotonic(), instruction_of(prompt), status))
-            return status, reply if status == 200 else ""
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-
-    def asked(self) -> list[str]:
-        """The instructions the judge answered (200), in the order it answered them."""
-        return [instruction for _, instruction, status in self.requests if status == 200]
-
-
-def instruction_of(prompt: str) -> str:
-    return re.search(r"### Instruction:\n(.*)\n", prompt).group(1)
-
-
-class FakeJudgeHandler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        self._send(200, {"object": "list", "data": [{"id": "fake-judge", "object": "model"}]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        status, text = self.server.script.answer(body["messages"][0]["content"])
-        if status != 200:
-            error = {"error": {"message": "scripted failure", "type": "server_error"}}
-            self._send(status, error, {"Retry-After": self.server.script.retry_after})
-            return
-        message = {"role": "assistant", "content": text}
-        self._send(200, {"choices": [{"index": 0, "message": message}]})
-
-    def _send(self, status: int, payload: dict, headers: dict | None = None):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
 def judge():
     """The fake judge's URL and its script."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudgeHandler)
-    server.daemon_threads = True
-    server.script = JudgeScript()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1", server.script
-    finally:
-        server.shutdown()
-        server.server_close()
+    script = JudgeScript()
+    with running_judge(script) as url:
+        yield url, script
 
 
 def make_comparison(store_url: str, folder: Path, pairs: int, api_key: str | None = None):
@@ -200,24 +119,27 @@ def test_a_run_that_fails_keeps_the_votes_cast_so_far_and_a_rerun_judges_only_th
     assert set(machine_votes(scripted_server.url, path).values()) == {"right"}
 
 
-@pytest.mark.parametrize("busy_status", [429, 503])
 def test_a_busy_judge_is_asked_again_after_the_wait_its_retry_after_asks_for(
-    scripted_server, judge, tmp_path, capsys, busy_status
+    scripted_server, judge, tmp_path, capsys
 ):
     judge_url, script = judge
     path, instructions = make_comparison(scripted_server.url, tmp_path, 3)
     script.retry_after = "2"  # more than the client's own first back-off of 1 s
-    script.respond = lambda prompt, number: busy_status if number == 0 else "A"
+    # The first two requests, asked at once, are refused: one busy (429), one unavailable (503).
+    script.gather = 2
+    script.respond = lambda prompt, number: {0: 429, 1: 503}.get(number, "A")
 
-    status, out, err = alpaca_eval_judge(path, judge_url, capsys=capsys)
+    status, out, err = alpaca_eval_judge(path, judge_url, "--concurrency", "2", capsys=capsys)
 
     assert status == 0, err
     assert out.startswith("recorded 3 machine votes")
-    [(refused_at, refused, _)] = [r for r in script.requests if r[2] == busy_status]
-    retried_at = min(
-        t for t, instruction, s in script.requests if instruction == refused and s == 200
-    )
-    assert retried_at - refused_at >= 1.9
+    refusals = [r for r in script.requests if r[2] != 200]
+    assert sorted(status for _, _, status in refusals) == [429, 503]
+    for refused_at, refused, _ in refusals:
+        retried_at = min(
+            t for t, instruction, s in script.requests if instruction == refused and s == 200
+        )
+        assert retried_at - refused_at >= 1.9
     assert len(machine_votes(scripted_server.url, path)) == 3
 
 

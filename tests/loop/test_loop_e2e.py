@@ -21,14 +21,13 @@ import json
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 import training.args
-from tests.conftest import ROOT, ServerProcess, free_port, tiny_server_env
+from tests.conftest import ROOT, ServerProcess, tiny_server_env
+from tests.fake_judge import JudgeScript, running_judge
 
 pytestmark = pytest.mark.slow
 
@@ -50,33 +49,16 @@ JUDGE = "judge-longer-answer"
 ANSWERS = re.compile(r"### Answer A:\n(.*)\n\n### Answer B:\n(.*)\n\nReply with", re.DOTALL)
 
 
-class LongerAnswerJudge(BaseHTTPRequestHandler):
-    """`POST /v1/chat/completions`: A or B for the longer answer, tie for equal lengths."""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        a, b = ANSWERS.search(body["messages"][0]["content"]).groups()
-        verdict = "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"
-        message = {"role": "assistant", "content": verdict}
-        data = json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def longer_answer(prompt: str, number: int) -> str:
+    """A or B for the longer answer, tie for equal lengths."""
+    a, b = ANSWERS.search(prompt).groups()
+    return "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"
 
 
 @pytest.fixture(scope="module")
 def judge_url():
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), LongerAnswerJudge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
+    with running_judge(JudgeScript(longer_answer)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

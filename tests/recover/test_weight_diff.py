@@ -33,34 +33,72 @@ TOKENIZER_FILES = {
 }
 
 
-def tiny_config(vocab_size: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
+# A tiny LLaMA as transformers saves one (config.json + model.safetensors), built with torch
+# alone: importing transformers' model classes takes seconds, so only the test that loads a
+# recovered model with them (marked slow) pays for it.
+HIDDEN, INTERMEDIATE, LAYERS = 32, 64, 2  # two heads: head_dim 16
 
 
-def original_pad_resize(model) -> None:
-    """Stanford's smart_tokenizer_and_embedding_resize for one new token, without the tokenizer."""
-    model.resize_token_embeddings(model.config.vocab_size + 1)
-    input_embeddings = model.get_input_embeddings().weight.data
-    output_embeddings = model.get_output_embeddings().weight.data
-    input_embeddings[-1:] = input_embeddings[:-1].mean(dim=0, keepdim=True)
-    output_embeddings[-1:] = output_embeddings[:-1].mean(dim=0, keepdim=True)
+def tiny_config(vocab_size: int, dtype: str = "float32") -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "dtype": dtype,
+    }
 
 
-def load_float32(folder: Path):
-    from transformers import AutoModelForCausalLM
+def tiny_weights(vocab_size: int) -> dict[str, torch.Tensor]:
+    """A LLaMA state_dict of the tiny shapes, initialised as transformers does (normal, std 0.02;
+    norms at one)."""
+    shapes = {"model.embed_tokens.weight": (vocab_size, HIDDEN)}
+    for i in range(LAYERS):
+        layer = f"model.layers.{i}"
+        for projection in ("q", "k", "v", "o"):
+            shapes[f"{layer}.self_attn.{projection}_proj.weight"] = (HIDDEN, HIDDEN)
+        shapes[f"{layer}.mlp.gate_proj.weight"] = (INTERMEDIATE, HIDDEN)
+        shapes[f"{layer}.mlp.up_proj.weight"] = (INTERMEDIATE, HIDDEN)
+        shapes[f"{layer}.mlp.down_proj.weight"] = (HIDDEN, INTERMEDIATE)
+        shapes[f"{layer}.input_layernorm.weight"] = (HIDDEN,)
+        shapes[f"{layer}.post_attention_layernorm.weight"] = (HIDDEN,)
+    shapes["model.norm.weight"] = (HIDDEN,)
+    shapes["lm_head.weight"] = (vocab_size, HIDDEN)
+    return {
+        name: torch.ones(shape) if len(shape) == 1 else torch.randn(shape) * 0.02
+        for name, shape in shapes.items()
+    }
 
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+
+def save_model(folder: Path, tensors: dict[str, torch.Tensor], dtype: str) -> None:
+    folder.mkdir(parents=True)
+    vocab = tensors["model.embed_tokens.weight"].shape[0]
+    (folder / "config.json").write_text(json.dumps(tiny_config(vocab, dtype), indent=2))
+    cast = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in tensors.items()}
+    safetensors_torch.save_file(cast, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def original_pad_resize(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stanford's smart_tokenizer_and_embedding_resize for one new token, without the tokenizer:
+    the input and output embeddings each gain a row, the mean of their others."""
+    resized = dict(state)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        rows = state[name]
+        resized[name] = torch.cat([rows, rows.mean(dim=0, keepdim=True)])
+    return resized
+
+
+def load_float32(folder: Path) -> dict[str, torch.Tensor]:
+    """A model folder's weights in float32, as loading it in float32 gives them."""
+    return {name: tensor.float() for name, tensor in load_tensors(folder).items()}
 
 
 def load_tensors(folder: Path) -> dict:
@@ -87,25 +125,20 @@ def run(*argv: str) -> int:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """A float32 base, and tuned models (float32 and bfloat16): base + noise, plus the [PAD] row."""
-    from transformers import LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("weight-diff-models")
     torch.manual_seed(0)
-    base = LlamaForCausalLM(tiny_config(VOCAB)).to(torch.float32)
-    base.save_pretrained(root / "base")
+    base = tiny_weights(VOCAB)
+    save_model(root / "base", base, "float32")
 
-    tuned = LlamaForCausalLM(tiny_config(VOCAB)).to(torch.float32)
-    tuned.load_state_dict(base.state_dict())
-    original_pad_resize(tuned)
-    with torch.no_grad():
-        for parameter in tuned.parameters():
-            # Scaling as well as adding gives every bit of the mantissa a value, as training does.
-            parameter.add_(torch.randn_like(parameter) * 0.01)
-            parameter.mul_(1 + torch.randn_like(parameter) * 1e-3)
+    tuned = original_pad_resize(base)
+    for name, tensor in tuned.items():
+        # Scaling as well as adding gives every bit of the mantissa a value, as training does.
+        tensor = tensor + torch.randn_like(tensor) * 0.01
+        tuned[name] = tensor * (1 + torch.randn_like(tensor) * 1e-3)
     folders = {"base": root / "base"}
     for dtype in ("float32", "bfloat16"):
         folder = root / f"tuned-{dtype}"
-        tuned.to(getattr(torch, dtype)).save_pretrained(folder)
+        save_model(folder, tuned, dtype)
         for name, text in TOKENIZER_FILES.items():
             (folder / name).write_text(text)
         folders[f"tuned-{dtype}"] = folder
@@ -184,8 +217,8 @@ def test_recovered_float32_model_loads_and_matches_the_tuned_one_within_float32_
     # Sharded like the tuned model would be, with an index, and loadable as it is.
     assert (out / "model.safetensors.index.json").is_file()
     assert len(list(out.glob("model-*-of-*.safetensors"))) > 1
-    recovered = load_float32(out).state_dict()
-    tuned = load_float32(models["tuned-float32"]).state_dict()
+    recovered = load_float32(out)
+    tuned = load_float32(models["tuned-float32"])
     base = load_tensors(models["base"])
     assert recovered.keys() == tuned.keys()
     inexact = 0
@@ -208,12 +241,30 @@ def test_recovered_float32_model_loads_and_matches_the_tuned_one_within_float32_
     assert json.loads((out / "config.json").read_text())["vocab_size"] == VOCAB + 1
 
 
+@pytest.mark.slow  # imports transformers' model classes, which takes seconds
+def test_a_recovered_model_loads_in_transformers_with_exactly_the_weights_recovered(
+    models, diff_dir, tmp_path
+):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "recovered"
+    assert run("recover", "--raw", models["base"], "--diff", diff_dir, "--out", out) == 0
+
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    loaded, saved = model.state_dict(), load_tensors(out)
+    assert model.config.vocab_size == VOCAB + 1
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[name], saved[name]) for name in saved)
+    tuned = AutoModelForCausalLM.from_pretrained(str(models["tuned-float32"]), dtype=torch.float32)
+    expected = tuned.state_dict()
+    assert all(torch.allclose(loaded[k], v, rtol=0, atol=1e-6) for k, v in expected.items())
+
+
 def test_pad_row_and_diff_match_the_original_script(models, diff_dir):
     # The original: base loaded in float32, [PAD] added with mean rows, diff = tuned - base.
-    base = load_float32(models["base"])
-    original_pad_resize(base)
-    tuned = load_float32(models["tuned-float32"]).state_dict()
-    expected_diff = {k: tuned[k] - v for k, v in base.state_dict().items()}
+    base = original_pad_resize(load_float32(models["base"]))
+    tuned = load_float32(models["tuned-float32"])
+    expected_diff = {k: tuned[k] - v for k, v in base.items()}
 
     diff = load_tensors(diff_dir)
     assert diff.keys() == expected_diff.keys()
@@ -306,11 +357,9 @@ def published_format_diff(models, folder: Path) -> float:
     Returns the original's integrity-check value for it: the float32 sum of the recovered
     state_dict's tensor sums.
     """
-    base = load_float32(models["base"])
-    original_pad_resize(base)
+    raw_state = original_pad_resize(load_float32(models["base"]))
     tuned = load_float32(models["tuned-float32"])
-    raw_state = base.state_dict()
-    diff = {k: v - raw_state[k] for k, v in tuned.state_dict().items()}
+    diff = {k: v - raw_state[k] for k, v in tuned.items()}
     recovered = {k: v + raw_state[k] for k, v in diff.items()}
     expected_sum = float(sum(recovered[k].sum() for k in recovered))
 
@@ -350,8 +399,8 @@ def test_published_format_diff_recovers_with_the_original_sum_check(models, tmp_
         == 0
     )
     assert f"sum check passed: {expected_sum:.4f}" in capsys.readouterr().out
-    recovered = load_float32(out).state_dict()
-    tuned = load_float32(models["tuned-float32"]).state_dict()
+    recovered = load_float32(out)
+    tuned = load_float32(models["tuned-float32"])
     assert all(torch.allclose(recovered[k], tuned[k], rtol=0, atol=1e-6) for k in tuned)
 
     assert (
@@ -394,9 +443,7 @@ def test_diff_saved_with_rotary_buffers_recovers_against_a_base_without_them(
     state = {}
     for file in sorted(diff.glob("*.bin")):
         state.update(torch.load(file, weights_only=True))
-    raw = load_float32(models["base"])
-    original_pad_resize(raw)
-    raw_state = raw.state_dict()
+    raw_state = original_pad_resize(load_float32(models["base"]))
     expected_sum = float(sum((v + raw_state.get(k, inv_freq)).sum() for k, v in state.items()))
 
     out = tmp_path / "recovered"

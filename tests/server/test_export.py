@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from server.feedback import GenerationRecord, RatingFeedback, open_store
 from server.feedback.export import main
 from server.settings import ServerSettings, StoreSettings
-from tests.conftest import ROOT
+from tests.conftest import CommandResult, run_command
 from training.data import AlpacaRecord, load_records
 
 
@@ -135,18 +133,12 @@ def test_the_exports_default_store_is_the_servers(tmp_path, monkeypatch):
     )
 
 
-def run_export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "server.feedback.export", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def run_export(capsys, *args: str) -> CommandResult:
+    return run_command(main, list(args), capsys)
 
 
-def test_export_reports_a_bad_database_url_in_one_line():
-    result = run_export("--database", "mysql://alpaca:s3cret@localhost/alpaca")
+def test_export_reports_a_bad_database_url_in_one_line(capsys):
+    result = run_export(capsys, "--database", "mysql://alpaca:s3cret@localhost/alpaca")
 
     assert result.returncode == 2
     assert result.stdout == ""
@@ -155,10 +147,10 @@ def test_export_reports_a_bad_database_url_in_one_line():
     assert "s3cret" not in line
 
 
-def test_export_without_a_database_says_so_and_creates_nothing(tmp_path):
+def test_export_without_a_database_says_so_and_creates_nothing(tmp_path, capsys):
     data_dir = tmp_path / "never-served"
 
-    result = run_export("--data-dir", str(data_dir))
+    result = run_export(capsys, "--data-dir", str(data_dir))
 
     assert result.returncode == 2
     assert result.stderr.strip() == (
@@ -168,8 +160,8 @@ def test_export_without_a_database_says_so_and_creates_nothing(tmp_path):
     assert not data_dir.exists()
 
 
-def test_export_help_explains_every_option():
-    result = run_export("--help")
+def test_export_help_explains_every_option(capsys):
+    result = run_export(capsys, "--help")
 
     assert result.returncode == 0
     for option in ("--database", "--data-dir", "--out", "--include-unrated", "postgresql://"):

@@ -14,10 +14,22 @@ from tests.conftest import start_server, wait_for
 from training.prompts import format_prompt
 
 
+@pytest.fixture(scope="module")
+def sdks():
+    """One SDK client per server for the module: making one (its TLS context) takes ~70 ms."""
+    made: dict[str, openai.OpenAI] = {}
+    yield made
+    for sdk in made.values():
+        sdk.close()
+
+
 @pytest.fixture
-def sdk(server):
-    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0) as c:
-        yield c
+def sdk(server, sdks):
+    if server.url not in sdks:
+        sdks[server.url] = openai.OpenAI(
+            base_url=f"{server.url}/v1", api_key="unused", max_retries=0
+        )
+    return sdks[server.url]
 
 
 @pytest.fixture

@@ -4,14 +4,12 @@ server really gave, on SQLite and on PostgreSQL, and counted by what was kept an
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from server.feedback import default_database_url
 from server.feedback.export import main
-from tests.conftest import ROOT, start_server
+from tests.conftest import CommandResult, run_command, start_server
 from training.data import AlpacaRecord
 from training.prompts import format_prompt
 from training.train import load_training_records
@@ -211,14 +209,8 @@ def test_the_default_format_is_still_one_line_per_rating_with_its_details(served
     assert summary == f"alpaca-export: wrote 1 record to {tmp_path / 'feedback.jsonl'}"
 
 
-def run_export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "server.feedback.export", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def run_export(capsys, *args: str) -> CommandResult:
+    return run_command(main, list(args), capsys)
 
 
 @pytest.mark.parametrize(
@@ -230,9 +222,9 @@ def run_export(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_a_format_or_option_that_does_not_fit_is_one_error_line_and_status_2(
-    tmp_path, options, message
+    tmp_path, options, message, capsys
 ):
-    result = run_export("--data-dir", str(tmp_path), *options)
+    result = run_export(capsys, "--data-dir", str(tmp_path), *options)
 
     assert result.returncode == 2
     assert result.stdout == ""
@@ -242,8 +234,8 @@ def test_a_format_or_option_that_does_not_fit_is_one_error_line_and_status_2(
     assert not (tmp_path / "alpaca.sqlite3").exists()
 
 
-def test_help_explains_the_formats():
-    result = run_export("--help")
+def test_help_explains_the_formats(capsys):
+    result = run_export(capsys, "--help")
 
     for words in ("--format", "feedback", "sft", "dpo", "--include-machine", "preference pairs"):
         assert words in result.stdout
