@@ -43,6 +43,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     ALPACA_PORT=8000 \
     ALPACA_CACHE_DIR=/models \
     ALPACA_DATA_DIR=/data \
+    ALPACA_COMPILE_CACHE_DIR=/data/compile-cache \
     HF_HUB_OFFLINE=1
 RUN useradd --create-home --uid 1000 alpaca \
     && mkdir -p /data && chown alpaca:alpaca /data
@@ -80,6 +81,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     ALPACA_PORT=8000 \
     ALPACA_CACHE_DIR=/models \
     ALPACA_DATA_DIR=/data \
+    ALPACA_COMPILE_CACHE_DIR=/data/compile-cache \
     ALPACA_DEVICE=cuda \
     HF_HUB_OFFLINE=1
 RUN useradd --create-home --uid 1001 alpaca \

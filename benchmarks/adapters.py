@@ -37,16 +37,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchmarks.processes import ServerProcess, alpaca_server
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTIONS = [
@@ -111,65 +110,6 @@ class LiveLoad:
 
 
 # --- the server processes -------------------------------------------------------------------
-
-
-class Server:
-    """An `alpaca-serve` process on a free port; its log goes to a file in `folder`."""
-
-    def __init__(self, model: Path, folder: Path, env: dict[str, str], kv_cache_gib: float):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.log_path = folder / "server.log"
-        full_env = {
-            **os.environ,
-            "ALPACA_MODEL": str(model),
-            "ALPACA_HOST": "127.0.0.1",
-            "ALPACA_PORT": str(self.port),
-            "ALPACA_DATA_DIR": str(folder / "data"),
-            "ALPACA_UI": "false",
-            "ALPACA_CPU_KV_CACHE_GIB": str(kv_cache_gib),
-            "VLLM_LOGGING_LEVEL": "WARNING",
-            **env,
-        }
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.main"],
-            env=full_env,
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    async def wait_until_ready(self, session, timeout_s: float) -> None:
-        import aiohttp
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{tail}")
-            try:
-                async with session.get(f"{self.url}/ready") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-        raise RuntimeError(f"the server was not ready after {timeout_s:g} s (log: {self.log_path})")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
 
 
 # --- the requests ---------------------------------------------------------------------------
@@ -247,7 +187,7 @@ async def warm_up(session, url: str, models: list[str | None]) -> None:
 
 
 async def measure_live_load(
-    session, server: Server, adapters_dir: Path, adapter: Path, args, trial: int
+    session, server: ServerProcess, adapters_dir: Path, adapter: Path, args, trial: int
 ) -> LiveLoad:
     """Base streams without, then with, an adapter (a new copy, named for `trial`) copied in and
     reloaded while they run."""
@@ -318,7 +258,7 @@ async def measure(args, model: Path, adapter: Path, workdir: Path) -> dict:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         # (a): the base on a server without adapters.
-        server = Server(model, workdir / "server-a", {}, args.kv_cache_gib)
+        server = alpaca_server(model, workdir / "server-a", {}, args.kv_cache_gib)
         try:
             await server.wait_until_ready(session, args.start_timeout)
             await warm_up(session, server.url, [None])
@@ -334,7 +274,7 @@ async def measure(args, model: Path, adapter: Path, workdir: Path) -> dict:
         shutil.copytree(adapter, adapters_dir / ADAPTER)
         shutil.copytree(adapter, adapters_dir / SECOND_ADAPTER)
         env = {"ALPACA_ADAPTERS_DIR": str(adapters_dir), "ALPACA_ADAPTERS_POLL_S": "3600"}
-        server = Server(model, workdir / "server-b", env, args.kv_cache_gib)
+        server = alpaca_server(model, workdir / "server-b", env, args.kv_cache_gib)
         try:
             await server.wait_until_ready(session, args.start_timeout)
             await warm_up(session, server.url, [None, ADAPTER, SECOND_ADAPTER])

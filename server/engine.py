@@ -380,6 +380,15 @@ def configure_cpu_environment(settings: ServerSettings) -> None:
     os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(settings.cpu_reserved_cores)
 
 
+def configure_compile_caches(settings: ServerSettings) -> None:
+    """Keep vLLM's compiled-model cache and torch inductor's kernel cache in one persistent
+    folder (by default vLLM's sits in ~/.cache/vllm and inductor's in /tmp, lost with it), so a
+    compiled engine's later starts reuse them. Variables already set by the operator win."""
+    root = settings.compile_cache_root
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(root / "vllm"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+
+
 def build_engine(
     settings: ServerSettings,
     model_path: Path,
@@ -390,6 +399,7 @@ def build_engine(
     dtype = resolve_dtype(settings, device)
     if device == "cpu":
         configure_cpu_environment(settings)
+    configure_compile_caches(settings)
     # Models are local folders; never wait on a hub this machine may not reach.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from vllm.engine.arg_utils import AsyncEngineArgs

@@ -123,6 +123,11 @@ class ServerSettings(BaseSettings):
         description="skip model compilation: loads in seconds; false compiles (minutes) for "
         "more throughput",
     )
+    compile_cache_dir: Path | None = Field(
+        None,
+        description="where a compiled engine (enforce_eager false) keeps vLLM's and torch's "
+        "compilation caches, so that later starts reuse them; empty: `compile/` in cache_dir",
+    )
     cpu_kv_cache_gib: float = Field(2.0, gt=0, description="KV cache size on cpu, in GiB")
     cpu_reserved_cores: int = Field(
         0, ge=0, description="cores kept out of the cpu engine's compute threads"
@@ -219,6 +224,7 @@ class ServerSettings(BaseSettings):
     @field_validator(
         "model",
         "model_name",
+        "compile_cache_dir",
         "blocklist",
         "api_keys",
         "api_keys_file",
@@ -293,6 +299,10 @@ class ServerSettings(BaseSettings):
     def store_url(self) -> str:
         """Where generations and feedback are kept (the same rule as StoreSettings.store_url)."""
         return self.database_url or default_database_url(self.data_dir)
+
+    @property
+    def compile_cache_root(self) -> Path:
+        return self.compile_cache_dir or self.cache_dir / "compile"
 
     @property
     def served_model_name(self) -> str:

@@ -1,0 +1,483 @@
+"""This server against vLLM's own OpenAI server, on the same model and engine settings, in one run.
+
+Usage:
+    python -m benchmarks.peer                        # the default model; 1, 8 and 16 clients
+    python -m benchmarks.peer --model ./alpaca-7b --rounds 5 --json peer.json
+    python -m benchmarks.peer --short                # smoke run: 1 and 2 clients, few tokens
+
+Three servers run side by side, each a process of its own on a free port (started one after the
+other, then all kept up; only one is sent requests at a time):
+
+- `vllm`: vLLM's OpenAI server (`vllm serve`, through benchmarks/vllm_server.py), no stop strings;
+- `ours`: `alpaca-serve`, which matches the Alpaca section headers itself (server/stop_strings.py);
+- `ours+filters`: `alpaca-serve` with the built-in content filters on: a blocklist of
+  `--blocklist-entries` phrases and the length/repetition guard.
+
+The engine settings are the same for all three: dtype (float32 on CPU), `--max-model-len`,
+`--max-num-seqs`, eager mode, the CPU KV cache size and seed 0. Every request is the same
+`POST /v1/completions` to each (the Alpaca no-input prompt of one of 16 instructions, greedy,
+streaming, `min_tokens` = `max_tokens`, so every answer has exactly `--max-new-tokens` tokens on
+every server and the header check never ends one early, while it still holds back text that could
+begin a header). Per concurrency (`--clients`) and round (`--rounds`), the servers take turns, in
+an order that alternates from round to round; each turn is a couple of uncounted warm-up requests,
+then N clients each sending `--requests-per-client` requests one after the other.
+
+Reported per server and concurrency: output tokens/s (completion tokens / the turn's wall time,
+the mean over rounds), TTFT p50/p99 (request start to its first text) and inter-token latency
+p50/p99 (the gaps between a stream's consecutive text chunks, pooled), all rounds' requests
+pooled; then the ratios to vLLM and the issue's targets: TTFT p50 at 1 client within 15 ms of
+vLLM's, tokens/s at least 0.97 of vLLM's at 8 and 16 clients, and 0.95 with the filters on.
+
+On a machine with few cores, run it on a quiet machine, and more `--rounds` to even out noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.processes import ServerProcess, alpaca_server
+
+INSTRUCTIONS = [
+    "Give three tips for staying healthy.",
+    "Explain why the sky is blue.",
+    "Write a short poem about the sea.",
+    "Describe the process of photosynthesis in simple terms.",
+    "List five countries in South America and their capitals.",
+    "Write a Python function that reverses a string.",
+    "What are the main differences between a cat and a dog as pets?",
+    "Summarize the plot of Romeo and Juliet in a few sentences.",
+    "Suggest a name for a coffee shop and explain your choice.",
+    "Explain what a black hole is to a ten-year-old.",
+    "Write an email asking a colleague to reschedule a meeting.",
+    "How do I make a cup of tea?",
+    "Give an example of a metaphor and explain it.",
+    "What is the difference between weather and climate?",
+    "Translate 'Good morning, how are you?' into French and Spanish.",
+    "Describe a sunset over the mountains.",
+]
+SERVERS = ("vllm", "ours", "ours+filters")
+SERVED_NAME = "peer-model"
+WARMUP_REQUESTS = 2
+TARGETS = {
+    "ttft_p50_gap_ms_at_1": 15.0,  # ours - vllm, at 1 client
+    "tokens_per_s_ratio": 0.97,  # ours / vllm, at 8 and 16 clients
+    "tokens_per_s_ratio_filters": 0.95,  # ours+filters / vllm, at 8 and 16 clients
+}
+
+
+@dataclass
+class Turn:
+    """One server's share of one round at one concurrency."""
+
+    server: str
+    clients: int
+    round: int
+    requests: int = 0
+    tokens: int = 0
+    wall_s: float = 0.0
+    ttft_ms: list[float] = field(default_factory=list)
+    itl_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+
+# --- the servers ----------------------------------------------------------------------------
+
+
+def engine_flags(args) -> list[str]:
+    """`vllm serve` flags equal to the settings given to alpaca-serve in `alpaca_env`."""
+    return [
+        *("--dtype", "float32", "--max-model-len", str(args.max_model_len)),
+        *("--max-num-seqs", str(args.max_num_seqs), "--enforce-eager", "--seed", "0"),
+        *("--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", "{port}"),
+        "--disable-uvicorn-access-log",
+    ]
+
+
+def alpaca_env(args) -> dict[str, str]:
+    return {
+        "ALPACA_MODEL_NAME": SERVED_NAME,
+        "ALPACA_DTYPE": "float32",
+        "ALPACA_MAX_MODEL_LEN": str(args.max_model_len),
+        "ALPACA_MAX_NUM_SEQS": str(args.max_num_seqs),
+        "ALPACA_ENFORCE_EAGER": "true",
+        "ALPACA_MAX_NEW_TOKENS_LIMIT": str(max(args.max_new_tokens, 16)),
+        # Admission never queues a client of the benchmark.
+        "ALPACA_MAX_CONCURRENT": str(max(args.clients) + WARMUP_REQUESTS),
+        "ALPACA_LOG_LEVEL": "warning",
+    }
+
+
+def write_blocklist(path: Path, entries: int) -> Path:
+    """`entries` phrases no answer contains, in the blocklist format (half plain, half
+    categorised), so every check runs to the end of the list."""
+    lines = [
+        f"bench-category-{i % 7}: zqx phrase {i:04d} vrk" if i % 2 else f"zqx blocked {i:04d} vrk"
+        for i in range(entries)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_servers(args, model: Path, workdir: Path) -> dict[str, ServerProcess]:
+    kv = f"{args.kv_cache_gib:g}"
+    filters = json.dumps([{"factory": "server.filters:length_repetition_guard"}])
+    blocklist = write_blocklist(workdir / "blocklist.txt", args.blocklist_entries)
+    return {
+        "vllm": ServerProcess(
+            [sys.executable, "-m", "benchmarks.vllm_server", str(model), *engine_flags(args)],
+            workdir / "vllm",
+            {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": kv},
+            "/health",
+        ),
+        "ours": alpaca_server(model, workdir / "ours", alpaca_env(args), args.kv_cache_gib),
+        "ours+filters": alpaca_server(
+            model,
+            workdir / "ours-filters",
+            {**alpaca_env(args), "ALPACA_BLOCKLIST": str(blocklist), "ALPACA_FILTERS": filters},
+            args.kv_cache_gib,
+        ),
+    }
+
+
+# --- the requests ---------------------------------------------------------------------------
+
+
+async def complete(session, url: str, prompt: str, tokens: int, turn: Turn) -> None:
+    """One streamed completion of exactly `tokens` tokens, its figures added to `turn`."""
+    body = {
+        "model": SERVED_NAME,
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "min_tokens": tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    chunk_times: list[float] = []
+    completion_tokens = 0
+    async with session.post(f"{url}/v1/completions", json=body) as response:
+        if response.status != 200:
+            turn.errors.append(f"{response.status} {(await response.text())[:200]}")
+            return
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[len("data: ") :])
+            if "error" in event:
+                turn.errors.append(str(event["error"])[:200])
+            if any(choice.get("text") for choice in event.get("choices", [])):
+                chunk_times.append(time.perf_counter())
+            if event.get("usage"):
+                completion_tokens = event["usage"]["completion_tokens"]
+    turn.requests += 1
+    turn.tokens += completion_tokens
+    if chunk_times:
+        turn.ttft_ms.append((chunk_times[0] - started) * 1000)
+        turn.itl_ms.extend((b - a) * 1000 for a, b in itertools.pairwise(chunk_times))
+
+
+async def run_turn(session, server: str, url: str, clients: int, round_no: int, args) -> Turn:
+    from training.prompts import format_prompt
+
+    def prompt(k: int) -> str:
+        return format_prompt(INSTRUCTIONS[k % len(INSTRUCTIONS)])
+
+    warm = Turn(server, clients, round_no)
+    await asyncio.gather(
+        *(complete(session, url, prompt(k), args.max_new_tokens, warm) for k in range(2))
+    )
+    turn = Turn(server, clients, round_no, errors=warm.errors)
+
+    async def client(c: int) -> None:
+        for k in range(args.requests_per_client):
+            await complete(
+                session, url, prompt(c * args.requests_per_client + k), args.max_new_tokens, turn
+            )
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    turn.wall_s = time.perf_counter() - started
+    return turn
+
+
+async def measure(args, servers: dict[str, ServerProcess]) -> list[Turn]:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=max(args.clients) + WARMUP_REQUESTS + 4)
+    timeout = aiohttp.ClientTimeout(total=args.request_timeout)
+    turns: list[Turn] = []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        for name, server in servers.items():
+            print(f"waiting for {name} ...", file=sys.stderr, flush=True)
+            await server.wait_until_ready(session, args.start_timeout)
+        for clients in args.clients:
+            for round_no in range(1, args.rounds + 1):
+                order = SERVERS if round_no % 2 else SERVERS[::-1]
+                for name in order:
+                    turn = await run_turn(session, name, servers[name].url, clients, round_no, args)
+                    turns.append(turn)
+                    print(
+                        f"{clients:>3} clients, round {round_no}, {name:<12}: "
+                        f"{turn.tokens_per_s:7.1f} tok/s, TTFT p50 "
+                        f"{percentile(turn.ttft_ms, 50):6.1f} ms"
+                        + (f", {len(turn.errors)} error(s)" if turn.errors else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return turns
+
+
+# --- the figures ----------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), interpolated linearly between the closest ranks."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(turns: list[Turn]) -> dict:
+    """Per concurrency and server: the figures over its rounds; then ratios and targets."""
+    figures: dict = {"per_clients": {}, "targets": []}
+    for clients in sorted({t.clients for t in turns}):
+        row = {}
+        for server in SERVERS:
+            mine = [t for t in turns if t.clients == clients and t.server == server]
+            ttft = [x for t in mine for x in t.ttft_ms]
+            itl = [x for t in mine for x in t.itl_ms]
+            row[server] = {
+                "tokens_per_s": statistics.fmean(t.tokens_per_s for t in mine),
+                "ttft_p50_ms": percentile(ttft, 50),
+                "ttft_p99_ms": percentile(ttft, 99),
+                "itl_p50_ms": percentile(itl, 50),
+                "itl_p99_ms": percentile(itl, 99),
+                "requests": sum(t.requests for t in mine),
+                "tokens": sum(t.tokens for t in mine),
+            }
+        vllm = row["vllm"]["tokens_per_s"]
+        row["ratio_ours"] = row["ours"]["tokens_per_s"] / vllm if vllm else math.nan
+        row["ratio_filters"] = row["ours+filters"]["tokens_per_s"] / vllm if vllm else math.nan
+        row["ttft_p50_gap_ms"] = row["ours"]["ttft_p50_ms"] - row["vllm"]["ttft_p50_ms"]
+        figures["per_clients"][clients] = row
+    rows = figures["per_clients"]
+    if 1 in rows:
+        gap = rows[1]["ttft_p50_gap_ms"]
+        limit = TARGETS["ttft_p50_gap_ms_at_1"]
+        figures["targets"].append(
+            (f"TTFT p50 at 1 client within {limit:g} ms of vLLM's", f"{gap:+.1f} ms", gap <= limit)
+        )
+    for clients in (8, 16):
+        if clients in rows:
+            for key, label in (("ratio_ours", "ours"), ("ratio_filters", "ours+filters")):
+                limit = TARGETS["tokens_per_s_ratio" + ("_filters" if "filters" in key else "")]
+                value = rows[clients][key]
+                figures["targets"].append(
+                    (
+                        f"tokens/s of {label} at {clients} clients at least {limit:g} of vLLM's",
+                        f"{value:.3f}",
+                        value >= limit,
+                    )
+                )
+    return figures
+
+
+def format_report(figures: dict, args, model: Path) -> str:
+    lines = [
+        f"model {model}: {args.requests_per_client} requests per client x {args.max_new_tokens} "
+        f"tokens (min_tokens = max_tokens), greedy, streaming /v1/completions, "
+        f"{args.rounds} round(s); ours+filters: {args.blocklist_entries}-entry blocklist + "
+        "length/repetition guard",
+        "",
+        f"{'clients':>7} {'server':<13} {'tok/s':>7} {'ratio':>6} {'TTFT p50':>9} "
+        f"{'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}   (ms)",
+    ]
+    for clients, row in figures["per_clients"].items():
+        for server in SERVERS:
+            f = row[server]
+            ratio = {"vllm": 1.0, "ours": row["ratio_ours"], "ours+filters": row["ratio_filters"]}
+            lines.append(
+                f"{clients:>7} {server:<13} {f['tokens_per_s']:>7.1f} {ratio[server]:>6.3f} "
+                f"{f['ttft_p50_ms']:>9.1f} {f['ttft_p99_ms']:>9.1f} "
+                f"{f['itl_p50_ms']:>8.1f} {f['itl_p99_ms']:>8.1f}"
+            )
+    lines += ["", "targets:"]
+    for label, value, met in figures["targets"]:
+        lines.append(f"  {'met ' if met else 'MISS'}  {label}: {value}")
+    return "\n".join(lines)
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def _count_list(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers such as 1,8,16, got {text!r}")
+    return counts
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.peer",
+        description="alpaca-serve against vLLM's own OpenAI server (and alpaca-serve with its "
+        "built-in filters on), same model and engine settings, alternating turns: tokens/s, "
+        "TTFT and inter-token latency per concurrency, with ratios to vLLM.",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="Hugging Face folder of a LLaMA-family model (default: the bundled "
+        "SmolLM2-135M-Instruct, converted once into ALPACA_CACHE_DIR)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=_count_list,
+        default=[1, 8, 16],
+        help="concurrencies to measure, comma-separated (default 1,8,16)",
+    )
+    parser.add_argument(
+        "--requests-per-client",
+        type=_positive_int,
+        default=4,
+        help="requests each client sends one after the other, per turn (default 4)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=128,
+        help="tokens of every answer (max_tokens = min_tokens; default 128)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        help="turns of each server per concurrency, in alternating order (default 3)",
+    )
+    parser.add_argument(
+        "--max-model-len", type=_positive_int, default=2048, help="context length (default 2048)"
+    )
+    parser.add_argument(
+        "--max-num-seqs",
+        type=_positive_int,
+        default=64,
+        help="requests the engines batch together (default 64)",
+    )
+    parser.add_argument(
+        "--kv-cache-gib", type=float, default=1.0, help="KV cache on CPU, in GiB (default 1)"
+    )
+    parser.add_argument(
+        "--blocklist-entries",
+        type=_positive_int,
+        default=1000,
+        help="phrases in the filtered server's blocklist (default 1000)",
+    )
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="a smoke run: clients 1,2, one round, one request of 8 tokens per client",
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=900.0,
+        help="seconds a server may take to load (default 900)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=900.0,
+        help="seconds one request may take (default 900)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="where the server logs, data and blocklist go (default: a temporary folder, "
+        "removed afterwards)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write the figures to this JSON file"
+    )
+    return parser
+
+
+def default_model() -> Path:
+    """The bundled SmolLM2-135M-Instruct, converted once into ALPACA_CACHE_DIR."""
+    from server.default_model import ensure_default_model
+    from server.settings import ServerSettings
+
+    return asyncio.run(ensure_default_model(ServerSettings().cache_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.short:
+        args.clients, args.rounds, args.requests_per_client, args.max_new_tokens = [1, 2], 1, 1, 8
+    if args.model is not None and not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model} has no config.json")
+    if args.max_new_tokens >= args.max_model_len:
+        parser.error(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt")
+    import aiohttp  # noqa: F401  (fail now, not after loading three servers)
+
+    model = args.model or default_model()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alpaca-peer-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    servers = start_servers(args, model, workdir)
+    try:
+        turns = asyncio.run(measure(args, servers))
+    finally:
+        for server in servers.values():
+            server.stop()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    figures = summarize(turns)
+    print(format_report(figures, args, model))
+    if args.json is not None:
+        body = {
+            "model": str(model),
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "per_clients": figures["per_clients"],
+            "targets": [{"target": t, "value": v, "met": m} for t, v, m in figures["targets"]],
+            "turns": [{**t.__dict__, "tokens_per_s": t.tokens_per_s} for t in turns],
+        }
+        args.json.write_text(json.dumps(body, indent=2) + "\n")
+    errors = [e for t in turns for e in t.errors]
+    if errors:
+        print(f"peer: {len(errors)} request(s) failed, first: {errors[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""`python -m benchmarks.engine_start`: its options, the variants it measures and its report.
+(Its figures come from compiled engines, minutes each, so it is run by hand; README shows them.)"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from benchmarks.engine_start import Variant, format_report, main, variants
+
+
+def test_help_names_the_variants_and_the_cache_experiment(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for words in ("compiled", "--preload", "--compiled-env", "VLLM_USE_AOT_COMPILE=0"):
+        assert words in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--clients", "0"], "expected positive integers such as 1,16, got '0'"),
+        (["--compiled-env", "NOVALUE"], "expected NAME=VALUE, got 'NOVALUE'"),
+        (["--model", "/no/such/model"], "--model /no/such/model has no config.json"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_starts(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_compiled_variant_gets_the_experiments_environment():
+    args = argparse.Namespace(preload=False, compiled_env=[("VLLM_USE_AOT_COMPILE", "0")])
+
+    eager, compiled = variants(args)
+
+    assert eager.env == {"ALPACA_ENFORCE_EAGER": "true"}
+    assert compiled.env == {"ALPACA_ENFORCE_EAGER": "false", "VLLM_USE_AOT_COMPILE": "0"}
+
+
+def test_the_report_gives_both_starts_whether_the_cache_was_reused_and_ratios_to_eager():
+    eager = Variant("eager", {}, [20.0, 19.0], [False, False], {1: 40.0, 16: 300.0})
+    compiled = Variant("compiled", {}, [80.0, 30.0], [False, True], {1: 46.0, 16: 345.0})
+    args = argparse.Namespace(rounds=2, max_new_tokens=128, clients=[1, 16])
+
+    report = format_report([eager, compiled], args, "model")
+
+    rows = {line.split()[0]: line.split() for line in report.splitlines()[3:]}
+    assert rows["eager"][1:4] == ["20.0", "19.0", "yes"]
+    assert rows["compiled"][1:4] == ["80.0", "30.0", "no"]
+    assert rows["compiled"][4:] == ["46.0", "1.150", "345.0", "1.150"]
