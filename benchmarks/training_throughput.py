@@ -9,6 +9,11 @@ The run builds the model, the tokenized Alpaca sample and the Hugging Face Train
 `alpaca-train` does (training.train's functions), trains `--warmup-steps + --steps` optimizer
 steps and times the last `--steps` only. Tokens are the non-padding tokens fed to the model.
 
+Then, in the same run, a bare training loop on a fresh copy of the same model (loaded the same
+way) and the same kind of micro batches (the same collator, examples drawn with the same seed):
+forward, loss, backward, `torch.optim.AdamW` step, with nothing else around it; timed the same
+way. The ratio alpaca-train / bare loop says what the Trainer's setup costs (`--no-bare` skips it).
+
 MFU (model FLOPs utilisation) = achieved model FLOP/s / peak FLOP/s. Model FLOPs per token:
 full fine-tuning 6 x N (forward 2N, backward 4N) and LoRA 4 x N (no weight gradients for the
 frozen weights), N = weights of all matrix multiplies (lm_head included, input embedding lookup
@@ -81,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="peak TFLOP/s for MFU (default: measured float32 matmul rate)",
     )
+    parser.add_argument(
+        "--no-bare",
+        action="store_true",
+        help="skip the bare training loop measured beside alpaca-train's Trainer",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return parser
 
@@ -108,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{figures['peak_tflops'] * 1e3:.1f} GFLOP/s ({figures['peak_source']}); "
         f"MFU {100 * figures['mfu']:.1f}%"
     )
+    if "bare" in figures:
+        bare = figures["bare"]
+        print(
+            f"  bare loop (forward, backward, torch AdamW; same model and batches): "
+            f"{bare['tokens']} tokens in {bare['seconds']:.2f} s = "
+            f"{bare['tokens_per_second']:.0f} tokens/s, MFU {100 * bare['mfu']:.1f}%\n"
+            f"  alpaca-train / bare loop: {figures['ratio_to_bare']:.3f} "
+            f"(the Trainer's optimizer: {figures['trainer_optim']})"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
@@ -188,6 +207,12 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict:
         trainer.add_callback(Marks())
         trainer.train()
 
+        trainer_optim = str(training_args.optim)
+        bare = None
+        if not args.no_bare:
+            del trainer, model
+            bare = bare_loop(args, load_model(train_args, tokenizer), examples, tokenizer)
+
     (t0, tokens0), (t1, tokens1) = marks[args.warmup_steps], marks[steps]
     seconds, tokens = t1 - t0, int(tokens1 - tokens0)
     mean_length = sum(len(e["input_ids"]) for e in examples) / len(examples)
@@ -199,7 +224,7 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict:
         peak, source = args.peak_tflops * 1e12, "given"
     else:
         peak, source = measure_matmul_peak(), "measured float32 matmul"
-    return {
+    figures = {
         "model": model_dir.name,
         "method": "lora" if args.lora else "full",
         "packing": args.packing,
@@ -218,7 +243,52 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict:
         "peak_tflops": peak / 1e12,
         "peak_source": source,
         "mfu": achieved / peak,
+        "trainer_optim": trainer_optim,
     }
+    if bare is not None:
+        bare_seconds, bare_tokens = bare
+        figures["bare"] = {
+            "tokens": bare_tokens,
+            "seconds": bare_seconds,
+            "tokens_per_second": bare_tokens / bare_seconds,
+            "mfu": per_token * bare_tokens / bare_seconds / peak,
+        }
+        ratio = figures["tokens_per_second"] / figures["bare"]["tokens_per_second"]
+        figures["ratio_to_bare"] = ratio
+    return figures
+
+
+def bare_loop(args: argparse.Namespace, model, examples: list, tokenizer) -> tuple[float, int]:
+    """Train `--warmup-steps + --steps` micro batches with a plain loop; (seconds, non-padding
+    tokens) of the last `--steps`."""
+    import random
+
+    import torch
+
+    from training.tokenization import PackCollator, PadCollator
+
+    collator = PackCollator() if args.packing else PadCollator(tokenizer.pad_token_id)
+    order = random.Random(42).sample(range(len(examples)), len(examples))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.0)
+    model.train()
+    started, tokens = 0.0, 0
+    for step in range(args.warmup_steps + args.steps):
+        if step == args.warmup_steps:
+            started = time.perf_counter()
+        picked = order[step * args.micro_batch_size : (step + 1) * args.micro_batch_size]
+        batch = collator([examples[i % len(examples)] for i in picked])
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= args.warmup_steps:
+            tokens += (
+                int(batch["attention_mask"].sum())
+                if "attention_mask" in batch
+                else int(batch["input_ids"].numel())
+            )
+    return time.perf_counter() - started, tokens
 
 
 def count_matmul_weights(model) -> int:

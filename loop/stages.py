@@ -202,7 +202,6 @@ def run_prefer(ctx: LoopContext) -> tuple[dict[str, Any], str]:
     from loop.serving import release_adapter
 
     settings = ctx.settings
-    _check_dpo_available()
     adapters_dir = _adapters_dir(settings)
     out = ctx.folder("prefer")
     prefs = out / "prefs.jsonl"
@@ -254,17 +253,6 @@ def run_prefer(ctx: LoopContext) -> tuple[dict[str, Any], str]:
             judged.append(_judge(ctx, comparison))
     summary = f"DPO adapter {settings.dpo_name} served, trained on {pairs} pairs ({source})"
     return outputs, summary + (f"; {'; '.join(judged)}" if judged else "")
-
-
-def _check_dpo_available() -> None:
-    import training.args
-
-    if "dpo" not in getattr(training.args, "METHODS", ()):
-        raise LoopError(
-            "alpaca-train has no --method dpo in this checkout (preference training comes with "
-            "branch h/dpo): the stages before prefer are done; run `alpaca-loop run` again "
-            "once it is merged"
-        )
 
 
 def _export_preferences(ctx: LoopContext, path: Path) -> tuple[int, str]:

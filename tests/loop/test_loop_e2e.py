@@ -9,10 +9,6 @@ reference answer, so the reference judge (tests/loop/test_judge.py) would call e
 and leave nothing to prefer: the machine votes here come from the other kind of judge --auto
 takes, an OpenAI-compatible endpoint (`--judge-url`), a fake one in this process that prefers the
 longer answer whichever side it is shown on.
-
-Until `alpaca-train --method dpo` exists in the checkout (branch h/dpo), prefer must stop with one
-line saying so, and `alpaca-loop report` then reports the pairs there are: the tests check that
-instead of the DPO adapter's files, and check those as soon as it exists.
 """
 
 from __future__ import annotations
@@ -25,24 +21,13 @@ from pathlib import Path
 
 import pytest
 
-import training.args
 from tests.conftest import ROOT, ServerProcess, tiny_server_env
 from tests.fake_judge import JudgeScript, running_judge
 
 pytestmark = pytest.mark.slow
 
 LIMIT = 6
-DPO_READY = "dpo" in getattr(training.args, "METHODS", ())
-STAGES = (
-    ["sft", "publish", "compare", "prefer", "report"]
-    if DPO_READY
-    else [
-        "sft",
-        "publish",
-        "compare",
-        "report",
-    ]
-)
+STAGES = ["sft", "publish", "compare", "prefer", "report"]
 
 
 JUDGE = "judge-longer-answer"
@@ -126,18 +111,8 @@ def finished_run(loop_server, judge_url, tmp_path_factory):
         "--max-length",
         "256",  # room for the evaluation prompts the DPO pairs are made of
     )
-    if DPO_READY:
-        assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-4000:]
-        return work_dir, result.stdout
-    assert result.returncode == 2, result.stderr[-4000:] + result.stdout[-4000:]
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith("alpaca-loop: error: alpaca-train has no --method dpo in this checkout")
-    )
-    report = alpaca_loop(loop_server, work_dir, "report")
-    assert report.returncode == 0, report.stderr[-4000:]
-    return work_dir, result.stdout + report.stdout
+    assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-4000:]
+    return work_dir, result.stdout
 
 
 def test_every_stage_finishes_and_leaves_its_files(finished_run):
@@ -157,16 +132,13 @@ def test_every_stage_finishes_and_leaves_its_files(finished_run):
         "report/report.txt",
         "report/details.txt",
         "report/comparison.png",
+        "prefer/prefs.jsonl",
+        "prefer/dpo/adapter/adapter_model.safetensors",
+        "prefer/answers-dpo.jsonl",
+        "prefer/comparison-dpo-vs-base.json",
+        "prefer/comparison-dpo-vs-sft.json",
+        "report/comparison-dpo-vs-sft.png",
     ]
-    if DPO_READY:
-        files += [
-            "prefer/prefs.jsonl",
-            "prefer/dpo/adapter/adapter_model.safetensors",
-            "prefer/answers-dpo.jsonl",
-            "prefer/comparison-dpo-vs-base.json",
-            "prefer/comparison-dpo-vs-sft.json",
-            "report/comparison-dpo-vs-sft.png",
-        ]
     for path in files:
         assert (work_dir / path).is_file(), path
     comparison = json.loads((work_dir / "compare/comparison.json").read_text())
@@ -196,7 +168,7 @@ def test_the_recovered_model_is_the_merged_one(finished_run, tiny_model_dir):
 
 
 def test_both_adapters_are_served_by_name(finished_run, loop_server):
-    names = ["loop-sft", "loop-dpo"] if DPO_READY else ["loop-sft"]
+    names = ["loop-sft", "loop-dpo"]
     served = {model["id"] for model in loop_server.client.get("/v1/models").json()["data"]}
     assert set(names) <= served
     for name in names:
@@ -212,9 +184,7 @@ def test_the_report_ends_the_output_with_machine_votes_named_as_such(finished_ru
     assert stdout.rstrip().endswith(table)
     rows = json.loads((work_dir / "report/report.json").read_text())
     base = rows[0]["opponent"]
-    pairings = [("loop-sft", base)]
-    if DPO_READY:
-        pairings += [("loop-dpo", base), ("loop-dpo", "loop-sft")]
+    pairings = [("loop-sft", base), ("loop-dpo", base), ("loop-dpo", "loop-sft")]
     assert [(row["model"], row["opponent"], row["judged_by"]) for row in rows] == [
         (model, opponent, judge) for model, opponent in pairings for judge in ("human", "machine")
     ]
@@ -224,9 +194,8 @@ def test_the_report_ends_the_output_with_machine_votes_named_as_such(finished_ru
     assert all(row["votes"] == 0 for row in rows if row["judged_by"] == "human")
     assert table.count(f"MACHINE: {JUDGE}") == len(pairings)
     assert "MACHINE votes" in stdout  # the compare (and prefer) stages say so too
-    if DPO_READY:
-        source = json.loads((work_dir / "loop_state.json").read_text())["stages"]["prefer"]
-        assert "from MACHINE votes" in source["outputs"]["preference_source"]
+    source = json.loads((work_dir / "loop_state.json").read_text())["stages"]["prefer"]
+    assert "from MACHINE votes" in source["outputs"]["preference_source"]
 
 
 def test_a_rerun_resumes_and_does_nothing_for_finished_stages(finished_run, loop_server):
@@ -234,15 +203,10 @@ def test_a_rerun_resumes_and_does_nothing_for_finished_stages(finished_run, loop
     before = (work_dir / "compare/comparison.json").stat().st_mtime_ns
     votes_before = loop_server.client.get("/feedback/comparisons").json()["comparisons"]
     again = alpaca_loop(loop_server, work_dir, "run")
-    finished = STAGES if DPO_READY else ["sft", "publish", "compare"]
-    for stage in finished:
+    for stage in STAGES:
         assert f"{stage}: finished earlier, skipped" in again.stdout
     assert "done in" not in again.stdout
-    if DPO_READY:
-        assert again.returncode == 0, again.stderr
-        assert "nothing to do" in again.stdout
-    else:  # it resumes at prefer, which stops again with the same line
-        assert again.returncode == 2
-        assert "== prefer (4/5)" in again.stdout and "no --method dpo" in again.stderr
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stdout
     assert (work_dir / "compare/comparison.json").stat().st_mtime_ns == before
     assert loop_server.client.get("/feedback/comparisons").json()["comparisons"] == votes_before
