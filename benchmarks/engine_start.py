@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.peer import SERVED_NAME, WARMUP_REQUESTS, Turn, run_turn
+from benchmarks.peer import SERVED_NAME, WARMUP_REQUESTS, Turn, new_tokens_limit, run_turn
 from benchmarks.processes import ServerProcess, alpaca_server
 
 RELOAD_FAILURE = "Compiling model again due to a load failure"
@@ -98,7 +98,7 @@ async def measure_variant(variant: Variant, model: Path, workdir: Path, args) ->
         "ALPACA_COMPILE_CACHE_DIR": str(folder / "compile-cache"),
         "ALPACA_MODEL_NAME": SERVED_NAME,
         "ALPACA_MAX_CONCURRENT": str(max(args.clients) + WARMUP_REQUESTS),
-        "ALPACA_MAX_NEW_TOKENS_LIMIT": str(max(args.max_new_tokens, 16)),
+        "ALPACA_MAX_NEW_TOKENS_LIMIT": str(new_tokens_limit(args.max_new_tokens, 2048)),
     }
     for start in (1, 2):
         server, seconds = await start_and_time(model, folder / f"start-{start}", env, args)

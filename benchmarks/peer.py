@@ -109,17 +109,25 @@ def engine_flags(args) -> list[str]:
 
 
 def alpaca_env(args) -> dict[str, str]:
+    limit = new_tokens_limit(args.max_new_tokens, args.max_model_len)
     return {
         "ALPACA_MODEL_NAME": SERVED_NAME,
         "ALPACA_DTYPE": "float32",
         "ALPACA_MAX_MODEL_LEN": str(args.max_model_len),
         "ALPACA_MAX_NUM_SEQS": str(args.max_num_seqs),
         "ALPACA_ENFORCE_EAGER": "true",
-        "ALPACA_MAX_NEW_TOKENS_LIMIT": str(max(args.max_new_tokens, 16)),
+        # Room for the answers asked for, within the context (and the default answer within it).
+        "ALPACA_MAX_NEW_TOKENS_LIMIT": str(limit),
+        "ALPACA_DEFAULT_MAX_NEW_TOKENS": str(min(256, limit)),
         # Admission never queues a client of the benchmark.
         "ALPACA_MAX_CONCURRENT": str(max(args.clients) + WARMUP_REQUESTS),
         "ALPACA_LOG_LEVEL": "warning",
     }
+
+
+def new_tokens_limit(max_new_tokens: int, max_model_len: int) -> int:
+    """A max_new_tokens_limit that allows `max_new_tokens` and leaves room for a prompt."""
+    return max(max_new_tokens, min(1024, max_model_len // 2))
 
 
 def write_blocklist(path: Path, entries: int) -> Path:

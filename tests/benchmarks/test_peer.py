@@ -5,6 +5,7 @@ report carries every row and target)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import subprocess
@@ -13,8 +14,17 @@ import sys
 import pytest
 
 from benchmarks import vllm_server
-from benchmarks.peer import SERVERS, Turn, main, summarize, write_blocklist
+from benchmarks.peer import (
+    SERVERS,
+    Turn,
+    alpaca_env,
+    engine_flags,
+    main,
+    summarize,
+    write_blocklist,
+)
 from server.filters import parse_blocklist
+from server.settings import ServerSettings
 from tests.conftest import ROOT
 
 
@@ -119,3 +129,24 @@ def test_the_short_run_measures_all_three_servers_with_answers_of_equal_length(
     for server in SERVERS:
         assert f"      1 {server}" in run.stdout and f"      2 {server}" in run.stdout
     assert "TTFT p50 at 1 client within 15 ms of vLLM's" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("max_new_tokens", "max_model_len"), [(8, 1024), (128, 2048), (2000, 4096)]
+)
+def test_the_servers_settings_are_valid_and_match_vllms_flags(
+    max_new_tokens, max_model_len, monkeypatch
+):
+    args = argparse.Namespace(
+        max_new_tokens=max_new_tokens, max_model_len=max_model_len, max_num_seqs=32, clients=[16]
+    )
+    for name, value in alpaca_env(args).items():
+        monkeypatch.setenv(name, value)
+
+    settings = ServerSettings()  # raises on settings that would stop the server
+
+    assert settings.max_new_tokens_limit >= max_new_tokens
+    flags = engine_flags(args)
+    assert flags[flags.index("--max-model-len") + 1] == str(settings.max_model_len)
+    assert flags[flags.index("--max-num-seqs") + 1] == str(settings.max_num_seqs)
+    assert flags[flags.index("--served-model-name") + 1] == settings.served_model_name
