@@ -14,13 +14,15 @@ other, then all kept up; only one is sent requests at a time):
   `--blocklist-entries` phrases and the length/repetition guard.
 
 The engine settings are the same for all three: dtype (float32 on CPU), `--max-model-len`,
-`--max-num-seqs`, eager mode, the CPU KV cache size and seed 0. Every request is the same
-`POST /v1/completions` to each (the Alpaca no-input prompt of one of 16 instructions, greedy,
-streaming, `min_tokens` = `max_tokens`, so every answer has exactly `--max-new-tokens` tokens on
-every server and the header check never ends one early, while it still holds back text that could
-begin a header). Per concurrency (`--clients`) and round (`--rounds`), the servers take turns, in
-an order that alternates from round to round; each turn is a couple of uncounted warm-up requests,
-then N clients each sending `--requests-per-client` requests one after the other.
+`--max-num-seqs`, eager mode, the CPU KV cache size, seed 0, and no core reserved out of the
+engine's compute threads (vLLM's own server reserves one by default; alpaca-serve none). Every
+request is the same `POST /v1/completions` to each (the Alpaca no-input prompt of one of 16
+instructions, greedy, streaming, `min_tokens` = `max_tokens`, so every answer has exactly
+`--max-new-tokens` tokens on every server and the header check never ends one early, while it still
+holds back text that could begin a header). Per concurrency (`--clients`) and round (`--rounds`),
+the servers take turns, in an order that alternates from round to round; each turn is a couple of
+uncounted warm-up requests, then N clients each sending `--requests-per-client` requests one after
+the other.
 
 Reported per server and concurrency: output tokens/s (completion tokens / the turn's wall time,
 the mean over rounds), TTFT p50/p99 (request start to its first text) and inter-token latency
@@ -69,6 +71,7 @@ INSTRUCTIONS = [
 SERVERS = ("vllm", "ours", "ours+filters")
 SERVED_NAME = "peer-model"
 WARMUP_REQUESTS = 2
+RESERVED_CORES = 0  # cores kept out of the engines' compute threads, the same for all three
 TARGETS = {
     "ttft_p50_gap_ms_at_1": 15.0,  # ours - vllm, at 1 client
     "tokens_per_s_ratio": 0.97,  # ours / vllm, at 8 and 16 clients
@@ -116,6 +119,7 @@ def alpaca_env(args) -> dict[str, str]:
         "ALPACA_MAX_MODEL_LEN": str(args.max_model_len),
         "ALPACA_MAX_NUM_SEQS": str(args.max_num_seqs),
         "ALPACA_ENFORCE_EAGER": "true",
+        "ALPACA_CPU_RESERVED_CORES": str(RESERVED_CORES),
         # Room for the answers asked for, within the context (and the default answer within it).
         "ALPACA_MAX_NEW_TOKENS_LIMIT": str(limit),
         "ALPACA_DEFAULT_MAX_NEW_TOKENS": str(min(256, limit)),
@@ -149,7 +153,13 @@ def start_servers(args, model: Path, workdir: Path) -> dict[str, ServerProcess]:
         "vllm": ServerProcess(
             [sys.executable, "-m", "benchmarks.vllm_server", str(model), *engine_flags(args)],
             workdir / "vllm",
-            {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": kv},
+            {
+                "VLLM_TARGET_DEVICE": "cpu",
+                "VLLM_CPU_KVCACHE_SPACE": kv,
+                # vLLM's own default reserves a core for its API server; alpaca-serve's engine
+                # gets every core (ALPACA_CPU_RESERVED_CORES, set alike in alpaca_env).
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": str(RESERVED_CORES),
+            },
             "/health",
         ),
         "ours": alpaca_server(model, workdir / "ours", alpaca_env(args), args.kv_cache_gib),
