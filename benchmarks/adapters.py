@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.options import count_list, default_model, positive_int
 from benchmarks.processes import ServerProcess, alpaca_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -377,33 +378,7 @@ def train_adapter(model: Path, out: Path, steps: int) -> Path:
     return out
 
 
-def default_model() -> Path:
-    """The bundled SmolLM2-135M-Instruct, converted once into ALPACA_CACHE_DIR (as the server
-    and alpaca-bench find it)."""
-    from server.default_model import ensure_default_model
-    from server.settings import ServerSettings
-
-    return asyncio.run(ensure_default_model(ServerSettings().cache_dir))
-
-
 # --- the command ----------------------------------------------------------------------------
-
-
-def _count_list(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers such as 1,8, got {text!r}")
-    return counts
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -427,43 +402,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--train-steps",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         help="optimizer steps when training the adapter here (default 4)",
     )
     parser.add_argument(
         "--clients",
-        type=_count_list,
+        type=count_list("1,8"),
         default=[1, 8],
         help="concurrent client counts each case runs at, comma-separated (default 1,8)",
     )
     parser.add_argument(
         "--requests-per-client",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         help="requests each client streams, one after the other (default 4)",
     )
     parser.add_argument(
         "--max-new-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         help="tokens of every answer (min_tokens too); greedy (default 64)",
     )
     parser.add_argument(
         "--streams",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         help="base streams running while an adapter is loaded live (default 4)",
     )
     parser.add_argument(
         "--stream-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=192,
         help="tokens of each of those streams: long enough to outlast the load (default 192)",
     )
     parser.add_argument(
         "--load-trials",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="live loads measured, each with a run without a load before it (default 3)",
     )

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.options import count_list, default_model
 from benchmarks.peer import SERVED_NAME, WARMUP_REQUESTS, Turn, new_tokens_limit, run_turn
 from benchmarks.processes import ServerProcess, alpaca_server
 
@@ -149,16 +150,6 @@ def format_report(chosen: list[Variant], args, model: Path) -> str:
     return "\n".join(lines)
 
 
-def _count_list(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers such as 1,16, got {text!r}")
-    return counts
-
-
 def _assignment(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -181,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--clients",
-        type=_count_list,
+        type=count_list("1,16"),
         default=[1, 16],
         help="concurrencies to measure, comma-separated (default 1,16)",
     )
@@ -248,8 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is not None and not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model} has no config.json")
     import aiohttp  # noqa: F401  (fail now, not after the first start)
-
-    from benchmarks.peer import default_model
 
     model = args.model or default_model()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alpaca-start-bench-"))

@@ -48,26 +48,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.http_overhead import INSTRUCTIONS, percentile
+from benchmarks.options import count_list, default_model, positive_int
 from benchmarks.processes import ServerProcess, alpaca_server
 
-INSTRUCTIONS = [
-    "Give three tips for staying healthy.",
-    "Explain why the sky is blue.",
-    "Write a short poem about the sea.",
-    "Describe the process of photosynthesis in simple terms.",
-    "List five countries in South America and their capitals.",
-    "Write a Python function that reverses a string.",
-    "What are the main differences between a cat and a dog as pets?",
-    "Summarize the plot of Romeo and Juliet in a few sentences.",
-    "Suggest a name for a coffee shop and explain your choice.",
-    "Explain what a black hole is to a ten-year-old.",
-    "Write an email asking a colleague to reschedule a meeting.",
-    "How do I make a cup of tea?",
-    "Give an example of a metaphor and explain it.",
-    "What is the difference between weather and climate?",
-    "Translate 'Good morning, how are you?' into French and Spanish.",
-    "Describe a sunset over the mountains.",
-]
 SERVERS = ("vllm", "ours", "ours+filters")
 SERVED_NAME = "peer-model"
 WARMUP_REQUESTS = 2
@@ -265,16 +249,6 @@ async def measure(args, servers: dict[str, ServerProcess]) -> list[Turn]:
 # --- the figures ----------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), interpolated linearly between the closest ranks."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def summarize(turns: list[Turn]) -> dict:
     """Per concurrency and server: the figures over its rounds; then ratios and targets."""
     figures: dict = {"per_clients": {}, "targets": []}
@@ -348,23 +322,6 @@ def format_report(figures: dict, args, model: Path) -> str:
 # --- the command ----------------------------------------------------------------------------
 
 
-def _count_list(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers such as 1,8,16, got {text!r}")
-    return counts
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.peer",
@@ -380,34 +337,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--clients",
-        type=_count_list,
+        type=count_list("1,8,16"),
         default=[1, 8, 16],
         help="concurrencies to measure, comma-separated (default 1,8,16)",
     )
     parser.add_argument(
         "--requests-per-client",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         help="requests each client sends one after the other, per turn (default 4)",
     )
     parser.add_argument(
         "--max-new-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=128,
         help="tokens of every answer (max_tokens = min_tokens; default 128)",
     )
     parser.add_argument(
         "--rounds",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="turns of each server per concurrency, in alternating order (default 3)",
     )
     parser.add_argument(
-        "--max-model-len", type=_positive_int, default=2048, help="context length (default 2048)"
+        "--max-model-len", type=positive_int, default=2048, help="context length (default 2048)"
     )
     parser.add_argument(
         "--max-num-seqs",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         help="requests the engines batch together (default 64)",
     )
@@ -416,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--blocklist-entries",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="phrases in the filtered server's blocklist (default 1000)",
     )
@@ -447,14 +404,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", type=Path, metavar="PATH", help="also write the figures to this JSON file"
     )
     return parser
-
-
-def default_model() -> Path:
-    """The bundled SmolLM2-135M-Instruct, converted once into ALPACA_CACHE_DIR."""
-    from server.default_model import ensure_default_model
-    from server.settings import ServerSettings
-
-    return asyncio.run(ensure_default_model(ServerSettings().cache_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
