@@ -114,6 +114,41 @@ def parse_blocklist(text: str, source: str = "blocklist") -> list[BlocklistEntry
     return entries
 
 
+def _phrase_trie_regex(phrases: list[str]) -> re.Pattern[str] | None:
+    """One regex that matches wherever any of `phrases` matches as a blocklist phrase (whole
+    words, any white space between them, ignoring case), built from a trie of their characters so
+    that a thousand phrases cost about as much as one: at each position of the text it follows one
+    path of the trie instead of trying every phrase in turn."""
+    end = ""  # the key marking "a phrase ends here"; no phrase character is empty
+    root: dict = {}
+    for phrase in phrases:
+        node = root
+        # Words joined by one space, which the regex renders as \s+ (words have no space).
+        for char in " ".join(phrase.split()):
+            node = node.setdefault(char, {})
+        node[end] = {}
+    if not root:
+        return None
+
+    def render(node: dict) -> str:
+        out = []
+        # Walk a chain of single children without recursing, so a long phrase costs no depth.
+        while len(node) == 1 and end not in node:
+            ((char, node),) = node.items()
+            out.append(r"\s+" if char == " " else re.escape(char))
+        branches = [
+            (r"\s+" if char == " " else re.escape(char)) + render(child)
+            for char, child in sorted(node.items())
+            if char != end
+        ]
+        if branches:
+            body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+            out.append(f"(?:{body})?" if end in node else body)
+        return "".join(out)
+
+    return re.compile(rf"(?<!\w)(?:{render(root)})(?!\w)", re.IGNORECASE)
+
+
 class BlocklistFilter:
     """Blocks text that contains a listed phrase or pattern; the file is re-read when it changes."""
 
@@ -132,6 +167,14 @@ class BlocklistFilter:
             raise FilterConfigError(f"cannot read blocklist {self.path}: {err.strerror}") from err
         entries = parse_blocklist(text, str(self.path))
         self._mtime = stat.st_mtime
+        # A quick first pass: phrases through one trie-built regex, patterns one by one. Only
+        # when it finds something are the entries searched in their order, for the verdict.
+        phrases = [entry.text for entry in entries if not entry.text.startswith("re:")]
+        try:
+            self._phrases = _phrase_trie_regex(phrases)
+            self._patterns = [entry.regex for entry in entries if entry.text.startswith("re:")]
+        except (RecursionError, re.error, OverflowError):  # a trie too deep for the regex
+            self._phrases, self._patterns = None, [entry.regex for entry in entries]
         return entries
 
     def _reload_if_changed(self) -> None:
@@ -147,8 +190,18 @@ class BlocklistFilter:
                 self._mtime = mtime
                 log.error("blocklist not reloaded, keeping the previous one: %s", err)
 
+    def _might_match(self, texts: list[str]) -> bool:
+        for text in texts:
+            if self._phrases is not None and self._phrases.search(text):
+                return True
+            if any(pattern.search(text) for pattern in self._patterns):
+                return True
+        return False
+
     def _check(self, texts: list[str]) -> Verdict:
         self._reload_if_changed()
+        if not self._might_match(texts):
+            return Verdict.allow()
         for entry in self.entries:
             for text in texts:
                 if entry.regex.search(text):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -54,6 +55,46 @@ def test_phrases_match_whole_words_ignoring_case(tmp_path):
     )
     assert blocklist.check_input(request("skill themes")).allowed
     assert not blocklist.check_output("and then kill them all").allowed
+
+
+def test_many_phrases_block_exactly_what_each_phrase_would_on_its_own(tmp_path):
+    """The blocklist checks its phrases in one pass (a trie-built regex); on any text it must
+    reach the verdict that trying each entry in turn gives. Seeded random phrases and texts over
+    a small alphabet, so that prefixes are shared and near-misses are common."""
+    rng = random.Random(18)
+    letters = "abAB-é"
+    for case in range(300):
+        phrases = {
+            " ".join(
+                "".join(rng.choice(letters) for _ in range(rng.randint(1, 3)))
+                for _ in range(rng.randint(1, 3))
+            )
+            for _ in range(rng.randint(1, 12))
+        }
+        lines = [f"c{i}: {phrase}" for i, phrase in enumerate(sorted(phrases))]
+        path = tmp_path / f"blocklist-{case}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        blocklist = BlocklistFilter(path)
+        for _ in range(20):
+            text = "".join(rng.choice(letters + " \t.x") for _ in range(rng.randint(0, 14)))
+            expected = next(
+                (
+                    Verdict.block(entry.category, f"matched blocklist entry {entry.text!r}")
+                    for entry in blocklist.entries
+                    if entry.regex.search(text)
+                ),
+                Verdict.allow(),
+            )
+            assert blocklist.check_output(text) == expected, (lines, text)
+
+
+def test_a_thousand_phrases_are_checked_in_one_pass(tmp_path):
+    path = tmp_path / "blocklist.txt"
+    path.write_text("".join(f"zqx phrase {i:04d} vrk\n" for i in range(1000)))
+    blocklist = BlocklistFilter(path)
+    assert blocklist._phrases is not None and blocklist._patterns == []
+    assert blocklist.check_output("a zqx PHRASE  0999 vrk.").category == "blocklist"
+    assert blocklist.check_output("a zqx phrase 0999 vrkx").allowed
 
 
 def test_patterns_match_in_the_input_field_too(tmp_path):
