@@ -58,10 +58,12 @@ def preload_libraries() -> list[str]:
 
 
 def variants(args) -> list[Variant]:
-    chosen = [
-        Variant("eager", {"ALPACA_ENFORCE_EAGER": "true"}),
-        Variant("compiled", {"ALPACA_ENFORCE_EAGER": "false", **dict(args.compiled_env)}),
-    ]
+    compiled = {"ALPACA_ENFORCE_EAGER": "false", **dict(args.compiled_env)}
+    chosen = [Variant("eager", {"ALPACA_ENFORCE_EAGER": "true"}), Variant("compiled", compiled)]
+    # Other compiled variants, side by side in the same run, each with its settings in its name.
+    for settings in args.also_compiled:
+        label = ",".join(f"{name}={value}" for name, value in settings)
+        chosen.append(Variant(f"compiled[{label}]", {**compiled, **dict(settings)}))
     if args.preload:
         libraries = preload_libraries()
         if len(libraries) < 2:
@@ -131,11 +133,12 @@ async def measure_variant(variant: Variant, model: Path, workdir: Path, args) ->
 
 def format_report(chosen: list[Variant], args, model: Path) -> str:
     base = chosen[0]
+    width = max(18, *(len(v.name) for v in chosen))
     lines = [
         f"model {model}: starts to /ready, then {args.rounds} round(s) of greedy streams of "
         f"{args.max_new_tokens} tokens per concurrency (the ratio is to {base.name})",
         "",
-        f"{'variant':<18} {'1st start s':>11} {'2nd start s':>11} {'cache reused':>12} "
+        f"{'variant':<{width}} {'1st start s':>11} {'2nd start s':>11} {'cache reused':>12} "
         + " ".join(f"{f'{c} cl tok/s':>13} {'ratio':>6}" for c in args.clients),
     ]
     for v in chosen:
@@ -145,7 +148,7 @@ def format_report(chosen: list[Variant], args, model: Path) -> str:
             for c in args.clients
         )
         lines.append(
-            f"{v.name:<18} {v.start_s[0]:>11.1f} {v.start_s[1]:>11.1f} {reused:>12} {cells}"
+            f"{v.name:<{width}} {v.start_s[0]:>11.1f} {v.start_s[1]:>11.1f} {reused:>12} {cells}"
         )
     return "\n".join(lines)
 
@@ -155,6 +158,10 @@ def _assignment(text: str) -> tuple[str, str]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name, value
+
+
+def _assignments(text: str) -> list[tuple[str, str]]:
+    return [_assignment(part) for part in text.split(",")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="an environment variable for the compiled variant (repeatable), e.g. "
         "VLLM_USE_AOT_COMPILE=0 to try vLLM's other compile cache",
+    )
+    parser.add_argument(
+        "--also-compiled",
+        type=_assignments,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,NAME=VALUE...]",
+        help="one more compiled variant with these environment variables besides the "
+        "compiled one's (repeatable), e.g. VLLM_USE_MEGA_AOT_ARTIFACT=0, to compare settings "
+        "of vLLM's compile cache in one run",
     )
     parser.add_argument(
         "--short",

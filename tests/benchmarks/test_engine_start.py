@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from benchmarks.engine_start import Variant, format_report, main, variants
+from benchmarks.engine_start import Variant, build_parser, format_report, main, variants
 
 
 def test_help_names_the_variants_and_the_cache_experiment(capsys):
@@ -25,6 +25,7 @@ def test_help_names_the_variants_and_the_cache_experiment(capsys):
     [
         (["--clients", "0"], "expected positive integers such as 1,16, got '0'"),
         (["--compiled-env", "NOVALUE"], "expected NAME=VALUE, got 'NOVALUE'"),
+        (["--also-compiled", "A=1,B"], "expected NAME=VALUE, got 'B'"),
         (["--model", "/no/such/model"], "--model /no/such/model has no config.json"),
     ],
 )
@@ -37,12 +38,31 @@ def test_bad_options_are_refused_before_anything_starts(argv, message, capsys):
 
 
 def test_the_compiled_variant_gets_the_experiments_environment():
-    args = argparse.Namespace(preload=False, compiled_env=[("VLLM_USE_AOT_COMPILE", "0")])
+    args = argparse.Namespace(
+        preload=False, compiled_env=[("VLLM_USE_AOT_COMPILE", "0")], also_compiled=[]
+    )
 
     eager, compiled = variants(args)
 
     assert eager.env == {"ALPACA_ENFORCE_EAGER": "true"}
     assert compiled.env == {"ALPACA_ENFORCE_EAGER": "false", "VLLM_USE_AOT_COMPILE": "0"}
+
+
+def test_more_compiled_variants_are_measured_side_by_side_each_named_by_its_settings():
+    args = build_parser().parse_args(
+        ["--also-compiled", "VLLM_USE_MEGA_AOT_ARTIFACT=0", "--also-compiled", "A=1,B=2"]
+    )
+    args.preload = False
+
+    names = {variant.name: variant.env for variant in variants(args)}
+
+    assert list(names) == [
+        "eager",
+        "compiled",
+        "compiled[VLLM_USE_MEGA_AOT_ARTIFACT=0]",
+        "compiled[A=1,B=2]",
+    ]
+    assert names["compiled[A=1,B=2]"] == {"ALPACA_ENFORCE_EAGER": "false", "A": "1", "B": "2"}
 
 
 def test_the_report_gives_both_starts_whether_the_cache_was_reused_and_ratios_to_eager():
