@@ -26,9 +26,15 @@ the other.
 
 Reported per server and concurrency: output tokens/s (completion tokens / the turn's wall time,
 the mean over rounds), TTFT p50/p99 (request start to its first text) and inter-token latency
-p50/p99 (the gaps between a stream's consecutive text chunks, pooled), all rounds' requests
-pooled; then the ratios to vLLM and the issue's targets: TTFT p50 at 1 client within 15 ms of
-vLLM's, tokens/s at least 0.97 of vLLM's at 8 and 16 clients, and 0.95 with the filters on.
+p50/p99 (the gaps between a stream's consecutive text chunks), all rounds' requests pooled; the
+same two counting only chunks with visible text (`word`: request start to the first text that is
+not white space alone; `gap`: between such chunks), and how many answers began with a chunk of
+white space alone. The distinction matters: an Alpaca answer's first token is usually a newline,
+which vLLM's server streams as a chunk of its own, while this server strips an answer's leading
+white space and holds a trailing one until more text follows (the answer is stripped, streamed
+or not), so its first chunk is the first word. Then the ratios to vLLM and the issue's targets:
+first visible text (p50) at 1 client within 15 ms of vLLM's, tokens/s at least 0.97 of vLLM's
+at 8 and 16 clients, and 0.95 with the filters on.
 
 On a machine with few cores, run it on a quiet machine, and more `--rounds` to even out noise.
 """
@@ -73,8 +79,11 @@ class Turn:
     requests: int = 0
     tokens: int = 0
     wall_s: float = 0.0
-    ttft_ms: list[float] = field(default_factory=list)
-    itl_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)  # to the first text, white space too
+    itl_ms: list[float] = field(default_factory=list)  # between text chunks, white space too
+    word_ms: list[float] = field(default_factory=list)  # to the first visible (not blank) text
+    word_gap_ms: list[float] = field(default_factory=list)  # between chunks with visible text
+    blank_first: int = 0  # requests whose first text was white space only
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -172,6 +181,8 @@ async def complete(session, url: str, prompt: str, tokens: int, turn: Turn) -> N
     }
     started = time.perf_counter()
     chunk_times: list[float] = []
+    visible_times: list[float] = []
+    first_text = None
     completion_tokens = 0
     async with session.post(f"{url}/v1/completions", json=body) as response:
         if response.status != 200:
@@ -184,8 +195,13 @@ async def complete(session, url: str, prompt: str, tokens: int, turn: Turn) -> N
             event = json.loads(line[len("data: ") :])
             if "error" in event:
                 turn.errors.append(str(event["error"])[:200])
-            if any(choice.get("text") for choice in event.get("choices", [])):
-                chunk_times.append(time.perf_counter())
+            text = "".join(choice.get("text") or "" for choice in event.get("choices", []))
+            if text:
+                now = time.perf_counter()
+                chunk_times.append(now)
+                first_text = text if first_text is None else first_text
+                if not text.isspace():
+                    visible_times.append(now)
             if event.get("usage"):
                 completion_tokens = event["usage"]["completion_tokens"]
     turn.requests += 1
@@ -193,6 +209,10 @@ async def complete(session, url: str, prompt: str, tokens: int, turn: Turn) -> N
     if chunk_times:
         turn.ttft_ms.append((chunk_times[0] - started) * 1000)
         turn.itl_ms.extend((b - a) * 1000 for a, b in itertools.pairwise(chunk_times))
+        turn.blank_first += first_text.isspace()
+    if visible_times:
+        turn.word_ms.append((visible_times[0] - started) * 1000)
+        turn.word_gap_ms.extend((b - a) * 1000 for a, b in itertools.pairwise(visible_times))
 
 
 async def run_turn(session, server: str, url: str, clients: int, round_no: int, args) -> Turn:
@@ -238,7 +258,8 @@ async def measure(args, servers: dict[str, ServerProcess]) -> list[Turn]:
                     print(
                         f"{clients:>3} clients, round {round_no}, {name:<12}: "
                         f"{turn.tokens_per_s:7.1f} tok/s, TTFT p50 "
-                        f"{percentile(turn.ttft_ms, 50):6.1f} ms"
+                        f"{percentile(turn.ttft_ms, 50):6.1f} ms, word p50 "
+                        f"{percentile(turn.word_ms, 50):6.1f} ms"
                         + (f", {len(turn.errors)} error(s)" if turn.errors else ""),
                         file=sys.stderr,
                         flush=True,
@@ -256,28 +277,39 @@ def summarize(turns: list[Turn]) -> dict:
         row = {}
         for server in SERVERS:
             mine = [t for t in turns if t.clients == clients and t.server == server]
-            ttft = [x for t in mine for x in t.ttft_ms]
-            itl = [x for t in mine for x in t.itl_ms]
+            pooled = {
+                name: [x for t in mine for x in getattr(t, name)]
+                for name in ("ttft_ms", "itl_ms", "word_ms", "word_gap_ms")
+            }
             row[server] = {
                 "tokens_per_s": statistics.fmean(t.tokens_per_s for t in mine),
-                "ttft_p50_ms": percentile(ttft, 50),
-                "ttft_p99_ms": percentile(ttft, 99),
-                "itl_p50_ms": percentile(itl, 50),
-                "itl_p99_ms": percentile(itl, 99),
+                **{
+                    f"{name.removesuffix('_ms')}_p{q}_ms": percentile(values, q)
+                    for name, values in pooled.items()
+                    for q in (50, 99)
+                },
                 "requests": sum(t.requests for t in mine),
+                "blank_first": sum(t.blank_first for t in mine),
                 "tokens": sum(t.tokens for t in mine),
             }
         vllm = row["vllm"]["tokens_per_s"]
         row["ratio_ours"] = row["ours"]["tokens_per_s"] / vllm if vllm else math.nan
         row["ratio_filters"] = row["ours+filters"]["tokens_per_s"] / vllm if vllm else math.nan
         row["ttft_p50_gap_ms"] = row["ours"]["ttft_p50_ms"] - row["vllm"]["ttft_p50_ms"]
+        row["word_p50_gap_ms"] = row["ours"]["word_p50_ms"] - row["vllm"]["word_p50_ms"]
         figures["per_clients"][clients] = row
     rows = figures["per_clients"]
     if 1 in rows:
-        gap = rows[1]["ttft_p50_gap_ms"]
+        # Judged on the first visible text: this server strips the answer's leading white space
+        # (vLLM's server sends it as a chunk of its own), so its first text is a word.
+        gap = rows[1]["word_p50_gap_ms"]
         limit = TARGETS["ttft_p50_gap_ms_at_1"]
         figures["targets"].append(
-            (f"TTFT p50 at 1 client within {limit:g} ms of vLLM's", f"{gap:+.1f} ms", gap <= limit)
+            (
+                f"TTFT p50 (first visible text) at 1 client within {limit:g} ms of vLLM's",
+                f"{gap:+.1f} ms",
+                gap <= limit,
+            )
         )
     for clients in (8, 16):
         if clients in rows:
@@ -301,8 +333,13 @@ def format_report(figures: dict, args, model: Path) -> str:
         f"{args.rounds} round(s); ours+filters: {args.blocklist_entries}-entry blocklist + "
         "length/repetition guard",
         "",
-        f"{'clients':>7} {'server':<13} {'tok/s':>7} {'ratio':>6} {'TTFT p50':>9} "
-        f"{'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}   (ms)",
+        "TTFT and ITL count every text chunk; `word` and `gap` only chunks with visible text (not",
+        "white space alone); `blank 1st`: requests whose first chunk was white space only.",
+        "",
+        f"{'':<21} {'':>7} {'':>6} {'TTFT':>15} {'word':>15} {'ITL':>15} {'gap':>15}",
+        f"{'clients':>7} {'server':<13} {'tok/s':>7} {'ratio':>6} "
+        + " ".join(f"{'p50':>7} {'p99':>7}" for _ in range(4))
+        + f" {'blank 1st':>9}   (ms)",
     ]
     for clients, row in figures["per_clients"].items():
         for server in SERVERS:
@@ -310,8 +347,11 @@ def format_report(figures: dict, args, model: Path) -> str:
             ratio = {"vllm": 1.0, "ours": row["ratio_ours"], "ours+filters": row["ratio_filters"]}
             lines.append(
                 f"{clients:>7} {server:<13} {f['tokens_per_s']:>7.1f} {ratio[server]:>6.3f} "
-                f"{f['ttft_p50_ms']:>9.1f} {f['ttft_p99_ms']:>9.1f} "
-                f"{f['itl_p50_ms']:>8.1f} {f['itl_p99_ms']:>8.1f}"
+                + " ".join(
+                    f"{f[f'{name}_p50_ms']:>7.1f} {f[f'{name}_p99_ms']:>7.1f}"
+                    for name in ("ttft", "word", "itl", "word_gap")
+                )
+                + f" {f['blank_first']:>4}/{f['requests']:<4}"
             )
     lines += ["", "targets:"]
     for label, value, met in figures["targets"]:

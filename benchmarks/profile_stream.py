@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -115,7 +117,7 @@ def main_thread_name(raw: str) -> str | None:
 async def profile(args, model: Path, workdir: Path) -> tuple[str, float]:
     import aiohttp
 
-    from benchmarks.peer import alpaca_env, run_turn, write_blocklist
+    from benchmarks.peer import Turn, alpaca_env, run_turn, write_blocklist
     from benchmarks.processes import alpaca_server
 
     peer_args = argparse.Namespace(
@@ -123,7 +125,7 @@ async def profile(args, model: Path, workdir: Path) -> tuple[str, float]:
         max_model_len=2048,
         max_num_seqs=64,
         clients=[args.clients],
-        requests_per_client=args.requests_per_client,
+        requests_per_client=1,
     )
     env = alpaca_env(peer_args)
     if args.filters:
@@ -150,17 +152,35 @@ async def profile(args, model: Path, workdir: Path) -> tuple[str, float]:
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            load = asyncio.ensure_future(
-                run_turn(session, "ours", server.url, args.clients, 1, peer_args)
-            )
+            # The load runs until the sampling ends, then is cancelled; its tokens/s are the
+            # completed requests' tokens over the sampling time.
+            turn = Turn("ours", args.clients, 1)
+            load = asyncio.ensure_future(steady_load(session, server.url, turn, args))
+            started = time.perf_counter()
             while spy.poll() is None:
                 await asyncio.sleep(0.2)
-            turn = await load
+            turn.wall_s = time.perf_counter() - started
+            load.cancel()
+            await asyncio.gather(load, return_exceptions=True)
     finally:
         server.stop()
     if spy.returncode != 0 or not raw_path.is_file():
         raise RuntimeError(f"py-spy failed ({spy.returncode}): {spy.stderr.read()[-1000:]}")
     return raw_path.read_text(), turn.tokens_per_s
+
+
+async def steady_load(session, url: str, turn, args) -> None:
+    """`args.clients` clients streaming the peer benchmark's requests back to back, until
+    cancelled."""
+    from benchmarks.peer import INSTRUCTIONS, complete
+    from training.prompts import format_prompt
+
+    async def client(c: int) -> None:
+        for k in itertools.count(c):
+            prompt = format_prompt(INSTRUCTIONS[k % len(INSTRUCTIONS)])
+            await complete(session, url, prompt, args.max_new_tokens, turn)
+
+    await asyncio.gather(*(client(c) for c in range(args.clients)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,13 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--clients", type=positive_int, default=8, help="concurrent clients (default 8)"
-    )
-    parser.add_argument(
-        "--requests-per-client",
-        type=positive_int,
-        default=64,
-        help="requests each client sends one after the other; enough to outlast the sampling "
-        "(default 64)",
     )
     parser.add_argument(
         "--max-new-tokens",
@@ -224,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = tally(raw, main_thread_name(raw))
     print(
         f"{args.clients} clients x {args.max_new_tokens}-token streamed /v1/completions, filters "
-        f"{'on' if args.filters else 'off'}: {tokens_per_s:.1f} tok/s while sampled"
+        f"{'on' if args.filters else 'off'}: {tokens_per_s:.1f} tok/s of answers completed while sampled"
     )
     print(format_tally(counts))
     return 0

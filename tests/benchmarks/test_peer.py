@@ -78,22 +78,36 @@ def test_the_blocklist_has_the_entries_asked_for_and_the_server_reads_them_all(t
 
 
 def test_figures_are_ratios_to_vllm_and_the_targets_are_judged_on_them():
-    def turn(server, clients, tokens, wall, ttft):
-        return Turn(server, clients, 1, requests=1, tokens=tokens, wall_s=wall, ttft_ms=[ttft])
+    def turn(server, clients, tokens, wall, ttft, word):
+        return Turn(
+            server,
+            clients,
+            1,
+            requests=1,
+            tokens=tokens,
+            wall_s=wall,
+            ttft_ms=[ttft],
+            word_ms=[word],
+            blank_first=int(word > ttft),
+        )
 
     turns = [
-        turn("vllm", 1, 100, 1.0, 50.0),
-        turn("ours", 1, 100, 1.0, 70.0),  # 20 ms later: misses the 15 ms target
-        turn("ours+filters", 1, 100, 1.0, 71.0),
-        turn("vllm", 8, 800, 2.0, 90.0),
-        turn("ours", 8, 800, 2.05, 95.0),  # 0.976 of vLLM's tokens/s: meets 0.97
-        turn("ours+filters", 8, 800, 2.2, 99.0),  # 0.909: misses 0.95
+        # vLLM's first chunk is a newline at 50 ms, its first word at 150 ms; this server's
+        # first chunk is its first word, 20 ms after vLLM's: the target (15 ms) is missed.
+        turn("vllm", 1, 100, 1.0, 50.0, 150.0),
+        turn("ours", 1, 100, 1.0, 170.0, 170.0),
+        turn("ours+filters", 1, 100, 1.0, 171.0, 171.0),
+        turn("vllm", 8, 800, 2.0, 90.0, 90.0),
+        turn("ours", 8, 800, 2.05, 95.0, 95.0),  # 0.976 of vLLM's tokens/s: meets 0.97
+        turn("ours+filters", 8, 800, 2.2, 99.0, 99.0),  # 0.909: misses 0.95
     ]
 
     figures = summarize(turns)
 
     assert figures["per_clients"][8]["ratio_ours"] == pytest.approx(2.0 / 2.05)
-    assert figures["per_clients"][1]["ttft_p50_gap_ms"] == pytest.approx(20.0)
+    assert figures["per_clients"][1]["ttft_p50_gap_ms"] == pytest.approx(120.0)
+    assert figures["per_clients"][1]["word_p50_gap_ms"] == pytest.approx(20.0)
+    assert figures["per_clients"][1]["vllm"]["blank_first"] == 1
     assert [(value, met) for _, value, met in figures["targets"]] == [
         ("+20.0 ms", False),
         ("0.976", True),
@@ -128,7 +142,7 @@ def test_the_short_run_measures_all_three_servers_with_answers_of_equal_length(
     assert all(len(t["ttft_ms"]) == t["requests"] for t in turns)
     for server in SERVERS:
         assert f"      1 {server}" in run.stdout and f"      2 {server}" in run.stdout
-    assert "TTFT p50 at 1 client within 15 ms of vLLM's" in run.stdout
+    assert "TTFT p50 (first visible text) at 1 client within 15 ms of vLLM's" in run.stdout
 
 
 @pytest.mark.parametrize(

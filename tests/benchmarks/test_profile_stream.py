@@ -93,7 +93,6 @@ def test_help_explains_every_option(capsys):
     out = capsys.readouterr().out
     for option in (
         "--clients",
-        "--requests-per-client",
         "--max-new-tokens",
         "--filters",
         "--seconds",
