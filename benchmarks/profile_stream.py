@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = tally(raw, main_thread_name(raw))
     print(
         f"{args.clients} clients x {args.max_new_tokens}-token streamed /v1/completions, filters "
-        f"{'on' if args.filters else 'off'}: {tokens_per_s:.1f} tok/s of answers completed while sampled"
+        f"{'on' if args.filters else 'off'}: {tokens_per_s:.1f} tok/s "
+        "(answers completed while sampled)"
     )
     print(format_tally(counts))
     return 0
