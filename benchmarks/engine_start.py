@@ -75,6 +75,14 @@ def variants(args) -> list[Variant]:
         else:
             preload = {"LD_PRELOAD": ":".join(libraries)}
             chosen += [Variant(f"{v.name}+preload", {**v.env, **preload}) for v in list(chosen)]
+    if args.only:
+        unknown = set(args.only) - {v.name for v in chosen}
+        if unknown:
+            raise SystemExit(
+                f"engine_start: --only: no variant {', '.join(sorted(unknown))} "
+                f"(there are: {', '.join(v.name for v in chosen)})"
+            )
+        chosen = [v for v in chosen if v.name in args.only]
     return chosen
 
 
@@ -204,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="an environment variable for the compiled variant (repeatable), e.g. "
-        "VLLM_USE_AOT_COMPILE=0 to try vLLM's other compile cache",
+        "VLLM_USE_AOT_COMPILE=1 to try vLLM's AOT compile cache again (the server turns it off)",
     )
     parser.add_argument(
         "--also-compiled",
@@ -215,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one more compiled variant with these environment variables besides the "
         "compiled one's (repeatable), e.g. VLLM_USE_MEGA_AOT_ARTIFACT=0, to compare settings "
         "of vLLM's compile cache in one run",
+    )
+    parser.add_argument(
+        "--only",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="measure only these variants, e.g. eager,eager+preload (ratios are to the first)",
     )
     parser.add_argument(
         "--short",

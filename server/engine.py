@@ -383,10 +383,17 @@ def configure_cpu_environment(settings: ServerSettings) -> None:
 def configure_compile_caches(settings: ServerSettings) -> None:
     """Keep vLLM's compiled-model cache and torch inductor's kernel cache in one persistent
     folder (by default vLLM's sits in ~/.cache/vllm and inductor's in /tmp, lost with it), so a
-    compiled engine's later starts reuse them. Variables already set by the operator win."""
+    compiled engine's later starts reuse them. Variables already set by the operator win.
+
+    vLLM 0.32 with torch 2.10 or later saves a compiled model by "AOT compile" by default, and
+    could not load that back here ("Compiling model again due to a load failure ... 'function'
+    object has no attribute 'finalize_loading'", with or without its mega artifact): every start
+    compiled again. Its other cache loads (`python -m benchmarks.engine_start`: the second start
+    73 s instead of 151 s), so AOT compile is off unless the operator turns it on."""
     root = settings.compile_cache_root
     os.environ.setdefault("VLLM_CACHE_ROOT", str(root / "vllm"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
 
 def build_engine(

@@ -16,7 +16,7 @@ def test_help_names_the_variants_and_the_cache_experiment(capsys):
 
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for words in ("compiled", "--preload", "--compiled-env", "VLLM_USE_AOT_COMPILE=0"):
+    for words in ("compiled", "--preload", "--compiled-env", "VLLM_USE_AOT_COMPILE=1", "--only"):
         assert words in out
 
 
@@ -39,7 +39,7 @@ def test_bad_options_are_refused_before_anything_starts(argv, message, capsys):
 
 def test_the_compiled_variant_gets_the_experiments_environment():
     args = argparse.Namespace(
-        preload=False, compiled_env=[("VLLM_USE_AOT_COMPILE", "0")], also_compiled=[]
+        preload=False, compiled_env=[("VLLM_USE_AOT_COMPILE", "0")], also_compiled=[], only=[]
     )
 
     eager, compiled = variants(args)
@@ -76,3 +76,15 @@ def test_the_report_gives_both_starts_whether_the_cache_was_reused_and_ratios_to
     assert rows["eager"][1:4] == ["20.0", "19.0", "yes"]
     assert rows["compiled"][1:4] == ["80.0", "30.0", "no"]
     assert rows["compiled"][4:] == ["46.0", "1.150", "345.0", "1.150"]
+
+
+def test_only_the_variants_named_are_measured_and_an_unknown_name_is_refused(monkeypatch):
+    monkeypatch.setattr("benchmarks.engine_start.preload_libraries", lambda: ["/a.so", "/b.so"])
+    args = build_parser().parse_args(["--preload", "--only", "eager,eager+preload"])
+
+    assert [v.name for v in variants(args)] == ["eager", "eager+preload"]
+    assert variants(args)[1].env["LD_PRELOAD"] == "/a.so:/b.so"
+
+    args.only = ["eager", "fast"]
+    with pytest.raises(SystemExit, match="no variant fast"):
+        variants(args)

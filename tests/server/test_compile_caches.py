@@ -15,7 +15,12 @@ from server.settings import ServerSettings
 
 @pytest.fixture
 def clean_environment(monkeypatch):
-    for name in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "ALPACA_COMPILE_CACHE_DIR"):
+    for name in (
+        "VLLM_CACHE_ROOT",
+        "TORCHINDUCTOR_CACHE_DIR",
+        "ALPACA_COMPILE_CACHE_DIR",
+        "VLLM_USE_AOT_COMPILE",
+    ):
         monkeypatch.setenv(name, "")  # recorded, so that the test's own values are undone too
         monkeypatch.delenv(name)
     return monkeypatch
@@ -53,3 +58,14 @@ def test_an_empty_setting_means_the_default(clean_environment, tmp_path):
     clean_environment.setenv("ALPACA_COMPILE_CACHE_DIR", "")
 
     assert ServerSettings(cache_dir=tmp_path).compile_cache_root == tmp_path / "compile"
+
+
+def test_vllms_aot_compile_whose_cache_does_not_load_is_off_unless_the_operator_says(
+    clean_environment, tmp_path
+):
+    configure_compile_caches(ServerSettings(cache_dir=tmp_path))
+    assert os.environ["VLLM_USE_AOT_COMPILE"] == "0"
+
+    clean_environment.setenv("VLLM_USE_AOT_COMPILE", "1")
+    configure_compile_caches(ServerSettings(cache_dir=tmp_path))
+    assert os.environ["VLLM_USE_AOT_COMPILE"] == "1"
