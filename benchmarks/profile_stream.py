@@ -1,7 +1,7 @@
 """Where a streamed request's time goes in the server's own process, under concurrent clients.
 
 Usage:
-    python -m benchmarks.profile_stream                  # 8 clients, filters on, 20 s of samples
+    python -m benchmarks.profile_stream                  # 8 clients, filters on, 30 s of samples
     python -m benchmarks.profile_stream --clients 16 --no-filters --seconds 30
 
 It starts `alpaca-serve` as the peer benchmark does (the same engine settings; with `--filters`,
@@ -11,7 +11,8 @@ core, a process of its own) with py-spy while they run. Each sample of the event
 put in the first group, from the innermost frame outwards, whose code it is in, and the report
 gives each group's share of the samples:
 
-- waiting: the event loop idle in its selector, waiting for the engine's next output or a client;
+- waiting: the event loop idle in its selector, waiting for the engine's next output or a client
+  (with uvloop, any sample inside the loop's C code, which is mostly that);
 - vLLM output processing: the engine client turning engine outputs into text (detokenizing,
   logprobs, request state), in this process;
 - vLLM engine client: receiving outputs from the engine core (ZeroMQ, msgspec decoding);
@@ -68,8 +69,15 @@ GROUP_ORDER = [
 ]
 
 
+# The event loop's own run call as the innermost Python frame: the loop is in its C code
+# (uvloop, which uvicorn uses when installed): waiting in its selector, or its own bookkeeping.
+LOOP_RUN = ("Runner.run (asyncio/runners.py", "run_until_complete (asyncio/base_events.py")
+
+
 def classify(frames: list[str]) -> str:
     """The group of one sample, its frames listed from the outermost to the innermost."""
+    if frames and any(needle in frames[-1] for needle in LOOP_RUN):
+        return "waiting"
     for frame in reversed(frames):
         for group, needles in GROUPS:
             if any(needle in frame for needle in needles):
@@ -195,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=128,
-        help="tokens of every answer (max_tokens = min_tokens; default 128)",
+        default=64,
+        help="tokens of every answer (max_tokens = min_tokens; default 64)",
     )
     parser.add_argument(
         "--filters",
@@ -206,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default on; --no-filters for none)",
     )
     parser.add_argument(
-        "--seconds", type=positive_int, default=20, help="how long to sample (default 20)"
+        "--seconds", type=positive_int, default=30, help="how long to sample (default 30)"
     )
     parser.add_argument(
         "--rate", type=positive_int, default=250, help="samples per second (default 250)"

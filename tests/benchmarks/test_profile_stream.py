@@ -50,6 +50,10 @@ def test_each_sample_goes_to_the_innermost_group_it_is_in():
         "vLLM engine client"
     )
     assert classify(["main (somewhere.py:1)"]) == "other"
+    # With uvloop the loop waits in C: the loop's run call is the innermost Python frame.
+    assert classify(["<module> (server/main.py:135)", "Runner.run (asyncio/runners.py:118)"]) == (
+        "waiting"
+    )
 
 
 def test_only_the_event_loop_thread_is_counted():
