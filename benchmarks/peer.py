@@ -182,7 +182,6 @@ async def complete(session, url: str, prompt: str, tokens: int, turn: Turn) -> N
     started = time.perf_counter()
     chunk_times: list[float] = []
     visible_times: list[float] = []
-    first_text = None
     completion_tokens = 0
     async with session.post(f"{url}/v1/completions", json=body) as response:
         if response.status != 200:
@@ -199,7 +198,6 @@ async def complete(session, url: str, prompt: str, tokens: int, turn: Turn) -> N
             if text:
                 now = time.perf_counter()
                 chunk_times.append(now)
-                first_text = text if first_text is None else first_text
                 if not text.isspace():
                     visible_times.append(now)
             if event.get("usage"):
@@ -209,7 +207,8 @@ async def complete(session, url: str, prompt: str, tokens: int, turn: Turn) -> N
     if chunk_times:
         turn.ttft_ms.append((chunk_times[0] - started) * 1000)
         turn.itl_ms.extend((b - a) * 1000 for a, b in itertools.pairwise(chunk_times))
-        turn.blank_first += first_text.isspace()
+        # The first chunk was blank unless it is also the first visible one.
+        turn.blank_first += visible_times[:1] != chunk_times[:1]
     if visible_times:
         turn.word_ms.append((visible_times[0] - started) * 1000)
         turn.word_gap_ms.extend((b - a) * 1000 for a, b in itertools.pairwise(visible_times))
