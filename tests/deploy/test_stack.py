@@ -343,3 +343,43 @@ def test_compose_down_leaves_no_container(stack):
     subprocess.run(["make", "compose-down"], cwd=ROOT, check=True, timeout=600)
     left = docker("ps", "-a", "--filter", f"label=com.docker.compose.project={PROJECT}", "-q")
     assert left == ""
+
+
+def test_a_build_removes_the_untagged_images_older_builds_left_but_the_newest_build_stage(
+    tmp_path,
+):
+    # Each build of a changed tree leaves the previous one's images untagged (about 10 GB for the
+    # CPU image): `up` prunes them after building. Images of a label of this test's own stand in
+    # for the Dockerfile's stages, so the stack's real build cache is not touched.
+    label = "alpaca-serve-test.stage"
+
+    def image(stage: str | None, n: int) -> str:
+        lines = ["FROM scratch", f"LABEL alpaca-serve-test.n={n}-{time.time_ns()}"]
+        if stage:
+            lines.append(f"LABEL {label}={stage}")
+        (tmp_path / "Dockerfile").write_text("\n".join(lines) + "\n")
+        built = docker("build", "-q", str(tmp_path)).splitlines()[-1]
+        time.sleep(1.1)  # images are listed newest first, to the second
+        return built
+
+    old_build, old_final, new_build = image("cpu-build", 1), image("cpu", 2), image("cpu-build", 3)
+    other_stage_build, foreign = image("gpu-build", 4), image(None, 5)
+    try:
+        compose("prune-builds", label)
+
+        def exists(image_id: str) -> bool:
+            return (
+                subprocess.run(
+                    ["docker", "image", "inspect", image_id], capture_output=True
+                ).returncode
+                == 0
+            )
+
+        assert not exists(old_build) and not exists(old_final)
+        assert exists(new_build) and exists(other_stage_build)
+        assert exists(foreign)  # not a stage of a build: none of the script's business
+    finally:
+        subprocess.run(
+            ["docker", "rmi", old_build, old_final, new_build, other_stage_build, foreign],
+            capture_output=True,
+        )
