@@ -21,7 +21,7 @@ run: setup
 	$(BIN)/alpaca-serve
 
 test: setup
-	url="$$(scripts/test-deps)" && ALPACA_TEST_DATABASE_URL="$$url" $(BIN)/pytest
+	url="$$(scripts/test-deps)" && ALPACA_TEST_DATABASE_URL="$$url" $(BIN)/pytest --durations=25
 
 # The quick loop while editing: everything but the tests that load vLLM or start real servers
 # (the HTTP behaviour runs on the scripted engine instead); under a minute.
