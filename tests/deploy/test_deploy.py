@@ -83,18 +83,20 @@ def test_prometheus_scrapes_the_servers_metrics_route():
     assert mount.startswith("./deploy/prometheus.yml:")
 
 
+def dockerfile_stages() -> list[tuple[str, str]]:
+    """The Dockerfile's stages in order: each one's name and its text, from its FROM line on."""
+    texts = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1:]
+    return [(re.match(r".* AS ([\w-]+)$", text.splitlines()[0])[1], text) for text in texts]
+
+
 def test_the_image_installs_the_whole_tree_with_the_script_ci_runs():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM .* AS ([\w-]+)$", dockerfile, re.M)
-    assert stages == ["cpu-build", "cpu", "gpu-build", "gpu"]
+    stages = dockerfile_stages()
+    assert [name for name, _ in stages] == ["cpu-build", "cpu", "gpu-build", "gpu"]
     # Per build stage: the dependencies from pyproject.toml alone (a cached layer), then the
     # project's tree in whole (no hand-kept list of packages that can drift), both installed
     # with the script CI runs.
-    build_stages = [
-        stage
-        for stage in re.split(r"^FROM ", dockerfile, flags=re.M)[1:]
-        if stage.splitlines()[0].endswith("-build")
-    ]
+    build_stages = [text for name, text in stages if name.endswith("-build")]
     assert len(build_stages) == 2
     for stage in build_stages:
         copies = re.findall(r"^COPY (?!--from)(.*)$", stage, re.M)
@@ -118,10 +120,8 @@ def test_the_image_installs_the_whole_tree_with_the_script_ci_runs():
 
 def test_every_image_stage_is_labelled_with_its_name_so_older_builds_can_be_pruned():
     # scripts/compose up removes the untagged images of older builds by this label.
-    stages = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1:]
-    for stage in stages:
-        name = re.match(r".* AS ([\w-]+)$", stage.splitlines()[0])[1]
-        assert re.search(rf"^LABEL alpaca-serve\.stage={name}$", stage, re.M), name
+    for name, text in dockerfile_stages():
+        assert re.search(rf"^LABEL alpaca-serve\.stage={name}$", text, re.M), name
     assert "prune_old_builds" in (ROOT / "scripts" / "compose").read_text()
 
 
