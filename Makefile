@@ -1,5 +1,6 @@
 # `make run` serves the default model and the demo; `make test` runs the whole suite,
-# `make test-fast` its quick layer, `make lint` the linter and the formatter check.
+# `make test-fast` its quick layer, `make lint` the linters, the import contracts and the type
+# checker, `make docs` the documentation site.
 # Each sets up .venv first, with scripts/install: the same install the Dockerfile runs.
 # The tests also get what they drive outside Python (Chromium, Prometheus, PostgreSQL) from
 # scripts/test-deps, which installs what is missing (root needed then) and prints the PostgreSQL
@@ -9,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup run test test-fast bench lint format settings-table compose-up compose-down test-stack loop
+.PHONY: setup run test test-fast bench lint format docs settings-table compose-up compose-down test-stack loop
 
 setup: $(STAMP)
 
@@ -37,16 +38,24 @@ loop: setup
 bench: setup
 	$(BIN)/python -m benchmarks.http_overhead
 
+# The habits (ruff), the layers (import-linter's contracts in pyproject.toml: no import from a
+# lower layer to a higher one, no cycle) and the types (mypy, configured in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+# The documentation site (docs/, mkdocs.yml) into site/; a broken link or a missing page fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 settings-table: setup
-	$(BIN)/python -m server.settings_table --write
+	$(BIN)/python -m tools.settings_table --write
 
 # The Docker Compose stack (scripts/compose): build the CPU image, start the default stack
 # detached and return once the server is healthy; then stop and remove it.

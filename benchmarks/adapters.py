@@ -361,10 +361,10 @@ def format_report(figures: dict, args, model: Path, adapter_note: str) -> str:
 def train_adapter(model: Path, out: Path, steps: int) -> Path:
     """An adapter from `alpaca-train --lora --no-merge`: rank 8 on q_proj and v_proj, `steps`
     steps on the shipped sample data; its output folder."""
-    from evaluation.datasets import ALPACA_SAMPLE
+    from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE
 
     command = [
-        *(sys.executable, "-m", "training.train", "--model", str(model)),
+        *(sys.executable, "-m", "alpaca_serve.training.train", "--model", str(model)),
         *("--data", str(ALPACA_SAMPLE), "--out", str(out), "--preset", "tiny"),
         *("--lora", "--no-merge", "--lora-r", "8", "--lora-target-modules", "q_proj", "v_proj"),
         *("--max-steps", str(steps), "--logging-steps", "1"),
@@ -483,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         args.streams, args.stream_tokens, args.train_steps, args.load_trials = 2, 32, 1, 1
     if args.model is not None and not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model} has no config.json")
-    from server.adapters import find_weights_dir  # the server's own test of an adapter folder
+    from alpaca_serve.server.adapters import (
+        find_weights_dir,  # the server's own test of an adapter folder
+    )
 
     if args.adapter is not None and find_weights_dir(args.adapter) is None:
         parser.error(

@@ -111,7 +111,7 @@ class Workload:
 
 
 def _sampling_options(max_new_tokens: int):
-    from server.engine import SamplingOptions
+    from alpaca_serve.server.engine import SamplingOptions
 
     # What the server gives the engine for the http phase's body (see server/pipeline.py): no
     # stop strings, which it matches itself.
@@ -135,8 +135,8 @@ class EngineClient:
         self._count = 0
 
     async def request(self, instruction: str) -> RequestResult:
-        from server.stop_strings import StopMatcher
-        from training.prompts import SECTION_HEADERS, format_prompt
+        from alpaca_serve.core.prompts import SECTION_HEADERS, format_prompt
+        from alpaca_serve.server.stop_strings import StopMatcher
 
         self._count += 1
         request_id = f"bench-engine-{self._count}-{time.monotonic_ns()}"
@@ -267,7 +267,7 @@ async def _wait_ready(
 
 
 def make_settings(args: argparse.Namespace):
-    from server.settings import ServerSettings
+    from alpaca_serve.server.settings import ServerSettings
 
     return ServerSettings(
         model=args.model,
@@ -286,7 +286,7 @@ def _import_vllm(settings) -> None:
     Importing vLLM keeps the importing stack's frames alive for good; an engine referenced from
     one of them is only finalized during interpreter teardown, where its `__del__` fails noisily.
     """
-    from server.engine import configure_cpu_environment, resolve_device
+    from alpaca_serve.server.engine import configure_cpu_environment, resolve_device
 
     if resolve_device(settings) == "cpu":
         configure_cpu_environment(settings)  # what build_engine does before importing vLLM
@@ -296,8 +296,8 @@ def _import_vllm(settings) -> None:
 
 def load_engine(settings):
     """The model folder (converting the bundled default if needed) and a new engine on it."""
-    from server.default_model import ensure_default_model
-    from server.engine import build_engine
+    from alpaca_serve.server.default_model import ensure_default_model
+    from alpaca_serve.server.engine import build_engine
 
     model_path = settings.model or asyncio.run(ensure_default_model(settings.cache_dir))
     print(f"loading {model_path} ...", file=sys.stderr, flush=True)
@@ -317,7 +317,7 @@ async def run_rounds(engine, settings, workload: Workload, rounds: int) -> list[
     import aiohttp
     import uvicorn
 
-    from server.app import create_app
+    from alpaca_serve.server.app import create_app
 
     app = create_app(settings, engine=engine)
     sock = _free_socket()
@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn  # noqa: F401
     import uvloop
 
-    import server.app  # noqa: F401
+    import alpaca_serve.server.app  # noqa: F401
 
     _import_vllm(settings)
     model_path, engine = load_engine(settings)

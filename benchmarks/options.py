@@ -36,7 +36,7 @@ def positive_int(text: str) -> int:
 def default_model() -> Path:
     """The bundled SmolLM2-135M-Instruct, converted once into ALPACA_CACHE_DIR (as the server
     and alpaca-bench find it)."""
-    from server.default_model import ensure_default_model
-    from server.settings import ServerSettings
+    from alpaca_serve.server.default_model import ensure_default_model
+    from alpaca_serve.server.settings import ServerSettings
 
     return asyncio.run(ensure_default_model(ServerSettings().cache_dir))

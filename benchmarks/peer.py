@@ -140,7 +140,7 @@ def write_blocklist(path: Path, entries: int) -> Path:
 
 def start_servers(args, model: Path, workdir: Path) -> dict[str, ServerProcess]:
     kv = f"{args.kv_cache_gib:g}"
-    filters = json.dumps([{"factory": "server.filters:length_repetition_guard"}])
+    filters = json.dumps([{"factory": "alpaca_serve.server.filters:length_repetition_guard"}])
     blocklist = write_blocklist(workdir / "blocklist.txt", args.blocklist_entries)
     return {
         "vllm": ServerProcess(
@@ -215,7 +215,7 @@ async def complete(session, url: str, prompt: str, tokens: int, turn: Turn) -> N
 
 
 async def run_turn(session, server: str, url: str, clients: int, round_no: int, args) -> Turn:
-    from training.prompts import format_prompt
+    from alpaca_serve.core.prompts import format_prompt
 
     def prompt(k: int) -> str:
         return format_prompt(INSTRUCTIONS[k % len(INSTRUCTIONS)])

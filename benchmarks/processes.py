@@ -80,7 +80,7 @@ def alpaca_server(
 ) -> ServerProcess:
     """`alpaca-serve` on `model`, with a data folder of its own and no UI."""
     return ServerProcess(
-        [sys.executable, "-m", "server.main"],
+        [sys.executable, "-m", "alpaca_serve.serve"],
         folder,
         {
             "ALPACA_MODEL": str(model),

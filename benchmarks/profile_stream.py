@@ -138,7 +138,9 @@ async def profile(args, model: Path, workdir: Path) -> tuple[str, float]:
     env = alpaca_env(peer_args)
     if args.filters:
         env["ALPACA_BLOCKLIST"] = str(write_blocklist(workdir / "blocklist.txt", 1000))
-        env["ALPACA_FILTERS"] = '[{"factory": "server.filters:length_repetition_guard"}]'
+        env["ALPACA_FILTERS"] = (
+            '[{"factory": "alpaca_serve.server.filters:length_repetition_guard"}]'
+        )
     server = alpaca_server(model, workdir / "server", env, 1.0)
     raw_path = workdir / "profile.raw"
     try:
@@ -180,8 +182,8 @@ async def profile(args, model: Path, workdir: Path) -> tuple[str, float]:
 async def steady_load(session, url: str, turn, args) -> None:
     """`args.clients` clients streaming the peer benchmark's requests back to back, until
     cancelled."""
+    from alpaca_serve.core.prompts import format_prompt
     from benchmarks.peer import INSTRUCTIONS, complete
-    from training.prompts import format_prompt
 
     async def client(c: int) -> None:
         for k in itertools.count(c):

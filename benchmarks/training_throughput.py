@@ -6,7 +6,8 @@ Usage:
     python -m benchmarks.training_throughput --model ./llama-7b --peak-tflops 989 --json out.json
 
 The run builds the model, the tokenized Alpaca sample and the Hugging Face Trainer exactly as
-`alpaca-train` does (training.train's functions), trains `--warmup-steps + --steps` optimizer
+`alpaca-train` does (alpaca_serve.training.train's functions), trains `--warmup-steps + --steps`
+optimizer
 steps and times the last `--steps` only. Tokens are the non-padding tokens fed to the model.
 
 Then, in the same run, a bare training loop on a fresh copy of the same model (loaded the same
@@ -32,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evaluation.datasets import ALPACA_SAMPLE
+from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE
 
 DEFAULT_DATA = ALPACA_SAMPLE
 DEFAULT_MODEL = Path.home() / ".cache" / "alpaca-serve" / "SmolLM2-135M-Instruct"
@@ -138,7 +139,7 @@ def ensure_model(model_dir: Path) -> Path:
         return model_dir
     if model_dir != DEFAULT_MODEL:
         raise SystemExit(f"training_throughput: error: no Hugging Face model in {model_dir}")
-    from recover.convert import convert_gguf, find_bundled_gguf
+    from alpaca_serve.recover.convert import convert_gguf, find_bundled_gguf
 
     return convert_gguf(find_bundled_gguf(), model_dir)
 
@@ -148,9 +149,9 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict:
     import torch
     from transformers import AutoTokenizer, TrainerCallback
 
-    from training.args import parse_args
-    from training.tokenization import add_missing_special_tokens, tokenize_records
-    from training.train import (
+    from alpaca_serve.training.args import parse_args
+    from alpaca_serve.training.tokenization import add_missing_special_tokens, tokenize_records
+    from alpaca_serve.training.train import (
         build_trainer,
         build_training_args,
         load_model,
@@ -265,7 +266,7 @@ def bare_loop(args: argparse.Namespace, model, examples: list, tokenizer) -> tup
 
     import torch
 
-    from training.tokenization import PackCollator, PadCollator
+    from alpaca_serve.training.tokenization import PackCollator, PadCollator
 
     collator = PackCollator() if args.packing else PadCollator(tokenizer.pad_token_id)
     order = random.Random(42).sample(range(len(examples)), len(examples))

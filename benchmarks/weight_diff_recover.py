@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             f"float32 ({model_bytes / GB:.2f} GB a model), {args.shards} shards a model "
             f"(written in {time.perf_counter() - started:.0f} s)"
         )
-        cli = [sys.executable, "-m", "recover.cli"]
+        cli = [sys.executable, "-m", "alpaca_serve.recover.cli"]
         baseline_rss = measure([sys.executable, "-c", "import torch, safetensors, tqdm"])[1]
 
         # 2. make-diff, then recover, each in its own process.

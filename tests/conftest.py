@@ -65,7 +65,7 @@ class ServerProcess:
         full_env.setdefault("ALPACA_DATA_DIR", str(self.data_dir))
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.main"],
+            [sys.executable, "-m", "alpaca_serve.serve"],
             env=full_env,
             cwd=ROOT,
             stdout=self._log,
@@ -142,8 +142,8 @@ class ScriptedServer:
     def __init__(self, env: dict[str, str], folder: Path):
         import uvicorn
 
-        from server.app import create_app
-        from server.settings import ServerSettings
+        from alpaca_serve.server.app import create_app
+        from alpaca_serve.server.settings import ServerSettings
         from tests.scripted_engine import ScriptedEngine
 
         self.port = free_port()
@@ -215,7 +215,7 @@ def build_tiny_llama(out_dir: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from recover.convert import find_bundled_gguf
+    from alpaca_serve.recover.convert import find_bundled_gguf
 
     gguf = find_bundled_gguf()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -12,7 +12,8 @@ Usage:
     engine.refuse_adapters["bad"] = "unsupported"    # add_adapter("bad") raises, as vLLM would
     app = create_app(settings, engine=engine)
 
-It satisfies `server.engine.Engine`, the Protocol the server is written against, and behaves as
+It satisfies `alpaca_serve.server.engine.Engine`, the Protocol the server is written against, and
+behaves as
 vLLM does where the server relies on it: one token per character of the prompt; the answer comes
 one word (a token) per piece, or in the pieces a scripted `reply` lists; `stop` strings end it
 before the string, which is not returned (finish "stop"; the server gives it none, as it matches
@@ -40,7 +41,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine import (
+from alpaca_serve.server.engine import (
     AdapterWeights,
     EngineLoad,
     EngineRequestError,

@@ -46,7 +46,6 @@ BAD_INPUT = {
         "{tmp}/out",
     ],
     "alpaca-eval": ["answer", "--instructions", "/no/such/file.jsonl", "--out", "{tmp}/x"],
-    "alpaca-bench": ["--clients", "0"],
     "alpaca-loop": ["run", "--work-dir", "{tmp}/work", "--limit", "0"],
 }
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.answers import load_answers, load_instructions
-from evaluation.comparison import match_key
-from evaluation.datasets import ALPACA_SAMPLE, DAVINCI_ANSWERS, EVALUATION_SET
+from alpaca_serve.evaluation.answers import load_answers, load_instructions
+from alpaca_serve.evaluation.comparison import match_key
+from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE, DAVINCI_ANSWERS, EVALUATION_SET
+from alpaca_serve.training.data import load_records
 from tests.conftest import ROOT
-from training.data import load_records
 
 try:
     import tomllib
@@ -75,7 +75,8 @@ def test_pip_install_carries_every_shipped_file_and_its_note():
         "package-data"
     ]
     for data in [*SHIPPED, *(path.parent / "README.md" for path in SHIPPED)]:
-        package, relative = data.relative_to(ROOT).as_posix().split("/", 1)
+        top, name, relative = data.relative_to(ROOT).as_posix().split("/", 2)
+        package = f"{top}.{name}"
         matching = [p for p in patterns.get(package, []) if fnmatch.fnmatch(relative, p)]
         assert matching, f"{package}/{relative} is not package data in pyproject.toml"
 

@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from recover.convert import BUNDLED_PACKAGE
+from alpaca_serve.recover.convert import BUNDLED_PACKAGE
 from tests.conftest import ROOT
 
 try:

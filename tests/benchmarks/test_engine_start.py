@@ -1,5 +1,6 @@
 """`python -m benchmarks.engine_start`: its options, the variants it measures and its report.
-(Its figures come from compiled engines, minutes each, so it is run by hand; README shows them.)"""
+(Its figures come from compiled engines, minutes each, so it is run by hand; docs/results.md
+shows them.)"""
 
 from __future__ import annotations
 

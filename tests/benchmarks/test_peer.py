@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from alpaca_serve.server.filters import parse_blocklist
+from alpaca_serve.server.settings import ServerSettings
 from benchmarks import vllm_server
 from benchmarks.peer import (
     SERVERS,
@@ -23,8 +25,6 @@ from benchmarks.peer import (
     summarize,
     write_blocklist,
 )
-from server.filters import parse_blocklist
-from server.settings import ServerSettings
 from tests.conftest import ROOT
 
 

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from client.api import AlpacaClient, AsyncAlpacaClient
-from client.errors import APIRequestError
+from alpaca_serve.client.api import AlpacaClient, AsyncAlpacaClient
+from alpaca_serve.client.errors import APIRequestError
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from client.api import AlpacaClient, AsyncAlpacaClient
-from client.errors import APIRequestError, describe_error
+from alpaca_serve.client.api import AlpacaClient, AsyncAlpacaClient
+from alpaca_serve.client.errors import APIRequestError, describe_error
 from tests.conftest import free_port
 
 

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 def test_the_client_imports_neither_server_nor_demo_nor_evaluation_nor_training():
     code = (
-        "import sys, client.api, client.errors; "
+        "import sys, alpaca_serve.client.api, alpaca_serve.client.errors; "
         "print(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('server', 'demo', 'evaluation', 'training')))"
     )

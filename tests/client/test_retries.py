@@ -10,8 +10,8 @@ import json
 import httpx
 import pytest
 
-from client.api import AlpacaClient, AsyncAlpacaClient, Retries
-from client.errors import APIRequestError
+from alpaca_serve.client.api import AlpacaClient, AsyncAlpacaClient, Retries
+from alpaca_serve.client.errors import APIRequestError
 
 ANSWER = {
     "id": "gen-1",

@@ -138,10 +138,10 @@ def test_a_blind_vote_in_the_compare_tab_reaches_the_server(page, tiny_server):
 
 def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_server, tmp_path):
     """The Compare tab offers the pairs of an `alpaca-eval compare` file; votes reach the store."""
-    from client.api import AlpacaClient
-    from demo.app import build_demo
-    from demo.settings import DemoSettings
-    from evaluation.comparison import attach_generation_ids, save_comparison
+    from alpaca_serve.client.api import AlpacaClient
+    from alpaca_serve.demo.app import build_demo
+    from alpaca_serve.demo.settings import DemoSettings
+    from alpaca_serve.evaluation.comparison import attach_generation_ids, save_comparison
     from tests.conftest import free_port
 
     comparison = {
@@ -198,8 +198,8 @@ def test_the_compare_tab_pits_the_base_against_a_trained_adapter_blind(
     """Without configured arms, the Compare tab of a server with adapters asks the base and the
     newest adapter (here one copied in just now, so it is the newest): the answers differ, the
     reveal names both, and the stored vote is between one generation of each model."""
-    from server.feedback import open_store
-    from server.feedback.store import default_database_url
+    from alpaca_serve.feedback import open_store
+    from alpaca_serve.feedback.store import default_database_url
 
     server = tiny_adapter_server
     client = server.client

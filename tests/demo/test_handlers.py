@@ -10,11 +10,11 @@ import gradio as gr
 import httpx
 import pytest
 
-from client.api import AlpacaClient, AsyncAlpacaClient
-from demo.chat import ChatHandlers
-from demo.compare import ASK_FOR_VOTE, CompareHandlers
-from demo.settings import DEFAULT_ARMS, CompareArm
-from evaluation.comparison import attach_generation_ids
+from alpaca_serve.client.api import AlpacaClient, AsyncAlpacaClient
+from alpaca_serve.demo.chat import ChatHandlers
+from alpaca_serve.demo.compare import ASK_FOR_VOTE, CompareHandlers
+from alpaca_serve.demo.settings import DEFAULT_ARMS, CompareArm
+from alpaca_serve.evaluation.comparison import attach_generation_ids
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 @pytest.mark.slow  # a fresh interpreter importing Gradio: over ten seconds
 def test_the_demo_never_imports_the_server():
     code = (
-        "import sys, demo.app, demo.main; "
+        "import sys, alpaca_serve.demo.app, alpaca_serve.demo.cli; "
         "print(sorted(m for m in sys.modules if m == 'server' or m.startswith('server.')))"
     )
     result = subprocess.run(

@@ -9,7 +9,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from demo.settings import DemoSettings, load_examples
+from alpaca_serve.demo.settings import DemoSettings, load_examples
 from tests.conftest import ROOT
 
 
@@ -47,7 +47,7 @@ def test_a_comparison_whose_answers_have_no_generation_ids_is_refused(tmp_path):
     with pytest.raises(ValidationError, match="without a generation id"):
         DemoSettings(comparison_file=path)
     result = subprocess.run(
-        [sys.executable, "-m", "demo.main"],
+        [sys.executable, "-m", "alpaca_serve.demo.cli"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -71,7 +71,7 @@ def test_a_file_that_is_not_a_comparison_is_refused(tmp_path):
 def test_the_server_refuses_to_mount_the_demo_on_such_a_comparison_in_one_line(tmp_path):
     path = comparison_file(tmp_path, None)
     result = subprocess.run(
-        [sys.executable, "-m", "server.main"],
+        [sys.executable, "-m", "alpaca_serve.serve"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -113,7 +113,7 @@ def test_an_examples_file_that_does_not_parse_is_refused_naming_the_line(tmp_pat
 
 
 def test_the_default_pair_takes_the_adapter_with_the_latest_load_time_whatever_its_place():
-    from demo.settings import default_arms
+    from alpaca_serve.demo.settings import default_arms
 
     models = [
         {"name": "base", "kind": "base", "loaded_at": "2024-01-01T00:00:00+00:00"},

@@ -15,10 +15,10 @@ import jsonschema
 import pytest
 import yaml
 
-from demo.settings import DemoSettings
-from server.settings import ServerSettings
-from server.settings_table import main as settings_table_main
+from alpaca_serve.demo.settings import DemoSettings
+from alpaca_serve.server.settings import ServerSettings
 from tests.conftest import ROOT, free_port
+from tools.settings_table import main as settings_table_main
 
 HERE = Path(__file__).parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.answers import load_answers
-from evaluation.comparison import match_key
-from evaluation.datasets import DAVINCI_ANSWERS as DAVINCI
-from evaluation.datasets import EVALUATION_SET
+from alpaca_serve.evaluation.answers import load_answers
+from alpaca_serve.evaluation.comparison import match_key
+from alpaca_serve.evaluation.datasets import DAVINCI_ANSWERS as DAVINCI
+from alpaca_serve.evaluation.datasets import EVALUATION_SET
 from tests.conftest import ROOT, free_port
 from tests.fake_judge import JudgeScript, running_judge
 
@@ -28,7 +28,7 @@ Z_95 = 1.959963984540054
 
 def alpaca_eval(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "evaluation.cli", *map(str, args)],
+        [sys.executable, "-m", "alpaca_serve.evaluation.cli", *map(str, args)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -463,13 +463,13 @@ def test_unreachable_server_fails_fast_without_writing_answers(workdir):
     ],
 )
 def test_judge_replies_are_read_as_a_b_or_tie(reply, winner):
-    from evaluation.comparison import parse_judgement
+    from alpaca_serve.evaluation.comparison import parse_judgement
 
     assert parse_judgement(reply) == winner
 
 
 def test_every_option_of_every_command_has_help():
-    from evaluation.cli import build_parser
+    from alpaca_serve.evaluation.cli import build_parser
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices

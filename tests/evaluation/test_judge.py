@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from client.api import AlpacaClient, Retries
-from evaluation.cli import main
-from evaluation.comparison import (
+from alpaca_serve.client.api import AlpacaClient, Retries
+from alpaca_serve.evaluation.cli import main
+from alpaca_serve.evaluation.comparison import (
     attach_generation_ids,
     build_comparison,
     save_comparison,

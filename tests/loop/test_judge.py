@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from client.api import AlpacaClient
-from evaluation.comparison import attach_generation_ids, build_comparison, votes_in_store
-from evaluation.datasets import EVALUATION_SET
-from loop.judge import (
+from alpaca_serve.client.api import AlpacaClient
+from alpaca_serve.evaluation.comparison import (
+    attach_generation_ids,
+    build_comparison,
+    votes_in_store,
+)
+from alpaca_serve.evaluation.datasets import EVALUATION_SET
+from alpaca_serve.loop.judge import (
     JUDGE_SESSION,
     judge_by_reference,
     reference_answers,

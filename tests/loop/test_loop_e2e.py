@@ -69,7 +69,7 @@ def alpaca_loop(server, work_dir: Path, *args: str) -> subprocess.CompletedProce
     command = [
         sys.executable,
         "-m",
-        "loop.cli",
+        "alpaca_serve.loop.cli",
         *args,
         "--work-dir",
         str(work_dir),

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from loop import stages
-from loop.cli import main
-from loop.state import STAGES, LoopState, StateError
+from alpaca_serve.loop import stages
+from alpaca_serve.loop.cli import main
+from alpaca_serve.loop.state import STAGES, LoopState, StateError
 
 
 class Calls(list):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from recover.convert import MARKER_FILE, default_out_dir, main
-from recover.settings import RecoverSettings
-from server.default_model import ensure_default_model
-from server.settings import ServerSettings
+from alpaca_serve.recover.convert import MARKER_FILE, default_out_dir, main
+from alpaca_serve.recover.settings import RecoverSettings
+from alpaca_serve.server.default_model import ensure_default_model
+from alpaca_serve.server.settings import ServerSettings
 
 
 def converted_folder(cache_dir):

@@ -22,8 +22,8 @@ import pytest
 import safetensors.torch as safetensors_torch
 import torch
 
-from recover import cli, weight_diff
-from training.provenance import read_provenance
+from alpaca_serve.core.provenance import read_provenance
+from alpaca_serve.recover import cli, weight_diff
 
 VOCAB = 64
 TOKENIZER_FILES = {
@@ -552,7 +552,7 @@ def test_existing_output_is_kept_unless_forced(models, diff_dir, tmp_path, capsy
 
 def test_command_help_lists_both_subcommands():
     command = shutil.which("alpaca-recover")  # the console script, once the project is installed
-    argv = [command] if command else [sys.executable, "-m", "recover.cli"]
+    argv = [command] if command else [sys.executable, "-m", "alpaca_serve.recover.cli"]
     result = subprocess.run(
         [*argv, "--help"],
         capture_output=True,
@@ -564,7 +564,7 @@ def test_command_help_lists_both_subcommands():
 
 def test_model_folders_are_opened_to_every_user(tmp_path):
     """Recovered as one user (root in the image), served as another."""
-    from recover.folders import open_to_all
+    from alpaca_serve.recover.folders import open_to_all
 
     folder = tmp_path / "model"
     (folder / "sub").mkdir(parents=True)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from server.feedback import FeedbackStore, open_store
+from alpaca_serve.feedback import FeedbackStore, open_store
 
 TEST_DATABASE_VARIABLE = "ALPACA_TEST_DATABASE_URL"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.filters import FilterInput, Verdict
+from alpaca_serve.server.filters import FilterInput, Verdict
 
 
 class KeywordFilter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.access import RateLimiter
+from alpaca_serve.server.access import RateLimiter
 from tests.conftest import LAYERS, start_server
 
 ALLOWED_ORIGIN = "https://demo.example.org"

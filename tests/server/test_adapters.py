@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
-from server.adapters import AdapterRegistry
-from server.settings import ServerSettings
+from alpaca_serve.server.adapters import AdapterRegistry
+from alpaca_serve.server.settings import ServerSettings
 from tests.conftest import read_metrics, start_server, wait_for
 from tests.scripted_engine import ScriptedEngine
 
@@ -297,7 +297,7 @@ def test_reload_needs_a_key_when_keys_are_set(serve):
 
 
 def test_reload_without_keys_answers_only_this_machine(base_dir, adapters_dir):
-    from server.app import create_app
+    from alpaca_serve.server.app import create_app
 
     settings = ServerSettings(model=base_dir, adapters_dir=adapters_dir, ui=False)
     app = create_app(settings, engine=ScriptedEngine(model_name="tiny-base"))
@@ -441,7 +441,7 @@ def test_each_bad_adapter_is_refused_with_its_reason_and_everything_else_is_serv
 def test_model_names_reach_metrics_the_generation_log_export_and_feedback(
     serve, adapters_dir, tmp_path
 ):
-    from server.feedback.export import main as export
+    from alpaca_serve.feedback.export import main as export
 
     write_adapter(adapters_dir / "pirate")
     server = serve()
@@ -475,9 +475,9 @@ def test_a_malformed_adapter_list_stops_the_server_at_start(tmp_path):
 def test_the_compare_tab_pits_an_adapter_against_its_base_blind(serve, adapters_dir):
     import gradio as gr
 
-    from client.api import AsyncAlpacaClient
-    from demo.compare import CompareHandlers
-    from demo.settings import CompareArm
+    from alpaca_serve.client.api import AsyncAlpacaClient
+    from alpaca_serve.demo.compare import CompareHandlers
+    from alpaca_serve.demo.settings import CompareArm
 
     write_adapter(adapters_dir / "pirate")
     server = serve()
@@ -503,10 +503,10 @@ def test_the_compare_tab_pits_an_adapter_against_its_base_blind(serve, adapters_
 def test_the_chat_model_picker_offers_every_model_and_the_answer_comes_from_the_one_picked(
     serve, adapters_dir
 ):
-    from client.api import AsyncAlpacaClient
-    from demo.app import build_demo
-    from demo.chat import ChatHandlers
-    from demo.settings import DemoSettings
+    from alpaca_serve.client.api import AsyncAlpacaClient
+    from alpaca_serve.demo.app import build_demo
+    from alpaca_serve.demo.chat import ChatHandlers
+    from alpaca_serve.demo.settings import DemoSettings
 
     write_adapter(adapters_dir / "pirate")
     server = serve()
@@ -528,7 +528,7 @@ def test_the_chat_model_picker_offers_every_model_and_the_answer_comes_from_the_
 def test_the_default_compare_pair_is_the_base_against_the_adapter_loaded_last(
     serve, adapters_dir, tmp_path
 ):
-    from demo.settings import DEFAULT_ARMS, default_arms
+    from alpaca_serve.demo.settings import DEFAULT_ARMS, default_arms
 
     write_adapter(adapters_dir / "zebra")
     client = serve().client
@@ -558,8 +558,8 @@ def test_without_configured_arms_each_comparison_pits_the_base_against_the_newes
 ):
     import gradio as gr
 
-    from demo.app import build_handlers
-    from demo.settings import DEFAULT_ARMS, DemoSettings
+    from alpaca_serve.demo.app import build_handlers
+    from alpaca_serve.demo.settings import DEFAULT_ARMS, DemoSettings
 
     server = serve()
     _, handlers = build_handlers(DemoSettings(server_url=server.url))  # arms unset

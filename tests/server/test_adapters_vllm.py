@@ -16,8 +16,8 @@ import shutil
 
 import pytest
 
+from alpaca_serve.core.prompts import format_prompt
 from tests.conftest import wait_for
-from training.prompts import format_prompt
 
 pytestmark = pytest.mark.slow
 

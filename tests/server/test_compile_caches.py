@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from server.engine import configure_compile_caches
-from server.settings import ServerSettings
+from alpaca_serve.server.engine import configure_compile_caches
+from alpaca_serve.server.settings import ServerSettings
 
 
 @pytest.fixture

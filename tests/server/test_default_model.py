@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from recover.convert import BUNDLED_FILE
+from alpaca_serve.core.prompts import TEMPLATE_NAME, format_prompt
+from alpaca_serve.recover.convert import BUNDLED_FILE
 from tests.conftest import ROOT, ServerProcess, stream_events
-from training.prompts import TEMPLATE_NAME, format_prompt
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_the_converted_model_is_cached_and_reused(default_server):
     files = [path for path in folder.rglob("*") if path.is_file()]
     assert files and all(path.stat().st_mode & 0o777 == 0o644 for path in files)
     result = subprocess.run(
-        [sys.executable, "-m", "recover.convert", "--out", str(folder)],
+        [sys.executable, "-m", "alpaca_serve.recover.convert", "--out", str(folder)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from server.feedback import GenerationRecord, RatingFeedback, open_store
-from server.feedback.export import main
-from server.settings import ServerSettings, StoreSettings
+from alpaca_serve.feedback import GenerationRecord, RatingFeedback, open_store
+from alpaca_serve.feedback.export import main
+from alpaca_serve.feedback.settings import StoreSettings
+from alpaca_serve.server.settings import ServerSettings
+from alpaca_serve.training.data import AlpacaRecord, load_records
 from tests.conftest import CommandResult, run_command
-from training.data import AlpacaRecord, load_records
 
 
 def generation(index: int, model: str = "alpaca-7b", instruction: str | None = None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.feedback import default_database_url, open_store
+from alpaca_serve.feedback import default_database_url, open_store
 from tests.conftest import start_server, stream_events, wait_for
 from tests.server.conftest import postgres_schema_url
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.feedback import default_database_url, open_store
+from alpaca_serve.feedback import default_database_url, open_store
 from tests.conftest import ServerProcess, tiny_server_env
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from server.feedback import (
+from alpaca_serve.feedback import (
     ComparisonFeedback,
     GenerationRecord,
     RatingFeedback,
@@ -17,7 +17,7 @@ from server.feedback import (
     UnknownGenerationError,
     open_store,
 )
-from server.feedback.schema import MIGRATIONS
+from alpaca_serve.feedback.schema import MIGRATIONS
 from tests.server.conftest import postgres_base_url
 
 
@@ -421,10 +421,10 @@ def test_a_closed_store_says_so(store):
 def test_a_store_that_cannot_be_used_is_a_503_for_the_routes(store):
     import asyncio
 
-    from server.errors import APIError
-    from server.metrics import ServerMetrics
-    from server.runtime import Runtime
-    from server.settings import ServerSettings
+    from alpaca_serve.server.errors import APIError
+    from alpaca_serve.server.metrics import ServerMetrics
+    from alpaca_serve.server.runtime import Runtime
+    from alpaca_serve.server.settings import ServerSettings
 
     runtime = Runtime(ServerSettings(), ServerMetrics("m"), store=store)
     store.close()

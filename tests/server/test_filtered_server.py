@@ -168,7 +168,7 @@ def test_a_streamed_answer_that_hits_the_blocklist_is_cut_and_ends_with_the_reas
     assert answer["text"] == sent
 
     # The generation log keeps the cut answer and the verdict that cut it.
-    from server.feedback import default_database_url, open_store
+    from alpaca_serve.feedback import default_database_url, open_store
 
     def recorded():
         with open_store(default_database_url(filtered_server.data_dir)) as store:

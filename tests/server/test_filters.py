@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from server.filters import (
+from alpaca_serve.server.filters import (
     FILTER_ERROR_CATEGORY,
     BlocklistFilter,
     FilterChain,
@@ -19,7 +19,7 @@ from server.filters import (
     load_filter,
     parse_blocklist,
 )
-from server.settings import FilterSettings
+from alpaca_serve.server.settings import FilterSettings
 
 
 def request(instruction: str, input: str = "") -> FilterInput:
@@ -219,9 +219,17 @@ def test_filters_are_built_from_an_import_path_with_options():
     ("factory", "options", "message"),
     [
         ("no_such_module:x", {}, "cannot import filter factory 'no_such_module:x'"),
-        ("server.filters:nope", {}, "cannot import filter factory 'server.filters:nope'"),
+        (
+            "alpaca_serve.server.filters:nope",
+            {},
+            "cannot import filter factory 'alpaca_serve.server.filters:nope'",
+        ),
         ("tests.server.filter_plugins:keyword", {"wrong": 1}, "failed"),
-        ("server.filters:length_repetition_guard", {"max_repeats": 1}, "max_repeats >= 2"),
+        (
+            "alpaca_serve.server.filters:length_repetition_guard",
+            {"max_repeats": 1},
+            "max_repeats >= 2",
+        ),
     ],
 )
 def test_a_filter_that_cannot_be_built_says_why(factory, options, message):

@@ -8,8 +8,8 @@ import json
 import jsonschema
 import pytest
 
+from alpaca_serve.core.prompts import format_prompt
 from tests.conftest import stream_events
-from training.prompts import format_prompt
 
 GREEDY = {"temperature": 0.0}
 

@@ -7,11 +7,11 @@ import ast
 import inspect
 from pathlib import Path
 
-from server.engine import Engine, VllmEngine
+from alpaca_serve.server.engine import Engine, VllmEngine
 from tests.conftest import ROOT
 from tests.scripted_engine import ScriptedEngine
 
-ROUTES = ROOT / "server" / "routes"
+ROUTES = ROOT / "alpaca_serve" / "server" / "routes"
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -26,13 +26,13 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_the_generation_path_knows_nothing_of_http():
     web = {"fastapi", "starlette"}
-    imported = imported_modules(ROOT / "server" / "pipeline.py")
+    imported = imported_modules(ROOT / "alpaca_serve" / "server" / "pipeline.py")
     assert not {module for module in imported if module.split(".")[0] in web}
 
 
 def test_no_route_module_imports_another():
     for path in ROUTES.glob("*.py"):
-        others = {m for m in imported_modules(path) if m.startswith("server.routes")}
+        others = {m for m in imported_modules(path) if m.startswith("alpaca_serve.server.routes")}
         assert not others, f"{path.name} imports {others}"
 
 

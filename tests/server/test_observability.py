@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
-from server.engine import resolve_device, resolve_dtype
-from server.settings import ServerSettings
+from alpaca_serve.core.prompts import TEMPLATE_NAME
+from alpaca_serve.server.engine import resolve_device, resolve_dtype
+from alpaca_serve.server.settings import ServerSettings
 from tests.conftest import (
     TINY_CONTEXT,
     TINY_MAX_NEW_TOKENS_LIMIT,
@@ -18,7 +19,6 @@ from tests.conftest import (
     tiny_server_env,
     wait_for,
 )
-from training.prompts import TEMPLATE_NAME
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import jsonschema
 import openai
 import pytest
 
+from alpaca_serve.core.prompts import format_prompt
 from tests.conftest import start_server, wait_for
-from training.prompts import format_prompt
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from server.settings import ServerSettings
+from alpaca_serve.server.settings import ServerSettings
 from tests.conftest import ROOT
 
 
@@ -27,7 +27,7 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_importing_the_app_imports_neither_vllm_nor_torch():
     result = run(
         "-c",
-        "import sys, server.app; print(sorted(m for m in ('vllm', 'torch', "
+        "import sys, alpaca_serve.server.app; print(sorted(m for m in ('vllm', 'torch', "
         "'transformers') if m in sys.modules))",
     )
     assert result.returncode == 0, result.stderr
@@ -35,7 +35,7 @@ def test_importing_the_app_imports_neither_vllm_nor_torch():
 
 
 def test_help_explains_every_option():
-    result = run("-m", "server.main", "--help")
+    result = run("-m", "alpaca_serve.serve", "--help")
     assert result.returncode == 0
     for option in ("--host", "--port", "--model", "ALPACA_"):
         assert option in result.stdout
@@ -71,7 +71,7 @@ def test_help_explains_every_option():
     ],
 )
 def test_bad_settings_stop_the_server_with_one_line(args, env, fragment):
-    result = run("-m", "server.main", *args, env=env)
+    result = run("-m", "alpaca_serve.serve", *args, env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -92,7 +92,7 @@ def test_every_setting_reads_its_alpaca_environment_variable(monkeypatch):
 def test_convert_reports_a_missing_gguf_file_in_one_line(tmp_path):
     result = run(
         "-m",
-        "recover.convert",
+        "alpaca_serve.recover.convert",
         "--gguf",
         str(tmp_path / "missing.gguf"),
         "--out",

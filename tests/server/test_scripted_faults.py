@@ -12,9 +12,9 @@ import threading
 import httpx
 import pytest
 
+from alpaca_serve.core.prompts import SECTION_HEADERS
 from tests.conftest import start_server, stream_events, wait_for
 from tests.scripted_engine import long_answer
-from training.prompts import SECTION_HEADERS
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import random
 
 import pytest
 
-from server.stop_strings import StopMatcher
+from alpaca_serve.core.prompts import SECTION_HEADERS
+from alpaca_serve.server.stop_strings import StopMatcher
 from tests.conftest import read_metrics, start_server, wait_for
-from training.prompts import SECTION_HEADERS
 
 HEADERS = list(SECTION_HEADERS)
 

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from server.feedback import default_database_url
-from server.feedback.export import main
+from alpaca_serve.core.prompts import format_prompt
+from alpaca_serve.feedback import default_database_url
+from alpaca_serve.feedback.export import main
+from alpaca_serve.training.data import AlpacaRecord
+from alpaca_serve.training.train import load_training_records
 from tests.conftest import CommandResult, run_command, start_server
-from training.data import AlpacaRecord
-from training.prompts import format_prompt
-from training.train import load_training_records
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -60,7 +60,7 @@ def two_answers(server, instruction: str, input: str = "") -> tuple[str, str]:
 
 def stored(server, url: str, generation_id: str) -> dict:
     """The generation as the store has it."""
-    from server.feedback import open_store
+    from alpaca_serve.feedback import open_store
 
     with open_store(url) as store:
         return store.generations_by_id([generation_id])[generation_id]

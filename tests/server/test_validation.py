@@ -72,7 +72,7 @@ def test_invalid_field_is_a_422_naming_the_parameter(client, body, param, fragme
 def test_prompt_plus_max_new_tokens_above_the_context_states_the_numbers(client, server):
     # Most of the context, in either engine's tokens (the scripted one counts characters).
     instruction = "word " * (600 if server.layer == "vllm" else 150)
-    from training.prompts import format_prompt
+    from alpaca_serve.core.prompts import format_prompt
 
     prompt_tokens = server.count_tokens(format_prompt(instruction))
     max_new = TINY_CONTEXT - prompt_tokens + 1
@@ -176,9 +176,9 @@ def test_a_body_that_is_not_utf8_is_a_400(client):
 
 
 def test_control_characters_and_emoji_reach_the_model_intact(client, server):
-    from server.feedback import default_database_url, open_store
+    from alpaca_serve.core.prompts import format_prompt
+    from alpaca_serve.feedback import default_database_url, open_store
     from tests.conftest import wait_for
-    from training.prompts import format_prompt
 
     instruction = "Echo: a\u0001b\u0007c \u00e9\u00e8 \U0001f389\U0001f1eb\U0001f1f7 \u200b\u202e!"
     response = client.post("/generate", json={"instruction": instruction, "max_new_tokens": 2})

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from evaluation.datasets import ALPACA_SAMPLE
+from alpaca_serve.core.records import RawRecord, read_raw_records
+from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE
+from alpaca_serve.training.data import AlpacaRecord, DataFormatError, load_records
 from tests.conftest import ROOT
-from training.data import AlpacaRecord, DataFormatError, RawRecord, load_records, read_raw_records
 
 
 def test_stanford_sample_loads_all_200_records_as_published():
@@ -207,7 +208,11 @@ def test_the_raw_reader_can_hand_bad_items_over_and_read_on(tmp_path):
 
 def test_loading_data_imports_no_torch():
     result = subprocess.run(
-        [sys.executable, "-c", "import sys, training.data; print('torch' in sys.modules)"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, alpaca_serve.training.data; print('torch' in sys.modules)",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -9,20 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from training.args import parse_args
-from training.data import DataFormatError, RawRecord
-from training.dpo import EVAL_FILE
-from training.preferences import (
+from alpaca_serve.core.prompts import format_prompt
+from alpaca_serve.core.provenance import read_provenance
+from alpaca_serve.training.args import parse_args
+from alpaca_serve.training.cli import main
+from alpaca_serve.training.data import DataFormatError, RawRecord
+from alpaca_serve.training.dpo import EVAL_FILE
+from alpaca_serve.training.preferences import (
     PreferencePair,
     check_preference_record,
     load_preference_pairs,
     split_pairs,
 )
-from training.prompts import format_prompt
-from training.provenance import read_provenance
-from training.train import main
 
-SAMPLE_PAIRS = Path(__file__).resolve().parents[2] / "training/sample_data/preference_pairs.jsonl"
+SAMPLE_PAIRS = (
+    Path(__file__).resolve().parents[2] / "alpaca_serve/training/sample_data/preference_pairs.jsonl"
+)
 
 # Short questions, a helpful answer preferred over a refusal (in English, French or Spanish):
 # short enough for a few CPU steps, and the default model starts by preferring the refusal on
@@ -212,7 +214,7 @@ def test_a_dpo_run_writes_the_lora_folder_the_server_loads_and_says_it_is_dpo(
 ):
     from safetensors.torch import load_file
 
-    from server.adapters import BaseModel, inspect_adapter
+    from alpaca_serve.server.adapters import BaseModel, inspect_adapter
 
     data = write_jsonl(tmp_path / "prefs.jsonl", fact_pairs()[:12])
     out = tmp_path / "out"
@@ -263,7 +265,7 @@ def test_a_dpo_run_writes_the_lora_folder_the_server_loads_and_says_it_is_dpo(
 @pytest.fixture(scope="module")
 def default_model_dir(tmp_path_factory) -> Path:
     """The bundled default model (SmolLM2-135M-Instruct) as a Hugging Face folder."""
-    from recover.convert import convert_gguf, find_bundled_gguf
+    from alpaca_serve.recover.convert import convert_gguf, find_bundled_gguf
 
     return convert_gguf(find_bundled_gguf(), tmp_path_factory.mktemp("default") / "model")
 

@@ -1,6 +1,11 @@
 """The Alpaca templates, exactly as Stanford published them."""
 
-from training.prompts import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, SECTION_HEADERS, format_prompt
+from alpaca_serve.core.prompts import (
+    PROMPT_NO_INPUT,
+    PROMPT_WITH_INPUT,
+    SECTION_HEADERS,
+    format_prompt,
+)
 
 
 def test_instruction_without_input_uses_the_no_input_template_exactly():

@@ -8,12 +8,12 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-from recover import weight_diff
-from recover.convert import conversion_marker
-from training.args import parse_args
-from training.prompts import TEMPLATE_NAME
-from training.provenance import MARKER_FILE, TRAIN_INFO_FILE, read_provenance
-from training.train import TrainSummary, write_train_info
+from alpaca_serve.core.prompts import TEMPLATE_NAME
+from alpaca_serve.core.provenance import MARKER_FILE, TRAIN_INFO_FILE, read_provenance
+from alpaca_serve.recover import weight_diff
+from alpaca_serve.recover.convert import conversion_marker
+from alpaca_serve.training.args import parse_args
+from alpaca_serve.training.train import TrainSummary, write_train_info
 
 
 def write_json(path: Path, value) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from training.data import AlpacaRecord
-from training.prompts import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
-from training.tokenization import (
+from alpaca_serve.core.prompts import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
+from alpaca_serve.training.data import AlpacaRecord
+from alpaca_serve.training.tokenization import (
     IGNORE_INDEX,
     PackCollator,
     PadCollator,

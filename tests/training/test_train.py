@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.datasets import ALPACA_SAMPLE as SAMPLE
-from tests.conftest import ROOT, ServerProcess, tiny_server_env
-from training.args import DataArgs, DpoArgs, LoraArgs, TrainArgs, parse_args
-from training.data import AlpacaRecord
-from training.prompts import TEMPLATE_NAME
-from training.train import (
+from alpaca_serve.core.prompts import TEMPLATE_NAME
+from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE as SAMPLE
+from alpaca_serve.training.args import DataArgs, DpoArgs, LoraArgs, TrainArgs, parse_args
+from alpaca_serve.training.cli import main
+from alpaca_serve.training.data import AlpacaRecord
+from alpaca_serve.training.train import (
     build_trainer,
     build_training_args,
     load_model,
     load_training_records,
-    main,
 )
+from tests.conftest import ROOT, ServerProcess, tiny_server_env
 
 # Small and quick on two CPU cores: short examples, tiny batches.
 FAST = [
@@ -44,7 +44,7 @@ FAST = [
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "training.train", *argv],
+        [sys.executable, "-m", "alpaca_serve.training.cli", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -53,7 +53,7 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
 
 
 def short_records(n: int) -> list[AlpacaRecord]:
-    from training.data import load_records
+    from alpaca_serve.training.data import load_records
 
     return [r for r in load_records(SAMPLE) if len(r.output) < 60][:n]
 
@@ -78,7 +78,7 @@ def in_process_trainer(tmp_path, tiny_model_dir, records, *extra):
     """The pieces `main` builds, kept in reach so a test can look inside the model."""
     from transformers import AutoTokenizer
 
-    from training.tokenization import tokenize_records
+    from alpaca_serve.training.tokenization import tokenize_records
 
     args = parse_args(
         [
@@ -212,7 +212,7 @@ def test_fsdp_shards_fully_and_wraps_the_decoder_layer_class_read_from_the_model
 def test_shipped_scale_out_configs_are_full_shard_fsdp_and_zero_3():
     import yaml
 
-    configs = ROOT / "training" / "configs"
+    configs = ROOT / "alpaca_serve" / "training" / "configs"
     launcher = yaml.safe_load((configs / "fsdp.yaml").read_text())
     assert launcher["distributed_type"] == "FSDP"
     assert launcher["fsdp_config"]["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
@@ -553,7 +553,7 @@ def test_lora_on_a_tokenizer_without_pad_makes_an_adapter_the_server_accepts(
 ):
     from safetensors import safe_open
 
-    from server.adapters import BaseModel, inspect_adapter
+    from alpaca_serve.server.adapters import BaseModel, inspect_adapter
 
     base = tmp_path / "no-pad-base"
     shutil.copytree(tiny_model_dir, base)

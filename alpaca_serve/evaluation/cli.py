@@ -1,0 +1,469 @@
+"""`alpaca-eval`: answer an instruction set, compare two answer files blind, vote, report.
+
+Usage:
+    alpaca-eval answer --server-url http://127.0.0.1:8000 --limit 20 --out ours.jsonl
+    alpaca-eval compare --a ours.jsonl --label-a ours --seed 7 --out comparison.json
+        # side B: text-davinci-003's answers, shipped with the project (--b FILE for others)
+    alpaca-eval vote --comparison comparison.json --pair-id pair-000 --winner left \
+        [--session-id alice]
+    alpaca-eval judge --comparison comparison.json --judge-url http://127.0.0.1:8001 \
+        [--judge-model NAME] [--concurrency 4] [--rejudge]
+    alpaca-eval report --comparison comparison.json --chart report.png [--include-machine]
+
+Votes live in the feedback store of the server the comparison was built against (its URL is in
+the comparison file; `--server-url` overrides it): `compare` imports the answers that server did
+not give, `vote` and `judge` send votes to it, and `report` reads them back.
+
+Every subcommand has `--help`. Errors are one line, `alpaca-eval SUBCOMMAND: error: ...`, with
+a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+from pathlib import Path
+
+from alpaca_serve.client.api import AlpacaClient
+from alpaca_serve.client.errors import APIRequestError
+from alpaca_serve.evaluation.answers import (
+    MAX_ATTEMPTS,
+    EvaluationError,
+    generate_answers,
+    load_answers,
+    load_instructions,
+    write_jsonl,
+)
+from alpaca_serve.evaluation.comparison import (
+    Vote,
+    attach_generation_ids,
+    build_comparison,
+    cast_vote,
+    find_pair,
+    judge_comparison,
+    load_comparison,
+    save_comparison,
+    votes_in_store,
+)
+from alpaca_serve.evaluation.datasets import DAVINCI_ANSWERS, EVALUATION_SET
+from alpaca_serve.evaluation.report import format_report, tally_votes, write_chart
+
+# The Alpaca evaluation set (user-oriented self-instruct instructions) and the reference side of
+# Alpaca's comparison, text-davinci-003's answers to it: both shipped with the project.
+DEFAULT_INSTRUCTIONS = EVALUATION_SET
+DEFAULT_REFERENCE = DAVINCI_ANSWERS
+DEFAULT_REFERENCE_LABEL = "text-davinci-003"
+DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+STORE_TIMEOUT_S = 60.0  # feedback-store calls are quick; answers have their own --timeout
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (EvaluationError, APIRequestError) as err:
+        print(f"{args.prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alpaca-eval",
+        description="Blind pairwise evaluation: generate answers with a server, pair them with "
+        "another model's answers, collect votes (people or an automatic judge), report.",
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    answer = _command(
+        commands,
+        "answer",
+        run_answer,
+        "answer an instruction file through a server, writing JSON lines",
+    )
+    answer.add_argument(
+        "--server-url",
+        default=DEFAULT_SERVER_URL,
+        help=f"the alpaca-serve to ask (default: {DEFAULT_SERVER_URL})",
+    )
+    answer.add_argument(
+        "--instructions",
+        type=Path,
+        default=DEFAULT_INSTRUCTIONS,
+        help="self-instruct user-oriented JSON lines (instruction, "
+        "instances[0].input, motivation_app) or an Alpaca JSON list "
+        "(instruction, input); default: the shipped Alpaca evaluation set, "
+        f"{EVALUATION_SET}",
+    )
+    answer.add_argument(
+        "--model",
+        default=None,
+        help="the served model to answer: the base's name or a served LoRA adapter's "
+        "(default: the base)",
+    )
+    answer.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="answer only the first N instructions (default: all)",
+    )
+    answer.add_argument(
+        "--concurrency", type=int, default=4, help="requests in flight at once (default: 4)"
+    )
+    answer.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="most tokens per answer (default: the server's default)",
+    )
+    answer.add_argument(
+        "--temperature",
+        type=float,
+        default=0.1,
+        help="sampling temperature, 0 for greedy (default: 0.1)",
+    )
+    answer.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for one answer (default: 600)"
+    )
+    answer.add_argument(
+        "--api-key", default=None, help="sent as a bearer token when the server wants one"
+    )
+    answer.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="answers file to write: JSON lines {id, instruction, input, "
+        "motivation_app, output, generation_id, model}",
+    )
+    answer.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    compare = _command(
+        commands, "compare", run_compare, "pair two answer files into a blind comparison file"
+    )
+    compare.add_argument(
+        "--a",
+        type=Path,
+        required=True,
+        help="answer file of side A (from `answer`, a self-instruct predictions "
+        "file such as the text-davinci-003 one, or an Alpaca JSON list)",
+    )
+    compare.add_argument(
+        "--b",
+        type=Path,
+        default=DEFAULT_REFERENCE,
+        help="answer file of side B (default: text-davinci-003's answers to the Alpaca "
+        f"evaluation set, shipped with the project, {DEFAULT_REFERENCE})",
+    )
+    compare.add_argument(
+        "--label-a",
+        default=None,
+        help="name of side A in reports (default: the model named in the file, else the file name)",
+    )
+    compare.add_argument(
+        "--label-b",
+        default=None,
+        help="name of side B (default: as --label-a; "
+        f"{DEFAULT_REFERENCE_LABEL} for the default --b)",
+    )
+    compare.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for the pair order and sides (default: random; recorded in the file either way)",
+    )
+    compare.add_argument("--out", type=Path, required=True, help="comparison JSON file to write")
+    _store_options(
+        compare,
+        "the alpaca-serve whose feedback store keeps the answers and votes: "
+        "answers it did not give (for example the davinci file's) are imported "
+        f"into it (default: {DEFAULT_SERVER_URL})",
+        default=DEFAULT_SERVER_URL,
+    )
+
+    vote = _command(
+        commands,
+        "vote",
+        run_vote,
+        "record one person's vote on a pair of a comparison in the feedback store",
+    )
+    vote.add_argument("--comparison", type=Path, required=True, help="comparison file")
+    vote.add_argument("--pair-id", required=True, help="the pair voted on, e.g. pair-000")
+    vote.add_argument(
+        "--winner",
+        required=True,
+        choices=["left", "right", "tie", "both_bad"],
+        help="which side was better, as shown: left, right, tie or both_bad",
+    )
+    vote.add_argument(
+        "--session-id",
+        default="cli",
+        help="who votes; a later vote by the same session on the same pair "
+        "replaces the earlier one (default: cli)",
+    )
+    _store_options(vote, STORE_HELP)
+
+    judge = _command(
+        commands,
+        "judge",
+        run_judge,
+        "fill machine votes with an OpenAI-compatible chat model as the judge",
+    )
+    judge.add_argument("--comparison", type=Path, required=True, help="comparison file")
+    judge.add_argument(
+        "--judge-url",
+        required=True,
+        help="base URL of an OpenAI-compatible API (…/v1/chat/completions); "
+        "this server's own URL works too",
+    )
+    judge.add_argument(
+        "--judge-model",
+        default=None,
+        help="model name to ask (default: the first one /v1/models lists)",
+    )
+    judge.add_argument("--judge-api-key", default=None, help="bearer token for the judge")
+    judge.add_argument(
+        "--one-order",
+        action="store_true",
+        help="ask once per pair instead of twice with the answers swapped "
+        "(half the cost, but position bias goes uncorrected)",
+    )
+    judge.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="pairs judged at once; each pair's vote is sent to the store as soon as it is "
+        "decided (default: 4)",
+    )
+    judge.add_argument(
+        "--attempts",
+        type=int,
+        default=MAX_ATTEMPTS,
+        help="tries per request while the judge or the store answers 429 (busy) or 503 "
+        f"(unavailable), each after the wait its Retry-After asks for (default: {MAX_ATTEMPTS})",
+    )
+    judge.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="judge every pair again, replacing this judge's earlier votes (default: skip the "
+        "pairs it has voted on, so a rerun after a failure judges only the rest)",
+    )
+    judge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _store_options(judge, STORE_HELP)
+
+    report = _command(
+        commands,
+        "report",
+        run_report,
+        "print wins / ties / losses with a 95% interval, by category, and a chart",
+    )
+    report.add_argument("--comparison", type=Path, required=True, help="comparison file")
+    report.add_argument(
+        "--chart", type=Path, default=None, help="PNG bar chart to write (default: none)"
+    )
+    report.add_argument(
+        "--include-machine",
+        action="store_true",
+        help="also report the automatic judge's votes, in their own section",
+    )
+    report.add_argument(
+        "--top-categories",
+        type=int,
+        default=10,
+        help="categories (motivation_app) to list, most voted first (default: 10)",
+    )
+    report.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the counts and intervals as JSON to this file",
+    )
+    _store_options(
+        report,
+        "the alpaca-serve whose feedback store holds the votes (default: "
+        "the one recorded in the comparison file)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    return parser
+
+
+STORE_HELP = (
+    "the alpaca-serve whose feedback store keeps the votes (default: the one recorded "
+    "in the comparison file)"
+)
+
+
+def _store_options(
+    command: argparse.ArgumentParser, help_text: str, default: str | None = None
+) -> None:
+    command.add_argument("--server-url", default=default, help=help_text)
+    command.add_argument(
+        "--api-key", default=None, help="sent as a bearer token to that server when it wants one"
+    )
+
+
+def _store_url(args: argparse.Namespace, comparison: dict) -> str:
+    """`--server-url`, or the server the comparison was built with: the one whose feedback store
+    keeps the comparison's answers and votes."""
+    url = args.server_url or comparison.get("server_url")
+    if not url:
+        raise EvaluationError(f"{args.comparison} names no server: pass --server-url")
+    return url
+
+
+def _open_store(args: argparse.Namespace, comparison: dict):
+    """A client of the comparison's feedback store (`_store_url`)."""
+    return AlpacaClient(_store_url(args, comparison), args.api_key, timeout_s=STORE_TIMEOUT_S)
+
+
+def run_answer(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise EvaluationError(f"--limit must be at least 1, got {args.limit}")
+    if args.concurrency < 1:
+        raise EvaluationError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise EvaluationError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    items = load_instructions(args.instructions, args.limit)
+    answers, failures = generate_answers(
+        args.server_url,
+        items,
+        model=args.model,
+        concurrency=args.concurrency,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        api_key=args.api_key,
+        timeout_s=args.timeout,
+        progress=not args.no_progress,
+    )
+    if not answers:
+        first = failures[0].reason if failures else "no instructions"
+        raise EvaluationError(f"all {len(items)} instructions failed; the first: {first}")
+    write_jsonl(args.out, answers)
+    print(f"wrote {len(answers)} answers to {args.out} ({len(failures)} failed)")
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    answers_a, answers_b = load_answers(args.a), load_answers(args.b)
+    label_a = args.label_a or _default_label(answers_a, args.a)
+    label_b = args.label_b or (
+        DEFAULT_REFERENCE_LABEL
+        if args.b == DEFAULT_REFERENCE
+        else _default_label(answers_b, args.b)
+    )
+    if label_a == label_b:
+        label_b += " (B)"
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    comparison = build_comparison(answers_a, answers_b, label_a, label_b, seed)
+    if not comparison["pairs"]:
+        raise EvaluationError(
+            f"no instruction of {args.a} is answered in {args.b}: nothing to compare"
+        )
+    with AlpacaClient(args.server_url, args.api_key, timeout_s=STORE_TIMEOUT_S) as store:
+        imported = attach_generation_ids(comparison, store)
+    save_comparison(args.out, comparison)
+    unmatched = comparison["unmatched"]
+    print(
+        f"wrote {len(comparison['pairs'])} pairs ({label_a} vs {label_b}, seed {seed}) to "
+        f"{args.out}; without a partner: {unmatched['a']} of A, {unmatched['b']} of B; "
+        f"{imported} answers imported into the feedback store at {args.server_url}"
+    )
+
+
+def run_vote(args: argparse.Namespace) -> None:
+    comparison = load_comparison(args.comparison)
+    pair = find_pair(comparison, args.pair_id)
+    with _open_store(args, comparison) as store:
+        created = cast_vote(store, pair, Vote(args.pair_id, args.winner, "human", args.session_id))
+        where = store.server_url
+    print(
+        f"{'recorded' if created else 'changed'}: {args.pair_id} {args.winner} "
+        f"(session {args.session_id}) in the feedback store at {where}"
+    )
+
+
+def run_judge(args: argparse.Namespace) -> None:
+    comparison = load_comparison(args.comparison)
+    store_url = _store_url(args, comparison)
+    judgement = judge_comparison(
+        comparison,
+        args.judge_url,
+        store_url,
+        model=args.judge_model,
+        api_key=args.judge_api_key,
+        store_api_key=args.api_key,
+        both_orders=not args.one_order,
+        concurrency=args.concurrency,
+        attempts=args.attempts,
+        rejudge=args.rejudge,
+        progress=not args.no_progress,
+    )
+    print(
+        f"recorded {len(judgement.votes)} machine votes in the feedback store at "
+        f"{store_url.rstrip('/')}"
+        + (
+            f"; {len(judgement.skipped)} pairs judged earlier by judge-{judgement.model} were "
+            "skipped (--rejudge asks again)"
+            if judgement.skipped
+            else ""
+        )
+        + (
+            f"; {len(judgement.inconsistent)} pairs were judged differently with the sides "
+            "swapped and count as ties"
+            if judgement.inconsistent
+            else ""
+        )
+        + (
+            f"; {len(judgement.unreadable)} replies were not A, B or tie: "
+            f"{', '.join(judgement.unreadable)}"
+            if judgement.unreadable
+            else ""
+        )
+    )
+
+
+def run_report(args: argparse.Namespace) -> None:
+    if args.top_categories < 1:
+        raise EvaluationError(f"--top-categories must be at least 1, got {args.top_categories}")
+    if args.chart is not None and args.chart.suffix.lower() != ".png":
+        raise EvaluationError(f"--chart must name a .png file, got {args.chart}")
+    comparison = load_comparison(args.comparison)
+    with _open_store(args, comparison) as store:
+        votes = votes_in_store(store, comparison)
+    voters = ["human", "machine"] if args.include_machine else ["human"]
+    tallies = {voter: tally_votes(comparison, votes, voter) for voter in voters}
+    print(format_report(comparison, tallies, args.top_categories))
+    machine_left_out = sum(1 for vote in votes if vote.voter == "machine")
+    if not args.include_machine and machine_left_out:
+        print(f"\n({machine_left_out} machine votes not shown; add --include-machine)")
+    if args.json is not None:
+        summary = {
+            "labels": comparison["labels"],
+            **{voter: tally.as_dict() for voter, tally in tallies.items()},
+        }
+        args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    if args.chart is not None:
+        write_chart(args.chart, comparison, tallies, args.top_categories)
+        print(f"chart written to {args.chart}")
+
+
+def _command(commands, name: str, run, help_text: str) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)
+    command.set_defaults(run=run, prog=command.prog)
+    return command
+
+
+def _default_label(answers: list[dict], path: Path) -> str:
+    models = {answer.get("model") for answer in answers} - {None}
+    return models.pop() if len(models) == 1 else path.stem
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

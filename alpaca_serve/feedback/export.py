@@ -1,0 +1,184 @@
+"""`alpaca-export`: write rated generations as JSON lines of Alpaca records plus their feedback,
+or training data chosen from the feedback (SFT records, DPO preference pairs).
+
+Usage:
+    alpaca-export --out feedback.jsonl                      # the server's store, as it finds it
+    alpaca-export --database postgresql://alpaca:...@db:5432/alpaca --include-unrated > all.jsonl
+    alpaca-export --data-dir /backups/alpaca --out feedback.jsonl   # alpaca.sqlite3 in a folder
+    alpaca-export --format sft --out sft.jsonl              # for alpaca-train --data sft.jsonl
+    alpaca-export --format dpo [--include-machine] --out pairs.jsonl
+
+Without --database or --data-dir it reads the store the server uses, through the server's own
+settings: ALPACA_DATABASE_URL when set, else alpaca.sqlite3 in ALPACA_DATA_DIR (default
+~/.local/share/alpaca-serve). So in the server's container a bare `alpaca-export` finds it.
+
+Formats (--format):
+    feedback  (the default) one line per (generation, rating): `instruction`, `input`, `output`
+              (so `alpaca_serve.training.data.load_records` reads the file as it is), then
+              the rating,
+              comment, flag, preferred response and the generation's details.
+    sft       `{instruction, input, output}`: answers rated up, and every preferred response.
+    dpo       `{prompt, chosen, rejected}`: people's pairwise votes (winner over loser, resolved
+              by majority) and preferred responses over the answers they correct; the prompt is
+              the text the engine received. What is kept and why: server/feedback/training_data.py.
+For sft and dpo the summary on standard error counts what was kept and left out, by reason.
+Generations sent as raw prompts are left out: they have no instruction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TextIO
+
+from alpaca_serve.feedback.records import StoreError
+from alpaca_serve.feedback.settings import StoreSettings, database_location
+from alpaca_serve.feedback.store import (
+    DATABASE_FILENAME,
+    DEFAULT_DATA_DIR,
+    FeedbackStore,
+    open_store,
+)
+from alpaca_serve.feedback.training_data import Selection, dpo_pairs, sft_records
+
+FORMATS = ("feedback", "sft", "dpo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alpaca-export",
+        description="Export recorded generations and their ratings as JSON lines, one "
+        "(generation, rating) per line, in the Alpaca format plus feedback fields.",
+    )
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="sqlite:///ABSOLUTE/PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
+        "(default: the server's store: ALPACA_DATABASE_URL when set, else "
+        f"sqlite:///DATA_DIR/{DATABASE_FILENAME})",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"folder of a server's SQLite store ({DATABASE_FILENAME}), used when --database is "
+        f"not given (default: ALPACA_DATA_DIR, else {DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="file to write (replaced only once the export is complete; default: standard output)",
+    )
+    parser.add_argument(
+        "--include-unrated",
+        action="store_true",
+        help="also write generations nobody rated, with rating null (--format feedback only)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="feedback",
+        help="feedback: every (generation, rating) with all its details (the default); "
+        "sft: Alpaca records {instruction, input, output} of answers rated up and of preferred "
+        "responses, for alpaca-train; dpo: preference pairs {prompt, chosen, rejected} from "
+        "people's pairwise votes and preferred responses",
+    )
+    parser.add_argument(
+        "--include-machine",
+        action="store_true",
+        help="--format dpo: also count the votes of an automatic judge (alpaca-eval judge), "
+        "which are left out by default",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        check_options(args)
+        url, data_dir = database_location(args.database, args.data_dir, StoreSettings())
+        if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
+            # Opening would create an empty store; an export should not create anything.
+            raise StoreError(
+                f"no database at {data_dir / DATABASE_FILENAME} (give --database or "
+                "--data-dir, or let the server record generations first)"
+            )
+        with open_store(url) as store:
+            selection = select(store, args)
+            rows = (
+                store.export_rows(args.include_unrated) if selection is None else selection.records
+            )
+            if args.out is None:
+                sys.stdout.reconfigure(encoding="utf-8")  # JSON lines are UTF-8 whatever the locale
+                count = write_rows(rows, sys.stdout)
+            else:
+                count = write_file(rows, args.out)
+    except (ValueError, StoreError, OSError) as err:
+        print(f"alpaca-export: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(f"alpaca-export: {describe(args, count, selection)}", file=sys.stderr)
+    return 0
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options that do not go with the chosen format."""
+    if args.include_unrated and args.format != "feedback":
+        raise ValueError(f"--include-unrated goes with --format feedback, not {args.format}")
+    if args.include_machine and args.format != "dpo":
+        raise ValueError(f"--include-machine goes with --format dpo, not {args.format}")
+
+
+def select(store: FeedbackStore, args: argparse.Namespace) -> Selection | None:
+    """The training data the format asks for; None for the feedback format (written as read)."""
+    if args.format == "sft":
+        return sft_records(store)
+    if args.format == "dpo":
+        return dpo_pairs(store, include_machine=args.include_machine)
+    return None
+
+
+def describe(args: argparse.Namespace, count: int, selection: Selection | None) -> str:
+    """The line that ends an export: how many written where, and for sft and dpo, why."""
+    nouns = {"feedback": "record", "sft": "sft record", "dpo": "dpo pair"}
+    noun = nouns[args.format] + ("" if count == 1 else "s")
+    line = f"wrote {count} {noun} to {args.out or 'standard output'}"
+    return line if selection is None else f"{line}: {selection.summary()}"
+
+
+def write_file(rows: Iterable[dict], out: Path) -> int:
+    """Write `rows` to a temporary file beside `out`, then move it into place; returns how many."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            count = write_rows(rows, stream)
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def write_rows(rows: Iterable[dict], stream: TextIO) -> int:
+    """Write one JSON object per line; returns how many."""
+    count = 0
+    for row in rows:
+        stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The SQLite backend of the feedback store: one file, WAL journal, every commit fsynced.
+
+Usage:
+    store = FeedbackStore(SqliteBackend(Path("/home/me/.local/share/alpaca-serve/alpaca.sqlite3")))
+    # usually through open_store("sqlite:///home/me/.local/share/alpaca-serve/alpaca.sqlite3")
+
+The folder is created on connect. Several processes may share the file: writers take SQLite's
+write lock at the start of their transaction and wait up to 30 s for it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alpaca_serve.feedback.backend import Backend, one_line
+from alpaca_serve.feedback.records import StoreError
+
+
+class SqliteBackend(Backend):
+    placeholder = "?"
+    types = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL", "json": "TEXT"}
+    errors = (sqlite3.Error,)
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.description = f"SQLite database {path}"
+
+    def connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are begun and ended here, explicitly.
+            conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as err:
+            raise StoreError(f"cannot open {self.description}: {one_line(err)}") from err
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{self.description} cannot use WAL journal mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as err:
+            conn.close()
+            raise StoreError(f"cannot open {self.description}: {one_line(err)}") from err
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def transaction(self, conn: sqlite3.Connection, write: bool) -> Iterator[sqlite3.Cursor]:
+        # IMMEDIATE takes the write lock up front, so a read-then-write never has to upgrade.
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        cursor = conn.cursor()
+        try:
+            yield cursor
+        except BaseException:
+            if conn.in_transaction:  # SQLite ends some failed transactions by itself
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            cursor.close()
+        conn.execute("COMMIT")

@@ -1,0 +1,418 @@
+"""The feedback store: durable generation records and human feedback, over SQLite or PostgreSQL.
+
+Usage:
+    store = open_store("sqlite:///home/me/.local/share/alpaca-serve/alpaca.sqlite3")
+    store = open_store("postgresql://alpaca:secret@127.0.0.1:5432/alpaca")
+    store.record_generations([GenerationRecord(id="gen-1", ...)])
+    row_id, created = store.save_rating(RatingFeedback("gen-1", "up", session_id="s-42"))
+    store.summary()                     # thumbs and flags per model, pairwise wins
+    store.list_comparisons(after=0)     # every pairwise vote, oldest first, a page at a time
+    store.generations_by_id(["gen-1"])  # {"gen-1": {"prompt", "response", ...}}
+    for row in store.export_rows():     # Alpaca records (instruction, input, output) + feedback
+        ...
+    store.close()
+
+Every method is synchronous and thread-safe (one connection behind a lock), so the server calls
+them through `asyncio.to_thread`. Each write is one transaction, committed durably before the
+method returns: SQLite runs in WAL mode with `synchronous=FULL`; PostgreSQL commits as configured
+(durable by default). Opening a store creates the schema and applies any pending migrations.
+
+No client address is stored anywhere. NUL characters, which PostgreSQL cannot store in text, are
+replaced with U+FFFD on both backends so that the two keep the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from alpaca_serve.feedback.backend import Backend, Transaction, one_line, redact
+from alpaca_serve.feedback.postgres import PostgresBackend
+from alpaca_serve.feedback.records import (
+    ComparisonFeedback,
+    GenerationRecord,
+    RatingFeedback,
+    StoreError,
+    UnknownGenerationError,
+)
+from alpaca_serve.feedback.schema import GENERATION_COLUMNS, migrate
+from alpaca_serve.feedback.sqlite import SqliteBackend
+
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "alpaca-serve"
+DATABASE_FILENAME = "alpaca.sqlite3"
+
+EXPORT_PAGE_SIZE = 500  # generations read per transaction while exporting
+ID_CHUNK = 500  # ids per `IN (...)` list, well under SQLite's limit on bound parameters
+COMPARISON_PAGE_LIMIT = 1000  # most comparisons one `list_comparisons` call returns
+
+
+def open_store(url: str) -> FeedbackStore:
+    """Open the store at `url` (sqlite:///ABSOLUTE/PATH or postgresql://...), migrating it."""
+    return FeedbackStore(backend_for(url))
+
+
+def default_database_url(data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    """The URL of the server's default store: `alpaca.sqlite3` in `data_dir`."""
+    return "sqlite://" + quote(str(Path(data_dir).expanduser().resolve() / DATABASE_FILENAME))
+
+
+def backend_for(url: str) -> Backend:
+    """The backend a database URL names; ValueError for a malformed or unsupported one."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "sqlite":
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        if parts.netloc or parts.query or not path.startswith("/") or path.endswith("/"):
+            raise ValueError(
+                f"a SQLite database URL is sqlite:///ABSOLUTE/PATH/FILE.sqlite3, got {url!r}"
+            )
+        return SqliteBackend(Path(path))
+    if scheme in ("postgresql", "postgres"):
+        return PostgresBackend(url)
+    raise ValueError(
+        f"unsupported database URL {redact(url)!r}: expected sqlite:///ABSOLUTE/PATH or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    )
+
+
+class FeedbackStore:
+    """Generation records and feedback in one database. Build it with `open_store(url)`."""
+
+    def __init__(self, backend: Backend):
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._conn: Any = backend.connect()
+        try:
+            with self._transaction() as tx:
+                migrate(tx, backend)
+        except backend.errors as err:
+            self.close()
+            raise StoreError(f"cannot open {backend.description}: {one_line(err)}") from err
+        except BaseException:
+            self.close()
+            raise
+
+    def record_generations(self, records: list[GenerationRecord]) -> None:
+        """Insert `records` in one transaction; an id already recorded is left as it is."""
+        rows = [
+            (
+                r.id,
+                r.created_at,
+                _text(r.model),
+                json.dumps(_text(r.params)),
+                _text(r.instruction),
+                _text(r.input),
+                _text(r.prompt),
+                _text(r.response),
+                r.finish_reason,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.latency_s,
+                json.dumps(_text(r.filter_verdicts)),
+                r.source,
+            )
+            for r in records
+        ]
+        if not rows:
+            return
+        marks = ", ".join("?" * len(GENERATION_COLUMNS))
+        with self._transaction() as tx:
+            tx.executemany(
+                f"INSERT INTO generations ({', '.join(GENERATION_COLUMNS)}) VALUES ({marks}) "
+                "ON CONFLICT (id) DO NOTHING",
+                rows,
+            )
+
+    def generation_exists(self, ids: list[str]) -> set[str]:
+        """The subset of `ids` that the store has recorded."""
+        with self._transaction(write=False) as tx:
+            return _existing_ids(tx, ids)
+
+    def generations_by_id(self, ids: list[str]) -> dict[str, dict]:
+        """The recorded generations among `ids`, by id: each a dict of the generations table's
+        columns (id, created_at, model, params, instruction, input, prompt, response, ...)."""
+        found: dict[str, dict] = {}
+        with self._transaction(write=False) as tx:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                for row in tx.rows(
+                    f"SELECT {', '.join(GENERATION_COLUMNS)} FROM generations "
+                    f"WHERE id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    generation = dict(zip(GENERATION_COLUMNS, row, strict=True))
+                    generation["params"] = _json_value(generation["params"])
+                    generation["filter_verdicts"] = _json_value(generation["filter_verdicts"])
+                    found[generation["id"]] = generation
+        return found
+
+    def save_rating(self, fb: RatingFeedback) -> tuple[int, bool]:
+        """Store a rating; returns (row id, created). With a session id, a later rating of the
+        same generation replaces the earlier one (created is False); without, every call adds."""
+        now = time.time()
+        details = (fb.rating, _text(fb.comment), _text(fb.flag), _text(fb.preferred_response))
+        with self._transaction() as tx:
+            _require_generations(tx, [fb.generation_id])
+            inserted = tx.one(
+                "INSERT INTO ratings (rating, comment, flag, preferred_response, generation_id, "
+                "session_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (generation_id, session_id) WHERE session_id IS NOT NULL "
+                "DO NOTHING RETURNING id",
+                (*details, fb.generation_id, _text(fb.session_id), now, now),
+            )
+            if inserted is not None:
+                return inserted[0], True
+            updated = tx.one(
+                "UPDATE ratings SET rating = ?, comment = ?, flag = ?, preferred_response = ?, "
+                "updated_at = ? WHERE generation_id = ? AND session_id = ? RETURNING id",
+                (*details, now, fb.generation_id, _text(fb.session_id)),
+            )
+            return updated[0], False
+
+    def save_comparison(self, fb: ComparisonFeedback) -> tuple[int, bool]:
+        """Store a comparison; returns (row id, created). With a session id, a later judgement
+        of the same pair, in either order, replaces the earlier one."""
+        now = time.time()
+        first, second = sorted(fb.generation_ids)
+        with self._transaction() as tx:
+            _require_generations(tx, [first, second])
+            inserted = tx.one(
+                "INSERT INTO comparisons (winner, voter, generation_a, generation_b, session_id, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (generation_a, generation_b, session_id) "
+                "WHERE session_id IS NOT NULL DO NOTHING RETURNING id",
+                (fb.winner, fb.voter, first, second, _text(fb.session_id), now, now),
+            )
+            if inserted is not None:
+                return inserted[0], True
+            updated = tx.one(
+                "UPDATE comparisons SET winner = ?, voter = ?, updated_at = ? "
+                "WHERE generation_a = ? AND generation_b = ? AND session_id = ? RETURNING id",
+                (fb.winner, fb.voter, now, first, second, _text(fb.session_id)),
+            )
+            return updated[0], False
+
+    def list_comparisons(self, after: int = 0, limit: int = COMPARISON_PAGE_LIMIT) -> list[dict]:
+        """Up to `limit` comparisons with a row id above `after`, by row id: each a dict with
+        id, generation_ids (sorted), winner, voter, session_id, created_at, updated_at. A vote
+        changed later keeps its id, so paging on with the last id seen reads every vote once."""
+        if not 1 <= limit <= COMPARISON_PAGE_LIMIT:
+            raise ValueError(f"limit must be 1 to {COMPARISON_PAGE_LIMIT}, got {limit}")
+        with self._transaction(write=False) as tx:
+            rows = tx.rows(
+                "SELECT id, generation_a, generation_b, winner, voter, session_id, created_at, "
+                "updated_at FROM comparisons WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            )
+        return [
+            {
+                "id": row_id,
+                "generation_ids": [first, second],
+                "winner": winner,
+                "voter": voter,
+                "session_id": session_id,
+                "created_at": created_at,
+                "updated_at": updated_at,
+            }
+            for row_id, first, second, winner, voter, session_id, created_at, updated_at in rows
+        ]
+
+    def summary(self) -> dict:
+        """Ratings and flags per model (models with at least one rating), and pairwise results
+        per pair of models (model_a < model_b; a model compared with itself counts too): people's
+        votes under `pairwise`, an automatic judge's under `pairwise_machine`."""
+        with self._transaction(write=False) as tx:
+            rating_counts = tx.rows(
+                "SELECT g.model, r.rating, r.flag, COUNT(*) FROM ratings r "
+                "JOIN generations g ON g.id = r.generation_id "
+                "GROUP BY g.model, r.rating, r.flag"
+            )
+            comparison_counts = tx.rows(
+                "SELECT c.voter, ga.model, gb.model, "
+                "SUM(CASE WHEN c.winner = c.generation_a THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN c.winner = c.generation_b THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN c.winner = 'tie' THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN c.winner = 'both_bad' THEN 1 ELSE 0 END) "
+                "FROM comparisons c "
+                "JOIN generations ga ON ga.id = c.generation_a "
+                "JOIN generations gb ON gb.id = c.generation_b "
+                "GROUP BY c.voter, ga.model, gb.model"
+            )
+        models: dict[str, dict] = {}
+        for model, rating, flag, count in rating_counts:
+            entry = models.setdefault(model, {"up": 0, "down": 0, "flags": {}})
+            entry[rating] += int(count)
+            if flag is not None:
+                entry["flags"][flag] = entry["flags"].get(flag, 0) + int(count)
+        pairs: dict[tuple[str, str, str], dict] = {}
+        for voter, model_1, model_2, wins_1, wins_2, ties, both_bad in comparison_counts:
+            model_a, model_b = sorted((model_1, model_2))
+            entry = pairs.setdefault(
+                (voter, model_a, model_b),
+                {
+                    "model_a": model_a,
+                    "model_b": model_b,
+                    "wins_a": 0,
+                    "wins_b": 0,
+                    "ties": 0,
+                    "both_bad": 0,
+                },
+            )
+            if model_1 > model_2:
+                wins_1, wins_2 = wins_2, wins_1
+            entry["wins_a"] += int(wins_1)
+            entry["wins_b"] += int(wins_2)
+            entry["ties"] += int(ties)
+            entry["both_bad"] += int(both_bad)
+        return {
+            "models": dict(sorted(models.items())),
+            "pairwise": [pairs[key] for key in sorted(pairs) if key[0] == "human"],
+            "pairwise_machine": [pairs[key] for key in sorted(pairs) if key[0] == "machine"],
+        }
+
+    def export_rows(self, include_unrated: bool = False) -> Iterator[dict]:
+        """Generations joined with their ratings, oldest first: one dict per (generation,
+        rating), or per generation with rating None for unrated ones when `include_unrated`.
+
+        Keys: instruction, input, output (the response), then rating, comment, flag,
+        preferred_response, generation_id, model, source, created_at, finish_reason, prompt,
+        params, filter_verdicts, prompt_tokens, completion_tokens, latency_s. Raw-prompt generations
+        (instruction None) are always skipped: they cannot become Alpaca records. Rows are read
+        in pages, each in its own transaction, so no lock is held while the caller works;
+        generations recorded during an export may or may not be included."""
+        after: tuple[float, str] | None = None
+        while True:
+            with self._transaction(write=False) as tx:
+                generations, ratings = _export_page(tx, after)
+            for generation in generations:
+                row = {
+                    "instruction": generation["instruction"],
+                    "input": generation["input"],
+                    "output": generation["response"],
+                }
+                details = {
+                    "generation_id": generation["id"],
+                    "model": generation["model"],
+                    "source": generation["source"],
+                    "created_at": generation["created_at"],
+                    "finish_reason": generation["finish_reason"],
+                    "prompt": generation["prompt"],
+                    "params": _json_value(generation["params"]),
+                    "filter_verdicts": _json_value(generation["filter_verdicts"]),
+                    "prompt_tokens": generation["prompt_tokens"],
+                    "completion_tokens": generation["completion_tokens"],
+                    "latency_s": generation["latency_s"],
+                }
+                feedback = ratings.get(generation["id"], [])
+                if not feedback and include_unrated:
+                    feedback = [(None, None, None, None)]
+                for rating, comment, flag, preferred_response in feedback:
+                    yield {
+                        **row,
+                        "rating": rating,
+                        "comment": comment,
+                        "flag": flag,
+                        "preferred_response": preferred_response,
+                        **details,
+                    }
+            if len(generations) < EXPORT_PAGE_SIZE:
+                return
+            after = (generations[-1]["created_at"], generations[-1]["id"])
+
+    def close(self) -> None:
+        """Close the connection; later calls raise StoreError. Closing twice is harmless."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> FeedbackStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[Transaction]:
+        with self._lock:
+            if self._conn is None:
+                raise StoreError("the feedback store is closed")
+            if self._backend.is_broken(self._conn):
+                # The server restarted or the network dropped: reconnect once, here. If that
+                # fails the old connection stays, so the next call tries again.
+                fresh = self._backend.connect()
+                self._conn.close()
+                self._conn = fresh
+            with self._backend.transaction(self._conn, write) as cursor:
+                yield Transaction(cursor, self._backend.placeholder)
+
+
+def _export_page(
+    tx: Transaction, after: tuple[float, str] | None
+) -> tuple[list[dict], dict[str, list[tuple]]]:
+    """One page of instruction generations after `after` (created_at, id), and their ratings."""
+    where, params = "instruction IS NOT NULL", ()
+    if after is not None:
+        where += " AND (created_at > ? OR (created_at = ? AND id > ?))"
+        params = (after[0], after[0], after[1])
+    generations = [
+        dict(zip(GENERATION_COLUMNS, row, strict=True))
+        for row in tx.rows(
+            f"SELECT {', '.join(GENERATION_COLUMNS)} FROM generations WHERE {where} "
+            "ORDER BY created_at, id LIMIT ?",
+            (*params, EXPORT_PAGE_SIZE),
+        )
+    ]
+    ratings: dict[str, list[tuple]] = defaultdict(list)
+    for chunk in _chunks([g["id"] for g in generations]):
+        for generation_id, *feedback in tx.rows(
+            "SELECT generation_id, rating, comment, flag, preferred_response FROM ratings "
+            f"WHERE generation_id IN ({', '.join('?' * len(chunk))}) ORDER BY id",
+            chunk,
+        ):
+            ratings[generation_id].append(tuple(feedback))
+    return generations, ratings
+
+
+def _existing_ids(tx: Transaction, ids: Iterable[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(list(dict.fromkeys(ids))):
+        marks = ", ".join("?" * len(chunk))
+        found.update(
+            row[0] for row in tx.rows(f"SELECT id FROM generations WHERE id IN ({marks})", chunk)
+        )
+    return found
+
+
+def _require_generations(tx: Transaction, ids: list[str]) -> None:
+    found = _existing_ids(tx, ids)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise UnknownGenerationError(f"no generation recorded with id {missing[0]!r}")
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), ID_CHUNK):
+        yield items[start : start + ID_CHUNK]
+
+
+def _text(value: Any) -> Any:
+    """`value` with NUL characters replaced (PostgreSQL rejects them), through dicts and lists."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_text(v) for v in value]
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON column as Python: SQLite returns the text, PostgreSQL (jsonb) the parsed value."""
+    return json.loads(value) if isinstance(value, str) else value

@@ -1,0 +1,38 @@
+"""The bundled default model: SmolLM2-135M-Instruct, converted once into the cache folder.
+
+The conversion runs as its own process (`python -m alpaca_serve.recover.convert`), so its torch and
+transformers memory is returned before the engine loads, and `server` never imports `recover`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+log = logging.getLogger("alpaca.server")
+
+
+class DefaultModelError(RuntimeError):
+    """The bundled model could not be converted."""
+
+
+async def ensure_default_model(cache_dir: Path) -> Path:
+    """The converted folder, converting the bundled GGUF file on the first call."""
+    out_dir = Path(cache_dir) / DEFAULT_MODEL_NAME
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    log.info("converting the bundled %s into %s (once)", DEFAULT_MODEL_NAME, out_dir)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "alpaca_serve.recover.convert", "--out", str(out_dir)
+    )
+    code = await process.wait()
+    if code != 0 or not (out_dir / "config.json").is_file():
+        raise DefaultModelError(
+            f"converting the bundled default model failed (exit code {code}); "
+            "run `alpaca-convert` to see why"
+        )
+    return out_dir

@@ -1,0 +1,195 @@
+"""Feedback: `POST /feedback` (a rating, or a blind pairwise comparison by a person or an
+automatic judge), `GET /feedback/summary` and `GET /feedback/comparisons`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Header, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from alpaca_serve.feedback import (
+    COMPARISON_OUTCOMES,
+    COMPARISON_PAGE_LIMIT,
+    ComparisonFeedback,
+    RatingFeedback,
+    StoreError,
+    UnknownGenerationError,
+)
+from alpaca_serve.server.errors import APIError, invalid
+from alpaca_serve.server.runtime import Runtime, RuntimeDep
+from alpaca_serve.server.schemas import BODY_ERRORS, error_doc
+
+router = APIRouter()
+
+# What a person may flag an answer as.
+FLAG_CATEGORIES = ("harmful", "offensive", "incorrect", "unhelpful", "privacy", "other")
+MAX_COMMENT_CHARS = 2000
+MAX_PREFERRED_RESPONSE_CHARS = 8000
+MAX_ID_CHARS = 128
+
+
+class RatingRequest(BaseModel):
+    """Thumbs up or down on one answer, with an optional comment, flag and better answer."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    generation_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+    flag: Literal[FLAG_CATEGORIES] | None = None  # type: ignore[valid-type]
+    preferred_response: str | None = Field(None, max_length=MAX_PREFERRED_RESPONSE_CHARS)
+    session_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS)
+
+
+class ComparisonRequest(BaseModel):
+    """Which of two answers to the same question was better, seen side by side without names."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    generation_ids: list[Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]] = Field(
+        min_length=2, max_length=2
+    )
+    winner: str = Field(description="one of the two ids, 'tie' or 'both_bad'")
+    session_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS)
+    voter: Literal["human", "machine"] = Field(
+        "human", description="machine when an automatic judge, not a person, chose"
+    )
+
+
+class FeedbackSaved(BaseModel):
+    id: int
+    created: bool
+
+
+class StoredComparison(BaseModel):
+    id: int
+    generation_ids: list[str] = Field(description="the two generations, sorted")
+    winner: str = Field(description="one of the two ids, 'tie' or 'both_bad'")
+    voter: Literal["human", "machine"]
+    session_id: str | None
+    created_at: float
+    updated_at: float = Field(description="when the session last changed its vote")
+
+
+class ComparisonPage(BaseModel):
+    comparisons: list[StoredComparison]
+    next_after: int | None = Field(
+        description="pass as `after` for the next page; null when this page is the last"
+    )
+
+
+@router.post(
+    "/feedback",
+    response_model=FeedbackSaved,
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            RatingRequest.model_json_schema(),
+                            ComparisonRequest.model_json_schema(),
+                        ],
+                    }
+                }
+            },
+        }
+    },
+    responses={
+        **BODY_ERRORS,
+        200: {"model": FeedbackSaved, "description": "an earlier rating by this session updated"},
+        404: error_doc("no such generation"),
+        422: error_doc("a field is invalid"),
+    },
+)
+async def post_feedback(
+    runtime: RuntimeDep,
+    payload: Annotated[dict[str, Any], Body(description="a rating or a comparison")],
+    x_session_id: Annotated[str | None, Header(max_length=MAX_ID_CHARS)] = None,
+):
+    """Record feedback; 201 only once it is durably committed.
+
+    The session (`session_id`, or the `X-Session-Id` header) makes a second rating of the same
+    answer update the first instead of adding one.
+    """
+    if "generation_ids" in payload:
+        request = _parse(ComparisonRequest, payload)
+        first, second = request.generation_ids
+        if first == second:
+            raise invalid("generation_ids must name two different generations", "generation_ids")
+        if request.winner not in (first, second, *COMPARISON_OUTCOMES):
+            raise invalid(
+                f"winner must be one of the two generation ids, 'tie' or 'both_bad' "
+                f"(got {request.winner!r})",
+                "winner",
+            )
+        feedback = ComparisonFeedback(
+            (first, second), request.winner, request.session_id or x_session_id, request.voter
+        )
+        row_id, created = await _save(runtime, runtime.store.save_comparison, feedback)
+    else:
+        request = _parse(RatingRequest, payload)
+        feedback = RatingFeedback(
+            request.generation_id,
+            request.rating,
+            session_id=request.session_id or x_session_id,
+            comment=request.comment,
+            flag=request.flag,
+            preferred_response=request.preferred_response,
+        )
+        row_id, created = await _save(runtime, runtime.store.save_rating, feedback)
+    runtime.metrics.count_feedback("comparison" if "generation_ids" in payload else "rating")
+    body = FeedbackSaved(id=row_id, created=created).model_dump()
+    return JSONResponse(body, status_code=201 if created else 200)
+
+
+@router.get("/feedback/summary")
+async def feedback_summary(runtime: RuntimeDep) -> dict:
+    """Thumbs up/down and flags per model, and the pairwise win/tie/loss table."""
+    return await runtime.in_store(runtime.store.summary)
+
+
+@router.get(
+    "/feedback/comparisons",
+    response_model=ComparisonPage,
+    responses={422: error_doc("a parameter is invalid")},
+)
+async def list_comparisons(
+    runtime: RuntimeDep,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="only votes with a larger id")] = 0,
+    limit: Annotated[
+        int, Query(ge=1, le=COMPARISON_PAGE_LIMIT, description="most votes to return")
+    ] = COMPARISON_PAGE_LIMIT,
+) -> ComparisonPage:
+    """Every pairwise vote, by id, a page at a time (as `alpaca-eval report` reads them)."""
+    rows = await runtime.in_store(runtime.store.list_comparisons, after, limit)
+    return ComparisonPage(
+        comparisons=rows, next_after=rows[-1]["id"] if len(rows) == limit else None
+    )
+
+
+def _parse(model: type[BaseModel], payload: dict[str, Any]):
+    try:
+        return model.model_validate(payload)
+    except ValidationError as err:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in err.errors()]
+        ) from err
+
+
+async def _save(runtime: Runtime, save, feedback) -> tuple[int, bool]:
+    try:
+        # A generation that finished a moment ago may still be waiting to be written.
+        await runtime.recorder.flush()
+        return await asyncio.to_thread(save, feedback)
+    except UnknownGenerationError as err:
+        param = "generation_ids" if isinstance(feedback, ComparisonFeedback) else "generation_id"
+        raise APIError(404, str(err), "not_found", param) from err
+    except StoreError as err:
+        raise APIError(503, str(err), "feedback_store_unavailable") from err

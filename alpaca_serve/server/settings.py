@@ -1,0 +1,279 @@
+"""Server configuration: one pydantic-settings class, read from `ALPACA_*` environment variables.
+
+Usage: `ServerSettings()` reads the environment; `ServerSettings(port=9000)` overrides it.
+Unsafe or inconsistent values are rejected here, at load, not when a request arrives.
+The two settings that locate the feedback store are declared once, in
+`alpaca_serve.feedback.settings`, and shared with `StoreSettings` (what `alpaca-export` reads).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from alpaca_serve.feedback import DEFAULT_DATA_DIR, default_database_url
+from alpaca_serve.feedback.settings import DatabaseUrl, DataDir, none_if_blank
+from alpaca_serve.server.default_model import DEFAULT_MODEL_NAME
+
+
+def parse_adapter_list(text: str | None) -> dict[str, Path]:
+    """`name=path,name=path` as {name: path}; ValueError naming a malformed entry."""
+    named: dict[str, Path] = {}
+    for entry in (text or "").split(","):
+        if not entry.strip():
+            continue
+        name, sep, path = (part.strip() for part in entry.partition("="))
+        if not sep or not name or not path:
+            raise ValueError(f"adapters: {entry.strip()!r} is not name=path")
+        if name in named:
+            raise ValueError(f"adapters: the name {name!r} is given twice")
+        named[name] = Path(path)
+    return named
+
+
+class FilterSettings(BaseModel):
+    """One entry of ALPACA_FILTERS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factory: str = Field(pattern=r"^[\w.]+:\w+$", description="package.module:factory")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments")
+    name: str | None = Field(None, description="name in logs and metrics")
+    fail_open: bool = Field(False, description="allow, instead of block, when the filter fails")
+    timeout_s: float = Field(2.0, gt=0, description="limit for an async hook, in seconds")
+
+
+class ServerSettings(BaseSettings):
+    """Every setting is also an environment variable: `port` is `ALPACA_PORT`, and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="ALPACA_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
+    model: Path | None = Field(
+        None,
+        description="Hugging Face folder of a LLaMA-family model to serve; "
+        "empty: the bundled SmolLM2-135M-Instruct",
+    )
+    model_name: str | None = Field(
+        None, description="name reported by /info and in metrics (default: the folder name)"
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "alpaca-serve",
+        description="where the bundled default model is converted to, once",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the engine runs; auto: cuda when a GPU is visible, else cpu"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and activations; auto: float32 on cpu, bfloat16 on cuda"
+    )
+    max_model_len: int = Field(
+        2048, ge=16, description="context length: prompt plus new tokens, at most"
+    )
+    max_new_tokens_limit: int = Field(
+        1024, ge=1, description="largest max_new_tokens a request may ask for"
+    )
+    default_max_new_tokens: int = Field(
+        256, ge=1, description="max_new_tokens when a request does not say"
+    )
+    enforce_eager: bool = Field(
+        True,
+        description="skip model compilation: loads in seconds; false compiles (minutes) for "
+        "more throughput",
+    )
+    compile_cache_dir: Path | None = Field(
+        None,
+        description="where a compiled engine (enforce_eager false) keeps vLLM's and torch's "
+        "compilation caches, so that later starts reuse them; empty: `compile/` in cache_dir",
+    )
+    cpu_kv_cache_gib: float = Field(2.0, gt=0, description="KV cache size on cpu, in GiB")
+    cpu_reserved_cores: int = Field(
+        0, ge=0, description="cores kept out of the cpu engine's compute threads"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="share of GPU memory the engine may take on cuda"
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across")
+    max_num_seqs: int = Field(64, ge=1, description="requests the engine batches together")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="a request still generating after this long is aborted"
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long open requests may finish before abort"
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="largest request body, in bytes (413 past it)"
+    )
+    max_prompt_chars: int = Field(
+        100_000, ge=1, description="longest instruction + input, or raw prompt, in characters"
+    )
+    max_concurrent: int = Field(
+        64, ge=1, description="requests generating at once; more wait in the queue"
+    )
+    max_queue: int = Field(
+        256, ge=0, description="requests waiting for a slot; past it, 429 with Retry-After"
+    )
+    max_choices: int = Field(
+        4, ge=1, description="most choices (`n`) one OpenAI request may ask for; each takes a slot"
+    )
+    structured_output_disable_whitespace: bool = Field(
+        False,
+        description="JSON answers (response_format, json_schema) without white space between "
+        "tokens (vLLM's disable_any_whitespace; pins the xgrammar backend); helps small models "
+        "that otherwise fill the budget with white space",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error; prompts and answers are never logged"
+    )
+    data_dir: DataDir = DEFAULT_DATA_DIR
+    database_url: DatabaseUrl = None
+    ui: bool = Field(True, description="mount the Gradio demo at /ui")
+    api_keys: str | None = Field(
+        None,
+        description="comma-separated API keys; when set (or api_keys_file is), every route but "
+        "/health and /ready needs `Authorization: Bearer <key>`",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="file of API keys, one a line (`#` starts a comment)"
+    )
+    metrics_require_key: bool = Field(False, description="also require a key on /metrics")
+    ui_require_key: bool = Field(False, description="also require a key on the demo at /ui")
+    rate_limit_per_minute: int | None = Field(
+        None, ge=1, description="requests a minute allowed per API key (bursts up to that)"
+    )
+    cors_origins: str | None = Field(
+        None,
+        description="comma-separated origins allowed to call the API from a browser; `*` for "
+        "any (then without credentials)",
+    )
+    blocklist: Path | None = Field(
+        None,
+        description="blocklist file for the built-in content filter (one entry a line: "
+        "`phrase`, `category: phrase` or `category: re:pattern`)",
+    )
+    adapters_dir: Path | None = Field(
+        None,
+        description="folder of LoRA adapters: each sub-folder holding a PEFT adapter "
+        "(adapter_config.json and adapter_model.safetensors, or alpaca-train's output with its "
+        "adapter/ folder) is served as a model named after it; watched, so adapters copied in "
+        "later are served without a restart",
+    )
+    adapters: str | None = Field(
+        None,
+        description="more LoRA adapters to serve, as `name=path,name=path`; their folders are "
+        "watched like adapters_dir's",
+    )
+    max_loras: int = Field(
+        4, ge=1, description="LoRA adapters the engine holds at once (in one batch)"
+    )
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        16, description="largest LoRA rank served; an adapter of a larger rank is refused"
+    )
+    adapters_poll_s: float = Field(
+        2.0, gt=0, description="how often adapters_dir is scanned for new or removed adapters"
+    )
+    filters: list[FilterSettings] = Field(
+        default_factory=list,
+        description="content filters, as JSON: "
+        '[{"factory": "package.module:factory", "options": {...}, "fail_open": false, '
+        '"timeout_s": 2.0}]',
+    )
+
+    @field_validator(
+        "model",
+        "model_name",
+        "compile_cache_dir",
+        "blocklist",
+        "api_keys",
+        "api_keys_file",
+        "cors_origins",
+        "adapters_dir",
+        "adapters",
+        mode="before",
+    )
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        return none_if_blank(value)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ServerSettings:
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(
+                f"default_max_new_tokens ({self.default_max_new_tokens}) is above "
+                f"max_new_tokens_limit ({self.max_new_tokens_limit})"
+            )
+        if self.max_new_tokens_limit >= self.max_model_len:
+            raise ValueError(
+                f"max_new_tokens_limit ({self.max_new_tokens_limit}) leaves no room for a prompt "
+                f"in max_model_len ({self.max_model_len})"
+            )
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ValueError(f"api_keys_file {self.api_keys_file} does not exist")
+        if self.rate_limit_per_minute is not None and not self.api_key_list:
+            raise ValueError("rate_limit_per_minute is per API key: set api_keys as well")
+        if self.blocklist is not None and not self.blocklist.is_file():
+            raise ValueError(f"blocklist file {self.blocklist} does not exist")
+        if self.model is not None and not (self.model / "config.json").is_file():
+            raise ValueError(
+                f"model folder {self.model} has no config.json (expected a Hugging Face folder)"
+            )
+        if self.adapters_dir is not None and not self.adapters_dir.is_dir():
+            raise ValueError(f"adapters_dir {self.adapters_dir} is not a folder")
+        parse_adapter_list(self.adapters)  # a malformed list stops the server here
+        return self
+
+    @property
+    def adapter_paths(self) -> dict[str, Path]:
+        """The adapters named in `adapters`, name -> folder."""
+        return parse_adapter_list(self.adapters)
+
+    @property
+    def serves_adapters(self) -> bool:
+        """Whether LoRA is enabled in the engine: only when adapters are configured (LoRA
+        turns compilation off and costs speed)."""
+        return self.adapters_dir is not None or bool(self.adapter_paths)
+
+    @property
+    def api_key_list(self) -> list[str]:
+        """Every configured key, from api_keys and api_keys_file."""
+        keys = [key.strip() for key in (self.api_keys or "").split(",")]
+        if self.api_keys_file is not None and self.api_keys_file.is_file():
+            for line in self.api_keys_file.read_text().splitlines():
+                keys.append(line.split("#", 1)[0].strip())
+        return [key for key in keys if key]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
+
+    @property
+    def local_url(self) -> str:
+        """The server's own address, as a process on this machine reaches it."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def store_url(self) -> str:
+        """Where generations and feedback are kept (the same rule as StoreSettings.store_url)."""
+        return self.database_url or default_database_url(self.data_dir)
+
+    @property
+    def compile_cache_root(self) -> Path:
+        return self.compile_cache_dir or self.cache_dir / "compile"
+
+    @property
+    def served_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        return self.model.name if self.model else DEFAULT_MODEL_NAME

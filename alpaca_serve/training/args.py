@@ -1,0 +1,465 @@
+"""The arguments of `alpaca-train` as dataclasses: help beside each field, checks in __post_init__.
+
+Usage:
+    from alpaca_serve.training.args import parse_args
+    args = parse_args(["--model", "./base", "--data", "alpaca_data.json", "--out", "out"])
+    args.train.learning_rate, args.lora.r, args.data.model_max_length
+
+Every field becomes a command-line option of the same name (`model_max_length` ->
+`--model-max-length`). Fields left at None take their value from the `--preset` (the paper's
+table for 7B and 13B; a small one for tiny test models), so an explicit option always wins.
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROG = "alpaca-train"
+
+
+class ArgsError(ValueError):
+    """A bad option value or combination; the message is shown as `alpaca-train: error: ...`."""
+
+
+# Hyperparameters per preset. 7B and 13B are Stanford Alpaca's table (docs/training.md):
+# global batch 128, max length 512, warmup ratio 0.03, cosine schedule, no weight decay.
+# 4 per device x 8 accumulation x 4 GPUs = 128 in the original; the per-device batch is ours.
+PRESETS: dict[str, dict[str, Any]] = {
+    "7b": dict(
+        global_batch_size=128,
+        micro_batch_size=4,
+        learning_rate=2e-5,
+        epochs=3.0,
+        model_max_length=512,
+        warmup_ratio=0.03,
+        lr_scheduler="cosine",
+        weight_decay=0.0,
+    ),
+    "13b": dict(
+        global_batch_size=128,
+        micro_batch_size=4,
+        learning_rate=1e-5,
+        epochs=5.0,
+        model_max_length=512,
+        warmup_ratio=0.03,
+        lr_scheduler="cosine",
+        weight_decay=0.0,
+    ),
+    "tiny": dict(
+        global_batch_size=8,
+        micro_batch_size=4,
+        learning_rate=1e-4,
+        epochs=1.0,
+        model_max_length=256,
+        warmup_ratio=0.03,
+        lr_scheduler="cosine",
+        weight_decay=0.0,
+    ),
+}
+# alpaca-lora's learning rate, used for --lora when no --learning-rate is given.
+LORA_LEARNING_RATE = 3e-4
+# --method dpo: the LoRA learning rate when no --learning-rate is given, and the epochs that
+# replace the preset's (DPO over-fits preferences quickly; one pass is the common recipe).
+DPO_LEARNING_RATE = 5e-5
+DPO_EPOCHS = 1.0
+METHODS = ("sft", "dpo")
+
+
+def _opt(default: Any = None, help: str = "", **extra: Any) -> Any:
+    """A dataclass field with its help text (and argparse extras such as choices)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class DataArgs:
+    """Where the examples come from and how they become tokens."""
+
+    data: Path | None = _opt(
+        None,
+        "Alpaca data: a JSON list or JSON lines of {instruction, input, output} (required); "
+        "with --method dpo, preference pairs {prompt, chosen, rejected}, prompt being the Alpaca "
+        "prompt text (as alpaca-export --format dpo writes it), or {instruction, input, chosen, "
+        "rejected}",
+    )
+    skip_invalid: bool = _opt(
+        False, "drop records that are not valid Alpaca records (and count them) instead of stopping"
+    )
+    model_max_length: int | None = _opt(
+        None,
+        "tokens per example (prompt + output + EOS; with --method dpo, prompt + each response "
+        "+ EOS); longer ones are truncated and counted (preset: 512)",
+    )
+    group_by_length: bool = _opt(
+        False, "batch examples of similar length together: less padding, faster epochs"
+    )
+    packing: bool = _opt(
+        False, "pack each micro batch into one padding-free row (position ids restart per example)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.model_max_length is not None and self.model_max_length < 2:
+            raise ArgsError(f"--model-max-length must be at least 2, got {self.model_max_length}")
+        if self.packing and self.group_by_length:
+            raise ArgsError(
+                "--packing and --group-by-length do not go together: packing has no padding to save"
+            )
+
+
+@dataclass
+class LoraArgs:
+    """LoRA adapters (peft); defaults are alpaca-lora's."""
+
+    lora: bool | None = _opt(
+        None,
+        "train LoRA adapters instead of all weights (default: off for --method sft, on for "
+        "--method dpo, which needs them)",
+    )
+    lora_r: int = _opt(8, "LoRA rank")
+    lora_alpha: int = _opt(16, "LoRA scaling numerator: updates are scaled by alpha / r")
+    lora_dropout: float = _opt(0.05, "dropout on the LoRA branch's input")
+    lora_target_modules: list[str] = _opt(
+        ["q_proj", "v_proj"], "module names that get adapters (e.g. q_proj k_proj v_proj o_proj)"
+    )
+    merge: bool = _opt(
+        True,
+        "with --lora: merge the adapters into the base weights and save plain HF weights "
+        "(servable); the adapter alone is kept in OUTPUT_DIR/adapter",
+    )
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise ArgsError(f"--lora-r must be at least 1, got {self.lora_r}")
+        if self.lora_alpha <= 0:
+            raise ArgsError(f"--lora-alpha must be positive, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ArgsError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules:
+            raise ArgsError("--lora-target-modules needs at least one module name")
+
+
+@dataclass
+class TrainArgs:
+    """The model, the schedule and the hardware."""
+
+    model: Path | None = _opt(None, "base model: a Hugging Face folder (required)")
+    output_dir: Path | None = _opt(
+        None,
+        "where the servable model, alpaca_train.json and checkpoints/ go (required; "
+        "--output-dir, the Trainer's name, works too)",
+        flags=("--out", "--output-dir"),
+    )
+    method: str = _opt(
+        "sft",
+        "sft: supervised fine-tuning on Alpaca records; dpo: preference training (Direct "
+        "Preference Optimization, TRL's DPOTrainer) of a LoRA adapter on pairs of a preferred "
+        "and a rejected response, the base model (adapter off) being the reference",
+        choices=METHODS,
+    )
+    preset: str = _opt(
+        "7b",
+        "hyperparameter defaults: 7b and 13b are the Alpaca paper's table, tiny is for "
+        "small models and tests",
+        choices=tuple(PRESETS),
+    )
+    global_batch_size: int | None = _opt(
+        None,
+        "examples per optimizer step over all processes (preset: 128); gradient "
+        "accumulation = global / (micro batch x world size)",
+    )
+    micro_batch_size: int | None = _opt(None, "examples per forward pass per process (preset: 4)")
+    learning_rate: float | None = _opt(
+        None,
+        f"peak learning rate (preset: 2e-5 for 7b; {LORA_LEARNING_RATE:g} with --lora; "
+        f"{DPO_LEARNING_RATE:g} with --method dpo)",
+    )
+    epochs: float | None = _opt(
+        None, f"passes over the data (preset: 3; {DPO_EPOCHS:g} with --method dpo)"
+    )
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps (overrides --epochs)")
+    warmup_ratio: float | None = _opt(
+        None, "share of the steps spent warming the learning rate up (preset: 0.03)"
+    )
+    lr_scheduler: str | None = _opt(
+        None,
+        "learning-rate schedule after warm-up (preset: cosine)",
+        choices=("cosine", "linear", "constant_with_warmup"),
+    )
+    weight_decay: float | None = _opt(None, "AdamW weight decay (preset: 0)")
+    precision: str = _opt(
+        "auto",
+        "auto: bf16 mixed precision on a GPU that supports it, else fp32",
+        choices=("auto", "bf16", "fp16", "fp32"),
+    )
+    gradient_checkpointing: bool = _opt(False, "recompute activations: less memory, ~30%% slower")
+    fsdp: bool = _opt(
+        False,
+        "shard with FSDP full_shard, auto-wrapping the model's decoder layer class "
+        "(launch with torchrun or accelerate launch)",
+    )
+    deepspeed: Path | None = _opt(
+        None, "DeepSpeed config file, e.g. training/configs/deepspeed_zero3.json"
+    )
+    logging_steps: int = _opt(10, "log loss and learning rate every N steps")
+    report_to: str = _opt(
+        "none",
+        "experiment trackers that also get the logged metrics, as the transformers "
+        "Trainer names them: none, all (every one installed), or a comma-separated list such as "
+        "tensorboard,wandb (also mlflow, comet_ml, clearml, ...; TensorBoard writes to "
+        "OUTPUT_DIR/checkpoints/runs)",
+    )
+    save_steps: int = _opt(200, "save a checkpoint every N steps (and at the end)")
+    save_total_limit: int | None = _opt(2, "keep at most N checkpoints")
+    resume: str | None = _opt(
+        None,
+        "continue from a checkpoint: a checkpoint folder, or 'last' for the newest in "
+        "OUTPUT_DIR/checkpoints",
+        nargs="?",
+        const="last",
+    )
+    seed: int = _opt(42, "random seed for initialisation, dropout and data order")
+
+    def __post_init__(self) -> None:
+        preset = dict(PRESETS[self.preset])
+        if self.method == "dpo":
+            preset["epochs"] = DPO_EPOCHS
+        for name in (
+            "global_batch_size",
+            "micro_batch_size",
+            "epochs",
+            "warmup_ratio",
+            "lr_scheduler",
+            "weight_decay",
+        ):
+            if getattr(self, name) is None:
+                setattr(self, name, preset[name])
+        for name in ("global_batch_size", "micro_batch_size", "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ArgsError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ArgsError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.epochs <= 0:
+            raise ArgsError(f"--epochs must be positive, got {self.epochs}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ArgsError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ArgsError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ArgsError(
+                f"--global-batch-size {self.global_batch_size} is not a multiple of "
+                f"--micro-batch-size {self.micro_batch_size}"
+            )
+        if self.fsdp and self.deepspeed is not None:
+            raise ArgsError("--fsdp and --deepspeed are two ways to shard: choose one")
+        self.report_to = ",".join(self.trackers) or "none"
+        if self.deepspeed is not None and not self.deepspeed.is_file():
+            raise ArgsError(f"--deepspeed: config file not found: {self.deepspeed}")
+
+    @property
+    def trackers(self) -> list[str]:
+        """The tracker names of --report-to: [] for none, ["all"] for all; checked for form only
+        (whether the Trainer knows them and they are installed is checked before training)."""
+        names = [name.strip().lower() for name in self.report_to.split(",")]
+        if any(not name for name in names):
+            raise ArgsError(f"--report-to: empty tracker name in {self.report_to!r}")
+        if len(names) > 1 and ({"none", "all"} & set(names)):
+            raise ArgsError(f"--report-to: none and all stand alone, got {self.report_to!r}")
+        return [] if names == ["none"] else list(dict.fromkeys(names))
+
+    def gradient_accumulation_steps(self, world_size: int) -> int:
+        """Micro batches per optimizer step on each process, so all of them add up to the global
+        batch."""
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ArgsError(
+                f"--global-batch-size {self.global_batch_size} is not a multiple of "
+                f"--micro-batch-size {self.micro_batch_size} x {world_size} processes"
+            )
+        return self.global_batch_size // per_step
+
+
+@dataclass
+class DpoArgs:
+    """Preference training (--method dpo): the DPO loss and the held-out measurement."""
+
+    beta: float = _opt(
+        0.1,
+        "DPO beta: how strongly the model is held near the reference (the base, adapter off); "
+        "higher stays closer, lower follows the preferences further",
+    )
+    eval_fraction: float = _opt(
+        0.1,
+        "share of the --data prompts held out (seeded by --seed; at least one) to measure "
+        "preference accuracy and log-probability margin before and after training; 0: no "
+        "held-out measurement",
+    )
+    eval_data: Path | None = _opt(
+        None,
+        "held-out preference pairs from their own file (same format as --data) instead of a "
+        "split of --data",
+    )
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ArgsError(f"--beta must be positive, got {self.beta}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ArgsError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class AlpacaTrainArgs:
+    """All of `alpaca-train`'s arguments, in their groups."""
+
+    train: TrainArgs
+    data: DataArgs
+    lora: LoraArgs
+    dpo: DpoArgs
+
+    def __post_init__(self) -> None:
+        missing = [
+            f"--{_flag(n)}"
+            for n, v in (
+                ("model", self.train.model),
+                ("data", self.data.data),
+                ("output_dir", self.train.output_dir),
+            )
+            if v is None
+        ]
+        if missing:
+            raise ArgsError(f"the following arguments are required: {', '.join(missing)}")
+        if self.train.method == "dpo":
+            self._check_dpo()
+        elif self.dpo.eval_data is not None:
+            raise ArgsError("--eval-data is for --method dpo")
+        if self.lora.lora is None:
+            self.lora.lora = self.train.method == "dpo"
+        if self.data.model_max_length is None:
+            self.data.model_max_length = PRESETS[self.train.preset]["model_max_length"]
+        if self.train.learning_rate is None:
+            preset_rate = PRESETS[self.train.preset]["learning_rate"]
+            if self.train.method == "dpo":
+                self.train.learning_rate = DPO_LEARNING_RATE
+            else:
+                self.train.learning_rate = LORA_LEARNING_RATE if self.lora.lora else preset_rate
+        if self.lora.lora and self.train.fsdp:
+            raise ArgsError(
+                "--lora with --fsdp is not supported: use --deepspeed for LoRA on many "
+                "GPUs, or train LoRA on one"
+            )
+
+    def _check_dpo(self) -> None:
+        """--method dpo trains a LoRA adapter on unpacked pairs."""
+        if self.lora.lora is False:
+            raise ArgsError(
+                "--method dpo trains a LoRA adapter (the base with the adapter off is its "
+                "reference model): drop --no-lora"
+            )
+        for name, value in (
+            ("packing", self.data.packing),
+            ("group_by_length", self.data.group_by_length),
+        ):
+            if value:
+                raise ArgsError(f"--{_flag(name)} is for --method sft only")
+        if self.train.deepspeed is not None:
+            raise ArgsError(
+                "--method dpo with --deepspeed is not supported yet: train on one GPU, or "
+                "several with torchrun (data parallel)"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """The resolved arguments as JSON-ready groups, for alpaca_train.json."""
+        return {name: _jsonable(dataclasses.asdict(getattr(self, name))) for name, _ in _KEYS}
+
+
+GROUPS = (
+    ("model and schedule", TrainArgs),
+    ("data", DataArgs),
+    ("LoRA", LoraArgs),
+    ("DPO (--method dpo)", DpoArgs),
+)
+_KEYS = (("train", TrainArgs), ("data", DataArgs), ("lora", LoraArgs), ("dpo", DpoArgs))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `alpaca-train` parser: one option per dataclass field, grouped as the dataclasses."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Alpaca supervised fine-tuning (full or LoRA) with the Hugging Face Trainer, "
+        "or preference training of a LoRA adapter (--method dpo) with TRL's DPOTrainer. "
+        "The output folder is servable as is: alpaca-serve --model OUTPUT_DIR.",
+        epilog="Many GPUs: torchrun --nproc_per_node 8 -m alpaca_serve.training.cli ... --fsdp, "
+        "or accelerate launch --config_file alpaca_serve/training/configs/fsdp.yaml "
+        "-m alpaca_serve.training.cli ...",
+    )
+    for title, cls in GROUPS:
+        group = parser.add_argument_group(title)
+        for f in dataclasses.fields(cls):
+            _add_option(group, f)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca-serve")
+
+
+def parse_args(argv: list[str] | None = None) -> AlpacaTrainArgs:
+    """Parse the command line into the groups; raises ArgsError for a bad value or combination.
+
+    argparse itself exits with status 2 for an unknown option or a malformed value.
+    """
+    namespace = vars(build_parser().parse_args(argv))
+    groups = {}
+    for key, cls in _KEYS:
+        groups[key] = cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls)})
+    return AlpacaTrainArgs(**groups)
+
+
+def _add_option(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
+    kind = _base_type(f.type)
+    extra = {k: v for k, v in f.metadata.items() if k not in ("help", "flags")}
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    kwargs: dict[str, Any] = {"help": f.metadata["help"], "default": default, "dest": f.name}
+    if kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif kind is list:
+        kwargs.update(nargs="+", metavar="NAME")
+    else:
+        kwargs["type"] = kind
+        kwargs["metavar"] = f.name.upper()
+    kwargs.update(extra)
+    if "choices" in kwargs:
+        kwargs.pop("metavar", None)
+    group.add_argument(*f.metadata.get("flags", [f"--{_flag(f.name)}"]), **kwargs)
+
+
+def _base_type(annotation: Any) -> type:
+    """The type argparse should call for a field annotated as `X | None` (as a string)."""
+    names = {"int": int, "float": float, "str": str, "bool": bool, "Path": Path}
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    first = text.split("|")[0].strip()
+    if first.startswith("list"):
+        return list
+    return names[first]
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,63 @@
+"""`alpaca-train`: the command, and `fine_tune`, the same run called as a library.
+
+Usage:
+    alpaca-train --help                                        # every option
+    torchrun --nproc_per_node 8 -m alpaca_serve.training.cli --model ./llama-7b --data d.json ...
+
+    from alpaca_serve.training.args import parse_args
+    from alpaca_serve.training.cli import fine_tune
+    summary = fine_tune(parse_args(["--model", "./base", "--data", "d.json", "--out", "out"]))
+
+`fine_tune` checks the paths and data, then trains SFT (train.py) or DPO (dpo.py) by
+`args.train.method`; bad input raises ArgsError, DataFormatError or TrainError, one line each.
+`main` turns those into `alpaca-train: error: ...` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from alpaca_serve.training.args import PROG, AlpacaTrainArgs, ArgsError, parse_args
+from alpaca_serve.training.data import DataFormatError
+from alpaca_serve.training.dpo import load_dpo_pairs, train_dpo
+from alpaca_serve.training.train import (
+    TrainError,
+    TrainSummary,
+    check_paths,
+    check_trackers,
+    load_training_records,
+    log,
+    train,
+)
+
+__all__ = ["ArgsError", "DataFormatError", "TrainError", "fine_tune", "main"]
+
+
+def fine_tune(args: AlpacaTrainArgs) -> TrainSummary:
+    """One `alpaca-train` run from parsed arguments; what it did."""
+    check_paths(args)
+    if args.train.method == "dpo":
+        data = load_dpo_pairs(args)
+        check_trackers(args.train.trackers)
+        return train_dpo(args, data)
+    records, skipped = load_training_records(args.data.data, args.data.skip_invalid)
+    log(
+        f"data: {len(records)} records from {args.data.data}"
+        + (f", {skipped} invalid skipped" if args.data.skip_invalid else "")
+    )
+    check_trackers(args.train.trackers)
+    return train(args, records, skipped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `alpaca-train`; returns the exit status."""
+    try:
+        fine_tune(parse_args(argv))
+    except (ArgsError, DataFormatError, TrainError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

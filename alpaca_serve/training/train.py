@@ -1,0 +1,582 @@
+"""Alpaca supervised fine-tuning, full or LoRA, on one process or many (`alpaca-train`'s SFT).
+
+Usage:
+    alpaca-train --model ./llama-7b --data alpaca_data.json --out ./alpaca-7b       # paper
+    alpaca-train --model ./base --data data.jsonl --out out --lora --preset tiny \
+        --max-steps 60                                       # LoRA, a short run
+    torchrun --nproc_per_node 8 -m alpaca_serve.training.cli --model ./llama-7b --data
+    alpaca_data.json \
+        --out ./alpaca-7b --fsdp                      # 8 GPUs, FSDP full shard
+    alpaca-train --method dpo --model ./alpaca-7b --data prefs.jsonl --out ./alpaca-7b-dpo
+                                                            # preference training (dpo.py)
+    alpaca-train --help                                     # every option
+
+Steps, in order: check the arguments and every data record (a bad one stops the run here, before
+any model is loaded, naming its index); load the tokenizer and give it EOS/[PAD] if it lacks them;
+tokenize with the prompt masked; load the model (embeddings grown with mean rows for added
+tokens); wrap it in LoRA adapters if asked; train with the Hugging Face Trainer, checkpointing to
+OUTPUT_DIR/checkpoints; save a servable folder: weights (LoRA merged into plain HF weights),
+tokenizer, and alpaca_train.json naming the prompt template and the arguments. Progress: a bar
+of the optimizer steps and one line per logging step, on stderr; `--report-to` also sends the
+logged metrics to experiment trackers (TensorBoard, W&B, MLflow, ...). Exit status 2 and one
+`alpaca-train: error: ...` line for bad input, including a tracker that is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alpaca_serve.core.prompts import TEMPLATE_NAME
+from alpaca_serve.core.provenance import MADE_BY_TRAIN, TRAIN_INFO_FILE, made_at
+from alpaca_serve.training.args import PROG, AlpacaTrainArgs, ArgsError
+from alpaca_serve.training.data import (
+    AlpacaRecord,
+    DataFormatError,
+    check_record,
+    load_records,
+    read_raw_records,
+)
+from alpaca_serve.training.tokenization import (
+    PackCollator,
+    PadCollator,
+    add_missing_special_tokens,
+    resize_embeddings,
+    tokenize_records,
+)
+
+CHECKPOINT_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+class TrainError(RuntimeError):
+    """The run cannot go on; the message says why (shown as one `alpaca-train: error:` line)."""
+
+
+@dataclass
+class TrainSummary:
+    """What a run did, for the last log line and alpaca_train.json."""
+
+    global_step: int
+    steps_this_run: int
+    examples: int
+    tokens: int
+    seconds: float
+    train_loss: float | None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def check_paths(args: AlpacaTrainArgs) -> None:
+    """Fail fast, before any heavy import, on a missing model/data or a clash with old output."""
+    if not (args.train.model / "config.json").is_file():
+        raise ArgsError(f"--model: no Hugging Face model (config.json) in {args.train.model}")
+    if not args.data.data.is_file():
+        raise ArgsError(f"--data: file not found: {args.data.data}")
+    if args.dpo.eval_data is not None and not args.dpo.eval_data.is_file():
+        raise ArgsError(f"--eval-data: file not found: {args.dpo.eval_data}")
+    checkpoints = args.train.output_dir / CHECKPOINT_DIR
+    has_checkpoints = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    if has_checkpoints and args.train.resume is None:
+        raise ArgsError(
+            f"{checkpoints} already holds checkpoints: pass --resume to continue from the last "
+            "one, or choose another --out"
+        )
+    if args.train.deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
+        raise ArgsError("--deepspeed needs the deepspeed package: pip install deepspeed")
+    if args.train.resume not in (None, "last") and not Path(args.train.resume).is_dir():
+        raise ArgsError(f"--resume: checkpoint folder not found: {args.train.resume}")
+
+
+# pip package of each tracker whose name is not its package's
+TRACKER_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "flyte": "flytekit"}
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Every --report-to tracker is one the Trainer knows and its package is installed."""
+    if not trackers or trackers == ["all"]:
+        return
+    from transformers.integrations import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    installed = set(get_available_reporting_integrations())
+    if importlib.util.find_spec("flytekit") is not None:  # a tracker the list above leaves out
+        installed.add("flyte")
+    for name in trackers:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ArgsError(
+                f"--report-to: unknown tracker {name!r}; the Trainer knows none, all, "
+                f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}"
+            )
+    for name in trackers:
+        if name not in installed:
+            raise ArgsError(
+                f"--report-to {name}: its package is not installed "
+                f"(pip install {TRACKER_PACKAGES.get(name, name)})"
+            )
+
+
+def load_training_records(path: Path, skip_invalid: bool) -> tuple[list[AlpacaRecord], int]:
+    """All records of the file; with `skip_invalid`, the valid ones and how many were dropped."""
+    if not skip_invalid:
+        return load_records(path), 0
+    records, skipped = [], 0
+
+    def skip(err: DataFormatError) -> None:
+        nonlocal skipped
+        skipped += 1
+        if skipped <= 5:
+            log(f"skipping invalid record: {err}")
+
+    for raw in read_raw_records(path, on_invalid=skip):
+        try:
+            records.append(check_record(raw))
+        except DataFormatError as err:
+            skip(err)
+    if not records:
+        raise DataFormatError(f"{path}: no valid records ({skipped} invalid)")
+    return records, skipped
+
+
+def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> TrainSummary:
+    """Tokenize, build the model, train and save; the whole run after the checks."""
+    import torch
+
+    out_dir = args.train.output_dir
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+    accumulation = args.train.gradient_accumulation_steps(world_size)
+    torch.manual_seed(args.train.seed)
+
+    # Tokenizer and tokens: all data problems surface here, before the model is loaded.
+    tokenizer, added_tokens = load_tokenizer(args)
+    examples, stats = tokenize_records(records, tokenizer, args.data.model_max_length)
+    tokenizer.model_max_length = args.data.model_max_length  # saved with it, as the original did
+    log(f"tokens: {stats.describe()} (max length {args.data.model_max_length})")
+    if not examples:
+        raise TrainError("no example has room for a response: raise --model-max-length")
+
+    # The Trainer's arguments come before the model, as DeepSpeed ZeRO-3 needs.
+    training_args = build_training_args(args, accumulation)
+    model = load_model(args, tokenizer)
+
+    trainer = build_trainer(args, model, tokenizer, examples, training_args)
+    resume_from = find_resume_checkpoint(args)
+    log(
+        f"training: {'LoRA' if args.lora.lora else 'full fine-tuning'}, {world_size} process(es), "
+        f"global batch {args.train.global_batch_size} = {args.train.micro_batch_size} x "
+        f"{accumulation} accumulation x {world_size}, lr {args.train.learning_rate:g}"
+        + (f", resuming from {resume_from}" if resume_from else "")
+    )
+    summary = run_training(trainer, args, resume_from, len(examples))
+
+    # The servable folder: weights, tokenizer, alpaca_train.json.
+    save_output(args, trainer, tokenizer, added_tokens)  # on every process: shards gather
+    if trainer.is_world_process_zero():
+        write_train_info(args, summary, stats, skipped, added_tokens, len(records))
+        log(
+            f"done: {summary.steps_this_run} steps, {summary.examples} examples, "
+            f"{summary.tokens} tokens in {summary.seconds:.1f} s ({summary.tokens_per_second:.0f} "
+            f"tokens/s), final loss {_fmt(summary.train_loss)}; servable: "
+            f"alpaca-serve --model {out_dir}"
+        )
+    return summary
+
+
+def run_training(
+    trainer: Any, args: AlpacaTrainArgs, resume_from: str | None, examples: int
+) -> TrainSummary:
+    """Train with the progress bar and log lines on; what the run did, from its step clock.
+    `examples` is the size of the training set (SFT examples or DPO pairs)."""
+    progress_bar, log_lines, clock = make_callbacks()
+    for callback in (progress_bar, log_lines, clock):
+        trainer.add_callback(callback)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    return TrainSummary(
+        global_step=clock.last_step,
+        steps_this_run=clock.steps,
+        # The last batch of an epoch may be short: cap at the examples the schedule holds.
+        examples=min(
+            clock.steps * args.train.global_batch_size, math.ceil(examples * args.train.epochs)
+        ),
+        tokens=int(clock.tokens),
+        seconds=clock.seconds,
+        train_loss=result.training_loss,
+    )
+
+
+def load_tokenizer(args: AlpacaTrainArgs) -> tuple[Any, list[str]]:
+    """The base model's tokenizer, right-padding, given EOS/pad if it lacks them; and the tokens
+    added to its vocabulary (the model's embeddings must grow by as many rows)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(args.train.model))
+    tokenizer.padding_side = "right"
+    had_pad = bool(tokenizer.pad_token)
+    added_tokens = add_missing_special_tokens(tokenizer, pad_with_existing=args.lora.lora)
+    if added_tokens:
+        log(f"tokenizer: added {', '.join(added_tokens)} (embeddings grow with mean rows)")
+    if not had_pad and tokenizer.pad_token not in added_tokens:
+        log(f"tokenizer: pads with {tokenizer.pad_token} (no new row, so the adapter stays small)")
+    if args.lora.lora and added_tokens:
+        log(
+            f"LoRA with new tokens ({', '.join(added_tokens)}): the adapter holds whole "
+            "embedding matrices, so it can only be served merged"
+        )
+    return tokenizer, added_tokens
+
+
+def build_training_args(
+    args: AlpacaTrainArgs, accumulation: int, config_class: Any = None, **extra: Any
+) -> Any:
+    """The Hugging Face TrainingArguments for this run (or `config_class`, a subclass such as
+    TRL's DPOConfig, given its own fields in `extra`)."""
+    import torch
+    from transformers import TrainingArguments
+
+    precision = args.train.precision
+    if precision == "auto":
+        bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = "bf16" if bf16_ok else "fp32"
+    fsdp_config = None
+    if args.train.fsdp:
+        fsdp_config = json.loads((CONFIGS / "fsdp_config.json").read_text())
+        fsdp_config["transformer_layer_cls_to_wrap"] = decoder_layer_classes(args.train.model)
+    return (config_class or TrainingArguments)(
+        output_dir=str(args.train.output_dir / CHECKPOINT_DIR),
+        per_device_train_batch_size=args.train.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=args.train.learning_rate,
+        num_train_epochs=args.train.epochs,
+        max_steps=args.train.max_steps or -1,
+        warmup_steps=args.train.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        lr_scheduler_type=args.train.lr_scheduler,
+        weight_decay=args.train.weight_decay,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=args.train.gradient_checkpointing,
+        fsdp=args.train.fsdp or None,
+        fsdp_config=fsdp_config,
+        deepspeed=str(args.train.deepspeed) if args.train.deepspeed else None,
+        logging_steps=args.train.logging_steps,
+        logging_first_step=True,
+        save_steps=args.train.save_steps,
+        save_total_limit=args.train.save_total_limit,
+        seed=args.train.seed,
+        train_sampling_strategy="group_by_length" if args.data.group_by_length else "random",
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        report_to=args.train.trackers or "none",  # names checked by check_trackers
+        disable_tqdm=True,  # the Trainer's own bar prints log dicts; make_callbacks has ours
+        **extra,
+    )
+
+
+def decoder_layer_classes(model_dir: Path) -> list[str]:
+    """The decoder layer class names FSDP wraps, read from the model class (no weights loaded)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    classes = list(
+        getattr(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], "_no_split_modules", None) or []
+    )
+    if not classes:
+        raise TrainError(f"cannot tell the decoder layer class of {model_dir} for FSDP auto-wrap")
+    return classes
+
+
+def load_model(args: AlpacaTrainArgs, tokenizer: Any, wrap_lora: bool = True) -> Any:
+    """The base model in float32, embeddings grown for added tokens, LoRA-wrapped if asked
+    (unless `wrap_lora` is False: DPO hands the LoRA config to its trainer instead)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(args.train.model), dtype=torch.float32)
+    resize_embeddings(model, len(tokenizer))
+    align_special_tokens(model, tokenizer)
+    model.config.use_cache = False  # no KV cache while training (and packing needs none)
+    if args.lora.lora and wrap_lora:
+        model = apply_lora(model, args)
+    return model
+
+
+def align_special_tokens(model: Any, tokenizer: Any) -> None:
+    """Make the model's config and generation config name the tokenizer's EOS and pad ids."""
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None:
+            config.eos_token_id = tokenizer.eos_token_id
+            config.pad_token_id = tokenizer.pad_token_id
+
+
+def apply_lora(model: Any, args: AlpacaTrainArgs) -> Any:
+    """Freeze the model and add LoRA adapters to the target modules (peft)."""
+    from peft import get_peft_model
+
+    try:
+        model = get_peft_model(model, lora_config(args))
+    except ValueError as err:
+        raise TrainError(f"--lora-target-modules: {err}") from err
+    trainable, total = model.get_nb_trainable_parameters()
+    log(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    return model
+
+
+def lora_config(args: AlpacaTrainArgs) -> Any:
+    """The peft LoraConfig of the LoRA options."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=args.lora.lora_r,
+        lora_alpha=args.lora.lora_alpha,
+        lora_dropout=args.lora.lora_dropout,
+        target_modules=list(args.lora.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_trainer(
+    args: AlpacaTrainArgs, model: Any, tokenizer: Any, examples: list, training_args: Any
+) -> Any:
+    """A Hugging Face Trainer over the tokenized examples, without its own printing (the callbacks
+    of make_callbacks show a progress bar and one line per log step instead)."""
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    collator = PackCollator() if args.data.packing else PadCollator(tokenizer.pad_token_id)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=examples,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+    return trainer
+
+
+def find_resume_checkpoint(args: AlpacaTrainArgs) -> str | None:
+    """The checkpoint to resume from: the one given, the newest for 'last', or none."""
+    if args.train.resume is None:
+        return None
+    if args.train.resume != "last":
+        return str(args.train.resume)
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = args.train.output_dir / CHECKPOINT_DIR
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if last is None:
+        log(f"--resume: no checkpoint in {folder} yet, starting from the beginning")
+    return last
+
+
+def save_output(
+    args: AlpacaTrainArgs, trainer: Any, tokenizer: Any, added_tokens: list[str]
+) -> None:
+    """Write the servable folder: plain HF weights (LoRA merged) and the tokenizer."""
+    out_dir = args.train.output_dir
+    if not args.lora.lora:
+        trainer.save_model(str(out_dir))  # gathers FSDP / ZeRO-3 shards into one model
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(out_dir))
+        return
+    trainer.save_model(str(out_dir / ADAPTER_DIR))
+    if not trainer.is_world_process_zero():
+        return
+    tokenizer.save_pretrained(str(out_dir / ADAPTER_DIR))
+    if args.lora.merge:
+        merge_adapter(args.train.model, out_dir / ADAPTER_DIR, out_dir, tokenizer)
+    elif added_tokens:
+        log(
+            f"adapter only (--no-merge) in {out_dir / ADAPTER_DIR}: it adds tokens, so it is "
+            "servable only merged (train again without --no-merge)"
+        )
+    else:
+        log(
+            f"adapter only (--no-merge) in {out_dir / ADAPTER_DIR}: servable beside its base "
+            f"(ALPACA_ADAPTERS_DIR=<folder holding {out_dir.name}>, "
+            f"or ALPACA_ADAPTERS={out_dir.name}={out_dir})"
+        )
+
+
+def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, tokenizer: Any) -> None:
+    """Load the base model fresh, add the saved adapter, fold it in and save plain HF weights.
+
+    Merging from the saved files (rather than the model in memory) works however training was
+    sharded, and proves the adapter on disk is complete.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    resize_embeddings(base, len(tokenizer))
+    align_special_tokens(base, tokenizer)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.config.use_cache = True
+    merged.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    log(f"LoRA merged into plain weights in {out_dir} (adapter kept in {adapter_dir})")
+
+
+def write_train_info(
+    args: AlpacaTrainArgs,
+    summary: TrainSummary,
+    stats: Any,
+    skipped: int,
+    added_tokens: list[str],
+    records: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """alpaca_train.json: the checkpoint describes itself (template, arguments, data, result).
+
+    `extra` adds keys (DPO: the held-out pairs and the preference measurement)."""
+    import transformers
+
+    info = {
+        "prompt_template": TEMPLATE_NAME,
+        "made_by": MADE_BY_TRAIN,
+        "created_at": made_at(),
+        "base_model": str(args.train.model),
+        # Which weights were trained ("method") and towards what ("objective", --method): next-
+        # token loss on Alpaca outputs (sft) or preferred over rejected responses (dpo).
+        "method": "lora" if args.lora.lora else "full",
+        "objective": args.train.method,
+        "merged": bool(args.lora.lora and args.lora.merge) or not args.lora.lora,
+        # Whether OUTPUT_DIR/adapter can be served unmerged, beside its base (LoRA only): not
+        # when tokens were added, as the adapter then carries whole embedding matrices.
+        "adapter_servable_unmerged": bool(args.lora.lora and not added_tokens),
+        "arguments": args.to_json(),
+        "data": {
+            "path": str(args.data.data),
+            "records": records,
+            "skipped_invalid": skipped,
+            "examples": stats.examples,
+            "truncated": stats.truncated,
+            "dropped_no_target": stats.dropped_no_target,
+            "tokens": stats.tokens,
+        },
+        "added_tokens": added_tokens,
+        "result": {
+            "global_step": summary.global_step,
+            "train_loss": summary.train_loss,
+            "seconds": round(summary.seconds, 2),
+            "tokens": summary.tokens,
+            "tokens_per_second": round(summary.tokens_per_second, 1),
+        },
+        "transformers_version": transformers.__version__,
+        **(extra or {}),
+    }
+    path = args.train.output_dir / TRAIN_INFO_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def make_callbacks() -> tuple[Any, Any, Any]:
+    """(progress bar, progress lines, run clock): Trainer callbacks, defined here so transformers
+    loads late."""
+    from tqdm import tqdm
+    from transformers import TrainerCallback
+
+    class ProgressBar(TrainerCallback):
+        """A bar of the optimizer steps on stderr, with the last logged loss and learning rate."""
+
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                unit="step",
+                desc=f"{PROG}: training",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                disable=not state.is_world_process_zero,
+            )
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+            if state.global_step >= state.max_steps and not control.should_log:
+                self.bar.close()  # done: before the last checkpoint's own progress bars
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.bar.set_postfix(
+                    loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0.0):.2e}"
+                )
+            if state.global_step >= state.max_steps:
+                self.bar.close()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()  # closing twice is harmless
+
+    class LogLines(TrainerCallback):
+        """One line per logging step: step, loss, learning rate, epoch, tokens/s, time left."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+            self.first_step = state.global_step
+            self.first_tokens = state.num_input_tokens_seen
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            elapsed = time.monotonic() - self.start
+            done = state.global_step - self.first_step
+            left = (state.max_steps - state.global_step) * elapsed / done if done else 0.0
+            tokens = state.num_input_tokens_seen - self.first_tokens
+            # DPO's trainer also logs how often and by how much the adapter's implicit reward
+            # (beta x log-ratio to the reference) ranks the chosen response above the rejected.
+            rewards = (
+                f" | reward accuracy {logs['rewards/accuracies']:.2f}, margin "
+                f"{logs['rewards/margins']:.3f}"
+                if "rewards/margins" in logs and "rewards/accuracies" in logs
+                else ""
+            )
+            log(
+                f"step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f}{rewards} | "
+                f"lr {logs.get('learning_rate', 0.0):.2e} | epoch {state.epoch or 0:.2f} | "
+                f"{tokens / max(elapsed, 1e-9):.0f} tokens/s | {elapsed:.0f} s, ~{left:.0f} s left"
+            )
+
+    class RunClock(TrainerCallback):
+        """Measures this run (not the resumed part before it) for the summary."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+            self.first_step = state.global_step
+            self.first_tokens = state.num_input_tokens_seen
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.seconds = time.monotonic() - self.start
+            self.steps = state.global_step - self.first_step
+            self.last_step = state.global_step
+            self.tokens = state.num_input_tokens_seen - self.first_tokens
+
+    return ProgressBar(), LogLines(), RunClock()
+
+
+def log(message: str) -> None:
+    """One progress line on stderr (only from the first process when distributed)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        from tqdm import tqdm
+
+        tqdm.write(f"{PROG}: {message}", file=sys.stderr)  # above the progress bar, if one shows
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"

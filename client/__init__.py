@@ -1,8 +1,0 @@
-"""One client of alpaca-serve's HTTP API, for every caller (the demo, `alpaca-eval`).
-
-Usage:
-    from client.api import AlpacaClient, AsyncAlpacaClient
-    from client.errors import APIRequestError, describe_error
-
-It speaks HTTP only: it never imports `server`, `demo`, `evaluation` or `training`.
-"""

@@ -1,9 +1,0 @@
-"""The Alpaca cycle in one command, `alpaca-loop`: fine-tune, publish, compare, prefer, report.
-
-Usage:
-    alpaca-loop run --auto --adapters-dir ADAPTERS --data-dir DATA     # see loop/cli.py
-    make loop                                                          # with a server of its own
-
-`loop` drives the other packages: the server over HTTP (`client.api`), training, recovery and
-evaluation through their own functions, the feedback store through `alpaca-export`'s.
-"""
