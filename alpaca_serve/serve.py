@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         # The drain (alpaca_serve.server.lifecycle) has already let requests finish or cut them by
         # now.
-        timeout_graceful_shutdown=FINAL_EVENT_GRACE_S + 3,
+        # uvicorn types this int, but waits on it with asyncio, which takes a float.
+        timeout_graceful_shutdown=FINAL_EVENT_GRACE_S + 3,  # type: ignore[arg-type]
         # uvicorn's access log carries client addresses; requests are logged as JSON instead.
         access_log=False,
     )

@@ -21,7 +21,8 @@ def instruction_of(prompt: str) -> str:
 class JudgeScript:
     """What the fake judge answers, and what it saw. `respond(prompt, number)` gives the reply
     text, or an HTTP status to fail with (sent with `Retry-After: retry_after`); the first
-    `gather` requests are each held until that many are in flight at once (or 10 s pass)."""
+    `gather` requests are each held until that many are in flight at once (or 10 s pass, which
+    `gather_timeouts` counts: a test of concurrency expects none)."""
 
     def __init__(self, respond: Callable[[str, int], str | int] = lambda prompt, number: "A"):
         self.respond = respond
@@ -31,6 +32,7 @@ class JudgeScript:
         self.requests: list[tuple[float, str, int]] = []  # (time, instruction, status)
         self.in_flight = 0
         self.most_in_flight = 0
+        self.gather_timeouts = 0  # held requests released by the 10 s limit, not by company
         self._lock = threading.Lock()
         self._started = 0
         self._all_in = threading.Event()
@@ -45,8 +47,9 @@ class JudgeScript:
             if self.in_flight >= self.gather:
                 self._all_in.set()
         try:
-            if number < self.gather:
-                self._all_in.wait(10)
+            if number < self.gather and not self._all_in.wait(10):
+                with self._lock:
+                    self.gather_timeouts += 1
             reply = self.respond(prompt, number)
             status = reply if isinstance(reply, int) else 200
             with self._lock:

@@ -9,7 +9,7 @@ from importlib.metadata import version
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 # The console scripts the project declares (pyproject.toml's [project.scripts]), read from the
 # checkout rather than the installed metadata, so a command added since the install is tested.

@@ -17,7 +17,7 @@ from alpaca_serve.evaluation.answers import load_answers, load_instructions
 from alpaca_serve.evaluation.comparison import match_key
 from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE, DAVINCI_ANSWERS, EVALUATION_SET
 from alpaca_serve.training.data import load_records
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 try:
     import tomllib

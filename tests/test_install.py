@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from alpaca_serve.recover.convert import BUNDLED_PACKAGE
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 try:
     import tomllib

@@ -82,10 +82,12 @@ def read_provenance(model_dir: Path) -> Provenance:
         return unknown_provenance(str(err), err.marker)
     serve_made_by = _serve_marker_maker(serve_marker) if serve_marker is not None else None
     if serve_made_by == MADE_BY_RECOVER:
+        assert serve_marker is not None  # serve_made_by was read from it
         return _recovered(serve_marker)
     if train_marker is not None:
         return _trained(train_marker)
     if serve_made_by == MADE_BY_CONVERT:
+        assert serve_marker is not None  # serve_made_by was read from it
         return _converted(serve_marker)
     if serve_marker is not None:
         return _from_marker(serve_marker, MARKER_FILE, None, {})

@@ -121,6 +121,7 @@ class CompareHandlers:
     def next_pair(self) -> tuple:
         """A random pair of the comparison file, shown as A (left) and B (right); the instruction
         box shows its instruction."""
+        assert self.comparison is not None  # only wired up when there is a comparison file
         pair = self.rng.choice(self.comparison["pairs"])
         instruction = pair["instruction"] + (f"\n\n{pair['input']}" if pair["input"] else "")
         return (
@@ -139,6 +140,7 @@ class CompareHandlers:
             return *_votes(None), "Get two answers first.", state
         if "pair" in state:
             pair = state["pair"]
+            assert self.comparison is not None  # a "pair" state comes from next_pair
             ids, winner = pairwise_feedback(pair, {"a": "left", "b": "right"}.get(choice, choice))
             client = self.client  # the comparison was built against the demo's own server
             labels = self.comparison["labels"]

@@ -20,13 +20,14 @@ class CompareArm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: str = Field(description="shown to the user only after the vote")
-    server_url: str | None = Field(None, description="default: the demo's server")
+    server_url: str | None = Field(default=None, description="default: the demo's server")
     model: str | None = Field(
-        None, description="the model to ask, such as a served LoRA adapter; default: the base"
+        default=None,
+        description="the model to ask, such as a served LoRA adapter; default: the base",
     )
-    temperature: float = Field(0.1, ge=0, le=2)
-    top_p: float = Field(0.75, gt=0, le=1)
-    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(default=0.1, ge=0, le=2)
+    top_p: float = Field(default=0.75, gt=0, le=1)
+    max_new_tokens: int = Field(default=256, ge=1)
 
 
 DEFAULT_ARMS = [
@@ -67,23 +68,27 @@ def default_arms(info: dict[str, Any]) -> list[CompareArm]:
 class DemoSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALPACA_DEMO_", extra="ignore")
 
-    server_url: str = Field("http://127.0.0.1:8000", description="the alpaca-serve to talk to")
-    api_key: str | None = Field(None, description="API key the demo sends, if the server wants one")
-    host: str = Field("127.0.0.1", description="address the standalone demo listens on")
-    port: int = Field(7860, ge=1, le=65535, description="port of the standalone demo")
+    server_url: str = Field(
+        default="http://127.0.0.1:8000", description="the alpaca-serve to talk to"
+    )
+    api_key: str | None = Field(
+        default=None, description="API key the demo sends, if the server wants one"
+    )
+    host: str = Field(default="127.0.0.1", description="address the standalone demo listens on")
+    port: int = Field(default=7860, ge=1, le=65535, description="port of the standalone demo")
     examples_file: Path | None = Field(
-        None,
+        default=None,
         description="JSON lines with `instruction` (and `instances[0].input`) to offer as "
         "examples; default: the Alpaca evaluation set shipped with the project",
     )
-    max_examples: int = Field(8, ge=0, description="how many examples to show")
+    max_examples: int = Field(default=8, ge=0, description="how many examples to show")
     comparison_file: Path | None = Field(
-        None,
+        default=None,
         description="a comparison from `alpaca-eval compare` (built against the same "
         "server) whose pairs the Compare tab offers for blind votes, stored as pairwise feedback",
     )
     compare_arms: list[CompareArm] | None = Field(
-        None,
+        default=None,
         description="the two sides of the Compare tab, as JSON: a list of two "
         "`{label, server_url, model, temperature, top_p, max_new_tokens}`; unset: chosen when "
         "each comparison starts, the base against the newest LoRA adapter the server serves "

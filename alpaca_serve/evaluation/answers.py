@@ -152,7 +152,7 @@ async def _generate_all(
     timeout_s,
     progress,
 ):
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # no types-tqdm installed
 
     limit = asyncio.Semaphore(max(1, concurrency))
     results: list[dict[str, Any] | None] = [None] * len(items)

@@ -25,6 +25,7 @@ import json
 import secrets
 import sys
 from pathlib import Path
+from typing import cast
 
 from alpaca_serve.client.api import AlpacaClient
 from alpaca_serve.client.errors import APIRequestError
@@ -456,7 +457,7 @@ def _command(commands, name: str, run, help_text: str) -> argparse.ArgumentParse
 
 def _default_label(answers: list[dict], path: Path) -> str:
     models = {answer.get("model") for answer in answers} - {None}
-    return models.pop() if len(models) == 1 else path.stem
+    return cast(str, models.pop()) if len(models) == 1 else path.stem  # None taken out above
 
 
 def _version() -> str:

@@ -311,7 +311,7 @@ async def _judge_all(
     rejudge: bool,
     progress: bool,
 ) -> Judgement:
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # no types-tqdm installed
 
     retries = Retries(attempts=attempts)
     async with (
@@ -352,11 +352,11 @@ async def _judge_all(
         finally:
             bar.close()
     if failures:
-        pair_id, err = failures[0]
+        pair_id, failure = failures[0]
         left = len(todo) - len(judgement.votes) - len(judgement.unreadable)
         raise EvaluationError(
-            f"{pair_id}: {_failure(err, attempts)}; {len(judgement.votes)} votes of this run are "
-            f"in the store, {left} pairs are not judged: run the command again to judge them"
+            f"{pair_id}: {_failure(failure, attempts)}; {len(judgement.votes)} votes of this run "
+            f"are in the store, {left} pairs are not judged: run the command again to judge them"
         )
     return judgement
 
@@ -428,7 +428,8 @@ async def ask_judge(
     )
     verdict = parse_judgement(reply["choices"][0]["message"]["content"] or "")
     # The verdict is about the order shown; turn it into left / right of the pair.
-    return {"left": first, "right": second}.get(verdict, verdict)
+    sides: dict[str | None, str | None] = {"left": first, "right": second}
+    return sides.get(verdict, verdict)
 
 
 def parse_judgement(reply: str) -> str | None:

@@ -28,13 +28,14 @@ Generations sent as raw prompts are left out: they have no instruction.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 from alpaca_serve.feedback.records import StoreError
 from alpaca_serve.feedback.settings import StoreSettings, database_location
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 store.export_rows(args.include_unrated) if selection is None else selection.records
             )
             if args.out is None:
-                sys.stdout.reconfigure(encoding="utf-8")  # JSON lines are UTF-8 whatever the locale
+                # JSON lines are UTF-8 whatever the locale (typeshed's sys.stdout is a TextIO).
+                cast(io.TextIOWrapper, sys.stdout).reconfigure(encoding="utf-8")
                 count = write_rows(rows, sys.stdout)
             else:
                 count = write_file(rows, args.out)

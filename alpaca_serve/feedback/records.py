@@ -12,7 +12,7 @@ reaches the database.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 # A comparison's winner is one of its two generation ids, or one of these.
 COMPARISON_OUTCOMES = ("tie", "both_bad")
@@ -83,7 +83,8 @@ class ComparisonFeedback:
     def __post_init__(self) -> None:
         if self.voter not in VOTERS:
             raise ValueError(f"voter must be one of {VOTERS}, got {self.voter!r}")
-        self.generation_ids = tuple(self.generation_ids)
+        # Callers may pass a list; the length is checked below.
+        self.generation_ids = cast(tuple[str, str], tuple(self.generation_ids))
         if len(self.generation_ids) != 2 or self.generation_ids[0] == self.generation_ids[1]:
             raise ValueError(
                 f"a comparison needs two different generation ids, got {self.generation_ids!r}"

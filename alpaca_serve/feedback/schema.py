@@ -101,7 +101,9 @@ def migrate(tx: Transaction, backend: Backend) -> None:
         f"version INTEGER PRIMARY KEY, applied_at {types['real']} NOT NULL)"
     )
     backend.lock_schema(tx)
-    current = tx.one("SELECT MAX(version) FROM schema_version")[0] or 0
+    row = tx.one("SELECT MAX(version) FROM schema_version")
+    assert row is not None  # an aggregate query returns one row
+    current = row[0] or 0
     if current > len(MIGRATIONS):
         raise StoreError(
             f"{backend.description} has schema version {current}, newer than "

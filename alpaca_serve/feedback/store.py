@@ -173,6 +173,7 @@ class FeedbackStore:
                 "updated_at = ? WHERE generation_id = ? AND session_id = ? RETURNING id",
                 (*details, now, fb.generation_id, _text(fb.session_id)),
             )
+            assert updated is not None  # the insert met the row it updates
             return updated[0], False
 
     def save_comparison(self, fb: ComparisonFeedback) -> tuple[int, bool]:
@@ -196,6 +197,7 @@ class FeedbackStore:
                 "WHERE generation_a = ? AND generation_b = ? AND session_id = ? RETURNING id",
                 (fb.winner, fb.voter, now, first, second, _text(fb.session_id)),
             )
+            assert updated is not None  # the insert met the row it updates
             return updated[0], False
 
     def list_comparisons(self, after: int = 0, limit: int = COMPARISON_PAGE_LIMIT) -> list[dict]:
@@ -357,7 +359,8 @@ def _export_page(
     tx: Transaction, after: tuple[float, str] | None
 ) -> tuple[list[dict], dict[str, list[tuple]]]:
     """One page of instruction generations after `after` (created_at, id), and their ratings."""
-    where, params = "instruction IS NOT NULL", ()
+    where = "instruction IS NOT NULL"
+    params: tuple[float | str, ...] = ()
     if after is not None:
         where += " AND (created_at > ? OR (created_at = ? AND id > ?))"
         params = (after[0], after[0], after[1])

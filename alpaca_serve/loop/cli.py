@@ -23,6 +23,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 from alpaca_serve.client.errors import APIRequestError
 from alpaca_serve.evaluation.answers import EvaluationError
@@ -161,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         if f.type == "bool":
             options.add_argument(flag, action="store_true", default=None, help=text)
         else:
-            options.add_argument(flag, type=_option_type(f.type), default=None, help=text)
+            # A string: LoopSettings' module has `from __future__ import annotations`.
+            annotation = cast(str, f.type)
+            options.add_argument(flag, type=_option_type(annotation), default=None, help=text)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in COMMANDS.items():
         commands.add_parser(name, parents=[common], help=text, description=text)

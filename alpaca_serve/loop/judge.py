@@ -87,7 +87,7 @@ def judge_by_reference(
     """Judge every pair of `comparison` by `reference_verdict` and cast each verdict in `store`
     as a machine vote of session JUDGE_SESSION. Returns the votes cast and the ids of the pairs
     with no reference answer (not voted on)."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # no types-tqdm installed
 
     votes, unjudged = [], []
     for pair in tqdm(comparison["pairs"], desc="judging", unit="pair", disable=not progress):

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "make-diff":
-            result = make_diff(
+            made = make_diff(
                 args.raw,
                 args.tuned,
                 args.out,
@@ -106,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
             )
             print(
-                f"wrote {result.out_dir}: {result.tensors} tensors, "
-                f"{result.bytes_written / 1e9:.2f} GB float32"
-                + (", [PAD] row added to the base" if result.pad_row_added else "")
+                f"wrote {made.out_dir}: {made.tensors} tensors, "
+                f"{made.bytes_written / 1e9:.2f} GB float32"
+                + (", [PAD] row added to the base" if made.pad_row_added else "")
             )
-            if result.inexact_tensors:
+            if made.inexact_tensors:
                 print(
-                    f"note: {result.inexact_tensors} of {result.tensors} tensors recover to within "
+                    f"note: {made.inexact_tensors} of {made.tensors} tensors recover to within "
                     "float32 rounding of the tuned model, not bit for bit (listed in the manifest)"
                 )
             return 0

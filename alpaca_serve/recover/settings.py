@@ -19,6 +19,6 @@ class RecoverSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALPACA_", extra="ignore")
 
     cache_dir: Path = Field(
-        Path.home() / ".cache" / "alpaca-serve",
+        default=Path.home() / ".cache" / "alpaca-serve",
         description="where the bundled default model is converted to, once",
     )

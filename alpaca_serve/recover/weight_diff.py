@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from alpaca_serve.core.prompts import TEMPLATE_NAME
 from alpaca_serve.core.provenance import MADE_BY_RECOVER, MARKER_FILE, made_at
@@ -266,7 +266,7 @@ def make_diff(
                 exact = _same_bits(recovered_saved, tuned_tensor)
                 total += recovered.sum()
                 # 3. Record checksums so recover can tell a wrong base from a damaged download.
-                record = {
+                record: dict[str, Any] = {
                     "name": pairing.name,
                     "shape": list(pairing.shape),
                     "dtype": _dtype_name(tuned_tensor.dtype),
@@ -440,7 +440,7 @@ def _pair_tensors(base: ModelFolder, other: ModelFolder, other_role: str) -> lis
             base_name = name
         elif name.endswith("lm_head.weight") and _embedding_name(base) is not None:
             # A base with tied embeddings saves no lm_head: its output embedding is the input one.
-            base_name = _embedding_name(base)
+            base_name = cast(str, _embedding_name(base))  # not None: the elif checked it
         elif _is_computed_buffer(name):
             pairings.append(Pairing(name, shape, None, False))
             continue
@@ -734,13 +734,13 @@ class _ShardedWriter:
         self.bytes_written = 0
         self._order = [(i, spec) for i, shard in enumerate(self.shards) for spec in shard]
         self._next = 0
-        self._handle = None
+        self._handle: BinaryIO | None = None
         self._shard = -1
         self._progress_on = progress
         self._desc = desc
 
     def __enter__(self) -> _ShardedWriter:
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]  # no types-tqdm installed
 
         self.bar = tqdm(
             total=self.total,
@@ -764,6 +764,7 @@ class _ShardedWriter:
             self._close_shard()
             self._open_shard(shard)
         data = _tensor_bytes(tensor)
+        assert self._handle is not None  # the shard of the first tensor was opened above
         self._handle.write(data)
         self._next += 1
         self.bytes_written += len(data)
@@ -789,7 +790,7 @@ class _ShardedWriter:
             self.bar.close()
 
     def _open_shard(self, shard: int) -> None:
-        header = {"__metadata__": {"format": "pt"}}
+        header: dict[str, dict[str, Any]] = {"__metadata__": {"format": "pt"}}
         offset = 0
         inverse = {v: k for k, v in SAFETENSORS_DTYPES.items()}
         for name, dtype, shape in self.shards[shard]:

@@ -470,6 +470,7 @@ class AdapterRegistry:
             log.warning("adapter %s refused (%s): %s", name, path, err)
             return
         self.refused.pop(name, None)
+        assert print_ is not None  # a folder's: _scan makes a missing one ()
         self.served[name] = Adapter(name, folder, files, weights, print_, made_at())
         log.info(
             "adapter %s served from %s (rank %d, %s)",

@@ -83,9 +83,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        runtime.store = store or await asyncio.to_thread(open_store, settings.store_url)
-        runtime.recorder = GenerationRecorder(runtime.store)
-        runtime.recorder.start()
+        # Locals, as runtime's attributes are Optional: set here, closed by the finally. (Not
+        # `store or ...`: mypy would infer the thread's result as Optional from the left side.)
+        opened = (
+            store if store is not None else await asyncio.to_thread(open_store, settings.store_url)
+        )
+        recorder = GenerationRecorder(opened)
+        runtime.store, runtime.recorder = opened, recorder
+        recorder.start()
         loading = asyncio.create_task(_start_engine(runtime, engine))
         watching = asyncio.create_task(watch_engine(runtime, partial(_engine_died, runtime)))
         tasks = [loading, watching]
@@ -97,9 +102,9 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await runtime.recorder.close()
+            await recorder.close()
             if store is None:
-                runtime.store.close()
+                opened.close()
             if engine is None and runtime.engine is not None:
                 runtime.engine.shutdown()
 

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,7 +131,7 @@ class Engine(Protocol):
         options: SamplingOptions,
         request_id: str,
         adapter: AdapterWeights | None = None,
-    ) -> AsyncIterator[Piece]:
+    ) -> AsyncGenerator[Piece, None]:
         """The new text, piece by piece; the last piece has a finish reason. Closing the
         iterator early aborts the request. Raises EngineUnavailableError if the engine died.
         With `adapter` (one `add_adapter` loaded), the base plus that LoRA adapter answers."""
@@ -215,7 +215,7 @@ class VllmEngine:
         options: SamplingOptions,
         request_id: str,
         adapter: AdapterWeights | None = None,
-    ) -> AsyncIterator[Piece]:
+    ) -> AsyncGenerator[Piece, None]:
         """Stream the new text. Cancelling the consumer aborts the request in the engine."""
         params = _sampling_params(options)
         completion_tokens = 0

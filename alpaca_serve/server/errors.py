@@ -218,8 +218,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(APIError, _api_error)
+    # Starlette types every handler as taking any Exception, not the class it is registered for.
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
     for kind in (Refusal, GenerationInterrupted, EngineUnavailableError):
         app.add_exception_handler(kind, _generation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

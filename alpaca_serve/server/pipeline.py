@@ -38,8 +38,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no types-jsonschema installed
 
 from alpaca_serve.core.prompts import SECTION_HEADERS, format_prompt
 from alpaca_serve.feedback import GenerationRecord
@@ -187,6 +188,7 @@ class Pipeline:
             return await self._start(body, request_ids, arrival, engine, adapter, metrics)
         except BaseException:
             if adapter is not None:
+                assert self.adapters is not None  # the adapter was resolved from it
                 self.adapters.release(adapter)
             raise
 
@@ -236,7 +238,8 @@ class Pipeline:
             for ticket in tickets:
                 ticket.release()
             raise
-        registry = self.adapters
+        # Used only when there is an adapter, which was resolved from it: then not None.
+        registry = cast(AdapterRegistry, self.adapters)
         generations = []
         for index, (request_id, ticket) in enumerate(zip(request_ids, tickets, strict=True)):
             choice_options = options
@@ -286,7 +289,11 @@ class Pipeline:
         else:
             prompt, prompt_param = format_prompt(body.instruction, body.input), "instruction"
 
-        chars = len(prompt) if body.prompt is not None else len(body.instruction) + len(body.input)
+        chars = (
+            len(prompt)
+            if body.prompt is not None
+            else len(cast(str, body.instruction)) + len(body.input)  # not None: checked above
+        )
         if chars > settings.max_prompt_chars:
             what = "the prompt" if body.prompt is not None else "instruction and input together"
             raise _invalid(
@@ -515,6 +522,7 @@ class Generation:
                         self.ttft_ms = round((now - self.arrival) * 1000, 1)
                         self.metrics.time_to_first_token.observe(now - self.arrival)
                     else:
+                        assert last_at is not None  # set with first_at
                         self.metrics.inter_token_latency.observe((now - last_at) / new_tokens)
                     last_at = now
                     self.metrics.generation_tokens.inc(new_tokens)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 
@@ -62,7 +62,8 @@ class Runtime:
                 engine=lambda: self.engine,
                 is_ready=lambda: self.ready,
                 is_draining=lambda: self.draining,
-                record=lambda record: self.recorder.submit(record),
+                # The recorder is started by the lifespan before any request.
+                record=lambda record: cast(GenerationRecorder, self.recorder).submit(record),
                 stop_event=self.stop_event,
                 adapters=self.adapters,
             )

@@ -137,20 +137,20 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def error_doc(description: str) -> dict:
+def error_doc(description: str) -> dict[str, Any]:
     """One documented error answer of a route, for FastAPI's `responses`."""
     return {"model": ErrorResponse, "description": description}
 
 
 # What any route with a JSON body may answer before it looks at the fields.
-BODY_ERRORS = {
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: error_doc("the body is not valid JSON"),
     413: error_doc("the body is over the size limit"),
     415: error_doc("the body was not sent as JSON"),
 }
 
 # What the generation routes (/generate and the /v1 routes) may answer.
-GENERATION_RESPONSES = {
+GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     **BODY_ERRORS,
     200: {
         "description": "the answer; with `stream: true`, server-sent events instead",

@@ -47,9 +47,11 @@ class FilterSettings(BaseModel):
 
     factory: str = Field(pattern=r"^[\w.]+:\w+$", description="package.module:factory")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments")
-    name: str | None = Field(None, description="name in logs and metrics")
-    fail_open: bool = Field(False, description="allow, instead of block, when the filter fails")
-    timeout_s: float = Field(2.0, gt=0, description="limit for an async hook, in seconds")
+    name: str | None = Field(default=None, description="name in logs and metrics")
+    fail_open: bool = Field(
+        default=False, description="allow, instead of block, when the filter fails"
+    )
+    timeout_s: float = Field(default=2.0, gt=0, description="limit for an async hook, in seconds")
 
 
 class ServerSettings(BaseSettings):
@@ -57,130 +59,139 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALPACA_", extra="ignore")
 
-    host: str = Field("127.0.0.1", description="address to listen on")
-    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on")
     model: Path | None = Field(
-        None,
+        default=None,
         description="Hugging Face folder of a LLaMA-family model to serve; "
         "empty: the bundled SmolLM2-135M-Instruct",
     )
     model_name: str | None = Field(
-        None, description="name reported by /info and in metrics (default: the folder name)"
+        default=None, description="name reported by /info and in metrics (default: the folder name)"
     )
     cache_dir: Path = Field(
-        Path.home() / ".cache" / "alpaca-serve",
+        default=Path.home() / ".cache" / "alpaca-serve",
         description="where the bundled default model is converted to, once",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where the engine runs; auto: cuda when a GPU is visible, else cpu"
+        default="auto",
+        description="where the engine runs; auto: cuda when a GPU is visible, else cpu",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights and activations; auto: float32 on cpu, bfloat16 on cuda"
+        default="auto",
+        description="weights and activations; auto: float32 on cpu, bfloat16 on cuda",
     )
     max_model_len: int = Field(
-        2048, ge=16, description="context length: prompt plus new tokens, at most"
+        default=2048, ge=16, description="context length: prompt plus new tokens, at most"
     )
     max_new_tokens_limit: int = Field(
-        1024, ge=1, description="largest max_new_tokens a request may ask for"
+        default=1024, ge=1, description="largest max_new_tokens a request may ask for"
     )
     default_max_new_tokens: int = Field(
-        256, ge=1, description="max_new_tokens when a request does not say"
+        default=256, ge=1, description="max_new_tokens when a request does not say"
     )
     enforce_eager: bool = Field(
-        True,
+        default=True,
         description="skip model compilation: loads in seconds; false compiles (minutes) for "
         "more throughput",
     )
     compile_cache_dir: Path | None = Field(
-        None,
+        default=None,
         description="where a compiled engine (enforce_eager false) keeps vLLM's and torch's "
         "compilation caches, so that later starts reuse them; empty: `compile/` in cache_dir",
     )
-    cpu_kv_cache_gib: float = Field(2.0, gt=0, description="KV cache size on cpu, in GiB")
+    cpu_kv_cache_gib: float = Field(default=2.0, gt=0, description="KV cache size on cpu, in GiB")
     cpu_reserved_cores: int = Field(
-        0, ge=0, description="cores kept out of the cpu engine's compute threads"
+        default=0, ge=0, description="cores kept out of the cpu engine's compute threads"
     )
     gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1, description="share of GPU memory the engine may take on cuda"
+        default=0.9, gt=0, le=1, description="share of GPU memory the engine may take on cuda"
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across")
-    max_num_seqs: int = Field(64, ge=1, description="requests the engine batches together")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one model is split across")
+    max_num_seqs: int = Field(default=64, ge=1, description="requests the engine batches together")
     request_timeout_s: float = Field(
-        300.0, gt=0, description="a request still generating after this long is aborted"
+        default=300.0, gt=0, description="a request still generating after this long is aborted"
     )
     drain_timeout_s: float = Field(
-        30.0, ge=0, description="on SIGTERM, how long open requests may finish before abort"
+        default=30.0, ge=0, description="on SIGTERM, how long open requests may finish before abort"
     )
     max_body_bytes: int = Field(
-        1_048_576, ge=1024, description="largest request body, in bytes (413 past it)"
+        default=1_048_576, ge=1024, description="largest request body, in bytes (413 past it)"
     )
     max_prompt_chars: int = Field(
-        100_000, ge=1, description="longest instruction + input, or raw prompt, in characters"
+        default=100_000,
+        ge=1,
+        description="longest instruction + input, or raw prompt, in characters",
     )
     max_concurrent: int = Field(
-        64, ge=1, description="requests generating at once; more wait in the queue"
+        default=64, ge=1, description="requests generating at once; more wait in the queue"
     )
     max_queue: int = Field(
-        256, ge=0, description="requests waiting for a slot; past it, 429 with Retry-After"
+        default=256, ge=0, description="requests waiting for a slot; past it, 429 with Retry-After"
     )
     max_choices: int = Field(
-        4, ge=1, description="most choices (`n`) one OpenAI request may ask for; each takes a slot"
+        default=4,
+        ge=1,
+        description="most choices (`n`) one OpenAI request may ask for; each takes a slot",
     )
     structured_output_disable_whitespace: bool = Field(
-        False,
+        default=False,
         description="JSON answers (response_format, json_schema) without white space between "
         "tokens (vLLM's disable_any_whitespace; pins the xgrammar backend); helps small models "
         "that otherwise fill the budget with white space",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="debug, info, warning or error; prompts and answers are never logged"
+        default="info",
+        description="debug, info, warning or error; prompts and answers are never logged",
     )
     data_dir: DataDir = DEFAULT_DATA_DIR
     database_url: DatabaseUrl = None
-    ui: bool = Field(True, description="mount the Gradio demo at /ui")
+    ui: bool = Field(default=True, description="mount the Gradio demo at /ui")
     api_keys: str | None = Field(
-        None,
+        default=None,
         description="comma-separated API keys; when set (or api_keys_file is), every route but "
         "/health and /ready needs `Authorization: Bearer <key>`",
     )
     api_keys_file: Path | None = Field(
-        None, description="file of API keys, one a line (`#` starts a comment)"
+        default=None, description="file of API keys, one a line (`#` starts a comment)"
     )
-    metrics_require_key: bool = Field(False, description="also require a key on /metrics")
-    ui_require_key: bool = Field(False, description="also require a key on the demo at /ui")
+    metrics_require_key: bool = Field(default=False, description="also require a key on /metrics")
+    ui_require_key: bool = Field(default=False, description="also require a key on the demo at /ui")
     rate_limit_per_minute: int | None = Field(
-        None, ge=1, description="requests a minute allowed per API key (bursts up to that)"
+        default=None, ge=1, description="requests a minute allowed per API key (bursts up to that)"
     )
     cors_origins: str | None = Field(
-        None,
+        default=None,
         description="comma-separated origins allowed to call the API from a browser; `*` for "
         "any (then without credentials)",
     )
     blocklist: Path | None = Field(
-        None,
+        default=None,
         description="blocklist file for the built-in content filter (one entry a line: "
         "`phrase`, `category: phrase` or `category: re:pattern`)",
     )
     adapters_dir: Path | None = Field(
-        None,
+        default=None,
         description="folder of LoRA adapters: each sub-folder holding a PEFT adapter "
         "(adapter_config.json and adapter_model.safetensors, or alpaca-train's output with its "
         "adapter/ folder) is served as a model named after it; watched, so adapters copied in "
         "later are served without a restart",
     )
     adapters: str | None = Field(
-        None,
+        default=None,
         description="more LoRA adapters to serve, as `name=path,name=path`; their folders are "
         "watched like adapters_dir's",
     )
     max_loras: int = Field(
-        4, ge=1, description="LoRA adapters the engine holds at once (in one batch)"
+        default=4, ge=1, description="LoRA adapters the engine holds at once (in one batch)"
     )
     max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
-        16, description="largest LoRA rank served; an adapter of a larger rank is refused"
+        default=16, description="largest LoRA rank served; an adapter of a larger rank is refused"
     )
     adapters_poll_s: float = Field(
-        2.0, gt=0, description="how often adapters_dir is scanned for new or removed adapters"
+        default=2.0,
+        gt=0,
+        description="how often adapters_dir is scanned for new or removed adapters",
     )
     filters: list[FilterSettings] = Field(
         default_factory=list,

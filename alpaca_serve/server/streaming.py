@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -71,7 +71,7 @@ class EventStreamResponse(StreamingResponse):
     the generator to the garbage collector; this one watches for it and closes the generator.
     """
 
-    def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], None]):
+    def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], None]):
         super().__init__(
             events,
             media_type="text/event-stream",

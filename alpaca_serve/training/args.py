@@ -244,6 +244,9 @@ class TrainArgs:
                 raise ArgsError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ArgsError(f"--max-steps must be at least 1, got {self.max_steps}")
+        # Filled from the preset above.
+        assert self.epochs is not None and self.warmup_ratio is not None
+        assert self.global_batch_size is not None and self.micro_batch_size is not None
         if self.epochs <= 0:
             raise ArgsError(f"--epochs must be positive, got {self.epochs}")
         if not 0 <= self.warmup_ratio < 1:
@@ -275,6 +278,8 @@ class TrainArgs:
     def gradient_accumulation_steps(self, world_size: int) -> int:
         """Micro batches per optimizer step on each process, so all of them add up to the global
         batch."""
+        # Filled from the preset by __post_init__.
+        assert self.global_batch_size is not None and self.micro_batch_size is not None
         per_step = self.micro_batch_size * world_size
         if self.global_batch_size % per_step:
             raise ArgsError(
@@ -417,7 +422,7 @@ def parse_args(argv: list[str] | None = None) -> AlpacaTrainArgs:
     argparse itself exits with status 2 for an unknown option or a malformed value.
     """
     namespace = vars(build_parser().parse_args(argv))
-    groups = {}
+    groups: dict[str, Any] = {}
     for key, cls in _KEYS:
         groups[key] = cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls)})
     return AlpacaTrainArgs(**groups)

@@ -40,6 +40,7 @@ def fine_tune(args: AlpacaTrainArgs) -> TrainSummary:
         data = load_dpo_pairs(args)
         check_trackers(args.train.trackers)
         return train_dpo(args, data)
+    assert args.data.data is not None  # required: AlpacaTrainArgs refuses to be built without it
     records, skipped = load_training_records(args.data.data, args.data.skip_invalid)
     log(
         f"data: {len(records)} records from {args.data.data}"

@@ -106,6 +106,7 @@ def load_dpo_pairs(args: AlpacaTrainArgs) -> DpoData:
             log(f"skipping invalid record: {err}")
 
     path = args.data.data
+    assert path is not None  # required: AlpacaTrainArgs refuses to be built without it
     if args.data.skip_invalid:
         pairs = load_valid_preference_pairs(path, on_invalid=skip)
         if not pairs:
@@ -140,6 +141,9 @@ def train_dpo(args: AlpacaTrainArgs, data: DpoData) -> TrainSummary:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
     accumulation = args.train.gradient_accumulation_steps(world_size)
     max_length = args.data.model_max_length
+    # --out is required; the rest are filled from the preset by the argument dataclasses.
+    assert out_dir is not None and max_length is not None
+    assert args.train.micro_batch_size is not None
     torch.manual_seed(args.train.seed)
     datasets.disable_progress_bars()  # its map/filter bars would print one line per pass
 
@@ -271,17 +275,20 @@ def measure_preferences(
     pairs. Sequences are cut at `max_length` as in training; a pair whose prompt alone fills it
     is left out."""
     import torch
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # no types-tqdm installed
 
     if not pairs:
         return None
     sequences = []  # (ids, response start) for chosen, rejected, chosen, ...
     for pair in pairs:
-        chosen = tokenize_response(tokenizer, pair.prompt, pair.chosen)
-        rejected = tokenize_response(tokenizer, pair.prompt, pair.rejected)
-        if min(chosen[1], rejected[1]) >= max_length:
+        chosen_seq = tokenize_response(tokenizer, pair.prompt, pair.chosen)
+        rejected_seq = tokenize_response(tokenizer, pair.prompt, pair.rejected)
+        if min(chosen_seq[1], rejected_seq[1]) >= max_length:
             continue
-        sequences += [(chosen[0][:max_length], chosen[1]), (rejected[0][:max_length], rejected[1])]
+        sequences += [
+            (chosen_seq[0][:max_length], chosen_seq[1]),
+            (rejected_seq[0][:max_length], rejected_seq[1]),
+        ]
     if not sequences:
         return None
     device = next(model.parameters()).device

@@ -164,7 +164,9 @@ class PackCollator:
     def __call__(self, examples: Sequence[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
 
-        input_ids, labels, position_ids = [], [], []
+        input_ids: list[int] = []
+        labels: list[int] = []
+        position_ids: list[int] = []
         for e in examples:
             input_ids += e["input_ids"]
             labels += e["labels"]

@@ -79,6 +79,9 @@ class TrainSummary:
 
 def check_paths(args: AlpacaTrainArgs) -> None:
     """Fail fast, before any heavy import, on a missing model/data or a clash with old output."""
+    # Required options: AlpacaTrainArgs refuses to be built without them.
+    assert args.train.model is not None and args.data.data is not None
+    assert args.train.output_dir is not None
     if not (args.train.model / "config.json").is_file():
         raise ArgsError(f"--model: no Hugging Face model (config.json) in {args.train.model}")
     if not args.data.data.is_file():
@@ -161,6 +164,7 @@ def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> T
 
     # Tokenizer and tokens: all data problems surface here, before the model is loaded.
     tokenizer, added_tokens = load_tokenizer(args)
+    assert args.data.model_max_length is not None  # AlpacaTrainArgs fills it from the preset
     examples, stats = tokenize_records(records, tokenizer, args.data.model_max_length)
     tokenizer.model_max_length = args.data.model_max_length  # saved with it, as the original did
     log(f"tokens: {stats.describe()} (max length {args.data.model_max_length})")
@@ -203,6 +207,7 @@ def run_training(
     for callback in (progress_bar, log_lines, clock):
         trainer.add_callback(callback)
     result = trainer.train(resume_from_checkpoint=resume_from)
+    assert args.train.epochs is not None  # TrainArgs fills it from the preset
     return TrainSummary(
         global_step=clock.last_step,
         steps_this_run=clock.steps,
@@ -224,6 +229,7 @@ def load_tokenizer(args: AlpacaTrainArgs) -> tuple[Any, list[str]]:
     tokenizer = AutoTokenizer.from_pretrained(str(args.train.model))
     tokenizer.padding_side = "right"
     had_pad = bool(tokenizer.pad_token)
+    assert args.lora.lora is not None  # AlpacaTrainArgs decides it by --method
     added_tokens = add_missing_special_tokens(tokenizer, pad_with_existing=args.lora.lora)
     if added_tokens:
         log(f"tokenizer: added {', '.join(added_tokens)} (embeddings grow with mean rows)")
@@ -245,6 +251,7 @@ def build_training_args(
     import torch
     from transformers import TrainingArguments
 
+    assert args.train.model is not None and args.train.output_dir is not None  # required
     precision = args.train.precision
     if precision == "auto":
         bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -377,6 +384,7 @@ def find_resume_checkpoint(args: AlpacaTrainArgs) -> str | None:
         return str(args.train.resume)
     from transformers.trainer_utils import get_last_checkpoint
 
+    assert args.train.output_dir is not None  # required
     folder = args.train.output_dir / CHECKPOINT_DIR
     last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
     if last is None:
@@ -389,6 +397,7 @@ def save_output(
 ) -> None:
     """Write the servable folder: plain HF weights (LoRA merged) and the tokenizer."""
     out_dir = args.train.output_dir
+    assert out_dir is not None and args.train.model is not None  # required
     if not args.lora.lora:
         trainer.save_model(str(out_dir))  # gathers FSDP / ZeRO-3 shards into one model
         if trainer.is_world_process_zero():
@@ -481,6 +490,7 @@ def write_train_info(
         "transformers_version": transformers.__version__,
         **(extra or {}),
     }
+    assert args.train.output_dir is not None  # required
     path = args.train.output_dir / TRAIN_INFO_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=2) + "\n")
@@ -489,13 +499,13 @@ def write_train_info(
 def make_callbacks() -> tuple[Any, Any, Any]:
     """(progress bar, progress lines, run clock): Trainer callbacks, defined here so transformers
     loads late."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # no types-tqdm installed
     from transformers import TrainerCallback
 
     class ProgressBar(TrainerCallback):
         """A bar of the optimizer steps on stderr, with the last logged loss and learning rate."""
 
-        bar = None
+        bar: Any = None  # a tqdm bar from on_train_begin on
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.bar = tqdm(

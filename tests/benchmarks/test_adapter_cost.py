@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from benchmarks.adapters import main
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_help_says_what_is_measured(capsys):

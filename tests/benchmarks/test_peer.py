@@ -25,7 +25,7 @@ from benchmarks.peer import (
     summarize,
     write_blocklist,
 )
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_help_says_what_is_compared(capsys):

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from benchmarks.training_throughput import main
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_a_step_count_below_one_is_refused(capsys):

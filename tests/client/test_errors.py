@@ -9,7 +9,7 @@ import pytest
 
 from alpaca_serve.client.api import AlpacaClient, AsyncAlpacaClient
 from alpaca_serve.client.errors import APIRequestError, describe_error
-from tests.conftest import free_port
+from tests.support import free_port
 
 
 def answering(status: int, body: object):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_the_client_imports_neither_server_nor_demo_nor_evaluation_nor_training():
     code = (
         "import sys, alpaca_serve.client.api, alpaca_serve.client.errors; "
         "print(sorted(m for m in sys.modules "
-        "if m.split('.')[0] in ('server', 'demo', 'evaluation', 'training')))"
+        "if m.split('.')[:2] in (['alpaca_serve', p] for p in "
+        "('server', 'demo', 'evaluation', 'training', 'feedback', 'loop'))))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 
 import pytest
 
-from tests.conftest import ROOT, read_metrics, wait_for
+from tests.support import ROOT, read_metrics, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -79,17 +78,17 @@ WATCH_ANSWER_LENGTHS = """BOT_MESSAGE => {
 }"""
 
 
-def settled_text(locator, timeout: float = 20) -> str:
-    """The locator's text once it has stopped changing for a second (the last update rendered)."""
-    deadline = time.monotonic() + timeout
-    text = locator.inner_text() if locator.count() else ""
-    while time.monotonic() < deadline:
-        time.sleep(1)
-        again = locator.inner_text() if locator.count() else ""
-        if again == text and text:
-            return text
-        text = again
-    return text
+# Gradio marks a component's status tracker `.pending` while its event is queued and
+# `.generating` while a generator streams into it; both go once the event has finished.
+CHAT_BUSY = "#chatbot .pending, #chatbot .generating"
+
+
+def finished_text(page, locator, timeout_s: float = 20) -> str:
+    """The locator's text once the chat's event has finished (its last update rendered)."""
+    page.wait_for_function(
+        "busy => !document.querySelector(busy)", arg=CHAT_BUSY, timeout=timeout_s * 1000
+    )
+    return locator.inner_text() if locator.count() else ""
 
 
 def test_a_chat_answer_streams_in_and_a_like_reaches_the_server(page, tiny_server):
@@ -104,7 +103,7 @@ def test_a_chat_answer_streams_in_and_a_like_reaches_the_server(page, tiny_serve
         lambda: read_metrics(client)["alpaca_requests_total{outcome=success}"] > before, 60
     ), "the server did not finish an answer"
     answer = page.locator(BOT_MESSAGE).last
-    final_text = settled_text(answer)
+    final_text = finished_text(page, answer)
     assert final_text.strip(), "no answer appeared"
     lengths = page.evaluate("window.answerLengths")
     growing = sorted({length for length in lengths if 0 < length < len(final_text)})
@@ -142,7 +141,7 @@ def test_a_pair_from_an_evaluation_comparison_is_voted_on_blind(browser, tiny_se
     from alpaca_serve.demo.app import build_demo
     from alpaca_serve.demo.settings import DemoSettings
     from alpaca_serve.evaluation.comparison import attach_generation_ids, save_comparison
-    from tests.conftest import free_port
+    from tests.support import free_port
 
     comparison = {
         "labels": ["ours", "text-davinci-003"],

@@ -15,7 +15,7 @@ from alpaca_serve.demo.chat import ChatHandlers
 from alpaca_serve.demo.compare import ASK_FOR_VOTE, CompareHandlers
 from alpaca_serve.demo.settings import DEFAULT_ARMS, CompareArm
 from alpaca_serve.evaluation.comparison import attach_generation_ids
-from tests.conftest import free_port
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 

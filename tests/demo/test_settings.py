@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from alpaca_serve.demo.settings import DemoSettings, load_examples
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def comparison_file(tmp_path, left_id):

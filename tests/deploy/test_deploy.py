@@ -17,7 +17,7 @@ import yaml
 
 from alpaca_serve.demo.settings import DemoSettings
 from alpaca_serve.server.settings import ServerSettings
-from tests.conftest import ROOT, free_port
+from tests.support import ROOT, free_port
 from tools.settings_table import main as settings_table_main
 
 HERE = Path(__file__).parent

@@ -18,8 +18,8 @@ from alpaca_serve.evaluation.answers import load_answers
 from alpaca_serve.evaluation.comparison import match_key
 from alpaca_serve.evaluation.datasets import DAVINCI_ANSWERS as DAVINCI
 from alpaca_serve.evaluation.datasets import EVALUATION_SET
-from tests.conftest import ROOT, free_port
 from tests.fake_judge import JudgeScript, running_judge
+from tests.support import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, tiny_server_env
 from tests.fake_judge import JudgeScript, running_judge
+from tests.support import ROOT, ServerProcess, tiny_server_env
 
 pytestmark = pytest.mark.slow
 

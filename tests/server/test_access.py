@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alpaca_serve.server.access import RateLimiter
-from tests.conftest import LAYERS, start_server
+from tests.support import LAYERS, start_server
 
 ALLOWED_ORIGIN = "https://demo.example.org"
 RATE_LIMIT = 20

@@ -22,8 +22,8 @@ import pytest
 
 from alpaca_serve.server.adapters import AdapterRegistry
 from alpaca_serve.server.settings import ServerSettings
-from tests.conftest import read_metrics, start_server, wait_for
 from tests.scripted_engine import ScriptedEngine
+from tests.support import read_metrics, start_server, wait_for
 
 HIDDEN, LAYERS, HEADS, INTERMEDIATE, VOCAB = 128, 2, 2, 256, 49152
 TINY_CONFIG = {

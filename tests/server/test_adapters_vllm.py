@@ -17,7 +17,7 @@ import shutil
 import pytest
 
 from alpaca_serve.core.prompts import format_prompt
-from tests.conftest import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 
 from alpaca_serve.core.prompts import TEMPLATE_NAME, format_prompt
 from alpaca_serve.recover.convert import BUNDLED_FILE
-from tests.conftest import ROOT, ServerProcess, stream_events
+from tests.support import ROOT, ServerProcess, stream_events
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ServerProcess, tiny_server_env, wait_for
+from tests.support import ServerProcess, tiny_server_env, wait_for
 
 pytestmark = pytest.mark.slow
 

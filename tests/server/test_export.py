@@ -9,7 +9,7 @@ from alpaca_serve.feedback.export import main
 from alpaca_serve.feedback.settings import StoreSettings
 from alpaca_serve.server.settings import ServerSettings
 from alpaca_serve.training.data import AlpacaRecord, load_records
-from tests.conftest import CommandResult, run_command
+from tests.support import CommandResult, run_command
 
 
 def generation(index: int, model: str = "alpaca-7b", instruction: str | None = None):

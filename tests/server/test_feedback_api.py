@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from alpaca_serve.feedback import default_database_url, open_store
-from tests.conftest import start_server, stream_events, wait_for
 from tests.server.conftest import postgres_schema_url
+from tests.support import start_server, stream_events, wait_for
 
 BACKENDS = [
     pytest.param(("scripted", "sqlite"), id="scripted-sqlite"),

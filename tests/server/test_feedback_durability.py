@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alpaca_serve.feedback import default_database_url, open_store
-from tests.conftest import ServerProcess, tiny_server_env
+from tests.support import ServerProcess, tiny_server_env
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import LAYERS, read_metrics, start_server, stream_events, wait_for
+from tests.support import LAYERS, read_metrics, start_server, stream_events, wait_for
 
 FILTERS = [
     {

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from alpaca_serve.core.prompts import format_prompt
-from tests.conftest import stream_events
+from tests.support import stream_events
 
 GREEDY = {"temperature": 0.0}
 
@@ -71,7 +71,7 @@ def test_max_new_tokens_bounds_the_answer_and_reports_length(client):
 
 
 def test_default_max_new_tokens_applies_when_the_request_does_not_say(client):
-    from tests.conftest import TINY_DEFAULT_MAX_NEW_TOKENS
+    from tests.support import TINY_DEFAULT_MAX_NEW_TOKENS
 
     answer = generate(client, instruction="Write a long story.", **GREEDY)
     assert answer["usage"]["completion_tokens"] == TINY_DEFAULT_MAX_NEW_TOKENS

@@ -8,8 +8,8 @@ import inspect
 from pathlib import Path
 
 from alpaca_serve.server.engine import Engine, VllmEngine
-from tests.conftest import ROOT
 from tests.scripted_engine import ScriptedEngine
+from tests.support import ROOT
 
 ROUTES = ROOT / "alpaca_serve" / "server" / "routes"
 

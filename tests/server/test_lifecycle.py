@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ServerProcess, read_metrics, tiny_server_env, wait_for
+from tests.support import ServerProcess, read_metrics, tiny_server_env, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 from alpaca_serve.core.prompts import TEMPLATE_NAME
 from alpaca_serve.server.engine import resolve_device, resolve_dtype
 from alpaca_serve.server.settings import ServerSettings
-from tests.conftest import (
+from tests.support import (
     TINY_CONTEXT,
     TINY_MAX_NEW_TOKENS_LIMIT,
     read_metrics,

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from alpaca_serve.core.prompts import format_prompt
-from tests.conftest import start_server, wait_for
+from tests.support import start_server, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from alpaca_serve.server.settings import ServerSettings
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from alpaca_serve.core.prompts import SECTION_HEADERS
-from tests.conftest import start_server, stream_events, wait_for
 from tests.scripted_engine import long_answer
+from tests.support import start_server, stream_events, wait_for
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from alpaca_serve.core.prompts import SECTION_HEADERS
 from alpaca_serve.server.stop_strings import StopMatcher
-from tests.conftest import read_metrics, start_server, wait_for
+from tests.support import read_metrics, start_server, wait_for
 
 HEADERS = list(SECTION_HEADERS)
 

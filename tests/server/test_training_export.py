@@ -12,7 +12,7 @@ from alpaca_serve.feedback import default_database_url
 from alpaca_serve.feedback.export import main
 from alpaca_serve.training.data import AlpacaRecord
 from alpaca_serve.training.train import load_training_records
-from tests.conftest import CommandResult, run_command, start_server
+from tests.support import CommandResult, run_command, start_server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import (
+from tests.support import (
     TINY_CONTEXT,
     TINY_MAX_NEW_TOKENS_LIMIT,
     read_metrics,
@@ -178,7 +178,7 @@ def test_a_body_that_is_not_utf8_is_a_400(client):
 def test_control_characters_and_emoji_reach_the_model_intact(client, server):
     from alpaca_serve.core.prompts import format_prompt
     from alpaca_serve.feedback import default_database_url, open_store
-    from tests.conftest import wait_for
+    from tests.support import wait_for
 
     instruction = "Echo: a\u0001b\u0007c \u00e9\u00e8 \U0001f389\U0001f1eb\U0001f1f7 \u200b\u202e!"
     response = client.post("/generate", json={"instruction": instruction, "max_new_tokens": 2})

@@ -11,7 +11,7 @@ import pytest
 from alpaca_serve.core.records import RawRecord, read_raw_records
 from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE
 from alpaca_serve.training.data import AlpacaRecord, DataFormatError, load_records
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_stanford_sample_loads_all_200_records_as_published():

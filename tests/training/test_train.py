@@ -25,7 +25,7 @@ from alpaca_serve.training.train import (
     load_model,
     load_training_records,
 )
-from tests.conftest import ROOT, ServerProcess, tiny_server_env
+from tests.support import ROOT, ServerProcess, tiny_server_env
 
 # Small and quick on two CPU cores: short examples, tiny batches.
 FAST = [

@@ -118,6 +118,7 @@ async def post_feedback(
     The session (`session_id`, or the `X-Session-Id` header) makes a second rating of the same
     answer update the first instead of adding one.
     """
+    feedback: ComparisonFeedback | RatingFeedback
     if "generation_ids" in payload:
         request = _parse(ComparisonRequest, payload)
         first, second = request.generation_ids
@@ -132,6 +133,7 @@ async def post_feedback(
         feedback = ComparisonFeedback(
             (first, second), request.winner, request.session_id or x_session_id, request.voter
         )
+        assert runtime.store is not None  # opened by the lifespan before any request
         row_id, created = await _save(runtime, runtime.store.save_comparison, feedback)
     else:
         request = _parse(RatingRequest, payload)
@@ -143,6 +145,7 @@ async def post_feedback(
             flag=request.flag,
             preferred_response=request.preferred_response,
         )
+        assert runtime.store is not None  # opened by the lifespan before any request
         row_id, created = await _save(runtime, runtime.store.save_rating, feedback)
     runtime.metrics.count_feedback("comparison" if "generation_ids" in payload else "rating")
     body = FeedbackSaved(id=row_id, created=created).model_dump()
@@ -152,6 +155,7 @@ async def post_feedback(
 @router.get("/feedback/summary")
 async def feedback_summary(runtime: RuntimeDep) -> dict:
     """Thumbs up/down and flags per model, and the pairwise win/tie/loss table."""
+    assert runtime.store is not None  # opened by the lifespan before any request
     return await runtime.in_store(runtime.store.summary)
 
 
@@ -168,6 +172,7 @@ async def list_comparisons(
     ] = COMPARISON_PAGE_LIMIT,
 ) -> ComparisonPage:
     """Every pairwise vote, by id, a page at a time (as `alpaca-eval report` reads them)."""
+    assert runtime.store is not None  # opened by the lifespan before any request
     rows = await runtime.in_store(runtime.store.list_comparisons, after, limit)
     return ComparisonPage(
         comparisons=rows, next_after=rows[-1]["id"] if len(rows) == limit else None
@@ -186,6 +191,7 @@ def _parse(model: type[BaseModel], payload: dict[str, Any]):
 async def _save(runtime: Runtime, save, feedback) -> tuple[int, bool]:
     try:
         # A generation that finished a moment ago may still be waiting to be written.
+        assert runtime.recorder is not None  # started by the lifespan before any request
         await runtime.recorder.flush()
         return await asyncio.to_thread(save, feedback)
     except UnknownGenerationError as err:

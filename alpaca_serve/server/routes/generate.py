@@ -8,7 +8,8 @@ its tokens as `[{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -19,6 +20,7 @@ from alpaca_serve.server.runtime import RuntimeDep
 from alpaca_serve.server.schemas import (
     GENERATION_RESPONSES,
     FilterBlock,
+    FinishReason,
     GenerateRequest,
     GenerateResponse,
     Usage,
@@ -55,10 +57,12 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep)
         id=generation.request_id,
         model=generation.model_name,
         text=generation.text,
-        finish_reason=generation.finish_reason,
+        # Set by a run that ended; the model checks the value.
+        finish_reason=cast(FinishReason, generation.finish_reason),
         usage=_usage(generation),
         filter=_block_info(generation),
-        logprobs=_logprobs(generation.logprobs) if body.logprobs is not None else None,
+        # Dicts, which the model validates into TokenLogprobInfo.
+        logprobs=cast(Any, _logprobs(generation.logprobs)) if body.logprobs is not None else None,
     )
 
 
@@ -88,7 +92,7 @@ def _block_info(generation: Generation) -> FilterBlock | None:
     )
 
 
-async def _events(generation: Generation) -> AsyncIterator[bytes]:
+async def _events(generation: Generation) -> AsyncGenerator[bytes, None]:
     """One event per new piece of text, a final event with the finish reason, then [DONE]."""
     with_logprobs = generation.options.logprobs is not None
     sent = 0  # log-probabilities sent so far

@@ -97,5 +97,6 @@ async def import_generations(
         )
         for answer in body.answers
     ]
+    assert runtime.store is not None  # opened by the lifespan before any request
     await runtime.in_store(runtime.store.record_generations, records)
     return ImportResponse(generation_ids=[record.id for record in records])

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
@@ -67,7 +67,7 @@ FINISH_REASONS = {
     "length": "length",
     "content_filter": "content_filter",
 }
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     **GENERATION_RESPONSES,
     400: error_doc("a parameter is invalid or not supported, or a content filter refused it"),
     404: error_doc("no such model"),
@@ -459,7 +459,7 @@ def _chat_logprob(token: TokenLogprob) -> dict:
 
 async def _chunks(
     generations: list[Generation], shape: _Shape, include_usage: bool
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The choices' chunks as they come (each with its index), each choice's last chunk with
     its finish reason, the usage chunk when asked for, then [DONE]."""
     sent = [0] * len(generations)  # log-probabilities sent so far, per choice

@@ -12,6 +12,8 @@ OpenAI's shape, as on the /v1 routes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,7 +24,7 @@ from alpaca_serve.server.runtime import Runtime, RuntimeDep
 from alpaca_serve.server.schemas import BODY_ERRORS, error_doc
 
 router = APIRouter()
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     **BODY_ERRORS,
     400: error_doc("a field is invalid"),
     404: error_doc("no such model"),
@@ -72,6 +74,7 @@ async def tokenize(body: TokenizeRequest, runtime: RuntimeDep) -> TokenizeRespon
             raise APIError(400, err.message, "invalid_request_error", err.param) from None
         text = format_prompt(instruction, context)
     else:
+        assert body.prompt is not None  # checked above: exactly one of prompt and messages
         text = body.prompt
     engine = runtime.pipeline.require_engine()
     tokens = engine.tokenize(text, add_special_tokens=body.add_special_tokens)
