@@ -364,7 +364,7 @@ def train_adapter(model: Path, out: Path, steps: int) -> Path:
     from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE
 
     command = [
-        *(sys.executable, "-m", "alpaca_serve.training.train", "--model", str(model)),
+        *(sys.executable, "-m", "alpaca_serve.training.cli", "--model", str(model)),
         *("--data", str(ALPACA_SAMPLE), "--out", str(out), "--preset", "tiny"),
         *("--lora", "--no-merge", "--lora-r", "8", "--lora-target-modules", "q_proj", "v_proj"),
         *("--max-steps", str(steps), "--logging-steps", "1"),

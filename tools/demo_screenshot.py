@@ -17,7 +17,7 @@ CHROMIUM = "/usr/bin/chromium"
 INSTRUCTION = "Give three tips for staying healthy."
 # Gradio marks a component's status tracker `.pending` while its event is queued and
 # `.generating` while a generator streams into it; both go once the event has finished.
-CHAT_BUSY = "#chatbot .pending, #chatbot .generating"
+CHAT_BUSY = "#chat-tab .pending, #chat-tab .generating"
 
 
 def take(server_url: str, out: Path, instruction: str, timeout_s: float) -> None:
@@ -27,7 +27,7 @@ def take(server_url: str, out: Path, instruction: str, timeout_s: float) -> None
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True
         )
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page = browser.new_page(viewport={"width": 1100, "height": 820})
         page.goto(f"{server_url}/ui/")
         page.locator("#instruction textarea").fill(instruction)
         page.locator("#send").click()
@@ -35,6 +35,8 @@ def take(server_url: str, out: Path, instruction: str, timeout_s: float) -> None
         page.wait_for_function(
             "busy => !document.querySelector(busy)", arg=CHAT_BUSY, timeout=timeout_s * 1000
         )
+        page.locator("#instruction textarea").blur()
+        page.evaluate("window.scrollTo(0, 0)")
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out))
         browser.close()

@@ -18,15 +18,15 @@ them; nothing here reads a folder outside the installed packages.
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 
 EVALUATION_DATA = Path(__file__).resolve().parent / "data"
 EVALUATION_SET = EVALUATION_DATA / "user_oriented_instructions.jsonl"
 DAVINCI_ANSWERS = EVALUATION_DATA / "user_oriented_text-davinci-003_predictions.jsonl"
 
-# Training data lives with the training package; its location is found the way the package is.
-SAMPLE_DATA = Path(str(files("alpaca_serve.training") / "sample_data"))
+# Training data lives with the training package, in the same installed tree; found by its path,
+# not by importing that package (the evaluation sits above the client, beside no trainer).
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "training" / "sample_data"
 ALPACA_SAMPLE = SAMPLE_DATA / "alpaca_data_first200.json"
 
 

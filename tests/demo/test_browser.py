@@ -80,7 +80,7 @@ WATCH_ANSWER_LENGTHS = """BOT_MESSAGE => {
 
 # Gradio marks a component's status tracker `.pending` while its event is queued and
 # `.generating` while a generator streams into it; both go once the event has finished.
-CHAT_BUSY = "#chatbot .pending, #chatbot .generating"
+CHAT_BUSY = "#chat-tab .pending, #chat-tab .generating"
 
 
 def finished_text(page, locator, timeout_s: float = 20) -> str:
