@@ -6,9 +6,9 @@ Usage:
     python -m benchmarks.training_throughput --model ./llama-7b --peak-tflops 989 --json out.json
 
 The run builds the model, the tokenized Alpaca sample and the Hugging Face Trainer exactly as
-`alpaca-train` does (alpaca_serve.training.train's functions), trains `--warmup-steps + --steps`
-optimizer
-steps and times the last `--steps` only. Tokens are the non-padding tokens fed to the model.
+`alpaca-train` does (alpaca_serve.training.train's functions), trains `--warmup-steps +
+--steps` optimizer steps and times the last `--steps` only. Tokens are the non-padding tokens
+fed to the model.
 
 Then, in the same run, a bare training loop on a fresh copy of the same model (loaded the same
 way) and the same kind of micro batches (the same collator, examples drawn with the same seed):

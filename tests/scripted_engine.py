@@ -12,12 +12,12 @@ Usage:
     engine.refuse_adapters["bad"] = "unsupported"    # add_adapter("bad") raises, as vLLM would
     app = create_app(settings, engine=engine)
 
-It satisfies `alpaca_serve.server.engine.Engine`, the Protocol the server is written against, and
-behaves as
-vLLM does where the server relies on it: one token per character of the prompt; the answer comes
-one word (a token) per piece, or in the pieces a scripted `reply` lists; `stop` strings end it
-before the string, which is not returned (finish "stop"; the server gives it none, as it matches
-them itself); `max_new_tokens` cuts it (finish "length"); otherwise it ends with "eos".
+It satisfies `alpaca_serve.server.engine.Engine`, the Protocol the server is written against,
+and behaves as vLLM does where the server relies on it: one token per character of the prompt;
+the answer comes one word (a token) per piece, or in the pieces a scripted `reply` lists; `stop`
+strings end it before the string, which is not returned (finish "stop"; the server gives it none,
+as it matches them itself); `max_new_tokens` cuts it (finish "length"); otherwise it ends with
+"eos".
 Closing the stream early aborts the request (its id goes to `aborted`). Every request that
 reaches it is kept in `requests`, so a test can tell that a refused request never got here.
 A request with a LoRA adapter is answered `adapter_reply(name, answer)`: by default the base's

@@ -1,7 +1,8 @@
-"""A fresh clone stands alone and its tests tell the truth. The data the project uses by default
-ships with it: the files are package data, they parse with the project's own readers, each carries
-its licence note, and nothing reads a folder beside the checkout (a user's clone has only the
-repository). And no test skips for want of a program or package: it fails, naming what to install.
+"""Repository rules, besides the shipped data's own checks: a fresh clone stands alone and its
+tests tell the truth. The data the project uses by default ships with it: the files are package
+data, they parse with the project's own readers, each carries its licence note, and nothing reads
+a folder beside the checkout (a user's clone has only the repository). And no test skips for want
+of a program or package: it fails, naming what to install.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Installs are reproducible: one lock file per engine (constraints/cpu.txt, constraints/gpu.txt)
-pins every package, scripts/install (so `make setup`, CI and both images) installs through it, and
-the environment these tests run in is exactly the lock. The default model's package is declared in
-pyproject.toml, and the GPU engine is held to the vLLM release the engine adapter was written for.
+"""Repository rules, not behaviour: installs are reproducible. One lock file per engine
+(constraints/cpu.txt, constraints/gpu.txt) pins every package, scripts/install (so `make setup`,
+CI and both images) installs through it, and the environment these tests run in is exactly the
+lock. The default model's package is declared in pyproject.toml, and the GPU engine is held to the
+vLLM release the engine adapter was written for.
 """
 
 from __future__ import annotations

@@ -15,9 +15,8 @@ handlers run on whichever event loop Gradio gives them.
 Both clients build the same requests, send the API key as `Authorization: Bearer`, ignore the
 environment's proxy settings (`trust_env=False`: the server is usually local) and raise
 `alpaca_serve.client.errors.APIRequestError` for every failure. A busy (429) or unavailable (503)
-answer is
-asked again only by a client made with `Retries(attempts=N)`, after waiting at least the server's
-`Retry-After`.
+answer is asked again only by a client made with `Retries(attempts=N)`, after waiting at least the
+server's `Retry-After`.
 """
 
 from __future__ import annotations

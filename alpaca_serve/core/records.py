@@ -7,9 +7,8 @@ Usage:
 
 It only reads the file format; callers check the fields they need (Alpaca records in
 `alpaca_serve.training.data`, the evaluation's instruction and answer files, preference pairs). A
-file
-that breaks the rules raises DataFormatError, one line naming the file, the record's index (counted
-from 0) and, for JSON lines, its line (counted from 1).
+file that breaks the rules raises DataFormatError, one line naming the file, the record's index
+(counted from 0) and, for JSON lines, its line (counted from 1).
 """
 
 from __future__ import annotations

@@ -20,9 +20,8 @@ from.
 
 Votes live in the server's feedback store, as pairwise feedback on the generation ids of the two
 sides, written and read through `alpaca_serve.client.api.AlpacaClient`. Answers the server did not
-give itself
-(another model's file) are imported into the store first, so every side has an id there. A
-session voting again on a pair replaces its earlier vote.
+give itself (another model's file) are imported into the store first, so every side has an id
+there. A session voting again on a pair replaces its earlier vote.
 
 The automatic judge (`judge_comparison`) asks several pairs at once, sends each pair's vote to the
 store as soon as it is decided, and skips the pairs its session has already voted on, so a run

@@ -6,8 +6,7 @@ Usage:
     with open_store(url) as store:
         sft = sft_records(store)                          # a Selection
         dpo = dpo_pairs(store, include_machine=False)
-    sft.records        # [{"instruction", "input", "output"}, ...]: alpaca_serve.training.data
-    reads them
+    sft.records        # [{"instruction", "input", "output"}, ...], as training.data reads them
     dpo.records        # [{"prompt", "chosen", "rejected"}, ...]
     sft.summary()      # "5 answers rated up, 2 preferred responses; dropped: 3 answers rated down"
     alpaca-export --format sft --out sft.jsonl            # the same, as a command

@@ -5,6 +5,6 @@ Usage:
     make loop                                                          # with a server of its own
 
 `loop` drives the other packages: the server over HTTP (`alpaca_serve.client.api`), training,
-recovery and
-evaluation through their own functions, the feedback store through `alpaca-export`'s.
+recovery and evaluation through their own functions (`alpaca_serve.training.cli.fine_tune` with
+typed arguments, not an argument list), the feedback store through its own functions.
 """

@@ -7,14 +7,12 @@ Usage:
 
 The merge is peft's `merge_and_unload` on the base loaded fresh with the saved adapter
 (`alpaca_serve.training.train.merge_adapter`, what `alpaca-train` does without `--no-merge`).
-The diff and the
-recovery are `alpaca_serve.recover.weight_diff`'s (`alpaca-recover make-diff` / `recover`). The
-check reads
-both folders tensor by tensor and compares sha256 hashes of the saved bytes. The Alpaca format
-does its arithmetic in float32, so `base + (tuned - base)` may differ from `tuned` in the last bit
-of a few values; such a tensor counts as recovered only when the diff's manifest says it would
-round (`recovered_sha256` recorded by make-diff) and it is within float32 rounding of the merged
-one. Any other difference fails the check.
+The diff and the recovery are `alpaca_serve.recover.weight_diff`'s (`alpaca-recover make-diff` /
+`recover`). The check reads both folders tensor by tensor and compares sha256 hashes of the
+saved bytes. The Alpaca format does its arithmetic in float32, so `base + (tuned - base)` may
+differ from `tuned` in the last bit of a few values; such a tensor counts as recovered only when
+the diff's manifest says it would round (`recovered_sha256` recorded by make-diff) and it is
+within float32 rounding of the merged one. Any other difference fails the check.
 """
 
 from __future__ import annotations

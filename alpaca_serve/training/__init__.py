@@ -1,8 +1,6 @@
 """Supervised fine-tuning on Alpaca-format data.
 
-The only modules other packages may import from here are `alpaca_serve.core.prompts`, the single
-home of
-the Alpaca prompt templates, and `alpaca_serve.core.provenance`, the reader of the marker files
-that say
-where a model folder came from (it only reads JSON).
+`alpaca-train` is `cli.py` (`fine_tune` is the same run called as a library); `train.py` is the
+supervised fine-tuning, `dpo.py` the preference training, both on the Trainer stack. The prompt
+templates and the provenance markers it writes live in `alpaca_serve.core`, below every package.
 """

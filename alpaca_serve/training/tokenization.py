@@ -1,20 +1,18 @@
 """Alpaca records -> token ids with the prompt masked out of the loss, as Stanford's train.py did.
 
 Usage:
-    from alpaca_serve.training.tokenization import add_missing_special_tokens, tokenize_records,
-    PadCollator
+    from alpaca_serve.training.tokenization import PadCollator, tokenize_records
     added = add_missing_special_tokens(tokenizer)           # before tokenizing
     resize_embeddings(model, len(tokenizer))                 # after loading the model, if added
     examples, stats = tokenize_records(records, tokenizer, max_length=512)
     batch = PadCollator(tokenizer.pad_token_id)(examples[:4])
 
-Each example is the prompt (the Alpaca template from `alpaca_serve.core.prompts`, with-input only
-when
-`input` is non-empty) followed directly by `output` and the EOS token. Prompt and full example
-are tokenized separately; `labels` equal `input_ids` with the prompt's positions set to -100, so
-the loss is on the response and EOS only. Examples longer than `max_length` are cut at the end
-(and counted); one whose prompt alone fills `max_length` would teach nothing and is dropped (and
-counted), never kept with no target.
+Each example is the prompt (the Alpaca template from `alpaca_serve.core.prompts`, with-input
+only when `input` is non-empty) followed directly by `output` and the EOS token. Prompt and full
+example are tokenized separately; `labels` equal `input_ids` with the prompt's positions set to
+-100, so the loss is on the response and EOS only. Examples longer than `max_length` are cut at
+the end (and counted); one whose prompt alone fills `max_length` would teach nothing and is
+dropped (and counted), never kept with no target.
 """
 
 from __future__ import annotations
