@@ -6,7 +6,6 @@ data the project uses by default travels inside it. Benchmarks, tools and tests 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import zipfile
@@ -16,15 +15,11 @@ import pytest
 
 from alpaca_serve import __version__
 from tests.support import ROOT
+from tests.test_commands import SCRIPTS
 from tests.test_install import installed_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-SCRIPTS = re.findall(
-    r'^([\w-]+) = "[\w.:]+"$',
-    (ROOT / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n[")[0],
-    re.MULTILINE,
-)
 # The folders of the checkout that are not part of the distribution.
 NOT_SHIPPED = ["benchmarks", "tools", "tests", "docs", "scripts", "deploy"]
 # The old top-level packages, which a name clash with any other distribution made a problem.

@@ -20,6 +20,13 @@ INSTRUCTION = "Give three tips for staying healthy."
 CHAT_BUSY = "#chat-tab .pending, #chat-tab .generating"
 
 
+def wait_until_chat_finished(page, timeout_s: float) -> None:
+    """Until the Chat tab's event (a streamed answer) has finished and its last update rendered."""
+    page.wait_for_function(
+        "busy => !document.querySelector(busy)", arg=CHAT_BUSY, timeout=timeout_s * 1000
+    )
+
+
 def take(server_url: str, out: Path, instruction: str, timeout_s: float) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -32,9 +39,7 @@ def take(server_url: str, out: Path, instruction: str, timeout_s: float) -> None
         page.locator("#instruction textarea").fill(instruction)
         page.locator("#send").click()
         page.locator('#chatbot [aria-label^="bot\'s message"]').first.wait_for()
-        page.wait_for_function(
-            "busy => !document.querySelector(busy)", arg=CHAT_BUSY, timeout=timeout_s * 1000
-        )
+        wait_until_chat_finished(page, timeout_s)
         page.locator("#instruction textarea").blur()
         page.evaluate("window.scrollTo(0, 0)")
         out.parent.mkdir(parents=True, exist_ok=True)

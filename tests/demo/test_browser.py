@@ -8,10 +8,10 @@ import shutil
 import pytest
 
 from tests.support import ROOT, read_metrics, wait_for
+from tools.demo_screenshot import CHROMIUM, wait_until_chat_finished
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 # Headless, and quiet on a closed network: no background updates, sync or QUIC probes.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -78,16 +78,9 @@ WATCH_ANSWER_LENGTHS = """BOT_MESSAGE => {
 }"""
 
 
-# Gradio marks a component's status tracker `.pending` while its event is queued and
-# `.generating` while a generator streams into it; both go once the event has finished.
-CHAT_BUSY = "#chat-tab .pending, #chat-tab .generating"
-
-
 def finished_text(page, locator, timeout_s: float = 20) -> str:
     """The locator's text once the chat's event has finished (its last update rendered)."""
-    page.wait_for_function(
-        "busy => !document.querySelector(busy)", arg=CHAT_BUSY, timeout=timeout_s * 1000
-    )
+    wait_until_chat_finished(page, timeout_s)
     return locator.inner_text() if locator.count() else ""
 
 
