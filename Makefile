@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml Makefile scripts/install
 run: setup
 	$(BIN)/alpaca-serve
 
+# Every test, on TEST_PROCESSES processes (pytest-xdist; each file on one process, the costliest
+# first: tests/conftest.py orders them). Most real-engine tests keep one core busy, so two
+# processes on 2 cores take about two thirds of the time one does.
+TEST_PROCESSES ?= 2
 test: setup
-	url="$$(scripts/test-deps)" && ALPACA_TEST_DATABASE_URL="$$url" $(BIN)/pytest --durations=25
+	url="$$(scripts/test-deps)" && ALPACA_TEST_DATABASE_URL="$$url" $(BIN)/pytest \
+		-n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder --durations=25
 
 # The quick loop while editing: everything but the tests that load vLLM or start real servers
 # (the HTTP behaviour runs on the scripted engine instead); under a minute.
