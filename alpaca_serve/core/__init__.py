@@ -5,6 +5,7 @@ Modules, each owning one thing:
     provenance.py  the marker files that say where a model folder came from (JSON only)
     records.py     the one reader of record files: JSON lists and JSON lines, with where each is
     errors.py      invalid settings described on one line
+    project_model.py  where the project's Alpaca model (a LoRA adapter) ships, and its name
 
 Nothing here imports torch, vLLM, FastAPI or Gradio.
 """

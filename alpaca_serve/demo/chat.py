@@ -22,6 +22,7 @@ import gradio as gr
 
 from alpaca_serve.client.api import AsyncAlpacaClient
 from alpaca_serve.client.errors import APIRequestError, describe_error
+from alpaca_serve.core.project_model import PROJECT_MODEL_NAME
 
 # What the user may flag an answer as, and the server's category for it.
 FLAGS = {"harmful": "harmful", "false information": "incorrect", "other": "other"}
@@ -90,12 +91,14 @@ class ChatHandlers:
 
     async def model_choices(self) -> dict[str, Any]:
         """The model picker's update: every model the server serves (the base first, then its
-        LoRA adapters), the base picked; unchanged when the server cannot say."""
+        LoRA adapters), the project's Alpaca model picked when served, else the base; unchanged
+        when the server cannot say."""
         try:
             names = [model["id"] for model in await self.client.models()]
         except APIRequestError:
             return gr.update()
-        return gr.update(choices=names, value=names[0] if names else None)
+        picked = PROJECT_MODEL_NAME if PROJECT_MODEL_NAME in names else names[0] if names else None
+        return gr.update(choices=names, value=picked)
 
     async def on_like(
         self, ids: dict[int, str] | None, data: gr.LikeData, request: gr.Request

@@ -8,6 +8,7 @@ Usage:
         [--session-id alice]
     alpaca-eval judge --comparison comparison.json --judge-url http://127.0.0.1:8001 \
         [--judge-model NAME] [--concurrency 4] [--rejudge]
+    alpaca-eval judge --comparison comparison.json --reference   # token F1 vs text-davinci-003
     alpaca-eval report --comparison comparison.json --chart report.png [--include-machine]
 
 Votes live in the feedback store of the server the comparison was built against (its URL is in
@@ -49,6 +50,11 @@ from alpaca_serve.evaluation.comparison import (
     votes_in_store,
 )
 from alpaca_serve.evaluation.datasets import DAVINCI_ANSWERS, EVALUATION_SET
+from alpaca_serve.evaluation.reference_judge import (
+    JUDGE_SESSION,
+    judge_by_reference,
+    reference_answers,
+)
 from alpaca_serve.evaluation.report import format_report, tally_votes, write_chart
 
 # The Alpaca evaluation set (user-oriented self-instruct instructions) and the reference side of
@@ -210,14 +216,28 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "judge",
         run_judge,
-        "fill machine votes with an OpenAI-compatible chat model as the judge",
+        "fill machine votes with an OpenAI-compatible chat model as the judge, or with the "
+        "reference judge (--reference: the answer closer to a reference answer wins)",
     )
     judge.add_argument("--comparison", type=Path, required=True, help="comparison file")
     judge.add_argument(
         "--judge-url",
-        required=True,
+        default=None,
         help="base URL of an OpenAI-compatible API (…/v1/chat/completions); "
-        "this server's own URL works too",
+        "this server's own URL works too (required unless --reference)",
+    )
+    judge.add_argument(
+        "--reference",
+        nargs="?",
+        type=Path,
+        const=DAVINCI_ANSWERS,
+        default=None,
+        metavar="FILE",
+        help="judge by reference instead of by a model: of two answers, the one with the higher "
+        "token-overlap F1 against the reference answer wins (equal F1: a tie). FILE: "
+        "text-davinci-003's answers to the evaluation set when not given (the side of Alpaca's "
+        "comparison), or any file of {instruction, input, output or response} or the "
+        "self-instruct format (instances[0].output, the human-written answers)",
     )
     judge.add_argument(
         "--judge-model",
@@ -386,6 +406,11 @@ def run_vote(args: argparse.Namespace) -> None:
 
 def run_judge(args: argparse.Namespace) -> None:
     comparison = load_comparison(args.comparison)
+    if args.reference is not None:
+        run_reference_judge(args, comparison)
+        return
+    if args.judge_url is None:
+        raise EvaluationError("give --judge-url (a model to judge) or --reference")
     store_url = _store_url(args, comparison)
     judgement = judge_comparison(
         comparison,
@@ -421,6 +446,19 @@ def run_judge(args: argparse.Namespace) -> None:
             if judgement.unreadable
             else ""
         )
+    )
+
+
+def run_reference_judge(args: argparse.Namespace, comparison: dict) -> None:
+    references = reference_answers(args.reference)
+    with _open_store(args, comparison) as store:
+        votes, unjudged = judge_by_reference(
+            comparison, references, store, progress=not args.no_progress
+        )
+    print(
+        f"recorded {len(votes)} machine votes of the reference judge ({JUDGE_SESSION}, against "
+        f"{args.reference.name}) in the feedback store at {_store_url(args, comparison)}"
+        + (f"; {len(unjudged)} pairs have no reference answer" if unjudged else "")
     )
 
 

@@ -45,16 +45,16 @@ from alpaca_serve.evaluation.comparison import (
     judge_comparison,
     save_comparison,
 )
-from alpaca_serve.feedback.records import StoreError
-from alpaca_serve.feedback.settings import StoreSettings, database_location
-from alpaca_serve.feedback.store import open_store
-from alpaca_serve.feedback.training_data import dpo_pairs
-from alpaca_serve.loop.judge import (
+from alpaca_serve.evaluation.reference_judge import (
     JUDGE_DESCRIPTION,
     JUDGE_SESSION,
     judge_by_reference,
     reference_answers,
 )
+from alpaca_serve.feedback.records import StoreError
+from alpaca_serve.feedback.settings import StoreSettings, database_location
+from alpaca_serve.feedback.store import open_store
+from alpaca_serve.feedback.training_data import dpo_pairs
 from alpaca_serve.loop.publish import compare_weights, merge_into_base
 from alpaca_serve.loop.serving import release_adapter, served_base
 from alpaca_serve.loop.settings import LoopSettings
@@ -131,7 +131,7 @@ def run_sft(ctx: LoopContext) -> tuple[dict[str, Any], str]:
             train=_schedule(
                 settings, base_dir, out, "sft", settings.sft_steps, settings.sft_learning_rate
             ),
-            data=DataArgs(data=settings.data, model_max_length=settings.max_length),
+            data=DataArgs(data=[settings.data], model_max_length=settings.max_length),
             lora=LoraArgs(lora=True, merge=False),
             dpo=DpoArgs(),
         )
@@ -240,7 +240,7 @@ def run_prefer(ctx: LoopContext) -> tuple[dict[str, Any], str]:
                 settings.dpo_steps,
                 settings.dpo_learning_rate,
             ),
-            data=DataArgs(data=prefs, model_max_length=settings.max_length),
+            data=DataArgs(data=[prefs], model_max_length=settings.max_length),
             lora=LoraArgs(lora=True, merge=False),
             # A tenth of the prompts held out to measure preference accuracy before and after,
             # when there are enough of them to spare one (at least 2 prompts to split).

@@ -20,6 +20,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from alpaca_serve.core.project_model import (
+    PROJECT_MODEL_DIR,
+    PROJECT_MODEL_NAME,
+    project_model_available,
+)
 from alpaca_serve.feedback import DEFAULT_DATA_DIR, default_database_url
 from alpaca_serve.feedback.settings import DatabaseUrl, DataDir, none_if_blank
 from alpaca_serve.server.default_model import DEFAULT_MODEL_NAME
@@ -182,6 +187,13 @@ class ServerSettings(BaseSettings):
         description="more LoRA adapters to serve, as `name=path,name=path`; their folders are "
         "watched like adapters_dir's",
     )
+    project_model: bool = Field(
+        default=True,
+        description=f"with the default model (model unset): also serve the project's Alpaca "
+        f"model, the LoRA adapter of the default model that ships in the package "
+        f"(alpaca_serve/models/{PROJECT_MODEL_NAME}, made by `make alpaca-model`), as "
+        f"`{PROJECT_MODEL_NAME}`; false: the base alone",
+    )
     max_loras: int = Field(
         default=4, ge=1, description="LoRA adapters the engine holds at once (in one batch)"
     )
@@ -245,8 +257,18 @@ class ServerSettings(BaseSettings):
 
     @property
     def adapter_paths(self) -> dict[str, Path]:
-        """The adapters named in `adapters`, name -> folder."""
-        return parse_adapter_list(self.adapters)
+        """The adapters named in `adapters`, name -> folder; with the project's model first when
+        it is served (a name in `adapters` takes precedence)."""
+        named = parse_adapter_list(self.adapters)
+        if self.serves_project_model and PROJECT_MODEL_NAME not in named:
+            return {PROJECT_MODEL_NAME: PROJECT_MODEL_DIR, **named}
+        return named
+
+    @property
+    def serves_project_model(self) -> bool:
+        """Whether the project's Alpaca model is served: asked for, the base being the default
+        model it was trained from, and the adapter shipped in this installation."""
+        return self.project_model and self.model is None and project_model_available()
 
     @property
     def serves_adapters(self) -> bool:

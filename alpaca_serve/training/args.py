@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from alpaca_serve.training.recipe import RECIPES, recipe_argv
 
 PROG = "alpaca-train"
 
@@ -81,12 +84,15 @@ def _opt(default: Any = None, help: str = "", **extra: Any) -> Any:
 class DataArgs:
     """Where the examples come from and how they become tokens."""
 
-    data: Path | None = _opt(
+    data: list[Path] | None = _opt(
         None,
         "Alpaca data: a JSON list or JSON lines of {instruction, input, output} (required); "
-        "with --method dpo, preference pairs {prompt, chosen, rejected}, prompt being the Alpaca "
-        "prompt text (as alpaca-export --format dpo writes it), or {instruction, input, chosen, "
+        "several files are read in the order given, as one data set; with --method dpo, one "
+        "file of preference pairs {prompt, chosen, rejected}, prompt being the Alpaca prompt "
+        "text (as alpaca-export --format dpo writes it), or {instruction, input, chosen, "
         "rejected}",
+        type=Path,
+        metavar="FILE",
     )
     skip_invalid: bool = _opt(
         False, "drop records that are not valid Alpaca records (and count them) instead of stopping"
@@ -104,6 +110,8 @@ class DataArgs:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, str | Path):  # one file, as a library caller may pass it
+            self.data = [Path(self.data)]
         if self.model_max_length is not None and self.model_max_length < 2:
             raise ArgsError(f"--model-max-length must be at least 2, got {self.model_max_length}")
         if self.packing and self.group_by_length:
@@ -161,6 +169,13 @@ class TrainArgs:
         "Preference Optimization, TRL's DPOTrainer) of a LoRA adapter on pairs of a preferred "
         "and a rejected response, the base model (adapter off) being the reference",
         choices=METHODS,
+    )
+    recipe: str | None = _opt(
+        None,
+        "a named run whose options come first (later options win): alpaca, the project's "
+        "Alpaca model (a LoRA of the default model on the shipped Alpaca data; see "
+        "alpaca_serve/training/recipe.py and `make alpaca-model`)",
+        choices=tuple(RECIPES),
     )
     preset: str = _opt(
         "7b",
@@ -365,6 +380,10 @@ class AlpacaTrainArgs:
                 "--method dpo trains a LoRA adapter (the base with the adapter off is its "
                 "reference model): drop --no-lora"
             )
+        if self.data.data is not None and len(self.data.data) > 1:
+            raise ArgsError(
+                f"--method dpo reads one --data file of preference pairs, got {len(self.data.data)}"
+            )
         for name, value in (
             ("packing", self.data.packing),
             ("group_by_length", self.data.group_by_length),
@@ -421,6 +440,12 @@ def parse_args(argv: list[str] | None = None) -> AlpacaTrainArgs:
 
     argparse itself exits with status 2 for an unknown option or a malformed value.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe = argparse.ArgumentParser(add_help=False)
+    recipe.add_argument("--recipe", choices=tuple(RECIPES))
+    known, _ = recipe.parse_known_args(argv)
+    if known.recipe is not None:
+        argv = recipe_argv(known.recipe) + argv
     namespace = vars(build_parser().parse_args(argv))
     groups: dict[str, Any] = {}
     for key, cls in _KEYS:

@@ -25,7 +25,7 @@ from alpaca_serve.training.train import (
     TrainSummary,
     check_paths,
     check_trackers,
-    load_training_records,
+    load_training_data,
     log,
     train,
 )
@@ -41,13 +41,14 @@ def fine_tune(args: AlpacaTrainArgs) -> TrainSummary:
         check_trackers(args.train.trackers)
         return train_dpo(args, data)
     assert args.data.data is not None  # required: AlpacaTrainArgs refuses to be built without it
-    records, skipped = load_training_records(args.data.data, args.data.skip_invalid)
+    records, skipped, files = load_training_data(args.data.data, args.data.skip_invalid)
     log(
-        f"data: {len(records)} records from {args.data.data}"
+        f"data: {len(records)} records from "
+        + ", ".join(f"{item.path} ({item.records})" for item in files)
         + (f", {skipped} invalid skipped" if args.data.skip_invalid else "")
     )
     check_trackers(args.train.trackers)
-    return train(args, records, skipped)
+    return train(args, records, skipped, files)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,8 +105,8 @@ def load_dpo_pairs(args: AlpacaTrainArgs) -> DpoData:
         if skipped <= 5:
             log(f"skipping invalid record: {err}")
 
-    path = args.data.data
-    assert path is not None  # required: AlpacaTrainArgs refuses to be built without it
+    assert args.data.data is not None  # required: AlpacaTrainArgs refuses to be built without it
+    [path] = args.data.data  # one file: AlpacaTrainArgs checks it for --method dpo
     if args.data.skip_invalid:
         pairs = load_valid_preference_pairs(path, on_invalid=skip)
         if not pairs:

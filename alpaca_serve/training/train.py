@@ -28,9 +28,10 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ class TrainSummary:
     tokens: int
     seconds: float
     train_loss: float | None
+    # (step, loss) at every logging step of this run: the loss curve alpaca_train.json keeps.
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -84,8 +87,9 @@ def check_paths(args: AlpacaTrainArgs) -> None:
     assert args.train.output_dir is not None
     if not (args.train.model / "config.json").is_file():
         raise ArgsError(f"--model: no Hugging Face model (config.json) in {args.train.model}")
-    if not args.data.data.is_file():
-        raise ArgsError(f"--data: file not found: {args.data.data}")
+    for path in args.data.data:
+        if not path.is_file():
+            raise ArgsError(f"--data: file not found: {path}")
     if args.dpo.eval_data is not None and not args.dpo.eval_data.is_file():
         raise ArgsError(f"--eval-data: file not found: {args.dpo.eval_data}")
     checkpoints = args.train.output_dir / CHECKPOINT_DIR
@@ -131,6 +135,68 @@ def check_trackers(trackers: list[str]) -> None:
             )
 
 
+@dataclass(frozen=True)
+class DataFile:
+    """One --data file as a run read it: for alpaca_train.json, so a run can be checked later."""
+
+    path: Path
+    sha256: str
+    records: int  # the records taken from it (valid ones, with --skip-invalid)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sha256": self.sha256, "records": self.records}
+
+
+def load_training_data(
+    paths: list[Path], skip_invalid: bool
+) -> tuple[list[AlpacaRecord], int, list[DataFile]]:
+    """The records of every file, in order, as one data set; how many invalid ones were dropped
+    (with `skip_invalid`); and each file's hash and count."""
+    records: list[AlpacaRecord] = []
+    skipped = 0
+    files = []
+    for path in paths:
+        taken, dropped = load_training_records(path, skip_invalid)
+        records += taken
+        skipped += dropped
+        files.append(DataFile(path, file_sha256(path), len(taken)))
+    return records, skipped, files
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_commit() -> str | None:
+    """The git commit of the code that runs, when it runs from a checkout ("+changes" when the
+    checkout has uncommitted changes); None from an installed package."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if head.returncode != 0:
+            return None
+        changes = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+changes" if changes.stdout.strip() else "")
+
+
 def load_training_records(path: Path, skip_invalid: bool) -> tuple[list[AlpacaRecord], int]:
     """All records of the file; with `skip_invalid`, the valid ones and how many were dropped."""
     if not skip_invalid:
@@ -153,8 +219,14 @@ def load_training_records(path: Path, skip_invalid: bool) -> tuple[list[AlpacaRe
     return records, skipped
 
 
-def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> TrainSummary:
-    """Tokenize, build the model, train and save; the whole run after the checks."""
+def train(
+    args: AlpacaTrainArgs,
+    records: list[AlpacaRecord],
+    skipped: int,
+    files: list[DataFile] | None = None,
+) -> TrainSummary:
+    """Tokenize, build the model, train and save; the whole run after the checks. `files`, the
+    data files the records came from, go into alpaca_train.json with their hashes."""
     import torch
 
     out_dir = args.train.output_dir
@@ -188,7 +260,7 @@ def train(args: AlpacaTrainArgs, records: list[AlpacaRecord], skipped: int) -> T
     # The servable folder: weights, tokenizer, alpaca_train.json.
     save_output(args, trainer, tokenizer, added_tokens)  # on every process: shards gather
     if trainer.is_world_process_zero():
-        write_train_info(args, summary, stats, skipped, added_tokens, len(records))
+        write_train_info(args, summary, stats, skipped, added_tokens, len(records), files=files)
         log(
             f"done: {summary.steps_this_run} steps, {summary.examples} examples, "
             f"{summary.tokens} tokens in {summary.seconds:.1f} s ({summary.tokens_per_second:.0f} "
@@ -218,6 +290,11 @@ def run_training(
         tokens=int(clock.tokens),
         seconds=clock.seconds,
         train_loss=result.training_loss,
+        loss_curve=[
+            (entry["step"], entry["loss"])
+            for entry in trainer.state.log_history
+            if "loss" in entry and entry.get("step", 0) > clock.first_step
+        ],
     )
 
 
@@ -450,8 +527,10 @@ def write_train_info(
     added_tokens: list[str],
     records: int,
     extra: dict[str, Any] | None = None,
+    files: list[DataFile] | None = None,
 ) -> None:
-    """alpaca_train.json: the checkpoint describes itself (template, arguments, data, result).
+    """alpaca_train.json: the checkpoint describes itself (template, arguments, data and its
+    hashes, result and loss curve, the code's commit).
 
     `extra` adds keys (DPO: the held-out pairs and the preference measurement)."""
     import transformers
@@ -471,7 +550,8 @@ def write_train_info(
         "adapter_servable_unmerged": bool(args.lora.lora and not added_tokens),
         "arguments": args.to_json(),
         "data": {
-            "path": str(args.data.data),
+            "path": ", ".join(str(path) for path in args.data.data or []),
+            "files": [item.as_json() for item in files or []],
             "records": records,
             "skipped_invalid": skipped,
             "examples": stats.examples,
@@ -486,7 +566,9 @@ def write_train_info(
             "seconds": round(summary.seconds, 2),
             "tokens": summary.tokens,
             "tokens_per_second": round(summary.tokens_per_second, 1),
+            "loss_curve": [[step, round(loss, 6)] for step, loss in summary.loss_curve],
         },
+        "commit": source_commit(),
         "transformers_version": transformers.__version__,
         **(extra or {}),
     }

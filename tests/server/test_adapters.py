@@ -525,6 +525,23 @@ def test_the_chat_model_picker_offers_every_model_and_the_answer_comes_from_the_
     build_demo(DemoSettings(server_url=server.url))  # the page with the picker still builds
 
 
+@pytest.mark.slow  # imports Gradio, which takes a while
+def test_the_chat_model_picker_picks_the_projects_alpaca_model_when_it_is_served(
+    serve, adapters_dir
+):
+    from alpaca_serve.client.api import AsyncAlpacaClient
+    from alpaca_serve.core.project_model import PROJECT_MODEL_NAME
+    from alpaca_serve.demo.chat import ChatHandlers
+
+    write_adapter(adapters_dir / "pirate")
+    write_adapter(adapters_dir / PROJECT_MODEL_NAME)
+    server = serve()
+    picker = asyncio.run(ChatHandlers(AsyncAlpacaClient(server.url)).model_choices())
+
+    assert picker["choices"] == ["tiny-base", PROJECT_MODEL_NAME, "pirate"]
+    assert picker["value"] == PROJECT_MODEL_NAME
+
+
 def test_the_default_compare_pair_is_the_base_against_the_adapter_loaded_last(
     serve, adapters_dir, tmp_path
 ):

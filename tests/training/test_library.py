@@ -22,7 +22,7 @@ from alpaca_serve.training.cli import fine_tune, main
 def typed_args(model: Path, data: Path, out: Path) -> AlpacaTrainArgs:
     return AlpacaTrainArgs(
         train=TrainArgs(model=model, output_dir=out, preset="tiny", max_steps=2),
-        data=DataArgs(data=data),
+        data=DataArgs(data=[data]),
         lora=LoraArgs(lora=True),
         dpo=DpoArgs(),
     )

@@ -5,6 +5,7 @@ it writes is served by the real server, which reports where the model came from.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import shutil
@@ -577,3 +578,46 @@ def test_lora_on_a_tokenizer_without_pad_makes_an_adapter_the_server_accepts(
     assert (info["added_tokens"], info["adapter_servable_unmerged"]) == ([], True)
     files = inspect_adapter(out, BaseModel.read(base.name, base), max_rank=16)
     assert files.weights_dir == out / "adapter" and files.rank == 8
+
+
+def test_several_data_files_are_one_data_set_and_the_run_records_their_hashes_and_its_loss_curve(
+    tmp_path, tiny_model_dir
+):
+    records = [dataclasses.asdict(record) for record in short_records(6)]
+    first = write_records(tmp_path / "first.json", records[:2])
+    second = write_records(tmp_path / "second.json", records[2:])
+    out = tmp_path / "out"
+
+    result = run_cli(
+        "--model", str(tiny_model_dir), "--data", str(first), str(second), "--out", str(out),
+        *FAST, "--max-steps", "3",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"data: 6 records from {first} (2), {second} (4)" in result.stderr
+    info = json.loads((out / "alpaca_train.json").read_text())
+    assert info["data"]["records"] == 6
+    assert info["data"]["files"] == [
+        {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "records": n}
+        for path, n in ((first, 2), (second, 4))
+    ]
+    assert info["arguments"]["data"]["data"] == [str(first), str(second)]
+    # A loss at every logging step (1 here), as the log lines show them.
+    curve = info["result"]["loss_curve"]
+    assert [step for step, _ in curve] == [1, 2, 3]
+    for step, loss in curve:
+        assert f"step {step}/3 | loss {loss:.4f}" in result.stderr
+    # Run from this checkout: the commit of the code that trained.
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert info["commit"].split("+")[0] == head.stdout.strip()
+
+
+def test_dpo_takes_one_data_file_and_says_so(tmp_path, capsys):
+    pairs = ROOT / "alpaca_serve" / "training" / "sample_data" / "preference_pairs.jsonl"
+    code = main(
+        ["--method", "dpo", "--model", str(tmp_path), "--out", str(tmp_path / "out"),
+         "--data", str(pairs), str(pairs)]
+    )  # fmt: skip
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "--method dpo reads one --data file of preference pairs, got 2" in error

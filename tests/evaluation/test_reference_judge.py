@@ -13,7 +13,7 @@ from alpaca_serve.evaluation.comparison import (
     votes_in_store,
 )
 from alpaca_serve.evaluation.datasets import EVALUATION_SET
-from alpaca_serve.loop.judge import (
+from alpaca_serve.evaluation.reference_judge import (
     JUDGE_SESSION,
     judge_by_reference,
     reference_answers,

@@ -51,13 +51,17 @@ def token_f1(answer: str, reference: str) -> float:
 
 def reference_answers(path: Path) -> dict[tuple[str, str], str]:
     """The reference answer of each instruction (+ input) of a self-instruct evaluation file
-    (`instances[0].output`) or an Alpaca JSON list (`output`), by `match_key`."""
+    (`instances[0].output`), an Alpaca JSON list (`output`) or a predictions file such as
+    text-davinci-003's (`response`), by `match_key`."""
     references = {}
     try:
         for raw in read_raw_records(path):
             record = raw.fields
             first = (record.get("instances") or [record])[0]
-            output, instruction = first.get("output"), record.get("instruction")
+            output, instruction = (
+                first.get("output", first.get("response")),
+                record.get("instruction"),
+            )
             if isinstance(output, str) and isinstance(instruction, str):
                 references[match_key(instruction, first.get("input") or "")] = output
     except OSError as err:
