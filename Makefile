@@ -47,7 +47,7 @@ alpaca-model: setup
 	scripts/alpaca-model $(BIN) alpaca-model-run
 
 # The Alpaca result: the `alpaca` adapter against its base, blind, on the 252 evaluation
-# instructions, judged by reference (scripts/eval-alpaca; about 15 minutes on 2 cores).
+# instructions, judged by reference (scripts/eval-alpaca; about 20 minutes on 2 cores).
 eval-alpaca: setup
 	scripts/eval-alpaca $(BIN) eval-alpaca-run
 

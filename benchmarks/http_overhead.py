@@ -271,6 +271,8 @@ def make_settings(args: argparse.Namespace):
 
     return ServerSettings(
         model=args.model,
+        # The engine alone, as the bare engine it is measured against: no LoRA.
+        project_model=False,
         # The server's generation log is part of its overhead, but not the user's data.
         data_dir=Path(tempfile.mkdtemp(prefix="alpaca-bench-")),
         enforce_eager=True,

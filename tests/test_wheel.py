@@ -95,8 +95,11 @@ def test_the_default_data_and_evaluation_sets_are_inside_the_installed_package(v
         "import json\n"
         "from alpaca_serve.evaluation import datasets\n"
         "from alpaca_serve.training.train import CONFIGS\n"
+        "from alpaca_serve.core.project_model import PROJECT_MODEL_DIR\n"
         "paths = [datasets.EVALUATION_SET, datasets.DAVINCI_ANSWERS, datasets.ALPACA_SAMPLE,\n"
-        "         datasets.SAMPLE_DATA / 'preference_pairs.jsonl', CONFIGS / 'fsdp.yaml']\n"
+        "         datasets.SAMPLE_DATA / 'preference_pairs.jsonl', CONFIGS / 'fsdp.yaml',\n"
+        "         PROJECT_MODEL_DIR / 'adapter_model.safetensors',\n"
+        "         PROJECT_MODEL_DIR / 'alpaca_train.json']\n"
         "print(json.dumps([[str(p), p.is_file(), (p.parent / 'README.md').is_file()]\n"
         "                  for p in paths]))\n"
     )

@@ -328,6 +328,32 @@ def test_a_judge_is_asked_both_ways_round_and_its_votes_are_kept_apart_from_peop
     ) == (left_is_tiny, 0, 20 - left_is_tiny, 0)
 
 
+def test_the_reference_judge_votes_for_the_answer_closer_to_text_davinci_003s(
+    answers, workdir, tiny_server
+):
+    path = workdir / "by-reference.json"
+    compare(answers, DAVINCI, tiny_server, path, seed=13)
+    result = alpaca_eval("judge", "--comparison", path, "--reference", "--no-progress")
+
+    assert "recorded 20 machine votes of the reference judge" in result.stdout, result.stdout
+    assert "user_oriented_text-davinci-003_predictions.jsonl" in result.stdout
+    # Against its own answers as the reference, text-davinci-003 scores F1 1 on every pair.
+    report = alpaca_eval("report", "--comparison", path, "--include-machine").stdout
+    assert machine_row(report, "tiny") == (0, 0, 20, 0)
+    # Another reference file (the evaluation set's human-written answers) replaces those votes.
+    again = alpaca_eval(
+        "judge", "--comparison", path, "--reference", EVALUATION_SET, "--no-progress"
+    )
+    assert "recorded 20 machine votes" in again.stdout
+    assert sum(machine_row(
+        alpaca_eval("report", "--comparison", path, "--include-machine").stdout, "tiny"
+    )[:3]) == 20  # fmt: skip
+    # A judge is named: a model's URL or the reference.
+    missing = alpaca_eval("judge", "--comparison", path, check=False)
+    assert missing.returncode != 0
+    assert "give --judge-url (a model to judge) or --reference" in missing.stderr
+
+
 def test_this_server_can_be_the_judge(answers, workdir, tiny_server):
     """A random tiny model rarely answers A, B or tie: this checks the accounting only."""
     path = workdir / "self-judged.json"

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
+from alpaca_serve.core.project_model import PROJECT_MODEL_DIR, PROJECT_MODEL_NAME
 from alpaca_serve.core.prompts import TEMPLATE_NAME, format_prompt
+from alpaca_serve.demo.settings import default_arms
 from alpaca_serve.recover.convert import BUNDLED_FILE
 from tests.support import ROOT, ServerProcess, stream_events
 
@@ -35,6 +37,27 @@ def test_the_default_model_knows_the_capital_of_france(default_server):
     assert response.status_code == 200, response.text
     assert "Paris" in response.json()["text"]
     assert default_server.client.get("/info").json()["model"] == "SmolLM2-135M-Instruct"
+
+
+def test_the_projects_alpaca_model_is_served_beside_the_base_with_no_setting(default_server):
+    client = default_server.client
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [
+        "SmolLM2-135M-Instruct",
+        PROJECT_MODEL_NAME,
+    ]
+    info = client.get("/info").json()
+    [adapter] = [m for m in info["models"] if m.get("kind") == "adapter"]
+    assert (adapter["name"], adapter["path"]) == (PROJECT_MODEL_NAME, str(PROJECT_MODEL_DIR))
+    assert adapter["provenance"]["made_by"] == "alpaca-train"
+    assert adapter["training_arguments"]["train"]["recipe"] == "alpaca"
+    # A request for it is answered by the adapter (the base answers otherwise).
+    asked = {"instruction": "Name a colour.", "temperature": 0, "max_new_tokens": 24}
+    base = client.post("/generate", json=asked).json()
+    ours = client.post("/generate", json={**asked, "model": PROJECT_MODEL_NAME}).json()
+    assert (base["model"], ours["model"]) == ("SmolLM2-135M-Instruct", PROJECT_MODEL_NAME)
+    assert ours["text"] != base["text"]
+    # The demo's Compare tab pairs it with the base.
+    assert [arm.model for arm in default_arms(info)] == [None, PROJECT_MODEL_NAME]
 
 
 def test_info_says_the_default_model_was_converted_from_the_bundled_gguf_file(default_server):
