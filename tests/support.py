@@ -152,6 +152,9 @@ class ScriptedServer:
         full_env = {
             "ALPACA_DATA_DIR": str(self.data_dir),
             "ALPACA_UI": "false",
+            # It stands in for the tiny model's server: the project's Alpaca model (served with
+            # the default model) fits neither. A test that wants it sets this itself.
+            "ALPACA_PROJECT_MODEL": "false",
             **env,
             "ALPACA_PORT": str(self.port),
             "ALPACA_HOST": "127.0.0.1",

@@ -9,6 +9,8 @@ Usage:
     alpaca-eval judge --comparison comparison.json --judge-url http://127.0.0.1:8001 \
         [--judge-model NAME] [--concurrency 4] [--rejudge]
     alpaca-eval judge --comparison comparison.json --reference   # token F1 vs text-davinci-003
+    alpaca-eval judge --comparison comparison.json --reference --metric rouge-l
+    alpaca-eval agreement --comparison comparison.json          # judges against each other
     alpaca-eval report --comparison comparison.json --chart report.png [--include-machine]
 
 Votes live in the feedback store of the server the comparison was built against (its URL is in
@@ -30,6 +32,7 @@ from typing import cast
 
 from alpaca_serve.client.api import AlpacaClient
 from alpaca_serve.client.errors import APIRequestError
+from alpaca_serve.evaluation.agreement import format_agreement, judge_agreement
 from alpaca_serve.evaluation.answers import (
     MAX_ATTEMPTS,
     EvaluationError,
@@ -51,8 +54,9 @@ from alpaca_serve.evaluation.comparison import (
 )
 from alpaca_serve.evaluation.datasets import DAVINCI_ANSWERS, EVALUATION_SET
 from alpaca_serve.evaluation.reference_judge import (
-    JUDGE_SESSION,
+    METRICS,
     judge_by_reference,
+    judge_session,
     reference_answers,
 )
 from alpaca_serve.evaluation.report import format_report, tally_votes, write_chart
@@ -240,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         "self-instruct format (instances[0].output, the human-written answers)",
     )
     judge.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="token-f1",
+        help="with --reference: how closeness to the reference is scored: token-f1 (shared words, "
+        "SQuAD's F1) or rouge-l (ROUGE-L's F-measure: shared words in the reference's order); "
+        "each metric votes as its own judge (default: token-f1)",
+    )
+    judge.add_argument(
         "--judge-model",
         default=None,
         help="model name to ask (default: the first one /v1/models lists)",
@@ -274,6 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _store_options(judge, STORE_HELP)
 
+    agreement = _command(
+        commands,
+        "agreement",
+        run_agreement,
+        "how often the judges of a comparison agree: every automatic judge (by its session) "
+        "and people (each pair's majority vote), two at a time, with Cohen's kappa",
+    )
+    agreement.add_argument("--comparison", type=Path, required=True, help="comparison file")
+    _store_options(
+        agreement,
+        "the alpaca-serve whose feedback store holds the votes (default: the one recorded in "
+        "the comparison file)",
+    )
+
     report = _command(
         commands,
         "report",
@@ -288,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-machine",
         action="store_true",
         help="also report the automatic judge's votes, in their own section",
+    )
+    report.add_argument(
+        "--judge",
+        default=None,
+        metavar="SESSION",
+        help="with --include-machine: only this automatic judge's votes, by its session (for "
+        "example reference-judge-rouge-l; `agreement` lists them); default: every machine vote",
     )
     report.add_argument(
         "--top-categories",
@@ -409,6 +442,8 @@ def run_judge(args: argparse.Namespace) -> None:
     if args.reference is not None:
         run_reference_judge(args, comparison)
         return
+    if args.metric != "token-f1":
+        raise EvaluationError("--metric is for --reference")
     if args.judge_url is None:
         raise EvaluationError("give --judge-url (a model to judge) or --reference")
     store_url = _store_url(args, comparison)
@@ -453,13 +488,21 @@ def run_reference_judge(args: argparse.Namespace, comparison: dict) -> None:
     references = reference_answers(args.reference)
     with _open_store(args, comparison) as store:
         votes, unjudged = judge_by_reference(
-            comparison, references, store, progress=not args.no_progress
+            comparison, references, store, progress=not args.no_progress, metric=args.metric
         )
     print(
-        f"recorded {len(votes)} machine votes of the reference judge ({JUDGE_SESSION}, against "
+        f"recorded {len(votes)} machine votes of the reference judge "
+        f"({judge_session(args.metric)}, against "
         f"{args.reference.name}) in the feedback store at {_store_url(args, comparison)}"
         + (f"; {len(unjudged)} pairs have no reference answer" if unjudged else "")
     )
+
+
+def run_agreement(args: argparse.Namespace) -> None:
+    comparison = load_comparison(args.comparison)
+    with _open_store(args, comparison) as store:
+        votes = votes_in_store(store, comparison)
+    print(format_agreement(judge_agreement(votes)))
 
 
 def run_report(args: argparse.Namespace) -> None:
@@ -470,9 +513,17 @@ def run_report(args: argparse.Namespace) -> None:
     comparison = load_comparison(args.comparison)
     with _open_store(args, comparison) as store:
         votes = votes_in_store(store, comparison)
+    if args.judge is not None:
+        votes = [vote for vote in votes if vote.voter == "human" or vote.session_id == args.judge]
+    judges = sorted({vote.session_id for vote in votes if vote.voter == "machine"})
     voters = ["human", "machine"] if args.include_machine else ["human"]
     tallies = {voter: tally_votes(comparison, votes, voter) for voter in voters}
     print(format_report(comparison, tallies, args.top_categories))
+    if args.include_machine and len(judges) > 1:
+        print(
+            f"\n(the machine votes of {len(judges)} judges together: {', '.join(judges)}; "
+            "--judge SESSION reports one)"
+        )
     machine_left_out = sum(1 for vote in votes if vote.voter == "machine")
     if not args.include_machine and machine_left_out:
         print(f"\n({machine_left_out} machine votes not shown; add --include-machine)")

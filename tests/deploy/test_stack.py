@@ -282,7 +282,7 @@ LOAD_CLIENTS = 2  # concurrent clients of the steady load: on 2 cores, enough to
 # During the rolling restart each client pauses between requests: traffic never stops, and the
 # restarting replica is not starved of CPU by the other's decoding (back-to-back load made each
 # restart take about three times as long as on an idle machine).
-RESTART_LOAD_PAUSE_S = 0.5
+RESTART_LOAD_PAUSE_S = 1.5
 
 
 def test_replicas_behind_the_balancer_share_feedback_survive_a_rolling_restart_and_a_kill(

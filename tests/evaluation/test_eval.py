@@ -348,6 +348,29 @@ def test_the_reference_judge_votes_for_the_answer_closer_to_text_davinci_003s(
     assert sum(machine_row(
         alpaca_eval("report", "--comparison", path, "--include-machine").stdout, "tiny"
     )[:3]) == 20  # fmt: skip
+    # ROUGE-L votes as a judge of its own, beside token F1; the two are compared pair by pair.
+    rouge = alpaca_eval(
+        "judge", "--comparison", path, "--reference", "--metric", "rouge-l", "--no-progress"
+    )
+    assert "recorded 20 machine votes of the reference judge (reference-judge-rouge-l" in (
+        rouge.stdout
+    )
+    agreement = alpaca_eval("agreement", "--comparison", path).stdout
+    [row] = [
+        line.split()
+        for line in agreement.splitlines()
+        if "reference-judge-rouge-l" in line and "reference-judge-token-f1" in line
+    ]
+    assert row[2] == "20", agreement  # the pairs both decided
+    # The report shows one judge's votes when asked, and says when it adds up several.
+    together = alpaca_eval("report", "--comparison", path, "--include-machine").stdout
+    assert "MACHINE VOTES (automatic judge, not people): 40 votes" in together
+    assert "the machine votes of 2 judges together" in together
+    one = alpaca_eval(
+        "report", "--comparison", path, "--include-machine", "--judge", "reference-judge-rouge-l"
+    ).stdout
+    assert "MACHINE VOTES (automatic judge, not people): 20 votes" in one
+    assert "judges together" not in one
     # A judge is named: a model's URL or the reference.
     missing = alpaca_eval("judge", "--comparison", path, check=False)
     assert missing.returncode != 0
@@ -499,7 +522,7 @@ def test_every_option_of_every_command_has_help():
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"answer", "compare", "vote", "judge", "report"}
+    assert set(commands) == {"answer", "compare", "vote", "judge", "agreement", "report"}
     for name, command in commands.items():
         for action in command._actions:
             assert action.help, f"alpaca-eval {name} {action.option_strings} has no help"

@@ -16,8 +16,10 @@ from alpaca_serve.evaluation.datasets import EVALUATION_SET
 from alpaca_serve.evaluation.reference_judge import (
     JUDGE_SESSION,
     judge_by_reference,
+    judge_session,
     reference_answers,
     reference_verdict,
+    rouge_l,
     token_f1,
 )
 
@@ -30,6 +32,28 @@ def test_token_f1_counts_shared_words_whatever_their_case_order_and_punctuation(
     assert token_f1("Paris city", "Paris") == pytest.approx(2 / 3)
     # a repeated word counts only as often as the reference has it
     assert token_f1("yes yes yes", "yes no") == pytest.approx(2 * (1 / 3) * (1 / 2) / (5 / 6))
+
+
+def test_rouge_l_counts_shared_words_only_in_the_references_order():
+    # The longest common subsequence of [the cat sat on the mat] and [the cat is on the mat] is
+    # [the cat on the mat]: 5 of 6 words each way (the value rouge-score's rougeL gives).
+    assert rouge_l("the cat sat on the mat", "The cat is on the mat.") == pytest.approx(5 / 6)
+    # The same words in another order: token F1 sees them all, ROUGE-L a subsequence of two.
+    assert token_f1("Paris is the capital", "the capital is Paris") == 1.0
+    assert rouge_l("Paris is the capital", "the capital is Paris") == pytest.approx(0.5)
+    assert rouge_l("", "Paris") == rouge_l("London", "Paris") == 0.0
+    assert rouge_l("a b c", "a b c") == 1.0
+
+
+def test_each_metric_judges_as_its_own_session_and_they_can_disagree():
+    references = {("Name the capital.", ""): "the capital of France is Paris"}
+    in_order = "capital of France"  # 3 shared words, in order
+    shuffled = "Paris France capital the"  # 4 shared words, out of order
+    both = pair(in_order, shuffled)
+    assert reference_verdict(both, references, "token-f1") == "right"
+    assert reference_verdict(both, references, "rouge-l") == "left"
+    assert judge_session("token-f1") == JUDGE_SESSION == "reference-judge-token-f1"
+    assert judge_session("rouge-l") == "reference-judge-rouge-l"
 
 
 def pair(left: str, right: str, instruction: str = "Name the capital.", input: str = "") -> dict:
