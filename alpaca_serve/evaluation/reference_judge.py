@@ -40,16 +40,19 @@ from alpaca_serve.evaluation.comparison import Vote, cast_vote, match_key
 if TYPE_CHECKING:
     from alpaca_serve.client.api import AlpacaClient
 
-METRICS = ("token-f1", "rouge-l")
 JUDGE_SESSION = "reference-judge-token-f1"
 JUDGE_DESCRIPTION = "reference judge: token-overlap F1 against the evaluation set's answer"
 TOKEN = re.compile(r"\w+")
 
 
+def words(text: str) -> list[str]:
+    """The word tokens both metrics compare: lower-cased `\\w+` runs."""
+    return TOKEN.findall(text.lower())
+
+
 def token_f1(answer: str, reference: str) -> float:
     """Token-overlap F1 of `answer` against `reference` (0.0 when either has no tokens)."""
-    answer_tokens = TOKEN.findall(answer.lower())
-    reference_tokens = TOKEN.findall(reference.lower())
+    answer_tokens, reference_tokens = words(answer), words(reference)
     shared = sum((Counter(answer_tokens) & Counter(reference_tokens)).values())
     if shared == 0:
         return 0.0
@@ -60,8 +63,7 @@ def token_f1(answer: str, reference: str) -> float:
 
 def rouge_l(answer: str, reference: str) -> float:
     """ROUGE-L F-measure of `answer` against `reference` (0.0 when either has no tokens)."""
-    answer_tokens = TOKEN.findall(answer.lower())
-    reference_tokens = TOKEN.findall(reference.lower())
+    answer_tokens, reference_tokens = words(answer), words(reference)
     if not answer_tokens or not reference_tokens:
         return 0.0
     # The longest common subsequence, one row of the table at a time.
@@ -80,6 +82,7 @@ def rouge_l(answer: str, reference: str) -> float:
 
 
 SCORES = {"token-f1": token_f1, "rouge-l": rouge_l}
+METRICS = tuple(SCORES)
 
 
 def judge_session(metric: str) -> str:
