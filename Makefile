@@ -38,7 +38,7 @@ test-fast: setup
 # runs `alpaca-loop run --auto` (sft, publish, compare, prefer, report) in loop-run/, stops the
 # server. A rerun resumes what did not finish; `rm -r loop-run` starts over.
 loop: setup
-	scripts/loop $(BIN) loop-run
+	scripts/loop $(BIN) loop-run -- $(LOOP_ARGS)
 
 # The project's Alpaca model: `alpaca-train --recipe alpaca` on the default model (a LoRA on the
 # shipped Alpaca data; about 15 minutes on 2 cores), copied to alpaca_serve/models/alpaca, which

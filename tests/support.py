@@ -139,7 +139,9 @@ class ScriptedServer:
 
     layer = "scripted"
 
-    def __init__(self, env: dict[str, str], folder: Path):
+    def __init__(self, env: dict[str, str], folder: Path, ui=None):
+        """`ui`: how the UI is mounted when ALPACA_UI is true (default: the demo, as
+        alpaca-serve mounts it)."""
         import uvicorn
 
         from alpaca_serve.server.app import create_app
@@ -164,7 +166,11 @@ class ScriptedServer:
         self.engine = ScriptedEngine(
             model_name=self.settings.served_model_name, max_model_len=self.settings.max_model_len
         )
-        self.app = create_app(self.settings, engine=self.engine)
+        if self.settings.ui and ui is None:
+            from alpaca_serve.demo.mount import mount_demo
+
+            ui = mount_demo
+        self.app = create_app(self.settings, engine=self.engine, ui=ui)
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",

@@ -44,6 +44,12 @@ IMPORT_BATCH = 200  # answers per import request, well under the server's limit 
 CONNECT_TIMEOUT_S = 10.0  # a server that does not accept a connection by then is not there
 
 
+# Where the command-line tools read a key they are not given (alpaca-eval, alpaca-loop): an
+# option's value shows in the process list and the shell's history, the environment's does not.
+API_KEY_VARIABLE = "ALPACA_API_KEY"
+JUDGE_API_KEY_VARIABLE = "ALPACA_JUDGE_API_KEY"
+
+
 @dataclass(frozen=True)
 class Retries:
     """How patiently to ask again when the server is busy or unavailable."""

@@ -132,6 +132,8 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
                 )
             for key, button in zip(VOTES, votes, strict=True):
                 button.click(compare.vote_on(key), [compare_state], [*votes, reveal, compare_state])
+    # A bounded queue: past max_queue waiting events, Gradio answers "queue full" at once.
+    blocks.queue(max_size=settings.max_queue)
     return blocks
 
 

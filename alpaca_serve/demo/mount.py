@@ -10,7 +10,11 @@ when the demo is mounted.
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import ValidationError
 
@@ -23,8 +27,16 @@ class UIUnavailableError(RuntimeError):
     invalid)."""
 
 
-def mount_demo(app: Any, *, path: str, server_url: str, api_key: str | None) -> Any:
+def mount_demo(
+    app: Any,
+    *,
+    path: str,
+    server_url: str,
+    api_key: str | None,
+    login: Callable[[str, str], bool] | None = None,
+) -> Any:
     """Mount the Gradio demo on `app` at `path`; it calls the API at `server_url` with `api_key`.
+    With `login` (username, password) -> allowed, the demo asks for a login first.
     Raises UIUnavailableError naming what is missing or wrong."""
     try:
         import gradio as gr
@@ -39,4 +51,56 @@ def mount_demo(app: Any, *, path: str, server_url: str, api_key: str | None) -> 
         settings = DemoSettings(server_url=server_url, api_key=api_key)
     except ValidationError as err:
         raise UIUnavailableError(f"invalid ALPACA_DEMO_* settings: {describe_errors(err)}") from err
-    return gr.mount_gradio_app(app, build_demo(settings), path=path)
+    app.add_middleware(DemoGuard, path=path)
+    return gr.mount_gradio_app(
+        app,
+        build_demo(settings),
+        path=path,
+        auth=login,
+        auth_message="This demo needs an API key of this server: any name, the key as password."
+        if login
+        else None,
+        max_file_size=1,  # the demo takes no files (DemoGuard refuses uploads before Gradio)
+    )
+
+
+class DemoGuard:
+    """What the demo never needs, refused before Gradio sees it: uploads (no count or size
+    limit, no cleanup) and fetches of remote URLs through `file=` or `proxy=` (an outbound
+    proxy for anyone). A 403 with a JSON body."""
+
+    def __init__(self, app: Any, path: str):
+        self.app = app
+        self.prefix = path.rstrip("/") + "/"
+
+    def refused(self, path: str) -> str | None:
+        if not path.startswith(self.prefix):
+            return None
+        rest = path[len(self.prefix) :]
+        if re.search(r"(^|/)upload(_progress)?/?$", rest):
+            return "the demo takes no uploads"
+        fetch = re.search(r"(?:^|/)(file|proxy)=(.*)$", rest)
+        if fetch and (fetch[1] == "proxy" or "://" in fetch[2] or fetch[2].startswith("//")):
+            return "the demo fetches no remote URLs"
+        return None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            reason = self.refused(unquote(scope["path"]))
+            if reason is not None:
+                body = json.dumps(
+                    {"error": {"message": reason, "type": "forbidden", "param": None}}
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 403,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

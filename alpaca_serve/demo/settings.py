@@ -82,6 +82,12 @@ class DemoSettings(BaseSettings):
         "examples; default: the Alpaca evaluation set shipped with the project",
     )
     max_examples: int = Field(default=8, ge=0, description="how many examples to show")
+    max_queue: int = Field(
+        default=64,
+        ge=1,
+        description="events (a chat turn, a comparison) waiting in the demo's queue; past it, "
+        "a new one is refused at once instead of waiting",
+    )
     comparison_file: Path | None = Field(
         default=None,
         description="a comparison from `alpaca-eval compare` (built against the same "

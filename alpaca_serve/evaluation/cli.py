@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 from pathlib import Path
 from typing import cast
 
-from alpaca_serve.client.api import AlpacaClient
+from alpaca_serve.client.api import API_KEY_VARIABLE, JUDGE_API_KEY_VARIABLE, AlpacaClient
 from alpaca_serve.client.errors import APIRequestError
 from alpaca_serve.evaluation.agreement import format_agreement, judge_agreement
 from alpaca_serve.evaluation.answers import (
@@ -140,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="seconds to wait for one answer (default: 600)"
     )
     answer.add_argument(
-        "--api-key", default=None, help="sent as a bearer token when the server wants one"
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE),
+        help=f"sent as a bearer token when the server wants one (default: ${API_KEY_VARIABLE}; "
+        "the environment keeps it out of the process list and the shell's history)",
     )
     answer.add_argument(
         "--out",
@@ -256,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="model name to ask (default: the first one /v1/models lists)",
     )
-    judge.add_argument("--judge-api-key", default=None, help="bearer token for the judge")
+    judge.add_argument(
+        "--judge-api-key",
+        default=os.environ.get(JUDGE_API_KEY_VARIABLE),
+        help=f"bearer token for the judge (default: ${JUDGE_API_KEY_VARIABLE})",
+    )
     judge.add_argument(
         "--one-order",
         action="store_true",
@@ -354,7 +362,10 @@ def _store_options(
 ) -> None:
     command.add_argument("--server-url", default=default, help=help_text)
     command.add_argument(
-        "--api-key", default=None, help="sent as a bearer token to that server when it wants one"
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE),
+        help=f"sent as a bearer token to that server when it wants one (default: "
+        f"${API_KEY_VARIABLE})",
     )
 
 

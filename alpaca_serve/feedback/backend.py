@@ -70,5 +70,7 @@ def one_line(err: BaseException) -> str:
 
 
 def redact(url: str) -> str:
-    """`url` with any password replaced by ***, for error messages."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    """`url` without its secrets, for messages: the password in it (`user:***@`) and every query
+    parameter's value (libpq takes `?password=...` too, and `sslkey=...` paths)."""
+    url = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"([?&][^=&#]+=)[^&#]*", r"\1***", url)

@@ -10,6 +10,7 @@ write lock at the start of their transaction and wait up to 30 s for it.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,10 @@ class SqliteBackend(Backend):
     def connect(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only, like the exports: prompts and answers are people's. SQLite gives its
+            # -wal and -shm files the database file's permissions.
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             # isolation_level=None: transactions are begun and ended here, explicitly.
             conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False

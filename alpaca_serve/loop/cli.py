@@ -154,13 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
         "settings (remembered in the work folder: a later run needs only the ones it changes)"
     )
     for f in dataclasses.fields(LoopSettings):
-        default = f.default
+        default = f.metadata["default"]
         text = f.metadata["help"].replace("%", "%%")
         if default is not None and f.type != "bool":
-            text += f" (default: {default})"
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            text += f" (default: {shown})"
         flag = f"--{f.name.replace('_', '-')}"
         if f.type == "bool":
             options.add_argument(flag, action="store_true", default=None, help=text)
+        elif f.type == "list[Path]":
+            options.add_argument(flag, type=Path, nargs="+", default=None, help=text)
         else:
             # A string: LoopSettings' module has `from __future__ import annotations`.
             annotation = cast(str, f.type)

@@ -12,14 +12,23 @@ a database URL, which may hold a password) are never written to the state file.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE, EVALUATION_SET
+from alpaca_serve.client.api import API_KEY_VARIABLE, JUDGE_API_KEY_VARIABLE
+from alpaca_serve.evaluation.datasets import EVALUATION_SET
+from alpaca_serve.training.recipe import ALPACA_DATA
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+SFT_STEPS = 24
 SECRETS = ("api_key", "judge_api_key", "database")
+# Secrets read from the environment when not given (never written to the state file).
+SECRET_VARIABLES = {
+    "api_key": API_KEY_VARIABLE,
+    "judge_api_key": JUDGE_API_KEY_VARIABLE,
+}
 
 
 class SettingsError(ValueError):
@@ -27,7 +36,11 @@ class SettingsError(ValueError):
 
 
 def _help(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
+    if isinstance(default, list):
+        return field(
+            default_factory=lambda: list(default), metadata={"help": text, "default": default}
+        )
+    return field(default=default, metadata={"help": text, "default": default})
 
 
 @dataclass
@@ -35,7 +48,9 @@ class LoopSettings:
     """Every option of alpaca-loop, with its default and its help."""
 
     server_url: str = _help(DEFAULT_SERVER_URL, "the running alpaca-serve the cycle works with")
-    api_key: str | None = _help(None, "bearer token for that server, when it wants one")
+    api_key: str | None = _help(
+        None, f"bearer token for that server, when it wants one (default: ${API_KEY_VARIABLE})"
+    )
     adapters_dir: Path | None = _help(
         None,
         "the server's adapters folder (its ALPACA_ADAPTERS_DIR): trained adapters are copied "
@@ -44,8 +59,10 @@ class LoopSettings:
     base_model: Path | None = _help(
         None, "the served base model's folder (default: the path the server reports in /info)"
     )
-    data: Path = _help(
-        ALPACA_SAMPLE, "Alpaca records to fine-tune on (default: the shipped sample)"
+    data: list[Path] = _help(
+        ALPACA_DATA,
+        "Alpaca record files to fine-tune on, the project's Alpaca model's two by default "
+        "(1,199 records)",
     )
     instructions: Path = _help(
         EVALUATION_SET,
@@ -58,7 +75,11 @@ class LoopSettings:
     max_new_tokens: int = _help(96, "most tokens per evaluation answer")
     sft_name: str = _help("loop-sft", "name the supervised adapter is served under")
     dpo_name: str = _help("loop-dpo", "name the preference (DPO) adapter is served under")
-    sft_steps: int = _help(8, "optimizer steps of the supervised LoRA fine-tune")
+    sft_steps: int = _help(
+        SFT_STEPS,
+        "optimizer steps of the supervised LoRA fine-tune (the shape of `alpaca-train --recipe "
+        "alpaca`: rank 16 on every linear layer, cosine schedule, grouped by length)",
+    )
     dpo_steps: int = _help(4, "optimizer steps of the DPO fine-tune")
     sft_learning_rate: float | None = _help(
         None, "peak learning rate of the supervised fine-tune (default: alpaca-train's for LoRA)"
@@ -66,8 +87,8 @@ class LoopSettings:
     dpo_learning_rate: float | None = _help(
         None, "peak learning rate of the DPO fine-tune (default: alpaca-train's for DPO)"
     )
-    batch_size: int = _help(4, "examples per optimizer step, both fine-tunes")
-    max_length: int = _help(128, "tokens per training example (longer ones are cut)")
+    batch_size: int = _help(8, "examples per optimizer step, both fine-tunes")
+    max_length: int = _help(256, "tokens per training example (longer ones are cut)")
     auto: bool = _help(
         False,
         "unattended: an automatic judge votes (machine votes, named as such in every output) "
@@ -78,7 +99,9 @@ class LoopSettings:
         "an OpenAI-compatible judge endpoint for --auto (default: the reference judge, no model)",
     )
     judge_model: str | None = _help(None, "the judge endpoint's model (default: its first)")
-    judge_api_key: str | None = _help(None, "bearer token for the judge endpoint")
+    judge_api_key: str | None = _help(
+        None, f"bearer token for the judge endpoint (default: ${JUDGE_API_KEY_VARIABLE})"
+    )
     database: str | None = _help(
         None,
         "the server's feedback store, for prefer's export (default: as alpaca-export finds it: "
@@ -86,7 +109,7 @@ class LoopSettings:
     )
     data_dir: Path | None = _help(None, "folder of the server's SQLite store (its ALPACA_DATA_DIR)")
     seed: int = _help(7, "seed of the training runs and of the blind pairs' order")
-    concurrency: int = _help(4, "answers requested at once")
+    concurrency: int = _help(8, "answers requested at once")
 
     @classmethod
     def resolve(cls, given: dict[str, Any], remembered: dict[str, Any]) -> LoopSettings:
@@ -96,9 +119,15 @@ class LoopSettings:
         for f in dataclasses.fields(cls):
             if given.get(f.name) is not None:
                 values[f.name] = given[f.name]
+            elif f.name in SECRET_VARIABLES and os.environ.get(SECRET_VARIABLES[f.name]):
+                values[f.name] = os.environ[SECRET_VARIABLES[f.name]]
             elif remembered.get(f.name) is not None:
                 value = remembered[f.name]
-                values[f.name] = Path(value) if f.type in ("Path", "Path | None") else value
+                if f.type in ("Path", "Path | None"):
+                    value = Path(value)
+                elif f.type == "list[Path]":
+                    value = [Path(v) for v in value]
+                values[f.name] = value
         settings = cls(**values)
         settings.check()
         return settings
@@ -121,7 +150,10 @@ class LoopSettings:
         for name in (self.sft_name, self.dpo_name):
             if not name or name.startswith(".") or "/" in name:
                 raise SettingsError(f"adapter name {name!r}: a folder name not starting with '.'")
-        for option, path in (("--data", self.data), ("--instructions", self.instructions)):
+        if not self.data:
+            raise SettingsError("--data needs at least one file")
+        files = [("--data", path) for path in self.data] + [("--instructions", self.instructions)]
+        for option, path in files:
             if not path.is_file():
                 raise SettingsError(f"{option}: file not found: {path}")
         if self.judge_url is not None and not self.auto:
@@ -130,7 +162,15 @@ class LoopSettings:
     def to_state(self) -> dict[str, Any]:
         """The settings to remember: JSON values, secrets left out."""
         return {
-            f.name: str(value) if isinstance(value, Path) else value
+            f.name: _json_value(value)
             for f in dataclasses.fields(self)
             if f.name not in SECRETS and (value := getattr(self, f.name)) is not None
         }
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value

@@ -5,8 +5,9 @@ Usage (alpaca-loop does this; see loop/cli.py):
     outputs, summary = STAGE_FUNCTIONS["sft"](ctx)
     state.finish("sft", outputs, summary)
 
-- sft: a LoRA fine-tune of the served base on Alpaca records (`alpaca-train --lora --no-merge`),
-  copied into the server's adapters folder and served by name.
+- sft: a LoRA fine-tune of the served base on Alpaca records (`alpaca-train --lora --no-merge`,
+  the adapter shape of `--recipe alpaca`), copied into the server's adapters folder and served by
+  name.
 - publish: the adapter merged into the base (a full model folder), a weight diff of it against
   the base (`alpaca-recover make-diff`), a model recovered from the diff into a fresh folder
   (`recover`), and every tensor of the recovered model checked against the merged one.
@@ -71,6 +72,7 @@ from alpaca_serve.training.args import (
 )
 from alpaca_serve.training.cli import fine_tune
 from alpaca_serve.training.data import DataFormatError
+from alpaca_serve.training.recipe import ALPACA_LORA
 from alpaca_serve.training.train import TrainError
 
 MIN_PAIRS_TO_HOLD_OUT = 6  # fewer DPO pairs are all trained on: no held-out measurement
@@ -125,14 +127,20 @@ def run_sft(ctx: LoopContext) -> tuple[dict[str, Any], str]:
             f"the served base's folder {base_dir} is not readable here: pass --base-model PATH"
         )
     out = ctx.folder("sft")
-    print(f"fine-tuning {base['name']} ({base_dir}) on {settings.data} with LoRA")
+    files = ", ".join(str(path) for path in settings.data)
+    print(f"fine-tuning {base['name']} ({base_dir}) on {files} with LoRA")
     _train(
         AlpacaTrainArgs(
             train=_schedule(
                 settings, base_dir, out, "sft", settings.sft_steps, settings.sft_learning_rate
             ),
-            data=DataArgs(data=[settings.data], model_max_length=settings.max_length),
-            lora=LoraArgs(lora=True, merge=False),
+            data=DataArgs(
+                data=list(settings.data),
+                model_max_length=settings.max_length,
+                group_by_length=True,
+            ),
+            # The project's Alpaca model's adapter shape (training/recipe.py).
+            lora=LoraArgs(lora=True, merge=False, **ALPACA_LORA),
             dpo=DpoArgs(),
         )
     )

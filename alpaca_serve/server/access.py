@@ -3,17 +3,24 @@ optional per-key rate limit.
 
 Keys are compared in constant time, against every configured key. `/health` and `/ready` are
 always open (probes carry no secrets); `/metrics` is open unless ALPACA_METRICS_REQUIRE_KEY is set;
-the demo at /ui is open unless ALPACA_UI_REQUIRE_KEY is set (its own calls to the API carry a key).
+the demo at /ui does its own login (Gradio's, with an API key as the password) unless
+ALPACA_UI_PUBLIC is set, and its calls to the API carry a key of its own, with its own rate limit.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from alpaca_serve.server.settings import ServerSettings
 
 ALWAYS_OPEN = ("/health", "/ready")
 
@@ -45,11 +52,19 @@ class AccessMiddleware:
         keys: Iterable[str],
         open_prefixes: Iterable[str] = (),
         rate_limit_per_minute: int | None = None,
+        own_limits: dict[str, int] | None = None,
+        max_in_flight_per_key: int | None = None,
     ):
+        """`own_limits`: keys (accepted too) with a rate limit of their own, such as the demo's.
+        `max_in_flight_per_key`: requests one key may have open at once (streams included)."""
         self.app = app
-        self.keys = [key.encode() for key in keys]
+        self.max_in_flight = max_in_flight_per_key
+        self._in_flight: dict[bytes, int] = {}
+        own = own_limits or {}
+        self.keys = [key.encode() for key in [*keys, *own]]
         self.open_prefixes = tuple(open_prefixes)
         self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute else None
+        self.own_limiters = {key.encode(): RateLimiter(limit) for key, limit in own.items()}
 
     def _is_open(self, path: str) -> bool:
         return path in ALWAYS_OPEN or any(
@@ -85,8 +100,9 @@ class AccessMiddleware:
             )
             await _reject(send, 401, message, "unauthorized", [(b"www-authenticate", b"Bearer")])
             return
-        if self.limiter is not None:
-            allowed, wait_s = self.limiter.allow(presented.decode(errors="replace"))
+        limiter = self.own_limiters.get(presented, self.limiter)
+        if limiter is not None:
+            allowed, wait_s = limiter.allow(presented.decode(errors="replace"))
             if not allowed:
                 retry_after = str(max(1, round(wait_s))).encode()
                 await _reject(
@@ -97,7 +113,28 @@ class AccessMiddleware:
                     [(b"retry-after", retry_after)],
                 )
                 return
-        await self.app(scope, receive, send)
+        if self.max_in_flight is None:
+            await self.app(scope, receive, send)
+            return
+        if self._in_flight.get(presented, 0) >= self.max_in_flight:
+            await _reject(
+                send,
+                429,
+                f"this API key already has {self.max_in_flight} requests open, this server's "
+                "limit per key (ALPACA_MAX_IN_FLIGHT_PER_KEY); retry when one finishes",
+                "rate_limited",
+                [(b"retry-after", b"1")],
+            )
+            return
+        self._in_flight[presented] = self._in_flight.get(presented, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            left = self._in_flight[presented] - 1
+            if left:
+                self._in_flight[presented] = left
+            else:
+                del self._in_flight[presented]
 
 
 async def _reject(
@@ -116,3 +153,54 @@ async def _reject(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def bearer_key(request: Request) -> str | None:
+    """The key a request presents (`Authorization: Bearer <key>`), if any."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def is_admin(request: Request, settings: ServerSettings) -> bool:
+    """Whether the caller may see folder paths and training arguments (and reload adapters when
+    admin keys are set): an admin key when admin_keys is set; nobody when only api_keys is;
+    a caller on this machine when no key is configured at all."""
+    admin_keys = settings.admin_key_list
+    if admin_keys:
+        presented = (bearer_key(request) or "").encode()
+        matched = False
+        for key in admin_keys:
+            matched |= hmac.compare_digest(presented, key.encode())
+        return matched
+    if settings.api_key_list:
+        return False
+    return is_loopback(request)
+
+
+# What /info and /v1/models show an admin only: where files are, and how a model was trained.
+ADMIN_ONLY_FIELDS = frozenset({"path", "root", "training_arguments"})
+
+
+def without_admin_details(value: Any) -> Any:
+    """`value` (a JSON body) without the admin-only fields, nor any absolute path in it."""
+    if isinstance(value, dict):
+        return {
+            name: without_admin_details(item)
+            for name, item in value.items()
+            if name not in ADMIN_ONLY_FIELDS and not _is_absolute_path(item)
+        }
+    if isinstance(value, list):
+        return [without_admin_details(item) for item in value if not _is_absolute_path(item)]
+    return value
+
+
+def _is_absolute_path(value: Any) -> bool:
+    return isinstance(value, str) and (value.startswith("/") or value[1:3] in (":\\", ":/"))

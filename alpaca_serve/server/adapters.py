@@ -137,7 +137,21 @@ class AdapterFiles:
 
 
 def inspect_adapter(folder: Path, base: BaseModel, max_rank: int) -> AdapterFiles:
-    """Check an adapter folder against the served base; AdapterRefusedError says what is wrong."""
+    """Check an adapter folder against the served base; AdapterRefusedError says what is wrong.
+
+    Whatever goes wrong while checking is a refusal: a file shaped in a way no check foresaw
+    must not stop the server at start-up, nor the watcher's scans."""
+    try:
+        return _inspect(folder, base, max_rank)
+    except AdapterRefusedError:
+        raise
+    except Exception as err:
+        raise AdapterRefusedError(
+            f"its files could not be checked ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _inspect(folder: Path, base: BaseModel, max_rank: int) -> AdapterFiles:
     weights_dir = find_weights_dir(folder)
     if weights_dir is None:
         raise AdapterRefusedError(
@@ -194,7 +208,12 @@ def _check_config(config: dict[str, Any], base: BaseModel, max_rank: int) -> int
             f"it saves whole modules (modules_to_save {sorted(saved)}), such as embeddings "
             f"grown by new tokens; {MERGE_HINT}"
         )
-    ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+    pattern = config.get("rank_pattern") or {}
+    if not isinstance(pattern, dict):
+        raise AdapterRefusedError(
+            f"its rank_pattern is a {type(pattern).__name__}, not an object of module -> rank"
+        )
+    ranks = [config.get("r"), *pattern.values()]
     if not all(isinstance(r, int) and r >= 1 for r in ranks):
         raise AdapterRefusedError(f"its rank r={config.get('r')!r} is not a positive integer")
     if max(ranks) > max_rank:
@@ -225,6 +244,12 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise AdapterRefusedError(f"{path.name} is not a readable safetensors file")
     header.pop("__metadata__", None)
+    for name, tensor in header.items():
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("data_offsets", []), list):
+            raise AdapterRefusedError(
+                f"{path.name} is not a readable safetensors file: its entry for {name[:80]!r} "
+                "is not a tensor description"
+            )
     end = max((t.get("data_offsets", [0, 0])[1] for t in header.values()), default=0)
     if 8 + length + end != size:
         raise AdapterRefusedError(

@@ -14,7 +14,9 @@ Importing this module imports neither vLLM nor torch: the engine is built in the
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import secrets
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -52,8 +54,9 @@ log = logging.getLogger("alpaca.server")
 WARMUP_PROMPT = "Hello"
 UI_PATH = "/ui"
 
-# Mounts a UI on the app at `path`; it calls this server's API at `server_url` with `api_key`.
-UIMount = Callable[..., FastAPI]  # (app, *, path: str, server_url: str, api_key: str | None)
+# Mounts a UI on the app at `path`; it calls this server's API at `server_url` with `api_key`,
+# and asks its visitors to log in when given `login` ((username, password) -> allowed).
+UIMount = Callable[..., FastAPI]  # (app, *, path, server_url, api_key, login)
 
 
 def create_app(
@@ -116,16 +119,27 @@ def create_app(
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    # Added innermost first: request ids outside everything, then CORS, then the key check.
-    if settings.api_key_list:
+    # Added innermost first. From the outside in: request ids, CORS (a browser's preflight
+    # carries no key), the key check, then the body limit, which reads the body: a request
+    # without a valid key is refused before any of its body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    keys = settings.api_key_list
+    mounts_ui = settings.ui and ui is not None
+    # With keys, the demo calls the API with a key of its own (made for this process, never
+    # shown), rate-limited on its own: no configured key is handed to the page's visitors.
+    demo_key = secrets.token_urlsafe(32) if keys and mounts_ui else None
+    if keys:
         open_prefixes = [] if settings.metrics_require_key else ["/metrics"]
-        if not settings.ui_require_key:
-            open_prefixes.append(UI_PATH)
+        if mounts_ui and not settings.ui_require_key:
+            open_prefixes.append(UI_PATH)  # the demo's own login guards it (or it is public)
         app.add_middleware(
             AccessMiddleware,
-            keys=settings.api_key_list,
+            keys=keys,
             open_prefixes=open_prefixes,
             rate_limit_per_minute=settings.rate_limit_per_minute,
+            own_limits={demo_key: settings.ui_rate_limit_per_minute} if demo_key else None,
+            max_in_flight_per_key=settings.max_in_flight_per_key
+            or max(1, (settings.max_concurrent + settings.max_queue) // 2),
         )
     if settings.cors_origin_list:
         wildcard = "*" in settings.cors_origin_list
@@ -137,7 +151,6 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(generate.router)
     app.include_router(status.router)
@@ -146,13 +159,21 @@ def create_app(
     app.include_router(openai_api.router)
     app.include_router(adapters.router)
     app.include_router(tokenize.router)
-    if settings.ui and ui is not None:
-        keys = settings.api_key_list
-        app = ui(
-            app, path=UI_PATH, server_url=settings.local_url, api_key=keys[0] if keys else None
-        )
+    if mounts_ui:
+        assert ui is not None  # mounts_ui says so
+        login = partial(_is_a_key, keys) if keys and not settings.ui_public else None
+        app = ui(app, path=UI_PATH, server_url=settings.local_url, api_key=demo_key, login=login)
         runtime.ui_mounted = True
     return app
+
+
+def _is_a_key(keys: list[str], username: str, password: str) -> bool:
+    """The demo's login: any name, an API key of this server as the password (compared with
+    every key, in constant time)."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(password.encode(), key.encode())
+    return matched
 
 
 async def _start_engine(runtime: Runtime, engine: Engine | None) -> None:

@@ -11,6 +11,7 @@ no code), so the official SDK raises `BadRequestError`. `/generate` keeps its 42
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -126,8 +127,16 @@ def _error_response(
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
 
 
+# The names pydantic gives a union's members in a location ("stop.constrained-str[0]"): which
+# member failed is not a parameter, and the client's parameter is the field itself.
+_UNION_MEMBER = re.compile(
+    r"^(str|int|float|bool|list|dict|constrained-\w+|function-\w+\[.*\]|(list|dict|tuple)\[.*\])$"
+)
+
+
 def _param_name(loc: tuple[Any, ...]) -> str | None:
     parts = list(loc[1:] if loc and loc[0] in _LOCATIONS else loc)
+    parts = [part for part in parts if not (isinstance(part, str) and _UNION_MEMBER.match(part))]
     if not parts:
         return None
     name = str(parts[0])
@@ -149,8 +158,19 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{param} is not a known field"
     text = f"{param}: {message}" if param else message
     if "input" in error and error.get("type") not in ("model_type", "dict_type"):
-        text += f" (got {error['input']!r})"
+        text += f" (got {_shown(error['input'])})"
     return text
+
+
+SHOWN_CHARS = 120  # of a refused value echoed in an error: a 1 MB value is not sent back
+SHOWN_ERRORS = 5  # problems described in one error message; the rest are counted
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text)} characters in all)"
 
 
 GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
@@ -179,7 +199,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         content_type = request.headers.get("content-type", "none")
         message = f"send the body as JSON with Content-Type: application/json (got {content_type})"
         return _error_response(request, 415, message, "unsupported_media_type")
-    message = "; ".join(_describe(error) for error in errors)
+    message = "; ".join(_describe(error) for error in errors[:SHOWN_ERRORS])
+    if len(errors) > SHOWN_ERRORS:
+        message += f"; and {len(errors) - SHOWN_ERRORS} more"
     param = _param_name(tuple(errors[0].get("loc", ()))) if errors else None
     code = VALIDATION_CODES.get(errors[0].get("type"), "invalid_value") if errors else None
     return _error_response(request, 422, message, "invalid_request_error", param, code)

@@ -38,19 +38,24 @@ FILTER_ERROR_CATEGORY = "filter_error"
 
 @dataclass(frozen=True)
 class Verdict:
-    """A filter's answer: allow, or block with a category and a reason."""
+    """A filter's answer: allow, or block with a category and a reason.
+
+    The category and the reason reach the client; `detail` (what exactly matched) is for the
+    operator alone: it goes to the generation log, never into a response, so that a client
+    cannot map the blocklist by probing it."""
 
     allowed: bool
     category: str | None = None
     reason: str | None = None
+    detail: str | None = None
 
     @classmethod
     def allow(cls) -> Verdict:
         return cls(True)
 
     @classmethod
-    def block(cls, category: str, reason: str) -> Verdict:
-        return cls(False, category, reason)
+    def block(cls, category: str, reason: str, detail: str | None = None) -> Verdict:
+        return cls(False, category, reason, detail)
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,9 @@ def _phrase_trie_regex(phrases: list[str]) -> re.Pattern[str] | None:
     return re.compile(rf"(?<!\w)(?:{render(root)})(?!\w)", re.IGNORECASE)
 
 
+BLOCKLIST_REASON = "it matched the server's blocklist"  # which entry: the log's detail only
+
+
 class BlocklistFilter:
     """Blocks text that contains a listed phrase or pattern; the file is re-read when it changes."""
 
@@ -205,7 +213,9 @@ class BlocklistFilter:
         for entry in self.entries:
             for text in texts:
                 if entry.regex.search(text):
-                    return Verdict.block(entry.category, f"matched blocklist entry {entry.text!r}")
+                    return Verdict.block(
+                        entry.category, BLOCKLIST_REASON, f"blocklist entry {entry.text!r}"
+                    )
         return Verdict.allow()
 
     def check_input(self, request: FilterInput) -> Verdict:
@@ -314,6 +324,7 @@ class FilterOutcome:
             "allowed": self.verdict.allowed,
             "category": self.verdict.category,
             "reason": self.verdict.reason,
+            "detail": self.verdict.detail,
             "failed": self.failed,
         }
 

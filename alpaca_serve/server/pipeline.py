@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
-
-import jsonschema  # type: ignore[import-untyped]  # no types-jsonschema installed
 
 from alpaca_serve.core.prompts import SECTION_HEADERS, format_prompt
 from alpaca_serve.feedback import GenerationRecord
@@ -56,6 +57,7 @@ from alpaca_serve.server.engine import (
     TokenLogprob,
 )
 from alpaca_serve.server.filters import FilterChain, FilterInput, FilterOutcome, Verdict
+from alpaca_serve.server.json_schemas import SchemaBounds, SchemaRefused, check_json_schema
 from alpaca_serve.server.metrics import ModelMetrics, ServerMetrics
 from alpaca_serve.server.schemas import GenerateRequest
 from alpaca_serve.server.settings import ServerSettings
@@ -218,7 +220,7 @@ class Pipeline:
                 retry_after_s=RETRY_AFTER_S,
             )
         try:
-            prompt, prompt_ids, options = self.prepare(body, engine)  # 2. prompt
+            prompt, prompt_ids, options = await self._prepare(body, engine)  # 2. prompt
             input_outcomes = await self._check_input(body, prompt, metrics)  # 3. input filters
             deadline = arrival + self.settings.request_timeout_s
             try:  # 4. wait in the queue for the generation slots
@@ -266,6 +268,34 @@ class Pipeline:
             generation.filter_outcomes.extend(input_outcomes)
             generations.append(generation)
         return generations
+
+    @property
+    def schema_bounds(self) -> SchemaBounds:
+        settings = self.settings
+        return SchemaBounds(
+            settings.max_schema_bytes, settings.max_schema_depth, settings.max_schema_properties
+        )
+
+    async def _prepare(
+        self, body: GenerateRequest, engine: Engine
+    ) -> tuple[str, list[int], SamplingOptions]:
+        """Step 2, off the event loop when a JSON schema makes it heavy (checked against its
+        metaschema, compiled to a grammar: up to seconds for a large one, during which /ready
+        and every stream would stall), within prepare_timeout_s."""
+        if body.json_schema is None:
+            return self.prepare(body, engine)
+        future = asyncio.get_running_loop().run_in_executor(
+            _prepare_pool(), self.prepare, body, engine
+        )
+        limit = self.settings.prepare_timeout_s
+        try:
+            return await asyncio.wait_for(future, limit)
+        except asyncio.TimeoutError:
+            raise _invalid(
+                f"json_schema took longer than this server's limit of {limit:g} s to prepare "
+                "(ALPACA_PREPARE_TIMEOUT_S): give a smaller schema",
+                "json_schema",
+            ) from None
 
     def prepare(
         self, body: GenerateRequest, engine: Engine
@@ -316,7 +346,10 @@ class Pipeline:
         if body.json_schema is not None and body.json_object:
             raise _invalid("give json_schema or json_object, not both", "json_object")
         if body.json_schema is not None:
-            check_json_schema(body.json_schema)
+            try:
+                check_json_schema(body.json_schema, self.schema_bounds)
+            except SchemaRefused as err:
+                raise _invalid(str(err), "json_schema") from None
         prompt_ids = engine.tokenize(prompt)
         context = engine.max_model_len
         if len(prompt_ids) >= context:
@@ -380,25 +413,20 @@ class Pipeline:
 
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+_PREPARE_POOL: ThreadPoolExecutor | None = None
+
+
+def _prepare_pool() -> ThreadPoolExecutor:
+    """One thread prepares schema requests, one at a time: the grammar compiler is not known to
+    be safe to run twice at once, and a queue of large schemas is bounded by their time limit."""
+    global _PREPARE_POOL
+    if _PREPARE_POOL is None:
+        _PREPARE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alpaca-prepare")
+    return _PREPARE_POOL
 
 
 def _invalid(message: str, param: str) -> Refusal:
     return Refusal("invalid", message, param)
-
-
-def check_json_schema(schema: dict) -> None:
-    """Refuse a JSON schema that is not well-formed (checked against its metaschema) before it
-    reaches the engine."""
-    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    try:
-        validator.check_schema(schema)
-    except jsonschema.SchemaError as err:
-        where = "/".join(str(part) for part in err.absolute_path)
-        raise _invalid(
-            f"json_schema is not a valid JSON schema: {err.message}"
-            + (f" (at {where})" if where else ""),
-            "json_schema",
-        ) from None
 
 
 class AnswerText:
@@ -666,6 +694,15 @@ def _generation_record(
     )
 
 
+def schema_digest(schema: dict | None) -> dict | None:
+    """What the generation log keeps of a JSON schema: its SHA-256 (of its canonical JSON) and
+    size, not the schema."""
+    if schema is None:
+        return None
+    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()
+    return {"sha256": hashlib.sha256(canonical).hexdigest(), "bytes": len(canonical)}
+
+
 def _extra_params(options: SamplingOptions) -> dict:
     """The sampling parameters a request set beyond the usual ones, for the record."""
     extra = {
@@ -673,7 +710,9 @@ def _extra_params(options: SamplingOptions) -> dict:
         "frequency_penalty": options.frequency_penalty,
         "min_tokens": options.min_tokens,
         "logprobs": options.logprobs,
-        "json_schema": options.json_schema,
+        # By hash: the schema is the client's, up to max_schema_bytes, and every answer would
+        # store it again.
+        "json_schema": schema_digest(options.json_schema),
         "json_object": options.json_object,
     }
     unset = {

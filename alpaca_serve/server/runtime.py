@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from alpaca_serve.server.filters import FilterChain
 from alpaca_serve.server.metrics import ServerMetrics
 from alpaca_serve.server.pipeline import Pipeline
 from alpaca_serve.server.settings import ServerSettings
+from alpaca_serve.server.unknown_fields import UnknownFields
+
+log = logging.getLogger("alpaca.server")
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Runtime:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     load_error: str | None = None
     fatal_error: str | None = None  # why the process must stop (the engine died)
+    unknown_fields: UnknownFields = field(default_factory=UnknownFields)  # /v1's, logged once
     # Called when the engine cannot be loaded, so the process can stop instead of idling unready.
     on_fatal: Callable[[str], None] | None = field(default=None, repr=False)
     _pipeline: Pipeline | None = field(default=None, init=False, repr=False)
@@ -98,7 +103,7 @@ class Runtime:
         try:
             return await asyncio.to_thread(call, *args)
         except StoreError as err:
-            raise APIError(503, str(err), "feedback_store_unavailable") from err
+            raise store_unavailable(err) from err
 
     def refresh_gauges(self) -> None:
         engine = self.engine
@@ -124,3 +129,12 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 __all__ = ["Runtime", "RuntimeDep", "get_runtime"]
+
+
+def store_unavailable(err: StoreError) -> APIError:
+    """The 503 for a store that cannot be reached or used: the cause goes to the log, not to the
+    client (it names the database and its host)."""
+    log.warning("feedback store unavailable: %s", err)
+    return APIError(
+        503, "the feedback store is unavailable; retry shortly", "feedback_store_unavailable"
+    )

@@ -12,6 +12,7 @@ DEFAULT_TEMPERATURE = 0.1
 DEFAULT_TOP_P = 0.75
 DEFAULT_TOP_K = 40
 MAX_STOP_SEQUENCES = 8
+MAX_STOP_CHARS = 256  # of one stop string: longer ones are refused, not stored
 MAX_LOGPROBS = 20  # alternatives per token, as vLLM's default max_logprobs
 
 
@@ -43,7 +44,8 @@ class GenerateRequest(BaseModel):
     stop: list[str] = Field(
         default_factory=list,
         max_length=MAX_STOP_SEQUENCES,
-        description="generation ends before any of these strings; they are not returned",
+        description=f"generation ends before any of these strings (at most {MAX_STOP_CHARS} "
+        "characters each); they are not returned",
     )
     presence_penalty: float = Field(
         0.0, ge=-2.0, le=2.0, description="above 0 discourages any token already in the answer"
@@ -80,6 +82,10 @@ class GenerateRequest(BaseModel):
         for index, item in enumerate(value):
             if not item:
                 raise ValueError(f"stop[{index}] is empty; every stop string needs a character")
+            if len(item) > MAX_STOP_CHARS:
+                raise ValueError(
+                    f"stop[{index}] is {len(item)} characters, above the limit of {MAX_STOP_CHARS}"
+                )
         return value
 
 

@@ -128,6 +128,26 @@ class ServerSettings(BaseSettings):
         ge=1,
         description="longest instruction + input, or raw prompt, in characters",
     )
+    max_schema_bytes: int = Field(
+        default=65_536,
+        ge=64,
+        description="largest JSON schema a request may constrain its answer with (json_schema, "
+        "response_format), in bytes of compact JSON",
+    )
+    max_schema_depth: int = Field(
+        default=64, ge=2, description="deepest nesting of objects and arrays in a JSON schema"
+    )
+    max_schema_properties: int = Field(
+        default=1_000,
+        ge=1,
+        description="most property names in a JSON schema, all its `properties` counted together",
+    )
+    prepare_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="longest a request's JSON schema may take to check and compile (off the "
+        "event loop); past it, the request is refused",
+    )
     max_concurrent: int = Field(
         default=64, ge=1, description="requests generating at once; more wait in the queue"
     )
@@ -157,11 +177,42 @@ class ServerSettings(BaseSettings):
         description="comma-separated API keys; when set (or api_keys_file is), every route but "
         "/health and /ready needs `Authorization: Bearer <key>`",
     )
+    admin_keys: str | None = Field(
+        default=None,
+        description="comma-separated admin keys (API keys too): with them set, only they see "
+        "/info's and /v1/models' folder paths and training arguments and may call "
+        "/admin/adapters/reload; unset, with api_keys set, no caller sees those details; with "
+        "no keys at all, callers on this machine (loopback) do, which behind a proxy on the "
+        "same machine is everyone: set keys there",
+    )
     api_keys_file: Path | None = Field(
         default=None, description="file of API keys, one a line (`#` starts a comment)"
     )
     metrics_require_key: bool = Field(default=False, description="also require a key on /metrics")
-    ui_require_key: bool = Field(default=False, description="also require a key on the demo at /ui")
+    ui_require_key: bool = Field(
+        default=False,
+        description="require `Authorization: Bearer <key>` on every /ui request as on the API "
+        "(for a gateway that adds it; a browser alone cannot)",
+    )
+    max_in_flight_per_key: int | None = Field(
+        default=None,
+        ge=1,
+        description="with API keys set: requests one key may have open at once, streams "
+        "included (429 past it); default: half of max_concurrent + max_queue, so that no one "
+        "key holds every generation slot and queue place",
+    )
+    ui_public: bool = Field(
+        default=False,
+        description="with API keys set: serve the demo at /ui without a login (a public demo). "
+        "Off, the demo asks for a login whose password is an API key. Either way the demo's "
+        "calls to the API carry a key of its own, limited to ui_rate_limit_per_minute",
+    )
+    ui_rate_limit_per_minute: int = Field(
+        default=120,
+        ge=1,
+        description="with API keys set: requests a minute the demo's own key may make (all the "
+        "demo's visitors together)",
+    )
     rate_limit_per_minute: int | None = Field(
         default=None, ge=1, description="requests a minute allowed per API key (bursts up to that)"
     )
@@ -218,6 +269,7 @@ class ServerSettings(BaseSettings):
         "compile_cache_dir",
         "blocklist",
         "api_keys",
+        "admin_keys",
         "api_keys_file",
         "cors_origins",
         "adapters_dir",
@@ -242,6 +294,22 @@ class ServerSettings(BaseSettings):
             )
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ValueError(f"api_keys_file {self.api_keys_file} does not exist")
+        if self.admin_keys is not None and not self.admin_key_list:
+            raise ValueError("admin_keys set but no key read: give a key, or unset it")
+        if (self.api_keys is not None or self.api_keys_file is not None) and not self.api_key_list:
+            # Keys asked for but none read: failing open would serve every route without one.
+            where = " and ".join(
+                name
+                for name, value in (
+                    ("api_keys", self.api_keys),
+                    (f"api_keys_file {self.api_keys_file}", self.api_keys_file),
+                )
+                if value is not None
+            )
+            raise ValueError(
+                f"{where} set but no API key read (blank entries and comments are not keys): "
+                "give a key, or unset it to run without keys"
+            )
         if self.rate_limit_per_minute is not None and not self.api_key_list:
             raise ValueError("rate_limit_per_minute is per API key: set api_keys as well")
         if self.blocklist is not None and not self.blocklist.is_file():
@@ -277,9 +345,15 @@ class ServerSettings(BaseSettings):
         return self.adapters_dir is not None or bool(self.adapter_paths)
 
     @property
+    def admin_key_list(self) -> list[str]:
+        """The admin keys (admin_keys)."""
+        return [key.strip() for key in (self.admin_keys or "").split(",") if key.strip()]
+
+    @property
     def api_key_list(self) -> list[str]:
-        """Every configured key, from api_keys and api_keys_file."""
+        """Every configured key, from api_keys, api_keys_file and admin_keys."""
         keys = [key.strip() for key in (self.api_keys or "").split(",")]
+        keys += self.admin_key_list
         if self.api_keys_file is not None and self.api_keys_file.is_file():
             for line in self.api_keys_file.read_text().splitlines():
                 keys.append(line.split("#", 1)[0].strip())

@@ -23,6 +23,7 @@ This module imports no torch.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data"
 
@@ -32,15 +33,26 @@ ALPACA_DATA = [
     SAMPLE_DATA / "llamafactory_alpaca_en_demo.json",
 ]
 
+# The adapter's shape (LoraArgs' fields), shared with alpaca-loop's sft stage.
+ALPACA_LORA: dict[str, Any] = {
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "lora_target_modules": [
+        *("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    ],
+}
+
 RECIPES: dict[str, list[str]] = {
     "alpaca": [
         "--data",
         *(str(path) for path in ALPACA_DATA),
         "--lora",
         "--no-merge",
-        *("--lora-r", "16", "--lora-alpha", "32", "--lora-dropout", "0.05"),
+        *("--lora-r", str(ALPACA_LORA["lora_r"]), "--lora-alpha", str(ALPACA_LORA["lora_alpha"])),
+        *("--lora-dropout", str(ALPACA_LORA["lora_dropout"])),
         "--lora-target-modules",
-        *("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        *ALPACA_LORA["lora_target_modules"],
         *("--learning-rate", "3e-4", "--lr-scheduler", "cosine", "--warmup-ratio", "0.03"),
         *("--global-batch-size", "8", "--micro-batch-size", "4", "--model-max-length", "256"),
         *("--max-steps", "80", "--group-by-length", "--seed", "42", "--logging-steps", "5"),

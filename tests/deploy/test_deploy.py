@@ -118,6 +118,23 @@ def test_the_image_installs_the_whole_tree_with_the_script_ci_runs():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_a_stopped_server_container_has_time_to_drain_its_answers():
+    drain = ServerSettings().drain_timeout_s
+    services = {**COMPOSE["services"]}
+    draining = [name for name, service in services.items() if "stop_grace_period" in service]
+    assert set(SERVER_SERVICES) <= set(draining)
+    for name in draining:
+        grace = services[name]["stop_grace_period"]
+        assert grace.endswith("s") and int(grace[:-1]) >= drain + 5, (name, grace)
+
+
+def test_the_make_targets_run_folders_stay_out_of_the_image_build_context():
+    ignored = set((ROOT / ".dockerignore").read_text().splitlines())
+    run_folders = set(re.findall(r"\$\(BIN\) ([\w-]+-run)\b", (ROOT / "Makefile").read_text()))
+    assert run_folders == {"loop-run", "alpaca-model-run", "eval-alpaca-run"}
+    assert run_folders <= ignored
+
+
 def test_every_image_stage_is_labelled_with_its_name_so_older_builds_can_be_pruned():
     # scripts/compose up removes the untagged images of older builds by this label.
     for name, text in dockerfile_stages():

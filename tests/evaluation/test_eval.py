@@ -527,3 +527,18 @@ def test_every_option_of_every_command_has_help():
         for action in command._actions:
             assert action.help, f"alpaca-eval {name} {action.option_strings} has no help"
         assert "usage: alpaca-eval " + name in alpaca_eval(name, "--help").stdout
+
+
+def test_keys_can_come_from_the_environment_instead_of_the_command_line(monkeypatch):
+    # A key given as an option shows in the process list and the shell's history.
+    from alpaca_serve.evaluation.cli import build_parser
+
+    monkeypatch.setenv("ALPACA_API_KEY", "server-key")
+    monkeypatch.setenv("ALPACA_JUDGE_API_KEY", "judge-key")
+    parser = build_parser()
+    judged = parser.parse_args(["judge", "--comparison", "c.json", "--judge-url", "http://j"])
+    assert (judged.api_key, judged.judge_api_key) == ("server-key", "judge-key")
+    answered = parser.parse_args(
+        ["answer", "--server-url", "http://s", "--out", "a.jsonl", "--api-key", "given"]
+    )
+    assert answered.api_key == "given"

@@ -118,6 +118,19 @@ def test_settings_of_the_first_run_are_remembered_and_secrets_are_not(calls, tmp
     assert "s3cret" not in text
 
 
+def test_keys_come_from_the_environment_when_not_given_and_are_never_remembered(
+    tmp_path, monkeypatch
+):
+    from alpaca_serve.loop.settings import LoopSettings
+
+    monkeypatch.setenv("ALPACA_API_KEY", "from-env")
+    monkeypatch.setenv("ALPACA_JUDGE_API_KEY", "judge-from-env")
+    settings = LoopSettings.resolve({}, {})
+    assert (settings.api_key, settings.judge_api_key) == ("from-env", "judge-from-env")
+    assert LoopSettings.resolve({"api_key": "given"}, {}).api_key == "given"
+    assert "from-env" not in json.dumps(settings.to_state())
+
+
 def test_a_bad_setting_is_one_error_line(calls, tmp_path, capsys):
     assert loop(tmp_path, "run", "--limit", "0") == 2
     assert (

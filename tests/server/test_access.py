@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import pytest
 
 from alpaca_serve.server.access import RateLimiter
-from tests.support import LAYERS, start_server
+from tests.support import LAYERS, TINY_SETTINGS, ScriptedServer, start_server, wait_for
 
 ALLOWED_ORIGIN = "https://demo.example.org"
 RATE_LIMIT = 20
@@ -53,6 +55,46 @@ def test_every_protected_route_wants_a_valid_key(keyed_server, method, path, bod
         assert response.json()["error"]["type"] == "unauthorized"
         assert message in response.json()["error"]["message"]
     assert call(keyed_server, method, path, body, "key-one").status_code != 401
+
+
+def test_the_key_is_checked_before_the_body_is_read(keyed_server):
+    # A client without a key must not make the server read (up to) a megabyte first.
+    big = b'{"instruction": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+    headers = {"content-type": "application/json"}
+    keyless = keyed_server.client.post("/generate", content=big, headers=headers)
+    assert keyless.status_code == 401, keyless.text
+    keyed = keyed_server.client.post(
+        "/generate", content=big, headers={**headers, "Authorization": "Bearer key-one"}
+    )
+    assert keyed.status_code == 413, keyed.text
+
+
+def test_one_key_cannot_hold_every_generation_slot(tmp_path):
+    server = ScriptedServer(
+        {**TINY_SETTINGS, "ALPACA_API_KEYS": "busy,other", "ALPACA_MAX_IN_FLIGHT_PER_KEY": "2"},
+        tmp_path,
+    )
+    server.wait_until_ready()
+    server.engine.delay_s = 0.05
+    body = {"instruction": "Count.", "max_new_tokens": 40, "stream": True}
+    try:
+        with ExitStack() as streams:
+            for _ in range(2):  # two answers streaming on one key: its limit
+                response = streams.enter_context(
+                    server.client.stream(
+                        "POST", "/generate", json=body, headers={"Authorization": "Bearer busy"}
+                    )
+                )
+                assert response.status_code == 200
+            third = call(server, "POST", "/generate", {**body, "stream": False}, "busy")
+            assert third.status_code == 429, third.text
+            assert "ALPACA_MAX_IN_FLIGHT_PER_KEY" in third.json()["error"]["message"]
+            assert third.headers["Retry-After"] == "1"
+            assert call(server, "GET", "/info", None, "other").status_code == 200
+        # The streams closed: the key has its slots back (once the server sees them gone).
+        assert wait_for(lambda: call(server, "GET", "/info", None, "busy").status_code == 200, 10)
+    finally:
+        server.stop()
 
 
 def test_keys_from_the_file_and_the_list_all_work(keyed_server):

@@ -296,6 +296,37 @@ def test_reload_needs_a_key_when_keys_are_set(serve):
     assert allowed.status_code == 200
 
 
+def test_with_admin_keys_only_an_admin_reloads_and_sees_paths_and_training(serve, adapters_dir):
+    write_trained_adapter(adapters_dir / "trained")
+    server = serve(ALPACA_API_KEYS="student", ALPACA_ADMIN_KEYS="teacher")
+
+    def as_(key):
+        return {"Authorization": f"Bearer {key}"}
+
+    assert server.client.post("/admin/adapters/reload", headers=as_("student")).status_code == 403
+    assert server.client.post("/admin/adapters/reload", headers=as_("teacher")).status_code == 200
+    student = server.client.get("/info", headers=as_("student")).json()
+    teacher = server.client.get("/info", headers=as_("teacher")).json()
+    assert [m["name"] for m in student["models"]] == [m["name"] for m in teacher["models"]]
+    trained = {m["name"]: m for m in teacher["models"]}["trained"]
+    assert trained["path"] == str(adapters_dir / "trained") and trained["training_arguments"]
+    shown = json.dumps(student)
+    assert '"path"' not in shown and "training_arguments" not in shown
+    assert str(adapters_dir) not in shown and '"/' not in shown  # no absolute path anywhere
+    models = server.client.get("/v1/models", headers=as_("student")).json()["data"]
+    assert [m["id"] for m in models] == ["tiny-base", "trained"]
+    assert all("root" not in m for m in models)
+    admin_models = server.client.get("/v1/models", headers=as_("teacher")).json()["data"]
+    assert admin_models[1]["root"] == str(adapters_dir / "trained")
+
+
+def test_with_user_keys_and_no_admin_key_no_caller_sees_paths(serve, adapters_dir):
+    write_adapter(adapters_dir / "plain")
+    server = serve(ALPACA_API_KEYS="sesame")
+    info = server.client.get("/info", headers={"Authorization": "Bearer sesame"}).json()
+    assert str(adapters_dir) not in json.dumps(info) and '"path"' not in json.dumps(info)
+
+
 def test_reload_without_keys_answers_only_this_machine(base_dir, adapters_dir):
     from alpaca_serve.server.app import create_app
 
@@ -398,7 +429,26 @@ BAD_ADAPTERS = {
         ["adapter_config.json"],
     ),
     "engine-says-no": (write_adapter, ["the engine refused it", "unsupported weight"]),
+    # Shapes no check foresaw used to raise AttributeError: the server stopped at start-up.
+    "rank-pattern-list": (
+        lambda f: write_adapter(f, rank_pattern=["q_proj", 8]),
+        ["rank_pattern is a list"],
+    ),
+    "header-of-lists": (
+        lambda f: (write_adapter(f), write_raw_safetensors(f, {"x.lora_A.weight": [8, 128]})),
+        ["not a tensor description"],
+    ),
+    "offsets-of-a-dict": (
+        lambda f: (write_adapter(f), write_raw_safetensors(f, {"t": {"data_offsets": {"a": 1}}})),
+        ["not a tensor description"],
+    ),
 }
+
+
+def write_raw_safetensors(folder: Path, header: dict) -> None:
+    """A weights file with exactly this header (and no data)."""
+    raw = json.dumps(header).encode()
+    (folder / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
 
 
 def test_each_bad_adapter_is_refused_with_its_reason_and_everything_else_is_served(

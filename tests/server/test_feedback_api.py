@@ -3,9 +3,12 @@ once with SQLite and once with PostgreSQL behind it, on both layers (scripted en
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from alpaca_serve.feedback import default_database_url, open_store
+from alpaca_serve.server.pipeline import schema_digest
 from tests.server.conftest import postgres_schema_url
 from tests.support import start_server, stream_events, wait_for
 
@@ -183,6 +186,19 @@ def test_malformed_feedback_json_is_a_400(client):
     )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_json"
+
+
+def test_the_generation_log_keeps_a_json_schema_by_hash_not_verbatim(client, store):
+    # A schema can be 64 KB, and every answer to it would store it again.
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    generation_id = generate(client, instruction="Answer.", json_schema=schema)
+    assert wait_for(lambda: store.generation_exists([generation_id]) == {generation_id}, 10)
+    rows = {row["generation_id"]: row for row in store.export_rows(include_unrated=True)}
+    kept = rows[generation_id]["params"]["json_schema"]
+    assert kept == schema_digest(schema)
+    assert set(kept) == {"sha256", "bytes"} and kept["bytes"] == len(
+        json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    )
 
 
 def test_every_finished_generation_is_recorded_without_the_client_address(client, store):

@@ -437,7 +437,8 @@ def test_a_store_that_cannot_be_used_is_a_503_for_the_routes(store):
         with pytest.raises(APIError) as raised:
             asyncio.run(runtime.in_store(call, *args))
         assert (raised.value.status, raised.value.type) == (503, "feedback_store_unavailable")
-        assert "closed" in str(raised.value)
+        # Why goes to the log; the client learns nothing of the database (its name, its host).
+        assert str(raised.value) == "the feedback store is unavailable; retry shortly"
 
 
 def test_ratings_saved_from_eight_threads_at_once_all_land(store):
@@ -582,3 +583,21 @@ def test_unsupported_database_urls_are_refused_in_one_line_without_the_password(
 def test_feedback_with_impossible_values_is_refused_before_it_reaches_the_store(build, fragment):
     with pytest.raises(ValueError, match=fragment):
         build()
+
+
+def test_a_database_url_in_a_message_shows_no_password_in_userinfo_or_query():
+    from alpaca_serve.feedback.backend import redact
+
+    url = "postgresql://ann:s3cret@db:5432/alpaca?password=s3cret&sslmode=require"
+    assert redact(url) == "postgresql://ann:***@db:5432/alpaca?password=***&sslmode=***"
+    assert "s3cret" not in redact("postgresql://db/alpaca?user=ann&password=s3cret#x")
+
+
+def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path):
+    path = tmp_path / "data" / "alpaca.sqlite3"
+    with open_store(f"sqlite://{path}") as store:
+        store.record_generations([make_generation("gen-1")])
+        files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
+        assert {p.name for p in files} >= {"alpaca.sqlite3", "alpaca.sqlite3-wal"}
+        for file in files:
+            assert file.stat().st_mode & 0o777 == 0o600, file

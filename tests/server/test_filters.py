@@ -8,6 +8,7 @@ import random
 import pytest
 
 from alpaca_serve.server.filters import (
+    BLOCKLIST_REASON,
     FILTER_ERROR_CATEGORY,
     BlocklistFilter,
     FilterChain,
@@ -51,8 +52,10 @@ def test_phrases_match_whole_words_ignoring_case(tmp_path):
     path.write_text("violence: kill them\n")
     blocklist = BlocklistFilter(path)
     assert blocklist.check_input(request("Please KILL   them now")) == Verdict.block(
-        "violence", "matched blocklist entry 'kill them'"
+        "violence", BLOCKLIST_REASON, "blocklist entry 'kill them'"
     )
+    # What reaches the client names the category, not the entry (the log's detail does).
+    assert "kill" not in BLOCKLIST_REASON
     assert blocklist.check_input(request("skill themes")).allowed
     assert not blocklist.check_output("and then kill them all").allowed
 
@@ -79,7 +82,9 @@ def test_many_phrases_block_exactly_what_each_phrase_would_on_its_own(tmp_path):
             text = "".join(rng.choice(letters + " \t.x") for _ in range(rng.randint(0, 14)))
             expected = next(
                 (
-                    Verdict.block(entry.category, f"matched blocklist entry {entry.text!r}")
+                    Verdict.block(
+                        entry.category, BLOCKLIST_REASON, f"blocklist entry {entry.text!r}"
+                    )
                     for entry in blocklist.entries
                     if entry.regex.search(text)
                 ),

@@ -54,6 +54,7 @@ def test_health_ready_and_info_describe_a_loaded_server(client, tiny_model_dir):
     assert info["limits"] == {
         "max_model_len": TINY_CONTEXT,
         "max_new_tokens_limit": TINY_MAX_NEW_TOKENS_LIMIT,
+        "max_prompt_chars": 100_000,
         "max_choices": 4,
     }
     device, dtype = expected_device_and_dtype(tiny_model_dir)

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from alpaca_serve.core.prompts import format_prompt
+from alpaca_serve.server.unknown_fields import UnknownFields
 from tests.support import start_server, wait_for
 
 
@@ -334,6 +335,18 @@ def test_an_unknown_field_is_logged_once_and_ignored(client, model, server):
     assert log.count(name) == 1
 
 
+def test_unknown_field_names_are_logged_up_to_a_bound_not_kept_forever(caplog):
+    # One 1 MB body can hold 80,000 distinct names: neither the set nor the log may grow with it.
+    fields = UnknownFields(limit=5)
+    with caplog.at_level("WARNING", logger="alpaca.server"):
+        fields.note(f"x_{i}" for i in range(1000))
+        fields.note(["y" * 10_000, "x_1", "z"])
+    assert fields.logged == {f"x_{i}" for i in range(5)}
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 6, messages
+    assert "later ones are ignored without a word" in messages[-1]
+
+
 # --- Errors and headers as clients expect --------------------------------------------------------
 
 
@@ -638,3 +651,29 @@ def test_tokenizer_routes_refuse_bad_requests_as_vllm_does(client, path, body, s
     response = client.post(path, json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_tokenizer_routes_have_the_bounds_generate_has(client):
+    limit = client.get("/info").json()["limits"]["max_prompt_chars"]
+    context = client.get("/info").json()["limits"]["max_model_len"]
+    cases = [
+        (
+            "/tokenize",
+            {"prompt": "a" * (limit + 1)},
+            "prompt",
+            f"above this server's limit of {limit}",
+        ),
+        (
+            "/tokenize",
+            {"messages": [{"role": "user", "content": "a" * (limit + 1)}]},
+            "messages",
+            f"{limit + 1} characters",
+        ),
+        ("/detokenize", {"tokens": [1] * (context + 1)}, "tokens", f"context of {context}"),
+    ]
+    for path, body, param, words in cases:
+        response = client.post(path, json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == param
+        assert words in response.json()["error"]["message"]
+    assert client.post("/tokenize", json={"prompt": "a" * limit}).status_code == 200

@@ -67,6 +67,7 @@ def test_help_explains_every_option():
         ([], {"ALPACA_FILTERS": "not json"}, "filters"),
         ([], {"ALPACA_RATE_LIMIT_PER_MINUTE": "10"}, "set api_keys as well"),
         ([], {"ALPACA_API_KEYS_FILE": "/no/keys.txt"}, "api_keys_file /no/keys.txt"),
+        ([], {"ALPACA_API_KEYS": " , "}, "api_keys set but no API key read"),
         ([], {"ALPACA_MAX_QUEUE": "-1"}, "max_queue"),
     ],
 )
@@ -77,6 +78,18 @@ def test_bad_settings_stop_the_server_with_one_line(args, env, fragment):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("alpaca-serve: error:")
     assert fragment in lines[0]
+
+
+def test_a_keys_file_with_no_key_in_it_is_refused_not_taken_as_no_keys(tmp_path):
+    # Failing open here would serve every route without a key.
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# keys for the class, one a line\n\n   # (none yet)\n")
+    with pytest.raises(ValueError, match=f"api_keys_file {keys} set but no API key read"):
+        ServerSettings(api_keys_file=keys)
+    with pytest.raises(ValueError, match="api_keys and api_keys_file .* set but no API key read"):
+        ServerSettings(api_keys=",", api_keys_file=keys)
+    keys.write_text("# one key\nsesame  # the teacher's\n")
+    assert ServerSettings(api_keys_file=keys).api_key_list == ["sesame"]
 
 
 def test_every_setting_reads_its_alpaca_environment_variable(monkeypatch):

@@ -5,17 +5,17 @@ Usage:
 
 New and changed adapter folders are taken up at once (calling it says the copy is done; the
 watcher itself waits until two scans see the same files), removed ones stop being offered. The
-answer lists the served and refused adapters, as /info does. With API keys configured it needs
-one, like every route; with none configured it answers only clients on this machine (loopback),
-so that an open server cannot be made to load files by anyone who reaches it.
+answer lists the served and refused adapters, as /info does. With admin keys configured
+(ALPACA_ADMIN_KEYS) it needs one; with API keys only, any of them; with none configured it
+answers only clients on this machine (loopback), so that an open server cannot be made to load
+files by anyone who reaches it (behind a proxy on the same machine, that is everyone: set keys).
 """
 
 from __future__ import annotations
 
-import ipaddress
-
 from fastapi import APIRouter, Request
 
+from alpaca_serve.server.access import is_admin, is_loopback
 from alpaca_serve.server.errors import APIError
 from alpaca_serve.server.runtime import RuntimeDep
 from alpaca_serve.server.schemas import error_doc
@@ -32,7 +32,10 @@ router = APIRouter(prefix="/admin")
     },
 )
 async def reload_adapters(request: Request, runtime: RuntimeDep) -> dict:
-    if not runtime.settings.api_key_list and not _is_loopback(request):
+    settings = runtime.settings
+    if settings.admin_key_list and not is_admin(request, settings):
+        raise APIError(403, "adapters can be reloaded with an admin key only", "forbidden")
+    if not settings.api_key_list and not is_loopback(request):
         raise APIError(
             403,
             "adapters can be reloaded only from this machine when no API keys are configured",
@@ -49,11 +52,3 @@ async def reload_adapters(request: Request, runtime: RuntimeDep) -> dict:
         raise APIError(503, "the model is still loading or has stopped", "engine_unavailable")
     await runtime.adapters.refresh(engine, wait_until_stable=False)
     return runtime.adapters.describe()
-
-
-def _is_loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

@@ -20,7 +20,7 @@ from alpaca_serve.feedback import (
     UnknownGenerationError,
 )
 from alpaca_serve.server.errors import APIError, invalid
-from alpaca_serve.server.runtime import Runtime, RuntimeDep
+from alpaca_serve.server.runtime import Runtime, RuntimeDep, store_unavailable
 from alpaca_serve.server.schemas import BODY_ERRORS, error_doc
 
 router = APIRouter()
@@ -198,4 +198,4 @@ async def _save(runtime: Runtime, save, feedback) -> tuple[int, bool]:
         param = "generation_ids" if isinstance(feedback, ComparisonFeedback) else "generation_id"
         raise APIError(404, str(err), "not_found", param) from err
     except StoreError as err:
-        raise APIError(503, str(err), "feedback_store_unavailable") from err
+        raise store_unavailable(err) from err

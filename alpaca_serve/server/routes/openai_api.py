@@ -18,7 +18,8 @@ rated on its own.
 
 Nothing is silently ignored: a field that would change the answer and that this server does not
 support (tools, logit_bias, audio, ...) is a 400 naming it; fields that only tune sampling are
-passed to vLLM; a field this server does not know at all is logged once per name, then ignored.
+passed to vLLM; a field this server does not know at all is logged once per name (the first 100
+names), then ignored.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from alpaca_serve.server.access import is_admin, without_admin_details
 from alpaca_serve.server.chat import ChatError, ChatMessage, alpaca_fields
 from alpaca_serve.server.engine import TokenLogprob
 from alpaca_serve.server.errors import APIError
@@ -45,6 +47,7 @@ from alpaca_serve.server.schemas import (
     DEFAULT_TOP_P,
     GENERATION_RESPONSES,
     MAX_LOGPROBS,
+    MAX_STOP_CHARS,
     MAX_STOP_SEQUENCES,
     GenerateRequest,
     error_doc,
@@ -94,10 +97,10 @@ REFUSED_FIELDS = {
 }
 # Known OpenAI fields that change nothing here: accepted without a word.
 ACCEPTED_FIELDS = {"user", "metadata", "store", "service_tier", "name", "reasoning_effort"}
-_logged_unknown: set[str] = set()  # unknown field names already logged, once each
 
 
-StopString = Annotated[str, Field(min_length=1)]
+
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
 
 
@@ -163,14 +166,16 @@ class ChatRequest(_Sampling):
 
 
 @router.get("/models")
-async def list_models(runtime: RuntimeDep) -> dict:
-    """The base model, then every served LoRA adapter (`parent`: the base, as vLLM says)."""
-    return {"object": "list", "data": runtime.list_models()}
+async def list_models(request: Request, runtime: RuntimeDep) -> dict:
+    """The base model, then every served LoRA adapter (`parent`: the base, as vLLM says); an
+    adapter's folder (`root`) only for an admin."""
+    body = {"object": "list", "data": runtime.list_models()}
+    return body if is_admin(request, runtime.settings) else without_admin_details(body)
 
 
 @router.post("/completions", responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep):
-    _check_fields(body, "completion")
+    _check_fields(body, "completion", runtime)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise _bad("prompt must be one string (batches are not supported)", "prompt")
@@ -193,7 +198,7 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
 
 @router.post("/chat/completions", responses=ERRORS)
 async def chat_completions(body: ChatRequest, request: Request, runtime: RuntimeDep):
-    _check_fields(body, "chat")
+    _check_fields(body, "chat", runtime)
     try:
         instruction, context = alpaca_fields(body.messages)
     except ChatError as err:
@@ -212,7 +217,7 @@ def _bad(message: str, param: str | None, code: str | None = None) -> APIError:
     return APIError(400, message, "invalid_request_error", param, code=code)
 
 
-def _check_fields(body: _Sampling, kind: str) -> None:
+def _check_fields(body: _Sampling, kind: str, runtime: Runtime) -> None:
     """Refuse unsupported fields that would change the answer; log unknown ones once each."""
     extra = body.model_extra or {}
     for name in REFUSED_FIELDS[kind]:
@@ -226,10 +231,7 @@ def _check_fields(body: _Sampling, kind: str) -> None:
                 name,
                 "unsupported_parameter",
             )
-    for name in extra:
-        if name not in ACCEPTED_FIELDS and name not in _logged_unknown:
-            _logged_unknown.add(name)
-            log.warning("ignoring the unknown field %r of /v1 requests (logged once)", name[:64])
+    runtime.unknown_fields.note(name for name in extra if name not in ACCEPTED_FIELDS)
 
 
 def _asks_nothing(value: Any) -> bool:

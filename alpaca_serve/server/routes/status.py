@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from alpaca_serve.core.provenance import read_provenance, unknown_provenance
 from alpaca_serve.server import __version__
+from alpaca_serve.server.access import is_admin, without_admin_details
 from alpaca_serve.server.engine import EngineUnavailableError
 from alpaca_serve.server.errors import error_body
-from alpaca_serve.server.runtime import RuntimeDep
+from alpaca_serve.server.runtime import Runtime, RuntimeDep
 from alpaca_serve.server.schemas import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
 router = APIRouter()
@@ -40,9 +41,14 @@ async def ready(runtime: RuntimeDep):
 
 
 @router.get("/info")
-async def info(runtime: RuntimeDep) -> dict:
+async def info(request: Request, runtime: RuntimeDep) -> dict:
     """The model, where it came from and its prompt template, its limits and the request
-    defaults."""
+    defaults. Folder paths and training arguments only for an admin (server/access.py)."""
+    body = _info(runtime)
+    return body if is_admin(request, runtime.settings) else without_admin_details(body)
+
+
+def _info(runtime: Runtime) -> dict:
     settings, engine = runtime.settings, runtime.engine
     model_dir = runtime.model_dir or settings.model  # None until the default model is converted
     provenance = read_provenance(model_dir) if model_dir is not None else unknown_provenance()
@@ -66,6 +72,7 @@ async def info(runtime: RuntimeDep) -> dict:
         "limits": {
             "max_model_len": engine.max_model_len if engine else settings.max_model_len,
             "max_new_tokens_limit": settings.max_new_tokens_limit,
+            "max_prompt_chars": settings.max_prompt_chars,
             # choices (OpenAI's n) one request may ask for: each takes a generation slot
             "max_choices": min(settings.max_choices, settings.max_concurrent),
         },

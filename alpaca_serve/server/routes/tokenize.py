@@ -7,11 +7,13 @@ Usage:
 
 A chat's messages are tokenized as `/v1/chat/completions` sends them to the model (the Alpaca
 template, `server/chat.py`), so `count` equals that request's `usage.prompt_tokens`. Errors take
-OpenAI's shape, as on the /v1 routes.
+OpenAI's shape, as on the /v1 routes. The text has /generate's bound (ALPACA_MAX_PROMPT_CHARS),
+the tokens the model's context; both run off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -72,12 +74,24 @@ async def tokenize(body: TokenizeRequest, runtime: RuntimeDep) -> TokenizeRespon
             instruction, context = alpaca_fields(body.messages)
         except ChatError as err:
             raise APIError(400, err.message, "invalid_request_error", err.param) from None
-        text = format_prompt(instruction, context)
+        text, chars = format_prompt(instruction, context), len(instruction) + len(context)
+        what, param = "the messages' instruction and input together", "messages"
     else:
         assert body.prompt is not None  # checked above: exactly one of prompt and messages
-        text = body.prompt
+        text, chars, what, param = body.prompt, len(body.prompt), "the prompt", "prompt"
+    limit = runtime.settings.max_prompt_chars
+    if chars > limit:  # the bound /generate has: nothing longer could be generated from
+        raise APIError(
+            400,
+            f"{what} is {chars} characters, above this server's limit of {limit}",
+            "invalid_request_error",
+            param,
+        )
     engine = runtime.pipeline.require_engine()
-    tokens = engine.tokenize(text, add_special_tokens=body.add_special_tokens)
+    # Off the event loop: a long prompt takes the tokenizer a while, and /ready must not wait.
+    tokens = await asyncio.to_thread(
+        engine.tokenize, text, add_special_tokens=body.add_special_tokens
+    )
     return TokenizeResponse(count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens)
 
 
@@ -85,8 +99,15 @@ async def tokenize(body: TokenizeRequest, runtime: RuntimeDep) -> TokenizeRespon
 async def detokenize(body: DetokenizeRequest, runtime: RuntimeDep) -> DetokenizeResponse:
     _check_model(body.model, runtime)
     engine = runtime.pipeline.require_engine()
+    if len(body.tokens) > engine.max_model_len:
+        raise APIError(
+            400,
+            f"{len(body.tokens)} tokens, above the model's context of {engine.max_model_len}",
+            "invalid_request_error",
+            "tokens",
+        )
     try:
-        return DetokenizeResponse(prompt=engine.detokenize(body.tokens))
+        return DetokenizeResponse(prompt=await asyncio.to_thread(engine.detokenize, body.tokens))
     except ValueError as err:
         raise APIError(400, str(err), "invalid_request_error", "tokens") from None
 
