@@ -47,6 +47,7 @@ REASONS = {
     "raw_prompt": ("pair with a raw prompt", "pairs with a raw prompt"),
     "different_prompts": ("pair with different prompts", "pairs with different prompts"),
     "same_text": ("pair of identical answers", "pairs of identical answers"),
+    "empty_answer": ("pair with an empty answer", "pairs with an empty answer"),
     "duplicate": ("duplicate", "duplicates"),
 }
 
@@ -118,6 +119,9 @@ def dpo_pairs(store: FeedbackStore, include_machine: bool = False) -> Selection:
             selection.dropped["different_prompts"] += 1
         elif chosen["response"] == rejected["response"]:
             selection.dropped["same_text"] += 1
+        elif not chosen["response"].strip() or not rejected["response"].strip():
+            # An empty answer (a model that said nothing at once) is no text to train on.
+            selection.dropped["empty_answer"] += 1
         else:
             record = {
                 "prompt": chosen["prompt"],
@@ -129,6 +133,9 @@ def dpo_pairs(store: FeedbackStore, include_machine: bool = False) -> Selection:
         for preferred in _preferred_responses(ratings):
             if preferred == generation["output"]:
                 selection.dropped["same_text"] += 1
+                continue
+            if not generation["output"].strip():
+                selection.dropped["empty_answer"] += 1
                 continue
             record = {
                 "prompt": generation["prompt"],

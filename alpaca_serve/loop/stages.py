@@ -129,21 +129,7 @@ def run_sft(ctx: LoopContext) -> tuple[dict[str, Any], str]:
     out = ctx.folder("sft")
     files = ", ".join(str(path) for path in settings.data)
     print(f"fine-tuning {base['name']} ({base_dir}) on {files} with LoRA")
-    _train(
-        AlpacaTrainArgs(
-            train=_schedule(
-                settings, base_dir, out, "sft", settings.sft_steps, settings.sft_learning_rate
-            ),
-            data=DataArgs(
-                data=list(settings.data),
-                model_max_length=settings.max_length,
-                group_by_length=True,
-            ),
-            # The project's Alpaca model's adapter shape (training/recipe.py).
-            lora=LoraArgs(lora=True, merge=False, **ALPACA_LORA),
-            dpo=DpoArgs(),
-        )
-    )
+    _train(sft_arguments(settings, base_dir, out))
     with ctx.server() as server:
         served = release_adapter(server, out, adapters_dir, settings.sft_name)
     outputs = {
@@ -155,6 +141,23 @@ def run_sft(ctx: LoopContext) -> tuple[dict[str, Any], str]:
         "served_from": str(served.get("path") or adapters_dir / settings.sft_name),
     }
     return outputs, f"adapter {settings.sft_name} served beside {base['name']}"
+
+
+def sft_arguments(settings: LoopSettings, base_dir: Path, out: Path) -> AlpacaTrainArgs:
+    """The supervised fine-tune's `alpaca-train` arguments: the shape of `--recipe alpaca`
+    (training/recipe.py), at the loop's sizes."""
+    return AlpacaTrainArgs(
+        train=_schedule(
+            settings, base_dir, out, "sft", settings.sft_steps, settings.sft_learning_rate
+        ),
+        data=DataArgs(
+            data=list(settings.data),
+            model_max_length=settings.max_length,
+            group_by_length=True,
+        ),
+        lora=LoraArgs(lora=True, merge=False, **ALPACA_LORA),
+        dpo=DpoArgs(),
+    )
 
 
 # --- publish ------------------------------------------------------------------------------------

@@ -168,6 +168,27 @@ def test_dpo_pairs_come_from_votes_by_majority_and_from_preferred_responses(
     )
 
 
+def test_a_pair_with_an_empty_answer_is_dropped_and_counted_not_written(served, tmp_path, capsys):
+    # A model that answers nothing at once loses the vote, but DPO has no text to push away
+    # from: such a pair in the file stopped `alpaca-train --method dpo` (and the loop's prefer).
+    server, url = served
+    kept = two_answers(server, "Name a planet.")
+    scripted, server.engine.reply = server.engine.reply, lambda prompt: ""
+    try:
+        silent = answer(server, "Name a colour.")
+    finally:
+        server.engine.reply = scripted
+    spoken = answer(server, "Name a colour.")
+    assert stored(server, url, silent)["response"] == ""
+    vote(server, kept, kept[0], "alice")
+    vote(server, (silent, spoken), spoken, "alice")
+
+    rows, summary = export(url, tmp_path / "dpo.jsonl", "--format", "dpo", capsys=capsys)
+
+    assert len(rows) == 1 and all(row["chosen"] and row["rejected"] for row in rows)
+    assert summary.endswith("dropped: 1 pair with an empty answer"), summary
+
+
 def test_machine_votes_are_left_out_unless_asked_for(served, tmp_path, capsys):
     server, url = served
     judged_only = two_answers(server, "Name a planet.")

@@ -99,7 +99,6 @@ REFUSED_FIELDS = {
 ACCEPTED_FIELDS = {"user", "metadata", "store", "service_tier", "name", "reasoning_effort"}
 
 
-
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
 
