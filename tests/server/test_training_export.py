@@ -179,9 +179,9 @@ def test_a_pair_with_an_empty_answer_is_dropped_and_counted_not_written(served, 
     finally:
         server.engine.reply = scripted
     spoken = answer(server, "Name a colour.")
-    assert stored(server, url, silent)["response"] == ""
     vote(server, kept, kept[0], "alice")
-    vote(server, (silent, spoken), spoken, "alice")
+    vote(server, (silent, spoken), spoken, "alice")  # a vote writes its generations first
+    assert stored(server, url, silent)["response"] == ""
 
     rows, summary = export(url, tmp_path / "dpo.jsonl", "--format", "dpo", capsys=capsys)
 
