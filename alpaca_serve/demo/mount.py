@@ -10,7 +10,6 @@ when the demo is mounted.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from urllib.parse import unquote
 
 from pydantic import ValidationError
 
+from alpaca_serve.core.asgi_errors import send_json_error
 from alpaca_serve.core.errors import describe_errors
 from alpaca_serve.demo.settings import DemoSettings
 
@@ -88,19 +88,6 @@ class DemoGuard:
         if scope["type"] == "http":
             reason = self.refused(unquote(scope["path"]))
             if reason is not None:
-                body = json.dumps(
-                    {"error": {"message": reason, "type": "forbidden", "param": None}}
-                ).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 403,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_json_error(send, 403, reason, "forbidden")
                 return
         await self.app(scope, receive, send)

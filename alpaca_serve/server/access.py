@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from alpaca_serve.core.asgi_errors import send_json_error
 
 if TYPE_CHECKING:
     from alpaca_serve.server.settings import ServerSettings
@@ -72,40 +73,27 @@ class AccessMiddleware:
             for prefix in self.open_prefixes
         )
 
-    def _key_of(self, scope: Scope) -> bytes | None:
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer" and token.strip():
-                    return token.strip()
-        return None
-
-    def _matches(self, presented: bytes) -> bool:
-        # Compare with every key, so the time taken does not tell which (or whether) one matched.
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(presented, key)
-        return matched
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self._is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
-        presented = self._key_of(scope)
-        if presented is None or not self._matches(presented):
+        presented = presented_key(scope)
+        if presented is None or not matches_any(presented, self.keys):
             message = (
                 "missing API key: send Authorization: Bearer <key>"
                 if presented is None
                 else "invalid API key"
             )
-            await _reject(send, 401, message, "unauthorized", [(b"www-authenticate", b"Bearer")])
+            await send_json_error(
+                send, 401, message, "unauthorized", [(b"www-authenticate", b"Bearer")]
+            )
             return
         limiter = self.own_limiters.get(presented, self.limiter)
         if limiter is not None:
             allowed, wait_s = limiter.allow(presented.decode(errors="replace"))
             if not allowed:
                 retry_after = str(max(1, round(wait_s))).encode()
-                await _reject(
+                await send_json_error(
                     send,
                     429,
                     "rate limit of this API key reached; retry later",
@@ -117,7 +105,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         if self._in_flight.get(presented, 0) >= self.max_in_flight:
-            await _reject(
+            await send_json_error(
                 send,
                 429,
                 f"this API key already has {self.max_in_flight} requests open, this server's "
@@ -137,28 +125,23 @@ class AccessMiddleware:
                 del self._in_flight[presented]
 
 
-async def _reject(
-    send: Send, status: int, message: str, type_: str, headers: list[tuple[bytes, bytes]]
-) -> None:
-    body = json.dumps({"error": {"message": message, "type": type_, "param": None}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def bearer_key(request: Request) -> str | None:
+def presented_key(scope: Scope) -> bytes | None:
     """The key a request presents (`Authorization: Bearer <key>`), if any."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def matches_any(presented: bytes, keys: Iterable[bytes]) -> bool:
+    """Whether `presented` is one of `keys`, compared with every key, so that the time taken does
+    not tell which (or whether) one matched."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    return matched
 
 
 def is_loopback(request: Request) -> bool:
@@ -175,11 +158,8 @@ def is_admin(request: Request, settings: ServerSettings) -> bool:
     a caller on this machine when no key is configured at all."""
     admin_keys = settings.admin_key_list
     if admin_keys:
-        presented = (bearer_key(request) or "").encode()
-        matched = False
-        for key in admin_keys:
-            matched |= hmac.compare_digest(presented, key.encode())
-        return matched
+        presented = presented_key(request.scope) or b""
+        return matches_any(presented, (key.encode() for key in admin_keys))
     if settings.api_key_list:
         return False
     return is_loopback(request)

@@ -14,7 +14,6 @@ Importing this module imports neither vLLM nor torch: the engine is built in the
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import secrets
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from alpaca_serve.core.provenance import made_at
 from alpaca_serve.feedback import FeedbackStore, GenerationRecorder, open_store
 from alpaca_serve.server import __version__
-from alpaca_serve.server.access import AccessMiddleware
+from alpaca_serve.server.access import AccessMiddleware, matches_any
 from alpaca_serve.server.adapters import AdapterRegistry, watch_adapters
 from alpaca_serve.server.admission import Admission
 from alpaca_serve.server.default_model import ensure_default_model
@@ -168,12 +167,8 @@ def create_app(
 
 
 def _is_a_key(keys: list[str], username: str, password: str) -> bool:
-    """The demo's login: any name, an API key of this server as the password (compared with
-    every key, in constant time)."""
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(password.encode(), key.encode())
-    return matched
+    """The demo's login: any name, an API key of this server as the password."""
+    return matches_any(password.encode(), (key.encode() for key in keys))
 
 
 async def _start_engine(runtime: Runtime, engine: Engine | None) -> None:

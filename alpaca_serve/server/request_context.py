@@ -19,6 +19,8 @@ from contextvars import ContextVar
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from alpaca_serve.core.asgi_errors import send_json_error
+
 REQUEST_ID_HEADER = "X-Request-Id"
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
@@ -87,27 +89,13 @@ class RequestContextMiddleware:
         except Exception:
             log.exception("unhandled error")
             if not started:
-                body = json.dumps(
-                    {
-                        "error": {
-                            "message": "internal server error",
-                            "type": "internal_error",
-                            "param": None,
-                        }
-                    }
-                ).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
-                        ],
-                    }
+                await send_json_error(
+                    send,
+                    500,
+                    "internal server error",
+                    "internal_error",
+                    [(REQUEST_ID_HEADER.lower().encode(), request_id.encode())],
                 )
-                await send({"type": "http.response.body", "body": body})
         finally:
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
@@ -182,25 +170,10 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, send: Send, size: int) -> None:
         over = "over " if size > self.max_bytes else ""
-        payload = json.dumps(
-            {
-                "error": {
-                    "message": f"the request body is {over}{size} bytes, above the limit of "
-                    f"{self.max_bytes}",
-                    "type": "request_too_large",
-                    "param": None,
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        await send_json_error(
+            send,
+            413,
+            f"the request body is {over}{size} bytes, above the limit of {self.max_bytes}",
+            "request_too_large",
+            [(b"connection", b"close")],
         )
-        await send({"type": "http.response.body", "body": payload})
