@@ -147,6 +147,7 @@ COSTLIEST_FILES = [
     "tests/test_wheel.py",  # 165: builds the wheel, installs it into a new environment
     "tests/benchmarks/test_peer.py",  # 150: three servers
     "tests/server/test_default_model.py",  # 145: the default model's engine
+    "tests/generation/test_generate_e2e.py",  # 175 alone: the default model teaches, trains
     "tests/server/test_feedback_api.py",  # 141: one server per store backend
     "tests/server/test_lifecycle.py",  # 136: two servers
     "tests/benchmarks/test_adapter_cost.py",  # 131: trains, then two servers

@@ -47,6 +47,7 @@ BAD_INPUT = {
     ],
     "alpaca-eval": ["answer", "--instructions", "/no/such/file.jsonl", "--out", "{tmp}/x"],
     "alpaca-loop": ["run", "--work-dir", "{tmp}/work", "--limit", "0"],
+    "alpaca-generate": ["--out", "{tmp}/gen.json", "--seed-tasks", "/no/such/seeds.jsonl"],
 }
 
 

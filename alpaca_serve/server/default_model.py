@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+from alpaca_serve.core.default_model import (
+    DEFAULT_MODEL_NAME,
+    convert_command,
+    default_model_folder,
+    is_converted,
+)
+
+__all__ = ["DEFAULT_MODEL_NAME", "DefaultModelError", "ensure_default_model"]
 
 log = logging.getLogger("alpaca.server")
 
@@ -22,15 +28,13 @@ class DefaultModelError(RuntimeError):
 
 async def ensure_default_model(cache_dir: Path) -> Path:
     """The converted folder, converting the bundled GGUF file on the first call."""
-    out_dir = Path(cache_dir) / DEFAULT_MODEL_NAME
-    if (out_dir / "config.json").is_file():
+    out_dir = default_model_folder(cache_dir)
+    if is_converted(out_dir):
         return out_dir
     log.info("converting the bundled %s into %s (once)", DEFAULT_MODEL_NAME, out_dir)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "alpaca_serve.recover.convert", "--out", str(out_dir)
-    )
+    process = await asyncio.create_subprocess_exec(*convert_command(out_dir))
     code = await process.wait()
-    if code != 0 or not (out_dir / "config.json").is_file():
+    if code != 0 or not is_converted(out_dir):
         raise DefaultModelError(
             f"converting the bundled default model failed (exit code {code}); "
             "run `alpaca-convert` to see why"

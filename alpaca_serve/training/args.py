@@ -156,11 +156,16 @@ class LoraArgs:
 class TrainArgs:
     """The model, the schedule and the hardware."""
 
-    model: Path | None = _opt(None, "base model: a Hugging Face folder (required)")
+    model: Path | None = _opt(
+        None,
+        "base model: a Hugging Face folder (default: the bundled SmolLM2-135M-Instruct, "
+        "converted once into $ALPACA_CACHE_DIR or ~/.cache/alpaca-serve, as the server does)",
+    )
     output_dir: Path | None = _opt(
         None,
-        "where the servable model, alpaca_train.json and checkpoints/ go (required; "
-        "--output-dir, the Trainer's name, works too)",
+        "where the servable model, alpaca_train.json and checkpoints/ go (default: "
+        "runs/DATA-METHOD, DATA the first data file's name; --output-dir, the Trainer's name, "
+        "works too)",
         flags=("--out", "--output-dir"),
     )
     method: str = _opt(
@@ -342,17 +347,10 @@ class AlpacaTrainArgs:
     dpo: DpoArgs
 
     def __post_init__(self) -> None:
-        missing = [
-            f"--{_flag(n)}"
-            for n, v in (
-                ("model", self.train.model),
-                ("data", self.data.data),
-                ("output_dir", self.train.output_dir),
-            )
-            if v is None
-        ]
-        if missing:
-            raise ArgsError(f"the following arguments are required: {', '.join(missing)}")
+        if self.data.data is None:
+            raise ArgsError("the following arguments are required: --data")
+        if self.train.output_dir is None:
+            self.train.output_dir = Path("runs") / f"{self.data.data[0].stem}-{self.train.method}"
         if self.train.method == "dpo":
             self._check_dpo()
         elif self.dpo.eval_data is not None:

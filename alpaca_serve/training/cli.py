@@ -15,8 +15,16 @@ Usage:
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 
+from alpaca_serve.core.default_model import (
+    DEFAULT_MODEL_NAME,
+    convert_command,
+    default_model_folder,
+    is_converted,
+)
 from alpaca_serve.training.args import PROG, AlpacaTrainArgs, ArgsError, parse_args
 from alpaca_serve.training.data import DataFormatError
 from alpaca_serve.training.dpo import load_dpo_pairs, train_dpo
@@ -35,6 +43,8 @@ __all__ = ["ArgsError", "DataFormatError", "TrainError", "fine_tune", "main"]
 
 def fine_tune(args: AlpacaTrainArgs) -> TrainSummary:
     """One `alpaca-train` run from parsed arguments; what it did."""
+    if args.train.model is None:
+        args.train.model = default_model()
     check_paths(args)
     if args.train.method == "dpo":
         data = load_dpo_pairs(args)
@@ -49,6 +59,21 @@ def fine_tune(args: AlpacaTrainArgs) -> TrainSummary:
     )
     check_trackers(args.train.trackers)
     return train(args, records, skipped, files)
+
+
+def default_model() -> Path:
+    """The bundled default model's folder, converted on first use as the server does it."""
+    folder = default_model_folder()
+    if not is_converted(folder):
+        log(f"no --model: converting the bundled {DEFAULT_MODEL_NAME} into {folder} (once)")
+        code = subprocess.run(convert_command(folder), check=False).returncode
+        if code != 0 or not is_converted(folder):
+            raise TrainError(
+                f"no --model, and converting the bundled {DEFAULT_MODEL_NAME} into {folder} "
+                f"failed (exit code {code}); run alpaca-convert to see why"
+            )
+    log(f"no --model: the bundled {DEFAULT_MODEL_NAME} in {folder}")
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:

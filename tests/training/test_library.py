@@ -16,7 +16,7 @@ from alpaca_serve.training.args import (
     TrainArgs,
     parse_args,
 )
-from alpaca_serve.training.cli import fine_tune, main
+from alpaca_serve.training.cli import TrainError, fine_tune, main
 
 
 def typed_args(model: Path, data: Path, out: Path) -> AlpacaTrainArgs:
@@ -48,3 +48,20 @@ def test_the_command_prints_the_same_error_and_exits_with_2(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("alpaca-train: error: --model: no Hugging Face")
+
+
+def test_with_no_model_and_no_out_it_trains_the_default_model_into_runs(tmp_path, monkeypatch):
+    parsed = parse_args(["--data", "data/gen.json", "--lora"])
+    assert parsed.train.model is None  # the default model, resolved when the run starts
+    assert parsed.train.output_dir == Path("runs") / "gen-sft"
+    assert parse_args(["--data", "p.jsonl", "--method", "dpo"]).train.output_dir == Path(
+        "runs/p-dpo"
+    )
+    with pytest.raises(ArgsError, match=r"^the following arguments are required: --data$"):
+        parse_args(["--lora"])
+    # The default model comes from the cache the server converts it into; one that cannot be
+    # converted there is a one-line error naming the folder.
+    monkeypatch.setenv("ALPACA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("alpaca_serve.training.cli.convert_command", lambda folder: ["false"])
+    with pytest.raises(TrainError, match=r"^no --model, and converting the bundled "):
+        fine_tune(parse_args(["--data", str(tmp_path / "d.json"), "--out", str(tmp_path / "o")]))
