@@ -288,11 +288,17 @@ def test_a_killed_run_started_again_continues_without_duplicates(tmp_path):
     assert records[: len(before)] == before  # everything kept before the kill, in its order
 
 
+def interruptible() -> None:
+    """Ctrl-C as at a terminal: a pytest-xdist worker ignores SIGINT, and a child inherits that
+    (Python then leaves it ignored), so the child gets the default back before it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_writes_what_was_kept_and_says_how_to_go_on(tmp_path):
     with ScriptedTeacher(delay_s=0.2) as teacher:
         process = subprocess.Popen(
             command(tmp_path, teacher, "--num-instructions", "60"),
-            cwd=ROOT, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
         )  # fmt: skip
         wait_for_entries(tmp_path / "gen.journal.jsonl", 2, process)
         process.send_signal(signal.SIGINT)
