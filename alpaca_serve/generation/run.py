@@ -301,23 +301,20 @@ class _Run:
                     )
             if reason is not None:
                 dropped[reason] += 1
-        return {
-            "request": number,
-            "time": _now(),
-            "model": self.teacher.model,
-            "api": answer.api,
-            "seed_ids": [example.id for example in examples],
-            "finish_reason": answer.finish_reason,
-            "prompt_tokens": answer.prompt_tokens,
-            "completion_tokens": answer.completion_tokens,
-            "seconds": round(seconds, 3),
-            "parsed": len(parsed.tasks),
-            "dropped": dict(dropped),
-            "kept": kept,
-            "base_url": self.teacher.base_url,
+        return self._entry(
+            number,
+            examples,
+            seconds,
+            api=answer.api,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            parsed=len(parsed.tasks),
+            dropped=dict(dropped),
+            kept=kept,
             # What an answer without a single task looked like, for the error that follows.
             **({"answer_start": answer.text[:80]} if not parsed.tasks else {}),
-        }
+        )
 
     def _skipped(
         self, number: int, examples: list[SeedTask], reason: str, seconds: float
@@ -325,6 +322,13 @@ class _Run:
         """The journal entry of a request the teacher could not answer at all: its prompt did
         not fit the teacher's context. It is not asked again."""
         log.warning("request %d skipped: %s", number, reason)
+        return self._entry(number, examples, seconds, skipped="prompt_too_long", answer_start="")
+
+    def _entry(
+        self, number: int, examples: list[SeedTask], seconds: float, **outcome: Any
+    ) -> dict[str, Any]:
+        """One request's journal line: what was asked, of whom, and `outcome` (a request with
+        no answer keeps the defaults: no tokens, nothing parsed, dropped or kept)."""
         return {
             "request": number,
             "time": _now(),
@@ -339,8 +343,7 @@ class _Run:
             "dropped": {},
             "kept": [],
             "base_url": self.teacher.base_url,
-            "skipped": "prompt_too_long",
-            "answer_start": "",
+            **outcome,
         }
 
     async def _content_filter(self, task: Task) -> str | None:
@@ -410,9 +413,12 @@ def write_outputs(plan: GenerationPlan, journal: Journal) -> None:
         "format": "alpaca-generate-provenance/1",
         "records": len(records),
         "recipe": "Stanford Alpaca self-instruct (generate_instruction.py)",
-        "teachers": sorted(
-            {(entry["base_url"], entry["model"], entry["api"]) for entry in journal.entries}
-        ),
+        "teachers": [
+            {"base_url": url, "model": model, "api": api}
+            for url, model, api in sorted(
+                {(entry["base_url"], entry["model"], entry["api"]) for entry in journal.entries}
+            )
+        ],
         "model": journal.header["model"],
         "prompt_template_sha256": journal.header["template_sha256"],
         "seed_tasks_sha256": journal.header["seed_tasks_sha256"],
@@ -433,9 +439,6 @@ def write_outputs(plan: GenerationPlan, journal: Journal) -> None:
             for _ in entry["kept"]
         ],
     }
-    provenance["teachers"] = [
-        {"base_url": url, "model": model, "api": api} for url, model, api in provenance["teachers"]
-    ]
     _replace(plan.out, records)
     _replace(plan.provenance_path, provenance)
 

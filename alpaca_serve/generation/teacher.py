@@ -249,50 +249,47 @@ class Teacher:
         return TeacherError(f"{where} refused the request ({status}): {message}")
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_body(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON body, or {} when it has none."""
     try:
         body = response.json()
     except ValueError:
-        body = None
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:300]
-        if isinstance(error, str):
-            return error[:300]
-        if isinstance(body.get("detail"), str):
-            return body["detail"][:300]
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _error_field(response: httpx.Response, name: str) -> str:
+    """A field of the OpenAI-style `{"error": {...}}` body, or "" (`param`, `code`)."""
+    error = _error_body(response).get("error")
+    return str(error.get(name) or "") if isinstance(error, dict) else ""
+
+
+def _error_message(response: httpx.Response) -> str:
+    body = _error_body(response)
+    error = body.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])[:300]
+    if isinstance(error, str):
+        return error[:300]
+    if isinstance(body.get("detail"), str):
+        return body["detail"][:300]
     return (response.text or response.reason_phrase or "no message").strip()[:300]
-
-
-def _param(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error")
-        return str(error.get("param") or "") if isinstance(error, dict) else ""
-    except (ValueError, AttributeError):
-        return ""
-
-
-def _code(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error")
-        return str(error.get("code") or "") if isinstance(error, dict) else ""
-    except (ValueError, AttributeError):
-        return ""
 
 
 _CONTEXT = re.compile(r"context (length|window)|model's context|maximum context", re.IGNORECASE)
 
 
 def _context_exceeded(response: httpx.Response, message: str) -> bool:
-    return _code(response) == "context_length_exceeded" or bool(_CONTEXT.search(message))
+    return _error_field(response, "code") == "context_length_exceeded" or bool(
+        _CONTEXT.search(message)
+    )
 
 
 def _about_length(response: httpx.Response, message: str) -> bool:
     """A refusal of the answer's length: max_tokens above the teacher's limit, or prompt plus
     max_tokens above its context (vLLM and OpenAI say the second for both)."""
     return (
-        _param(response) in ("max_tokens", "max_completion_tokens")
+        _error_field(response, "param") in ("max_tokens", "max_completion_tokens")
         or "max_tokens" in message
         or _context_exceeded(response, message)
     )

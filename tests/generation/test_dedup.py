@@ -10,8 +10,6 @@ import re
 import pytest
 from rouge_score import rouge_scorer, tokenizers
 
-from alpaca_serve.core.records import read_raw_records
-from alpaca_serve.evaluation.datasets import EVALUATION_DATA, SAMPLE_DATA
 from alpaca_serve.generation.dedup import Decision, Deduplicator, Similar, exact_decisions
 from alpaca_serve.generation.rouge import (
     f_measure,
@@ -20,6 +18,7 @@ from alpaca_serve.generation.rouge import (
     rouge_l,
     tokenize,
 )
+from benchmarks.dedup import read_material
 
 TRICKY_TEXTS = [
     "Give three tips for staying healthy.",
@@ -36,19 +35,9 @@ TRICKY_TEXTS = [
 
 
 def shipped_instructions() -> list[str]:
-    """The distinct instructions of the data the project ships (about 1,400)."""
-    found: list[str] = []
-    files = sorted(SAMPLE_DATA.glob("*.json*")) + sorted(EVALUATION_DATA.glob("*.jsonl"))
-    for path in files:
-        for record in read_raw_records(path):
-            fields = record.fields
-            if isinstance(fields.get("instruction"), str):
-                found.append(fields["instruction"])
-            elif isinstance(fields.get("prompt"), str):
-                match = re.search(r"### Instruction:\n(.*?)\n\n###", fields["prompt"], re.S)
-                if match:
-                    found.append(match.group(1))
-    return list(dict.fromkeys(text.strip() for text in found if text.strip()))
+    """The distinct instructions of the data the project ships (about 1,400): the benchmark's
+    material, read one way for both."""
+    return read_material()[0]
 
 
 def near_duplicate(text: str, donor: str, rng: random.Random) -> str:
