@@ -152,6 +152,27 @@ class LoraArgs:
             raise ArgsError("--lora-target-modules needs at least one module name")
 
 
+# --fsdp's words, as the Trainer (and Alpaca's command line) spell them.
+DEFAULT_FSDP = "full_shard auto_wrap"
+FSDP_WORDS = ("full_shard", "shard_grad_op", "auto_wrap", "offload")
+
+
+def check_fsdp_value(value: str) -> str:
+    """--fsdp's value, checked: known words, one sharding strategy (full_shard when none)."""
+    words = value.split()
+    unknown = [word for word in words if word not in FSDP_WORDS]
+    if unknown:
+        raise ArgsError(
+            f"--fsdp: unknown {', '.join(unknown)}; the words are {', '.join(FSDP_WORDS)} "
+            f'(e.g. --fsdp "{DEFAULT_FSDP}")'
+        )
+    if {"full_shard", "shard_grad_op"} <= set(words):
+        raise ArgsError("--fsdp: full_shard and shard_grad_op are two strategies: choose one")
+    if "shard_grad_op" not in words and "full_shard" not in words:
+        words.insert(0, "full_shard")
+    return " ".join(dict.fromkeys(words))
+
+
 @dataclass
 class TrainArgs:
     """The model, the schedule and the hardware."""
@@ -218,13 +239,38 @@ class TrainArgs:
         choices=("auto", "bf16", "fp16", "fp32"),
     )
     gradient_checkpointing: bool = _opt(False, "recompute activations: less memory, ~30%% slower")
-    fsdp: bool = _opt(
-        False,
-        "shard with FSDP full_shard, auto-wrapping the model's decoder layer class "
-        "(launch with torchrun or accelerate launch)",
+    fsdp: str | None = _opt(
+        None,
+        "shard with FSDP (GPUs; launch with torchrun or accelerate launch): alone, or with "
+        'Alpaca\'s value "full_shard auto_wrap": every parameter, gradient and optimizer state '
+        'sharded, one FSDP unit per decoder layer; "shard_grad_op auto_wrap" keeps the '
+        'parameters gathered between forward and backward; add "offload" to keep them in CPU '
+        "memory",
+        nargs="?",
+        const=DEFAULT_FSDP,
+    )
+    fsdp_transformer_layer_cls_to_wrap: str | None = _opt(
+        None,
+        "the layer class FSDP wraps (Alpaca's flag; default: read from the model, e.g. "
+        "LlamaDecoderLayer)",
+        flags=("--fsdp-transformer-layer-cls-to-wrap", "--fsdp_transformer_layer_cls_to_wrap"),
     )
     deepspeed: Path | None = _opt(
-        None, "DeepSpeed config file, e.g. training/configs/deepspeed_zero3.json"
+        None,
+        "DeepSpeed config file (GPUs): alpaca_serve/training/configs/deepspeed_zero2.json, "
+        "deepspeed_zero3.json, or deepspeed_zero3_offload.json (Alpaca's, optimizer and "
+        "parameters in CPU memory)",
+    )
+    ddp_timeout: int = _opt(
+        600,
+        "seconds a process waits for the others at a collective step before the run stops "
+        "with an error (the process-group timeout; a process that dies is noticed at once)",
+    )
+    record_batches: bool = _opt(
+        False,
+        "write, from every process, the data-record indices of each micro batch it trains on "
+        "to OUTPUT_DIR/batches/rank-N.jsonl (to audit the data order and its split across "
+        "processes)",
     )
     logging_steps: int = _opt(10, "log loss and learning rate every N steps")
     report_to: str = _opt(
@@ -278,8 +324,14 @@ class TrainArgs:
                 f"--global-batch-size {self.global_batch_size} is not a multiple of "
                 f"--micro-batch-size {self.micro_batch_size}"
             )
+        if self.fsdp is not None:
+            self.fsdp = check_fsdp_value(self.fsdp)
+        elif self.fsdp_transformer_layer_cls_to_wrap is not None:
+            raise ArgsError("--fsdp-transformer-layer-cls-to-wrap is for --fsdp")
         if self.fsdp and self.deepspeed is not None:
             raise ArgsError("--fsdp and --deepspeed are two ways to shard: choose one")
+        if self.ddp_timeout < 1:
+            raise ArgsError(f"--ddp-timeout must be at least 1 second, got {self.ddp_timeout}")
         self.report_to = ",".join(self.trackers) or "none"
         if self.deepspeed is not None and not self.deepspeed.is_file():
             raise ArgsError(f"--deepspeed: config file not found: {self.deepspeed}")
@@ -385,6 +437,7 @@ class AlpacaTrainArgs:
         for name, value in (
             ("packing", self.data.packing),
             ("group_by_length", self.data.group_by_length),
+            ("record_batches", self.train.record_batches),
         ):
             if value:
                 raise ArgsError(f"--{_flag(name)} is for --method sft only")
@@ -415,9 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Alpaca supervised fine-tuning (full or LoRA) with the Hugging Face Trainer, "
         "or preference training of a LoRA adapter (--method dpo) with TRL's DPOTrainer. "
         "The output folder is servable as is: alpaca-serve --model OUTPUT_DIR.",
-        epilog="Many GPUs: torchrun --nproc_per_node 8 -m alpaca_serve.training.cli ... --fsdp, "
-        "or accelerate launch --config_file alpaca_serve/training/configs/fsdp.yaml "
-        "-m alpaca_serve.training.cli ...",
+        epilog="Many processes: torchrun --nproc_per_node 8 -m alpaca_serve.training.cli ... "
+        "(data parallel; on CPU too, over gloo), with --fsdp on GPUs, or accelerate launch "
+        "--config_file alpaca_serve/training/configs/fsdp.yaml -m alpaca_serve.training.cli "
+        "... --fsdp. Two machines: torchrun --nnodes 2 --nproc-per-node N --rdzv-backend c10d "
+        "--rdzv-endpoint HOST:PORT --rdzv-id RUN on each (see docs/training.md).",
     )
     for title, cls in GROUPS:
         group = parser.add_argument_group(title)

@@ -10,7 +10,9 @@ Usage:
 
 `fine_tune` checks the paths and data, then trains SFT (train.py) or DPO (dpo.py) by
 `args.train.method`; bad input raises ArgsError, DataFormatError or TrainError, one line each.
-`main` turns those into `alpaca-train: error: ...` and exit status 2.
+`main` turns those into `alpaca-train: error: ...` and exit status 2; SIGTERM or Ctrl-C during
+training (torchrun sends SIGTERM to every process when one fails) into one line naming the
+checkpoint `--resume` continues from, and exit status 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from alpaca_serve.training.data import DataFormatError
 from alpaca_serve.training.dpo import load_dpo_pairs, train_dpo
 from alpaca_serve.training.train import (
     TrainError,
+    TrainingStopped,
     TrainSummary,
     check_paths,
+    check_sharding,
     check_trackers,
     load_training_data,
     log,
@@ -45,6 +49,7 @@ def fine_tune(args: AlpacaTrainArgs) -> TrainSummary:
     """One `alpaca-train` run from parsed arguments; what it did."""
     if args.train.model is None:
         args.train.model = default_model()
+    check_sharding(args)
     check_paths(args)
     if args.train.method == "dpo":
         data = load_dpo_pairs(args)
@@ -83,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ArgsError, DataFormatError, TrainError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingStopped as stop:
+        print(f"{PROG}: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     return 0
 
 

@@ -24,16 +24,20 @@ logged metrics to experiment trackers (TensorBoard, W&B, MLflow, ...). Exit stat
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alpaca_serve.core.prompts import TEMPLATE_NAME
 from alpaca_serve.core.provenance import MADE_BY_TRAIN, TRAIN_INFO_FILE, made_at
@@ -54,6 +58,7 @@ from alpaca_serve.training.tokenization import (
 )
 
 CHECKPOINT_DIR = "checkpoints"
+BATCHES_DIR = "batches"  # --record-batches
 ADAPTER_DIR = "adapter"
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -103,6 +108,30 @@ def check_paths(args: AlpacaTrainArgs) -> None:
         raise ArgsError("--deepspeed needs the deepspeed package: pip install deepspeed")
     if args.train.resume not in (None, "last") and not Path(args.train.resume).is_dir():
         raise ArgsError(f"--resume: checkpoint folder not found: {args.train.resume}")
+
+
+# Why sharding needs GPUs here: what running it on CPU over gloo did (docs/training.md has the
+# runs). torch's FSDP2 itself trains on a CPU mesh; the Trainer cannot drive it there.
+SHARDING_ON_CPU = {
+    "fsdp": "--fsdp needs GPUs: on CPU the Trainer (accelerate) enables FSDP only for GPU "
+    "process groups and would silently train plain data-parallel; on CPU, drop --fsdp "
+    "(torchrun alone trains data-parallel over gloo)",
+    "deepspeed": "--deepspeed needs GPUs: through the Trainer, DeepSpeed on CPU sees one process "
+    "where torchrun started several ('train_batch_size is not equal to micro_batch_per_gpu * "
+    "gradient_acc_step * world_size'); on CPU, drop --deepspeed (torchrun alone trains "
+    "data-parallel over gloo)",
+}
+
+
+def check_sharding(args: AlpacaTrainArgs) -> None:
+    """--fsdp and --deepspeed on a machine without a GPU: one line saying why not, before any
+    work."""
+    if not args.train.fsdp and args.train.deepspeed is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ArgsError(SHARDING_ON_CPU["fsdp" if args.train.fsdp else "deepspeed"])
 
 
 # pip package of each tracker whose name is not its package's
@@ -238,6 +267,11 @@ def train(
     tokenizer, added_tokens = load_tokenizer(args)
     assert args.data.model_max_length is not None  # AlpacaTrainArgs fills it from the preset
     examples, stats = tokenize_records(records, tokenizer, args.data.model_max_length)
+    if args.train.record_batches:  # each example's record index, for the batch files
+        dropped = set(stats.dropped_indices)
+        kept = (index for index in range(len(records)) if index not in dropped)
+        for example, index in zip(examples, kept, strict=True):
+            cast(dict[str, Any], example)["record"] = index
     tokenizer.model_max_length = args.data.model_max_length  # saved with it, as the original did
     log(f"tokens: {stats.describe()} (max length {args.data.model_max_length})")
     if not examples:
@@ -278,7 +312,25 @@ def run_training(
     progress_bar, log_lines, clock = make_callbacks()
     for callback in (progress_bar, log_lines, clock):
         trainer.add_callback(callback)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        try:
+            with signals_stop_training():
+                result = trainer.train(resume_from_checkpoint=resume_from)
+        except BaseException:
+            if progress_bar.bar is not None:
+                progress_bar.bar.close()  # now, so that the bar ends before the line saying why
+            raise
+    except TrainingStopped as stop:
+        stop.where = where_to_resume(args, trainer.state.global_step)
+        raise
+    except RuntimeError as err:
+        if not is_lost_process(err):
+            raise
+        raise TrainError(
+            f"process {os.environ.get('RANK', '0')} lost the other processes at step "
+            f"{trainer.state.global_step} ({first_line(err)}): the run stops; "
+            + where_to_resume(args, trainer.state.global_step)
+        ) from err
     assert args.train.epochs is not None  # TrainArgs fills it from the preset
     return TrainSummary(
         global_step=clock.last_step,
@@ -296,6 +348,66 @@ def run_training(
             if "loss" in entry and entry.get("step", 0) > clock.first_step
         ],
     )
+
+
+class TrainingStopped(BaseException):
+    """SIGTERM or SIGINT during training (torchrun sends SIGTERM to every process when one
+    fails). A BaseException, so that no `except Exception` inside the Trainer swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.where = ""  # filled by run_training: the checkpoint to resume from
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}; {self.where}"
+
+
+@contextlib.contextmanager
+def signals_stop_training() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into TrainingStopped while training (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise TrainingStopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def where_to_resume(args: AlpacaTrainArgs, step: int) -> str:
+    """What to tell a user whose run stopped at `step`: the checkpoint --resume continues from."""
+    assert args.train.output_dir is not None  # required
+    last = last_complete_checkpoint(args.train.output_dir / CHECKPOINT_DIR)
+    if last is None:
+        return f"no checkpoint was saved before step {step} (--save-steps {args.train.save_steps})"
+    return f"run the same command with --resume to continue from {last}"
+
+
+def is_lost_process(err: RuntimeError) -> bool:
+    """Whether a collective step failed because another process died or hung (gloo or NCCL),
+    rather than a bug in this one."""
+    import torch.distributed as dist
+
+    signs = ("Connection closed by peer", "Connection reset by peer", "Timed out")
+    return isinstance(err, dist.DistError) or any(sign in str(err) for sign in signs)
+
+
+def first_line(err: BaseException) -> str:
+    """The error's first line, without a leading "[source file:line]" (gloo's), cut short."""
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    text = lines[0]
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return text[:160]
 
 
 def load_tokenizer(args: AlpacaTrainArgs) -> tuple[Any, list[str]]:
@@ -333,10 +445,7 @@ def build_training_args(
     if precision == "auto":
         bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         precision = "bf16" if bf16_ok else "fp32"
-    fsdp_config = None
-    if args.train.fsdp:
-        fsdp_config = json.loads((CONFIGS / "fsdp_config.json").read_text())
-        fsdp_config["transformer_layer_cls_to_wrap"] = decoder_layer_classes(args.train.model)
+    fsdp_config = fsdp_settings(args) if args.train.fsdp else None
     return (config_class or TrainingArguments)(
         output_dir=str(args.train.output_dir / CHECKPOINT_DIR),
         per_device_train_batch_size=args.train.micro_batch_size,
@@ -350,7 +459,7 @@ def build_training_args(
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         gradient_checkpointing=args.train.gradient_checkpointing,
-        fsdp=args.train.fsdp or None,
+        fsdp=args.train.fsdp,
         fsdp_config=fsdp_config,
         deepspeed=str(args.train.deepspeed) if args.train.deepspeed else None,
         logging_steps=args.train.logging_steps,
@@ -362,10 +471,47 @@ def build_training_args(
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without a GPU, torchrun's processes train data-parallel on CPU over gloo; without
+        # use_cpu the Trainer would see no device to be distributed over and each process would
+        # train alone on the whole data.
+        use_cpu=not torch.cuda.is_available(),
+        ddp_timeout=args.train.ddp_timeout,
+        ddp_find_unused_parameters=False,  # every weight gets a gradient (or none, frozen)
         report_to=args.train.trackers or "none",  # names checked by check_trackers
         disable_tqdm=True,  # the Trainer's own bar prints log dicts; make_callbacks has ours
         **extra,
     )
+
+
+def fsdp_settings(args: AlpacaTrainArgs) -> dict[str, Any]:
+    """The Trainer's fsdp_config: the shipped one (FSDP2, full state dict gathered for saving),
+    --fsdp's words applied, the layer class to wrap from the model or the flag."""
+    assert args.train.model is not None and args.train.fsdp is not None  # checked by the caller
+    config = json.loads((CONFIGS / "fsdp_config.json").read_text())
+    words = args.train.fsdp.split()
+    config["reshard_after_forward"] = "shard_grad_op" not in words
+    config["cpu_offload"] = "offload" in words
+    layer = args.train.fsdp_transformer_layer_cls_to_wrap
+    classes = decoder_layer_classes(args.train.model)
+    if layer is not None:
+        if layer not in classes and layer not in model_module_classes(args.train.model):
+            raise ArgsError(
+                f"--fsdp-transformer-layer-cls-to-wrap: {layer} is not a class of this model "
+                f"(its decoder layer is {', '.join(classes)})"
+            )
+        classes = [layer]
+    config["transformer_layer_cls_to_wrap"] = classes
+    return config
+
+
+def model_module_classes(model_dir: Path) -> set[str]:
+    """The class names of the model's modeling module (no weights loaded)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(str(model_dir)))]
+    module = sys.modules[model_class.__module__]
+    return {name for name, value in vars(module).items() if isinstance(value, type)}
 
 
 def decoder_layer_classes(model_dir: Path) -> list[str]:
@@ -440,8 +586,16 @@ def build_trainer(
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    collator = PackCollator() if args.data.packing else PadCollator(tokenizer.pad_token_id)
-    trainer = Trainer(
+    collator: Any = PackCollator() if args.data.packing else PadCollator(tokenizer.pad_token_id)
+    trainer_class = Trainer
+    if args.train.record_batches:
+        assert args.train.output_dir is not None  # required
+        collator = RecordIndices(collator)
+        trainer_class = batch_recording_trainer(args.train.output_dir / BATCHES_DIR)
+        if args.train.resume is None:  # a new run: this process's file starts empty
+            own = args.train.output_dir / BATCHES_DIR / f"rank-{training_args.process_index}.jsonl"
+            own.unlink(missing_ok=True)
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=examples,
@@ -451,6 +605,39 @@ def build_trainer(
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
     return trainer
+
+
+class RecordIndices:
+    """A collator that also hands on the data-record index of each example in the batch (its
+    "record" key, which train() sets for --record-batches)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch = self.inner(examples)
+        batch["records"] = torch.tensor([example["record"] for example in examples])
+        return batch
+
+
+def batch_recording_trainer(folder: Path) -> Any:
+    """A Trainer class that writes the record indices of every micro batch it trains on (not
+    those a resumed run skips) to FOLDER/rank-N.jsonl, one line per micro batch, and trains on
+    the batch without them."""
+    from transformers import Trainer
+
+    class BatchRecordingTrainer(Trainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            records = inputs.pop("records").tolist()
+            folder.mkdir(parents=True, exist_ok=True)
+            line = {"step": self.state.global_step + 1, "records": records}
+            with (folder / f"rank-{self.args.process_index}.jsonl").open("a") as stream:
+                stream.write(json.dumps(line) + "\n")
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return BatchRecordingTrainer
 
 
 def find_resume_checkpoint(args: AlpacaTrainArgs) -> str | None:
@@ -463,10 +650,24 @@ def find_resume_checkpoint(args: AlpacaTrainArgs) -> str | None:
 
     assert args.train.output_dir is not None  # required
     folder = args.train.output_dir / CHECKPOINT_DIR
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    last = last_complete_checkpoint(folder)
+    newest = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if newest is not None and newest != last:
+        log(f"--resume: {newest} is incomplete (the run stopped while saving it): skipped")
     if last is None:
         log(f"--resume: no checkpoint in {folder} yet, starting from the beginning")
     return last
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint-N in `folder` that was saved to the end (the Trainer writes its
+    trainer_state.json last), or None."""
+    complete = [
+        (int(path.name.split("-")[1]), path)
+        for path in folder.glob("checkpoint-*")
+        if path.name.split("-")[1].isdigit() and (path / "trainer_state.json").is_file()
+    ]
+    return str(max(complete)[1]) if complete else None
 
 
 def save_output(

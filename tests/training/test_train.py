@@ -17,10 +17,18 @@ import pytest
 
 from alpaca_serve.core.prompts import TEMPLATE_NAME
 from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE as SAMPLE
-from alpaca_serve.training.args import DataArgs, DpoArgs, LoraArgs, TrainArgs, parse_args
+from alpaca_serve.training.args import (
+    ArgsError,
+    DataArgs,
+    DpoArgs,
+    LoraArgs,
+    TrainArgs,
+    parse_args,
+)
 from alpaca_serve.training.cli import main
 from alpaca_serve.training.data import AlpacaRecord
 from alpaca_serve.training.train import (
+    CONFIGS,
     build_trainer,
     build_training_args,
     load_model,
@@ -204,13 +212,108 @@ def test_fsdp_shards_fully_and_wraps_the_decoder_layer_class_read_from_the_model
 
     training_args = build_training_args(args, args.train.gradient_accumulation_steps(8))
 
+    assert args.train.fsdp == "full_shard auto_wrap"
     assert training_args.fsdp
     assert training_args.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
     assert training_args.fsdp_config["reshard_after_forward"] is True  # full shard
     assert training_args.gradient_accumulation_steps == 4
 
 
-def test_shipped_scale_out_configs_are_full_shard_fsdp_and_zero_3():
+@pytest.mark.parametrize(
+    "value, reshard, offload",
+    [
+        ("full_shard auto_wrap", True, False),
+        ("auto_wrap", True, False),
+        ("shard_grad_op auto_wrap", False, False),
+        ("full_shard auto_wrap offload", True, True),
+    ],
+)
+def test_alpacas_fsdp_flags_are_accepted_as_its_command_line_spelled_them(
+    tiny_model_dir, tmp_path, value, reshard, offload
+):
+    args = parse_args(
+        ["--model", str(tiny_model_dir), "--data", "d", "--out", str(tmp_path)]
+        + ["--fsdp", value, "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer"]
+    )
+
+    config = build_training_args(args, 1).fsdp_config
+
+    assert config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert config["reshard_after_forward"] is reshard
+    assert config["cpu_offload"] is offload
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--fsdp", "full_shard zero"], "--fsdp: unknown zero"),
+        (["--fsdp", "full_shard shard_grad_op"], "two strategies"),
+        (["--fsdp-transformer-layer-cls-to-wrap", "LlamaDecoderLayer"], "is for --fsdp"),
+        (["--ddp-timeout", "0"], "--ddp-timeout must be at least 1"),
+        (["--method", "dpo", "--record-batches"], "--record-batches is for --method sft"),
+    ],
+)
+def test_bad_scale_out_options_are_one_line_errors(tmp_path, capsys, extra, message):
+    data = write_records(tmp_path / "d.json", [dataclasses.asdict(r) for r in short_records(2)])
+
+    status = main(["--model", str(tmp_path), "--data", str(data), *extra])
+
+    assert status == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("alpaca-train: error:") and message in line
+
+
+def test_a_layer_class_the_model_does_not_have_is_refused_naming_its_own(tiny_model_dir, tmp_path):
+    args = parse_args(
+        ["--model", str(tiny_model_dir), "--data", "d", "--out", str(tmp_path)]
+        + ["--fsdp", "--fsdp-transformer-layer-cls-to-wrap", "GPT2Block"]
+    )
+
+    with pytest.raises(
+        ArgsError, match="GPT2Block is not a class of this model.*LlamaDecoderLayer"
+    ):
+        build_training_args(args, 1)
+
+
+@pytest.mark.parametrize(
+    "extra, reason",
+    [
+        (
+            [
+                "--fsdp",
+                "full_shard auto_wrap",
+                "--fsdp_transformer_layer_cls_to_wrap",
+                "LlamaDecoderLayer",
+            ],
+            "--fsdp needs GPUs: on CPU the Trainer (accelerate) enables FSDP only for GPU",
+        ),
+        (
+            ["--deepspeed", str(CONFIGS / "deepspeed_zero3.json")],
+            "--deepspeed needs GPUs",
+        ),
+    ],
+)
+def test_sharding_on_a_machine_without_a_gpu_is_refused_in_one_line_before_any_work(
+    tmp_path, tiny_model_dir, capsys, monkeypatch, extra, reason
+):
+    import torch
+
+    import alpaca_serve.training.cli as cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as here and in CI
+    monkeypatch.setattr(cli, "load_training_data", lambda *a: pytest.fail("data was read"))
+    out = tmp_path / "out"
+    status = main(
+        ["--model", str(tiny_model_dir), "--data", str(SAMPLE), "--out", str(out), *extra]
+    )
+
+    assert status == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"alpaca-train: error: {reason}")
+    assert not out.exists()
+
+
+def test_shipped_scale_out_configs_are_full_shard_fsdp_and_zero_2_and_3_with_offload():
     import yaml
 
     configs = ROOT / "alpaca_serve" / "training" / "configs"
@@ -218,11 +321,21 @@ def test_shipped_scale_out_configs_are_full_shard_fsdp_and_zero_3():
     assert launcher["distributed_type"] == "FSDP"
     assert launcher["fsdp_config"]["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert launcher["fsdp_config"]["fsdp_reshard_after_forward"] is True
-    zero = json.loads((configs / "deepspeed_zero3.json").read_text())
-    assert zero["zero_optimization"]["stage"] == 3
-    assert zero["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
-    # Batch sizes and accumulation come from alpaca-train's arguments, not the file.
-    assert zero["train_batch_size"] == zero["gradient_accumulation_steps"] == "auto"
+    stages = {
+        "deepspeed_zero2.json": 2,
+        "deepspeed_zero3.json": 3,
+        "deepspeed_zero3_offload.json": 3,
+    }
+    for name, stage in stages.items():
+        zero = json.loads((configs / name).read_text())
+        assert zero["zero_optimization"]["stage"] == stage
+        # Batch sizes and accumulation come from alpaca-train's arguments, not the file.
+        assert zero["train_batch_size"] == zero["gradient_accumulation_steps"] == "auto"
+        if stage == 3:  # a servable model at the end: the shards gathered
+            assert zero["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    offload = json.loads((configs / "deepspeed_zero3_offload.json").read_text())
+    for part in ("offload_optimizer", "offload_param"):  # Alpaca's default_offload_opt_param
+        assert offload["zero_optimization"][part]["device"] == "cpu"
 
 
 def test_full_fine_tuning_loss_on_a_fixed_batch_falls_over_a_few_dozen_steps(
