@@ -12,7 +12,7 @@ import pytest
 
 from alpaca_serve.evaluation.datasets import ALPACA_SAMPLE
 from alpaca_serve.training.cli import main
-from tests.support import ROOT
+from tests.support import ROOT, free_port
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 PAIRS = ROOT / "alpaca_serve" / "training" / "sample_data" / "preference_pairs.jsonl"
@@ -68,6 +68,24 @@ def train_on_two(model: Path, out: Path, method: str, *extra: str) -> Path:
     result = subprocess.run(
         [*torchrun_command("--standalone", "--nproc-per-node", "2"), *argv]
         + ["--micro-batch-size", "2", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (out / "launcher.log").write_text(result.stderr)
+    return out
+
+
+def accelerate_on_two(model: Path, out: Path, method: str, *extra: str) -> Path:
+    """Two processes on one machine: `accelerate launch` with the shipped ddp.yaml."""
+    config = ROOT / "alpaca_serve" / "training" / "configs" / "ddp.yaml"
+    argv = ["--model", str(model), "--out", str(out), *SCHEDULE, *METHODS[method]]
+    launcher = [str(Path(sys.executable).with_name("accelerate")), "launch"]
+    launcher += ["--config_file", str(config), "--main_process_port", str(free_port())]
+    result = subprocess.run(
+        [*launcher, "-m", "alpaca_serve.training.cli", *argv, "--micro-batch-size", "2", *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,

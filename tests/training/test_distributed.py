@@ -1,6 +1,7 @@
 """Data-parallel training on CPU over gloo: two torchrun processes, each with half the global
 batch, train as one process with the whole batch does (the loss at every step and the final
-weights, for full fine-tuning, LoRA and DPO), each taking its own half of every batch; and a
+weights, for full fine-tuning, LoRA and DPO), each taking its own half of every batch; so does
+`accelerate launch` with the shipped ddp.yaml; and a
 checkpoint saved at one world size resumes at the other, continuing the same schedule.
 
 "The same" is within a float32 tolerance (tests/training/launch.py: 1e-6, against ~2e-8
@@ -14,6 +15,7 @@ import shutil
 import pytest
 
 from tests.training.launch import (
+    accelerate_on_two,
     assert_split_between_two,
     assert_trained_alike,
     batches,
@@ -50,6 +52,18 @@ def test_two_processes_with_half_the_batch_each_train_as_one_process_does(
     assert "2 process(es)" in (two / "launcher.log").read_text()
     if method != "dpo":  # --record-batches is SFT's
         assert_split_between_two(two, one)
+
+
+def test_accelerate_launch_with_the_shipped_ddp_config_trains_as_one_process_does(
+    runs, tmp_path, tiny_model_dir
+):
+    one = runs("full", 1)
+
+    two = accelerate_on_two(tiny_model_dir, tmp_path / "out", "full", "--record-batches")
+
+    assert_trained_alike(two, one, tiny_model_dir)
+    assert "2 process(es)" in (two / "launcher.log").read_text()
+    assert_split_between_two(two, one)
 
 
 def test_a_checkpoint_of_two_processes_resumes_on_one_and_the_schedule_goes_on(
