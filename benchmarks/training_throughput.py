@@ -4,11 +4,13 @@ Usage:
     python -m benchmarks.training_throughput                         # default model, full, CPU
     python -m benchmarks.training_throughput --lora --steps 10
     python -m benchmarks.training_throughput --model ./llama-7b --peak-tflops 989 --json out.json
+    torchrun --nproc-per-node 2 -m benchmarks.training_throughput --no-bare   # 2 processes
+    python -m benchmarks.training_processes                 # 1 and 2 processes side by side
 
 The run builds the model, the tokenized Alpaca sample and the Hugging Face Trainer exactly as
 `alpaca-train` does (alpaca_serve.training.train's functions), trains `--warmup-steps +
 --steps` optimizer steps and times the last `--steps` only. Tokens are the non-padding tokens
-fed to the model.
+fed to the model (over all processes when run under torchrun, which trains data-parallel).
 
 Then, in the same run, a bare training loop on a fresh copy of the same model (loaded the same
 way) and the same kind of micro batches (the same collator, examples drawn with the same seed):
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -105,14 +108,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     model_dir = ensure_model(args.model)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: data parallel
+    if processes > 1:
+        args.no_bare = True  # the bare loop is one process's
     figures = measure(args, model_dir)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(
         f"model {figures['model']} ({figures['matmul_params'] / 1e6:.1f} M matmul weights), "
         f"{'LoRA' if args.lora else 'full fine-tuning'}"
         f"{', packed' if args.packing else ''}, {figures['device']}, "
-        f"{figures['threads']} threads\n"
+        f"{figures['processes']} process(es) x {figures['threads']} threads\n"
         f"  {figures['tokens']} tokens in {figures['seconds']:.2f} s over {args.steps} steps "
-        f"(micro batch {args.micro_batch_size}, max length {args.max_length})\n"
+        f"(micro batch {args.micro_batch_size} per process, max length {args.max_length})\n"
         f"  training throughput: {figures['tokens_per_second']:.0f} tokens/s, "
         f"{figures['examples_per_second']:.2f} examples/s\n"
         f"  model FLOPs: {figures['achieved_tflops'] * 1e3:.1f} GFLOP/s achieved; peak "
@@ -159,6 +167,7 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict:
     )
 
     steps = args.warmup_steps + args.steps
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
     with tempfile.TemporaryDirectory() as out:
         train_args = parse_args(
             [
@@ -230,6 +239,7 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict:
         "method": "lora" if args.lora else "full",
         "packing": args.packing,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "processes": processes,
         "threads": torch.get_num_threads(),
         "matmul_params": matmul_params,
         "steps": args.steps,
@@ -238,7 +248,7 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict:
         "tokens": tokens,
         "seconds": seconds,
         "tokens_per_second": tokens / seconds,
-        "examples_per_second": args.steps * args.micro_batch_size / seconds,
+        "examples_per_second": args.steps * args.micro_batch_size * processes / seconds,
         "flops_per_token": per_token,
         "achieved_tflops": achieved / 1e12,
         "peak_tflops": peak / 1e12,
