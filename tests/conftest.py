@@ -155,6 +155,7 @@ COSTLIEST_FILES = [
     "tests/training/test_dpo.py",  # 107: DPO on the default model
     "tests/training/test_distributed.py",  # 100 alone: seven torchrun / accelerate runs
     "tests/training/test_distributed_faults.py",  # 80 alone: two machines, kills, a rendezvous
+    "tests/training/test_deepspeed.py",  # 100 on a fresh machine: DeepSpeed builds its CPU ops
     "tests/training/test_train.py",  # 100: trains, then serves
     "tests/server/test_filtered_server.py",  # 94
     "tests/loop/test_loop_e2e.py",  # 90

@@ -257,9 +257,9 @@ class TrainArgs:
     )
     deepspeed: Path | None = _opt(
         None,
-        "DeepSpeed config file (GPUs): alpaca_serve/training/configs/deepspeed_zero2.json, "
-        "deepspeed_zero3.json, or deepspeed_zero3_offload.json (Alpaca's, optimizer and "
-        "parameters in CPU memory)",
+        "DeepSpeed config file: alpaca_serve/training/configs/deepspeed_zero2.json (GPUs or "
+        "CPU), deepspeed_zero3.json, or deepspeed_zero3_offload.json (Alpaca's, optimizer and "
+        "parameters in CPU memory; ZeRO-3 needs GPUs)",
     )
     ddp_timeout: int = _opt(
         600,

@@ -111,27 +111,48 @@ def check_paths(args: AlpacaTrainArgs) -> None:
 
 
 # Why sharding needs GPUs here: what running it on CPU over gloo did (docs/training.md has the
-# runs). torch's FSDP2 itself trains on a CPU mesh; the Trainer cannot drive it there.
+# runs). torch's FSDP2 itself trains on a CPU mesh; the Trainer cannot drive it there. DeepSpeed's
+# ZeRO up to stage 2 (optimizer states and gradients sharded) trains on CPU, equal to one process;
+# stage 3 (parameters sharded too) does not.
 SHARDING_ON_CPU = {
     "fsdp": "--fsdp needs GPUs: on CPU the Trainer (accelerate) enables FSDP only for GPU "
     "process groups and would silently train plain data-parallel; on CPU, drop --fsdp "
     "(torchrun alone trains data-parallel over gloo)",
-    "deepspeed": "--deepspeed needs GPUs: through the Trainer, DeepSpeed on CPU sees one process "
-    "where torchrun started several ('train_batch_size is not equal to micro_batch_per_gpu * "
-    "gradient_acc_step * world_size'); on CPU, drop --deepspeed (torchrun alone trains "
-    "data-parallel over gloo)",
+    "zero3": "--deepspeed with ZeRO stage 3 needs GPUs: on CPU its parameter sharding saw one "
+    "process where torchrun started several ('train_batch_size is not equal to "
+    "micro_batch_per_gpu * gradient_acc_step * world_size'), and once told of them trained a "
+    "loss of 0.0 into NaN weights; on CPU, use deepspeed_zero2.json (ZeRO-2 trains here) or "
+    "drop --deepspeed",
 }
 
 
+def zero_stage(config: Path) -> int:
+    """The ZeRO stage a DeepSpeed config asks for (0 when it names none)."""
+    try:
+        settings = json.loads(config.read_text())
+        stage = settings.get("zero_optimization", {}).get("stage", 0)
+    except (OSError, ValueError, AttributeError) as error:
+        raise ArgsError(f"--deepspeed: {config} is not a DeepSpeed JSON config: {error}") from None
+    if stage not in (0, 1, 2, 3):
+        raise ArgsError(f"--deepspeed: {config}: zero_optimization.stage is {stage!r}, not 0-3")
+    return stage
+
+
 def check_sharding(args: AlpacaTrainArgs) -> None:
-    """--fsdp and --deepspeed on a machine without a GPU: one line saying why not, before any
-    work."""
+    """--fsdp, and --deepspeed with ZeRO-3, on a machine without a GPU: one line saying why not,
+    before any work. DeepSpeed on CPU is told so (DS_ACCELERATOR=cpu) unless the user chose."""
     if not args.train.fsdp and args.train.deepspeed is None:
         return
+    stage = zero_stage(args.train.deepspeed) if args.train.deepspeed is not None else None
     import torch
 
-    if not torch.cuda.is_available():
-        raise ArgsError(SHARDING_ON_CPU["fsdp" if args.train.fsdp else "deepspeed"])
+    if torch.cuda.is_available():
+        return
+    if args.train.fsdp:
+        raise ArgsError(SHARDING_ON_CPU["fsdp"])
+    if stage == 3:
+        raise ArgsError(SHARDING_ON_CPU["zero3"])
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 # pip package of each tracker whose name is not its package's

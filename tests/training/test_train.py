@@ -289,7 +289,11 @@ def test_a_layer_class_the_model_does_not_have_is_refused_naming_its_own(tiny_mo
         ),
         (
             ["--deepspeed", str(CONFIGS / "deepspeed_zero3.json")],
-            "--deepspeed needs GPUs",
+            "--deepspeed with ZeRO stage 3 needs GPUs",
+        ),
+        (
+            ["--deepspeed", str(CONFIGS / "deepspeed_zero3_offload.json")],
+            "--deepspeed with ZeRO stage 3 needs GPUs",
         ),
     ],
 )
@@ -311,6 +315,29 @@ def test_sharding_on_a_machine_without_a_gpu_is_refused_in_one_line_before_any_w
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"alpaca-train: error: {reason}")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("{not json", "is not a DeepSpeed JSON config"),
+        ('{"zero_optimization": {"stage": 4}}', "zero_optimization.stage is 4, not 0-3"),
+    ],
+)
+def test_a_deepspeed_config_that_cannot_be_read_is_refused_in_one_line(
+    tmp_path, tiny_model_dir, capsys, text, reason
+):
+    config = tmp_path / "zero.json"
+    config.write_text(text)
+
+    status = main(
+        ["--model", str(tiny_model_dir), "--data", str(SAMPLE), "--out", str(tmp_path / "out")]
+        + ["--deepspeed", str(config)]
+    )
+
+    assert status == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("alpaca-train: error: --deepspeed: ") and reason in line
 
 
 def test_shipped_scale_out_configs_are_full_shard_fsdp_and_zero_2_and_3_with_offload():
