@@ -1,5 +1,6 @@
 """`alpaca-export`: write rated generations as JSON lines of Alpaca records plus their feedback,
-or training data chosen from the feedback (SFT records, DPO preference pairs).
+or training data chosen from the feedback (SFT records, DPO preference pairs, KTO labelled
+answers).
 
 Usage:
     alpaca-export --out feedback.jsonl                      # the server's store, as it finds it
@@ -7,6 +8,7 @@ Usage:
     alpaca-export --data-dir /backups/alpaca --out feedback.jsonl   # alpaca.sqlite3 in a folder
     alpaca-export --format sft --out sft.jsonl              # for alpaca-train --data sft.jsonl
     alpaca-export --format dpo [--include-machine] --out pairs.jsonl
+    alpaca-export --format kto --out thumbs.jsonl           # for alpaca-train --method kto
 
 Without --database or --data-dir it reads the store the server uses, through the server's own
 settings: ALPACA_DATABASE_URL when set, else alpaca.sqlite3 in ALPACA_DATA_DIR (default
@@ -20,8 +22,12 @@ Formats (--format):
     sft       `{instruction, input, output}`: answers rated up, and every preferred response.
     dpo       `{prompt, chosen, rejected}`: people's pairwise votes (winner over loser, resolved
               by majority) and preferred responses over the answers they correct; the prompt is
-              the text the engine received. What is kept and why: server/feedback/training_data.py.
-For sft and dpo the summary on standard error counts what was kept and left out, by reason.
+              the text the engine received.
+    kto       `{prompt, completion, label}`: every rated answer, label true when rated up more
+              than down, false when down more than up (thumbs, unpaired), and preferred responses
+              (true); flagged answers left out.
+What is kept and why: alpaca_serve/feedback/training_data.py.
+For sft, dpo and kto the summary on standard error counts what was kept and left out, by reason.
 Generations sent as raw prompts are left out: they have no instruction.
 """
 
@@ -45,9 +51,9 @@ from alpaca_serve.feedback.store import (
     FeedbackStore,
     open_store,
 )
-from alpaca_serve.feedback.training_data import Selection, dpo_pairs, sft_records
+from alpaca_serve.feedback.training_data import Selection, dpo_pairs, kto_examples, sft_records
 
-FORMATS = ("feedback", "sft", "dpo")
+FORMATS = ("feedback", "sft", "dpo", "kto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="feedback: every (generation, rating) with all its details (the default); "
         "sft: Alpaca records {instruction, input, output} of answers rated up and of preferred "
         "responses, for alpaca-train; dpo: preference pairs {prompt, chosen, rejected} from "
-        "people's pairwise votes and preferred responses",
+        "people's pairwise votes and preferred responses; kto: answers labelled by their "
+        "thumbs {prompt, completion, label} (label true: rated up), and preferred responses, "
+        "for alpaca-train --method kto",
     )
     parser.add_argument(
         "--include-machine",
@@ -142,12 +150,14 @@ def select(store: FeedbackStore, args: argparse.Namespace) -> Selection | None:
         return sft_records(store)
     if args.format == "dpo":
         return dpo_pairs(store, include_machine=args.include_machine)
+    if args.format == "kto":
+        return kto_examples(store)
     return None
 
 
 def describe(args: argparse.Namespace, count: int, selection: Selection | None) -> str:
-    """The line that ends an export: how many written where, and for sft and dpo, why."""
-    nouns = {"feedback": "record", "sft": "sft record", "dpo": "dpo pair"}
+    """The line that ends an export: how many written where, and for sft, dpo and kto, why."""
+    nouns = {"feedback": "record", "sft": "sft record", "dpo": "dpo pair", "kto": "kto answer"}
     noun = nouns[args.format] + ("" if count == 1 else "s")
     line = f"wrote {count} {noun} to {args.out or 'standard output'}"
     return line if selection is None else f"{line}: {selection.summary()}"

@@ -1,4 +1,5 @@
-"""Training data chosen from feedback: supervised records (SFT) and preference pairs (DPO).
+"""Training data chosen from feedback: supervised records (SFT), preference pairs (DPO) and
+answers labelled good or bad (KTO).
 
 Usage:
     from alpaca_serve.feedback import open_store
@@ -6,14 +7,22 @@ Usage:
     with open_store(url) as store:
         sft = sft_records(store)                          # a Selection
         dpo = dpo_pairs(store, include_machine=False)
+        kto = kto_examples(store)
     sft.records        # [{"instruction", "input", "output"}, ...], as training.data reads them
     dpo.records        # [{"prompt", "chosen", "rejected"}, ...]
+    kto.records        # [{"prompt", "completion", "label"}, ...], label True: desirable
     sft.summary()      # "5 answers rated up, 2 preferred responses; dropped: 3 answers rated down"
     alpaca-export --format sft --out sft.jsonl            # the same, as a command
 
 What is kept:
 - SFT: each answer its raters rated up more often than down (once, however many raters), and
   every preferred response a rater wrote, as the output for that answer's instruction and input.
+  An answer anyone flagged (harmful, incorrect, other) is never a target: left out and counted.
+- KTO: each answer rated (the thumbs), once: desirable when its raters rated it up more often
+  than down, undesirable when down more often, left out when evenly; and every preferred response
+  a rater wrote, desirable. The prompt is the text the engine received, as for DPO. A flagged
+  answer is left out (its preferred responses stay), as is an empty one. Ratings are people's:
+  the automatic judge only votes on pairs.
 - DPO: each pair of answers that people compared, the winner chosen and the loser rejected; and
   each preferred response, chosen over the answer it corrects. The prompt is the text the server
   sent to the engine, as the generation log recorded it (the Alpaca template, training/prompts.py).
@@ -38,7 +47,10 @@ REASONS = {
     "unanimous": ("unanimous vote", "unanimous votes"),
     "majority": ("conflict resolved by majority", "conflicts resolved by majority"),
     "preferred_response": ("preferred response", "preferred responses"),
+    "desirable": ("answer rated up (desirable)", "answers rated up (desirable)"),
+    "undesirable": ("answer rated down (undesirable)", "answers rated down (undesirable)"),
     "rated_down": ("answer rated down", "answers rated down"),
+    "flagged": ("flagged answer", "flagged answers"),
     "rated_evenly": ("answer rated up and down equally", "answers rated up and down equally"),
     "tie": ("tie", "ties"),
     "both_bad": ("both bad", "both bad"),
@@ -48,6 +60,7 @@ REASONS = {
     "different_prompts": ("pair with different prompts", "pairs with different prompts"),
     "same_text": ("pair of identical answers", "pairs of identical answers"),
     "empty_answer": ("pair with an empty answer", "pairs with an empty answer"),
+    "empty_completion": ("empty answer", "empty answers"),
     "duplicate": ("duplicate", "duplicates"),
 }
 
@@ -86,7 +99,9 @@ def sft_records(store: FeedbackStore) -> Selection:
         record = {"instruction": generation["instruction"], "input": generation["input"]}
         ups = sum(row["rating"] == "up" for row in ratings)
         downs = sum(row["rating"] == "down" for row in ratings)
-        if ups > downs:
+        if ups > downs and _flagged(ratings):
+            selection.dropped["flagged"] += 1
+        elif ups > downs:
             selection.add({**record, "output": generation["output"]}, "rated_up")
         else:
             selection.dropped["rated_down" if downs > ups else "rated_evenly"] += 1
@@ -144,6 +159,36 @@ def dpo_pairs(store: FeedbackStore, include_machine: bool = False) -> Selection:
             }
             selection.add(record, "preferred_response")
     return selection
+
+
+def kto_examples(store: FeedbackStore) -> Selection:
+    """Answers labelled desirable or undesirable `{prompt, completion, label}`: each rated answer
+    by the majority of its thumbs, and each preferred response as desirable, oldest generation
+    first."""
+    selection = Selection()
+    for generation, ratings in _rated_generations(store):
+        prompt = generation["prompt"]
+        ups = sum(row["rating"] == "up" for row in ratings)
+        downs = sum(row["rating"] == "down" for row in ratings)
+        if _flagged(ratings):
+            selection.dropped["flagged"] += 1
+        elif ups == downs:
+            selection.dropped["rated_evenly"] += 1
+        elif not generation["output"].strip():
+            selection.dropped["empty_completion"] += 1
+        else:
+            desirable = ups > downs
+            record = {"prompt": prompt, "completion": generation["output"], "label": desirable}
+            selection.add(record, "desirable" if desirable else "undesirable")
+        for preferred in _preferred_responses(ratings):
+            record = {"prompt": prompt, "completion": preferred, "label": True}
+            selection.add(record, "preferred_response")
+    return selection
+
+
+def _flagged(ratings: list[dict]) -> bool:
+    """Whether any rater flagged the answer (harmful, incorrect, other)."""
+    return any(row["flag"] for row in ratings)
 
 
 def _rated_generations(store: FeedbackStore) -> Iterator[tuple[dict, list[dict]]]:

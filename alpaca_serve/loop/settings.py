@@ -74,13 +74,15 @@ class LoopSettings:
     )
     max_new_tokens: int = _help(96, "most tokens per evaluation answer")
     sft_name: str = _help("loop-sft", "name the supervised adapter is served under")
-    dpo_name: str = _help("loop-dpo", "name the preference (DPO) adapter is served under")
+    dpo_name: str = _help(
+        "loop-dpo", "name the preference adapter (DPO; KTO when there are thumbs) is served under"
+    )
     sft_steps: int = _help(
         SFT_STEPS,
         "optimizer steps of the supervised LoRA fine-tune (the shape of `alpaca-train --recipe "
         "alpaca`: rank 16 on every linear layer, cosine schedule, grouped by length)",
     )
-    dpo_steps: int = _help(4, "optimizer steps of the DPO fine-tune")
+    dpo_steps: int = _help(4, "optimizer steps of the preference (DPO or KTO) fine-tune")
     sft_learning_rate: float | None = _help(
         None, "peak learning rate of the supervised fine-tune (default: alpaca-train's for LoRA)"
     )

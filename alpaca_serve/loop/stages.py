@@ -16,7 +16,10 @@ Usage (alpaca-loop does this; see loop/cli.py):
   votes; with --auto an automatic judge votes (machine votes, named as such).
 - prefer: the votes become DPO pairs (`alpaca-export --format dpo`, machine votes only with
   --auto), a DPO adapter is trained on them (`alpaca-train --method dpo`) and served by name; it
-  answers too and is paired with the base and the SFT adapter (judged with --auto).
+  answers too and is paired with the base and the SFT adapter (judged with --auto). When people
+  also gave thumbs up or down (`alpaca-export --format kto`), the adapter is trained with KTO
+  instead (`alpaca-train --method kto`) on the thumbs and the votes together, each pair unpaired
+  into its preferred answer (desirable) and the other (undesirable): every vote counts.
 - report: win rates of each model against the others, by method of judgement, with 95% Wilson
   intervals, as a table and charts (`alpaca-eval report`).
 
@@ -55,7 +58,7 @@ from alpaca_serve.evaluation.reference_judge import (
 from alpaca_serve.feedback.records import StoreError
 from alpaca_serve.feedback.settings import StoreSettings, database_location
 from alpaca_serve.feedback.store import open_store
-from alpaca_serve.feedback.training_data import dpo_pairs
+from alpaca_serve.feedback.training_data import Selection, dpo_pairs, kto_examples
 from alpaca_serve.loop.publish import compare_weights, merge_into_base
 from alpaca_serve.loop.serving import release_adapter, served_base
 from alpaca_serve.loop.settings import LoopSettings
@@ -238,16 +241,16 @@ def run_prefer(ctx: LoopContext) -> tuple[dict[str, Any], str]:
     adapters_dir = _adapters_dir(settings)
     out = ctx.folder("prefer")
     prefs = out / "prefs.jsonl"
-    pairs, source = _export_preferences(ctx, prefs)
+    pairs, source, method = _export_preferences(ctx, prefs)
     print(f"{prefs}: {source}")
-    train_dir = out / "dpo"
+    train_dir = out / "dpo"  # the preference adapter's folder, whichever the method
     _train(
         AlpacaTrainArgs(
             train=_schedule(
                 settings,
                 Path(ctx.output("sft", "base_dir")),
                 train_dir,
-                "dpo",
+                method,
                 settings.dpo_steps,
                 settings.dpo_learning_rate,
             ),
@@ -267,6 +270,7 @@ def run_prefer(ctx: LoopContext) -> tuple[dict[str, Any], str]:
     outputs: dict[str, Any] = {
         "preferences": str(prefs),
         "preference_pairs": pairs,
+        "preference_method": method,
         "preference_source": source,
         "train_dir": str(train_dir),
         **({"preference_eval": str(measured)} if measured.is_file() else {}),
@@ -282,13 +286,17 @@ def run_prefer(ctx: LoopContext) -> tuple[dict[str, Any], str]:
         outputs["comparisons"].append(str(file))
         if settings.auto:
             judged.append(_judge(ctx, comparison))
-    summary = f"DPO adapter {settings.dpo_name} served, trained on {pairs} pairs ({source})"
+    noun = "pairs" if method == "dpo" else "labelled answers"
+    summary = (
+        f"{method.upper()} adapter {settings.dpo_name} served, trained on {pairs} {noun} ({source})"
+    )
     return outputs, summary + (f"; {'; '.join(judged)}" if judged else "")
 
 
-def _export_preferences(ctx: LoopContext, path: Path) -> tuple[int, str]:
-    """Write the store's votes as DPO pairs (machine votes only with --auto); returns how many
-    and where they came from, in words."""
+def _export_preferences(ctx: LoopContext, path: Path) -> tuple[int, str, str]:
+    """Write the store's votes as DPO pairs (machine votes only with --auto), or, when people
+    gave thumbs too, the thumbs and the votes unpaired as KTO's labelled answers; returns how
+    many records, where they came from in words, and the method ("dpo" or "kto")."""
     settings = ctx.settings
     url, data_dir = database_location(settings.database, settings.data_dir, StoreSettings())
     if data_dir is not None and not (data_dir / "alpaca.sqlite3").is_file():
@@ -300,8 +308,23 @@ def _export_preferences(ctx: LoopContext, path: Path) -> tuple[int, str]:
         with open_store(url) as store:
             people = dpo_pairs(store, include_machine=False)
             chosen = dpo_pairs(store, include_machine=True) if settings.auto else people
+            thumbs = kto_examples(store)
     except (StoreError, ValueError) as err:
         raise LoopError(f"feedback store {data_dir or 'at --database'}: {err}") from err
+    machine = len(chosen.records) - len(people.records)
+    votes = f"{len(people.records)} from human votes"
+    if settings.auto:
+        votes += f", {machine} from MACHINE votes (automatic judge)"
+    if thumbs.records:
+        answers = unpaired_with_thumbs(chosen, thumbs)
+        write_jsonl(path, answers)
+        return (
+            len(answers),
+            f"{len(thumbs.records)} from thumbs ({thumbs.summary()}), "
+            f"{len(answers) - len(thumbs.records)} more from {len(chosen.records)} pairs "
+            f"({votes}; {chosen.summary()})",
+            "kto",
+        )
     if not chosen.records:
         comparison = ctx.output("compare", "comparison")
         raise LoopError(
@@ -314,11 +337,21 @@ def _export_preferences(ctx: LoopContext, path: Path) -> tuple[int, str]:
             )
         )
     write_jsonl(path, chosen.records)
-    machine = len(chosen.records) - len(people.records)
-    source = f"{len(people.records)} from human votes"
-    if settings.auto:
-        source += f", {machine} from MACHINE votes (automatic judge)"
-    return len(chosen.records), source + f"; {chosen.summary()}"
+    return len(chosen.records), votes + f"; {chosen.summary()}", "dpo"
+
+
+def unpaired_with_thumbs(pairs: Selection, thumbs: Selection) -> list[dict]:
+    """KTO's labelled answers: the thumbs, then each pair's preferred answer (desirable) and the
+    other (undesirable). An answer is written once: one that was rated keeps its thumbs' label
+    (a preferred response's pair over the answer it corrects is in the thumbs already)."""
+    answers = list(thumbs.records)
+    seen = {(row["prompt"], row["completion"]) for row in answers}
+    for pair in pairs.records:
+        for completion, label in ((pair["chosen"], True), (pair["rejected"], False)):
+            if (pair["prompt"], completion) not in seen:
+                seen.add((pair["prompt"], completion))
+                answers.append({"prompt": pair["prompt"], "completion": completion, "label": label})
+    return answers
 
 
 # --- report -------------------------------------------------------------------------------------

@@ -66,11 +66,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # alpaca-lora's learning rate, used for --lora when no --learning-rate is given.
 LORA_LEARNING_RATE = 3e-4
-# --method dpo: the LoRA learning rate when no --learning-rate is given, and the epochs that
-# replace the preset's (DPO over-fits preferences quickly; one pass is the common recipe).
+# --method dpo and kto: the LoRA learning rate when no --learning-rate is given, and the epochs
+# that replace the preset's (preference training over-fits quickly; one pass is the common
+# recipe).
 DPO_LEARNING_RATE = 5e-5
 DPO_EPOCHS = 1.0
-METHODS = ("sft", "dpo")
+METHODS = ("sft", "dpo", "kto")
+# The methods that train a LoRA adapter against the base with the adapter off as the reference.
+PREFERENCE_METHODS = ("dpo", "kto")
 
 
 def _opt(default: Any = None, help: str = "", **extra: Any) -> Any:
@@ -90,7 +93,9 @@ class DataArgs:
         "several files are read in the order given, as one data set; with --method dpo, one "
         "file of preference pairs {prompt, chosen, rejected}, prompt being the Alpaca prompt "
         "text (as alpaca-export --format dpo writes it), or {instruction, input, chosen, "
-        "rejected}",
+        "rejected}; with --method kto, one file of {prompt, completion, label} (label true "
+        "for a desirable answer; as alpaca-export --format kto writes it), or {instruction, "
+        "input, completion, label}",
         type=Path,
         metavar="FILE",
     )
@@ -127,7 +132,7 @@ class LoraArgs:
     lora: bool | None = _opt(
         None,
         "train LoRA adapters instead of all weights (default: off for --method sft, on for "
-        "--method dpo, which needs them)",
+        "--method dpo and kto, which need them)",
     )
     lora_r: int = _opt(8, "LoRA rank")
     lora_alpha: int = _opt(16, "LoRA scaling numerator: updates are scaled by alpha / r")
@@ -193,7 +198,9 @@ class TrainArgs:
         "sft",
         "sft: supervised fine-tuning on Alpaca records; dpo: preference training (Direct "
         "Preference Optimization, TRL's DPOTrainer) of a LoRA adapter on pairs of a preferred "
-        "and a rejected response, the base model (adapter off) being the reference",
+        "and a rejected response, the base model (adapter off) being the reference; kto: the "
+        "same from single answers labelled desirable or not (thumbs up and down; "
+        "Kahneman-Tversky Optimization, TRL's KTOTrainer)",
         choices=METHODS,
     )
     recipe: str | None = _opt(
@@ -218,10 +225,10 @@ class TrainArgs:
     learning_rate: float | None = _opt(
         None,
         f"peak learning rate (preset: 2e-5 for 7b; {LORA_LEARNING_RATE:g} with --lora; "
-        f"{DPO_LEARNING_RATE:g} with --method dpo)",
+        f"{DPO_LEARNING_RATE:g} with --method dpo or kto)",
     )
     epochs: float | None = _opt(
-        None, f"passes over the data (preset: 3; {DPO_EPOCHS:g} with --method dpo)"
+        None, f"passes over the data (preset: 3; {DPO_EPOCHS:g} with --method dpo or kto)"
     )
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (overrides --epochs)")
     warmup_ratio: float | None = _opt(
@@ -293,7 +300,7 @@ class TrainArgs:
 
     def __post_init__(self) -> None:
         preset = dict(PRESETS[self.preset])
-        if self.method == "dpo":
+        if self.method in PREFERENCE_METHODS:
             preset["epochs"] = DPO_EPOCHS
         for name in (
             "global_batch_size",
@@ -363,30 +370,38 @@ class TrainArgs:
 
 @dataclass
 class DpoArgs:
-    """Preference training (--method dpo): the DPO loss and the held-out measurement."""
+    """Preference training (--method dpo or kto): the loss and the held-out measurement."""
 
     beta: float = _opt(
         0.1,
-        "DPO beta: how strongly the model is held near the reference (the base, adapter off); "
-        "higher stays closer, lower follows the preferences further",
+        "DPO or KTO beta: how strongly the model is held near the reference (the base, adapter "
+        "off); higher stays closer, lower follows the preferences further",
     )
     eval_fraction: float = _opt(
         0.1,
-        "share of the --data prompts held out (seeded by --seed; at least one) to measure "
-        "preference accuracy and log-probability margin before and after training; 0: no "
-        "held-out measurement",
+        "share of the --data prompts held out (seeded by --seed; at least one) to measure the "
+        "preferences before and after training (dpo: accuracy and log-probability margin; kto: "
+        "log-probabilities of desirable and undesirable answers); 0: no held-out measurement",
     )
     eval_data: Path | None = _opt(
         None,
-        "held-out preference pairs from their own file (same format as --data) instead of a "
-        "split of --data",
+        "held-out records from their own file (same format as --data) instead of a split of --data",
     )
+    desirable_weight: float = _opt(
+        1.0,
+        "--method kto: weight of the desirable answers' loss (raise it when they are few: KTO's "
+        "authors keep desirable x weight / (undesirable x weight) between 1 and 4/3)",
+    )
+    undesirable_weight: float = _opt(1.0, "--method kto: weight of the undesirable answers' loss")
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ArgsError(f"--beta must be positive, got {self.beta}")
         if not 0 <= self.eval_fraction < 1:
             raise ArgsError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
+        for name in ("desirable_weight", "undesirable_weight"):
+            if getattr(self, name) <= 0:
+                raise ArgsError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -403,17 +418,21 @@ class AlpacaTrainArgs:
             raise ArgsError("the following arguments are required: --data")
         if self.train.output_dir is None:
             self.train.output_dir = Path("runs") / f"{self.data.data[0].stem}-{self.train.method}"
-        if self.train.method == "dpo":
-            self._check_dpo()
+        if self.train.method in PREFERENCE_METHODS:
+            self._check_preferences()
         elif self.dpo.eval_data is not None:
-            raise ArgsError("--eval-data is for --method dpo")
+            raise ArgsError("--eval-data is for --method dpo or kto")
+        if self.train.method != "kto":
+            for name in ("desirable_weight", "undesirable_weight"):
+                if getattr(self.dpo, name) != 1.0:
+                    raise ArgsError(f"--{_flag(name)} is for --method kto")
         if self.lora.lora is None:
-            self.lora.lora = self.train.method == "dpo"
+            self.lora.lora = self.train.method in PREFERENCE_METHODS
         if self.data.model_max_length is None:
             self.data.model_max_length = PRESETS[self.train.preset]["model_max_length"]
         if self.train.learning_rate is None:
             preset_rate = PRESETS[self.train.preset]["learning_rate"]
-            if self.train.method == "dpo":
+            if self.train.method in PREFERENCE_METHODS:
                 self.train.learning_rate = DPO_LEARNING_RATE
             else:
                 self.train.learning_rate = LORA_LEARNING_RATE if self.lora.lora else preset_rate
@@ -423,16 +442,23 @@ class AlpacaTrainArgs:
                 "GPUs, or train LoRA on one"
             )
 
-    def _check_dpo(self) -> None:
-        """--method dpo trains a LoRA adapter on unpacked pairs."""
+    def _check_preferences(self) -> None:
+        """--method dpo and kto train a LoRA adapter on unpacked records of one file."""
+        method = self.train.method
         if self.lora.lora is False:
             raise ArgsError(
-                "--method dpo trains a LoRA adapter (the base with the adapter off is its "
+                f"--method {method} trains a LoRA adapter (the base with the adapter off is its "
                 "reference model): drop --no-lora"
             )
         if self.data.data is not None and len(self.data.data) > 1:
             raise ArgsError(
-                f"--method dpo reads one --data file of preference pairs, got {len(self.data.data)}"
+                f"--method {method} reads one --data file of preference data, got "
+                f"{len(self.data.data)}"
+            )
+        if method == "kto" and self.train.micro_batch_size == 1:
+            raise ArgsError(
+                "--method kto needs --micro-batch-size 2 or more: its KL estimate pairs each "
+                "answer with another prompt's answer in the same micro batch"
             )
         for name, value in (
             ("packing", self.data.packing),
@@ -443,7 +469,7 @@ class AlpacaTrainArgs:
                 raise ArgsError(f"--{_flag(name)} is for --method sft only")
         if self.train.deepspeed is not None:
             raise ArgsError(
-                "--method dpo with --deepspeed is not supported yet: train on one GPU, or "
+                f"--method {method} with --deepspeed is not supported yet: train on one GPU, or "
                 "several with torchrun (data parallel)"
             )
 
@@ -456,7 +482,7 @@ GROUPS = (
     ("model and schedule", TrainArgs),
     ("data", DataArgs),
     ("LoRA", LoraArgs),
-    ("DPO (--method dpo)", DpoArgs),
+    ("preference training (--method dpo, kto)", DpoArgs),
 )
 _KEYS = (("train", TrainArgs), ("data", DataArgs), ("lora", LoraArgs), ("dpo", DpoArgs))
 
@@ -466,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Alpaca supervised fine-tuning (full or LoRA) with the Hugging Face Trainer, "
-        "or preference training of a LoRA adapter (--method dpo) with TRL's DPOTrainer. "
+        "or preference training of a LoRA adapter with TRL: --method dpo (pairs, DPOTrainer) "
+        "or --method kto (thumbs up and down, KTOTrainer). "
         "The output folder is servable as is: alpaca-serve --model OUTPUT_DIR.",
         epilog="Many processes: torchrun --nproc_per_node 8 -m alpaca_serve.training.cli ... "
         "(data parallel; on CPU too, over gloo), with --fsdp on GPUs, or accelerate launch "

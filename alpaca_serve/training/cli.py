@@ -8,8 +8,8 @@ Usage:
     from alpaca_serve.training.cli import fine_tune
     summary = fine_tune(parse_args(["--model", "./base", "--data", "d.json", "--out", "out"]))
 
-`fine_tune` checks the paths and data, then trains SFT (train.py) or DPO (dpo.py) by
-`args.train.method`; bad input raises ArgsError, DataFormatError or TrainError, one line each.
+`fine_tune` checks the paths and data, then trains SFT (train.py), DPO (dpo.py) or KTO (kto.py)
+by `args.train.method`; bad input raises ArgsError, DataFormatError or TrainError, one line each.
 `main` turns those into `alpaca-train: error: ...` and exit status 2; SIGTERM or Ctrl-C during
 training (torchrun sends SIGTERM to every process when one fails) into one line naming the
 checkpoint `--resume` continues from, and exit status 128 + the signal's number.
@@ -30,6 +30,7 @@ from alpaca_serve.core.default_model import (
 from alpaca_serve.training.args import PROG, AlpacaTrainArgs, ArgsError, parse_args
 from alpaca_serve.training.data import DataFormatError
 from alpaca_serve.training.dpo import load_dpo_pairs, train_dpo
+from alpaca_serve.training.kto import load_kto_examples, train_kto
 from alpaca_serve.training.train import (
     TrainError,
     TrainingStopped,
@@ -55,6 +56,10 @@ def fine_tune(args: AlpacaTrainArgs) -> TrainSummary:
         data = load_dpo_pairs(args)
         check_trackers(args.train.trackers)
         return train_dpo(args, data)
+    if args.train.method == "kto":
+        answers = load_kto_examples(args)
+        check_trackers(args.train.trackers)
+        return train_kto(args, answers)
     assert args.data.data is not None  # required: AlpacaTrainArgs refuses to be built without it
     records, skipped, files = load_training_data(args.data.data, args.data.skip_invalid)
     log(

@@ -1,16 +1,22 @@
-"""Preference pairs for `alpaca-train --method dpo`: reading, checking and the held-out split.
+"""Preference data for `alpaca-train --method dpo` (pairs) and `--method kto` (single answers
+labelled good or bad): reading, checking and the held-out split.
 
 Usage:
     from alpaca_serve.training.preferences import load_preference_pairs, split_pairs
     pairs = load_preference_pairs("prefs.jsonl")       # JSON lines (or a JSON list) of objects
     train_pairs, eval_pairs = split_pairs(pairs, fraction=0.1, seed=42)
     pairs[0].prompt, pairs[0].chosen, pairs[0].rejected
+    examples = load_unpaired_examples("thumbs.jsonl")  # {prompt, completion, label}
+    examples[0].prompt, examples[0].completion, examples[0].label   # label: True is desirable
 
 A record is `{prompt, chosen, rejected}`, where `prompt` is the Alpaca prompt text exactly as
 `alpaca_serve.core.prompts.format_prompt` builds it (what `alpaca-export --format dpo` writes), or
 `{instruction, input, chosen, rejected}`, whose prompt is then built here with the same template
 (`input` may be left out). `chosen` and `rejected` are the two responses that follow the prompt,
-the first the better one. A record that breaks the rules raises DataFormatError, one line naming
+the first the better one. An unpaired record (KTO, what `alpaca-export --format kto` writes) is
+`{prompt, completion, label}` (or `{instruction, input, completion, label}`), `label` true for
+a desirable answer (rated up) and false for an undesirable one, as TRL's KTOTrainer reads them.
+A record that breaks the rules raises DataFormatError, one line naming
 the file, the record's index and, for JSON lines, its line. The files are read by
 `alpaca_serve.core.records.read_raw_records`, the one reader of record files. This module imports
 no torch.
@@ -19,9 +25,10 @@ no torch.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from alpaca_serve.core.prompts import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, format_prompt
 from alpaca_serve.core.records import DataFormatError, RawRecord, json_type, read_raw_records
@@ -41,6 +48,23 @@ class PreferencePair:
     prompt: str  # the full Alpaca prompt text, ending with "### Response:"
     chosen: str
     rejected: str
+
+
+@dataclass(frozen=True)
+class UnpairedExample:
+    """One prompt and one response to it, judged desirable (`label` True) or not."""
+
+    prompt: str  # the full Alpaca prompt text, ending with "### Response:"
+    completion: str
+    label: bool
+
+
+class _Prompted(Protocol):
+    @property
+    def prompt(self) -> str: ...
+
+
+Example = TypeVar("Example", bound=_Prompted)
 
 
 def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
@@ -73,10 +97,44 @@ def check_preference_record(raw: RawRecord) -> PreferencePair:
     return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected)
 
 
+def load_unpaired_examples(path: str | Path) -> list[UnpairedExample]:
+    """Read a JSON list or JSON lines file of unpaired records, checking every record."""
+    return [check_unpaired_record(raw) for raw in read_raw_records(path)]
+
+
+def load_valid_unpaired_examples(
+    path: str | Path, on_invalid: Callable[[DataFormatError], None]
+) -> list[UnpairedExample]:
+    """The valid unpaired records of the file; each invalid record's error goes to
+    `on_invalid`."""
+    examples = []
+    for raw in read_raw_records(path, on_invalid=on_invalid):
+        try:
+            examples.append(check_unpaired_record(raw))
+        except DataFormatError as err:
+            on_invalid(err)
+    return examples
+
+
+def check_unpaired_record(raw: RawRecord) -> UnpairedExample:
+    """The record's prompt, completion and label, checked; DataFormatError names the record when
+    one is wrong."""
+    item, where = raw.fields, raw.where
+    prompt = _prompt_of(item, where)
+    completion = _response(item, "completion", where)
+    if "label" not in item:
+        raise DataFormatError(f"{where}: 'label' is missing (true: desirable, false: undesirable)")
+    label = item["label"]
+    if not isinstance(label, bool):
+        raise DataFormatError(f"{where}: 'label' must be true or false, got {json_type(label)}")
+    return UnpairedExample(prompt=prompt, completion=completion, label=label)
+
+
 def split_pairs(
-    pairs: list[PreferencePair], fraction: float, seed: int
-) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(train, held out): a seeded random `fraction` of the pairs (at least one) held out.
+    pairs: Sequence[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """(train, held out): a seeded random `fraction` of the pairs (or unpaired examples; at least
+    one) held out.
 
     The pairs of one prompt go to the same side, so no held-out prompt was trained on. With
     `fraction` 0 nothing is held out. Raises DataFormatError when both sides cannot have a pair.
@@ -86,8 +144,8 @@ def split_pairs(
     prompts = list(dict.fromkeys(pair.prompt for pair in pairs))
     if len(prompts) < 2:
         raise DataFormatError(
-            f"{len(pairs)} pair(s) with {len(prompts)} prompt(s) cannot be split into training "
-            "and held-out pairs: give more, --eval-data, or --eval-fraction 0"
+            f"{len(pairs)} record(s) with {len(prompts)} prompt(s) cannot be split into training "
+            "and held-out records: give more, --eval-data, or --eval-fraction 0"
         )
     held_count = min(len(prompts) - 1, max(1, round(len(prompts) * fraction)))
     held = set(random.Random(seed).sample(prompts, held_count))

@@ -457,7 +457,8 @@ def build_training_args(
     args: AlpacaTrainArgs, accumulation: int, config_class: Any = None, **extra: Any
 ) -> Any:
     """The Hugging Face TrainingArguments for this run (or `config_class`, a subclass such as
-    TRL's DPOConfig, given its own fields in `extra`)."""
+    TRL's DPOConfig, given its own fields in `extra`; `extra` may also replace one of the
+    fields set here, as KTO's sequential sampling does)."""
     import torch
     from transformers import TrainingArguments
 
@@ -467,7 +468,7 @@ def build_training_args(
         bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         precision = "bf16" if bf16_ok else "fp32"
     fsdp_config = fsdp_settings(args) if args.train.fsdp else None
-    return (config_class or TrainingArguments)(
+    fields: dict[str, Any] = dict(
         output_dir=str(args.train.output_dir / CHECKPOINT_DIR),
         per_device_train_batch_size=args.train.micro_batch_size,
         gradient_accumulation_steps=accumulation,
@@ -500,8 +501,8 @@ def build_training_args(
         ddp_find_unused_parameters=False,  # every weight gets a gradient (or none, frozen)
         report_to=args.train.trackers or "none",  # names checked by check_trackers
         disable_tqdm=True,  # the Trainer's own bar prints log dicts; make_callbacks has ours
-        **extra,
     )
+    return (config_class or TrainingArguments)(**{**fields, **extra})
 
 
 def fsdp_settings(args: AlpacaTrainArgs) -> dict[str, Any]:
@@ -855,12 +856,26 @@ def make_callbacks() -> tuple[Any, Any, Any]:
             tokens = state.num_input_tokens_seen - self.first_tokens
             # DPO's trainer also logs how often and by how much the adapter's implicit reward
             # (beta x log-ratio to the reference) ranks the chosen response above the rejected.
-            rewards = (
-                f" | reward accuracy {logs['rewards/accuracies']:.2f}, margin "
-                f"{logs['rewards/margins']:.3f}"
-                if "rewards/margins" in logs and "rewards/accuracies" in logs
-                else ""
-            )
+            rewards = ""
+            if "rewards/margins" in logs and "rewards/accuracies" in logs:
+                rewards = (
+                    f" | reward accuracy {logs['rewards/accuracies']:.2f}, margin "
+                    f"{logs['rewards/margins']:.3f}"
+                )
+            elif "kl" in logs:
+                # KTO's: the mean implicit reward of this step's desirable and undesirable
+                # answers (absent when the step had none of them) and its KL estimate.
+                rewards = (
+                    "".join(
+                        f" | reward {name} {logs[key]:.3f}"
+                        for name, key in (
+                            ("desirable", "rewards/chosen"),
+                            ("undesirable", "rewards/rejected"),
+                        )
+                        if key in logs
+                    )
+                    + f" | KL {logs['kl']:.3f}"
+                )
             log(
                 f"step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f}{rewards} | "
                 f"lr {logs.get('learning_rate', 0.0):.2e} | epoch {state.epoch or 0:.2f} | "

@@ -1,4 +1,4 @@
-"""`alpaca-export --format sft|dpo`: training data chosen from what people said about answers the
+"""`alpaca-export --format sft|dpo|kto`: training data chosen from what people said about
 server really gave, on SQLite and on PostgreSQL, and counted by what was kept and left out."""
 
 from __future__ import annotations
@@ -40,10 +40,19 @@ def answer(server, instruction: str, input: str = "", max_new_tokens: int = 4) -
     return response.json()["id"]
 
 
-def rate(server, generation_id: str, rating: str, session: str, preferred: str | None = None):
+def rate(
+    server,
+    generation_id: str,
+    rating: str,
+    session: str,
+    preferred: str | None = None,
+    flag: str | None = None,
+):
     body = {"generation_id": generation_id, "rating": rating, "session_id": session}
     if preferred is not None:
         body["preferred_response"] = preferred
+    if flag is not None:
+        body["flag"] = flag
     response = server.client.post("/feedback", json=body)
     assert response.status_code == 201, response.text
 
@@ -110,6 +119,59 @@ def test_sft_keeps_answers_rated_up_and_preferred_responses_but_not_answers_rate
     records, skipped = load_training_records(out, skip_invalid=False)
     assert skipped == 0
     assert records == [AlpacaRecord(**row) for row in rows]
+
+
+def test_an_answer_someone_flagged_is_never_an_sft_target(served, tmp_path, capsys):
+    server, url = served
+    flagged = answer(server, "Name a weapon.")
+    rate(server, flagged, "up", "alice")
+    rate(server, flagged, "up", "bob", flag="harmful")
+
+    rows, summary = export(url, tmp_path / "sft.jsonl", "--format", "sft", capsys=capsys)
+
+    assert rows == []
+    assert summary.endswith("nothing; dropped: 1 flagged answer"), summary
+
+
+def test_kto_labels_each_rated_answer_by_its_thumbs_as_the_model_saw_it(served, tmp_path, capsys):
+    from alpaca_serve.training.preferences import UnpairedExample, load_unpaired_examples
+
+    server, url = served
+    liked = answer(server, "Name a planet.")
+    disliked = answer(server, "Name a river.", "in Europe")
+    corrected = answer(server, "Name a colour.")
+    disputed = answer(server, "Name a mountain.")
+    flagged = answer(server, "Name a poison.")
+    answer(server, "Name a sea.")  # nobody rates it
+    for session, rating in [("alice", "up"), ("bob", "up"), ("carol", "down")]:
+        rate(server, liked, rating, session)  # a majority up: one desirable answer
+    rate(server, disliked, "down", "alice")
+    rate(server, corrected, "down", "alice", preferred="Red, like a fire.")
+    rate(server, disputed, "up", "alice")
+    rate(server, disputed, "down", "bob")
+    rate(server, flagged, "down", "alice", flag="harmful")
+    out = tmp_path / "kto.jsonl"
+
+    rows, summary = export(url, out, "--format", "kto", capsys=capsys)
+
+    def seen(generation_id: str) -> dict:
+        generation = stored(server, url, generation_id)
+        return {"prompt": generation["prompt"], "completion": generation["response"]}
+
+    assert rows == [
+        {**seen(liked), "label": True},
+        {**seen(disliked), "label": False},
+        {**seen(corrected), "label": False},
+        {"prompt": seen(corrected)["prompt"], "completion": "Red, like a fire.", "label": True},
+    ]
+    assert rows[1]["prompt"] == format_prompt("Name a river.", "in Europe")
+    assert summary == (
+        f"alpaca-export: wrote 4 kto answers to {out}: 1 preferred response, 1 answer rated up "
+        "(desirable), 2 answers rated down (undesirable); dropped: 1 flagged answer, 1 answer "
+        "rated up and down equally"
+    )
+    # alpaca-train --method kto's reader takes the file as it is.
+    assert load_unpaired_examples(out) == [UnpairedExample(**row) for row in rows]
 
 
 def test_dpo_pairs_come_from_votes_by_majority_and_from_preferred_responses(
@@ -258,5 +320,5 @@ def test_a_format_or_option_that_does_not_fit_is_one_error_line_and_status_2(
 def test_help_explains_the_formats(capsys):
     result = run_export(capsys, "--help")
 
-    for words in ("--format", "feedback", "sft", "dpo", "--include-machine", "preference pairs"):
+    for words in ("--format", "feedback", "sft", "dpo", "kto", "--include-machine", "thumbs"):
         assert words in result.stdout

@@ -760,4 +760,4 @@ def test_dpo_takes_one_data_file_and_says_so(tmp_path, capsys):
     )  # fmt: skip
     assert code == 2
     error = capsys.readouterr().err
-    assert "--method dpo reads one --data file of preference pairs, got 2" in error
+    assert "--method dpo reads one --data file of preference data, got 2" in error
