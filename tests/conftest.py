@@ -153,6 +153,7 @@ COSTLIEST_FILES = [
     "tests/benchmarks/test_adapter_cost.py",  # 131: trains, then two servers
     "tests/server/test_feedback_durability.py",  # 124: servers stopped and killed
     "tests/training/test_dpo.py",  # 107: DPO on the default model
+    "tests/training/test_kto.py",  # ~110: KTO on the default model
     "tests/training/test_distributed.py",  # 100 alone: seven torchrun / accelerate runs
     "tests/training/test_distributed_faults.py",  # 80 alone: two machines, kills, a rendezvous
     "tests/training/test_deepspeed.py",  # 100 on a fresh machine: DeepSpeed builds its CPU ops

@@ -6,6 +6,7 @@ Usage:
         client.send_rating(reply["id"], "up", session_id="alice")
         ids = client.import_generations("text-davinci-003", [{"instruction", "input", "output"}])
         for vote in client.comparisons(): ...                            # every page, oldest first
+        board = client.leaderboard("human", rounds=200, seed=0)          # {"rows": [...], ...}
     async with AsyncAlpacaClient(url, retries=Retries(attempts=6)) as client:
         async for event in client.stream_generate("Name a colour."): ...  # {"id", "text", ...}
 
@@ -130,6 +131,15 @@ def _import_batches(model: str, answers: list[dict[str, Any]]) -> Iterator[_Call
 def _comparisons_page(after: int, limit: int | None) -> _Call:
     params = {"after": after} if limit is None else {"after": after, "limit": limit}
     return _Call("GET", "/feedback/comparisons", params=params)
+
+
+def _leaderboard(voter: str, rounds: int | None, seed: int | None) -> _Call:
+    params = {"voter": voter, "rounds": rounds, "seed": seed}
+    return _Call(
+        "GET",
+        "/feedback/leaderboard",
+        params={name: value for name, value in params.items() if value is not None},
+    )
 
 
 def _chat(messages: list[dict[str, str]], model: str, options: dict[str, Any]) -> _Call:
@@ -344,6 +354,14 @@ class AlpacaClient(_ClientBase):
         """`GET /feedback/comparisons`: `{"comparisons": [...], "next_after"}`."""
         return self._call(_comparisons_page(after, limit))
 
+    def leaderboard(
+        self, voter: str = "human", rounds: int | None = None, seed: int | None = None
+    ) -> dict[str, Any]:
+        """`GET /feedback/leaderboard`: every model's Bradley-Terry score from `voter`'s votes
+        ("human" or "machine"), best first, with `rounds` bootstrap rounds of `seed` for the
+        intervals (default: the server's): `{"rows": [...], "votes", "voter", ...}`."""
+        return self._call(_leaderboard(voter, rounds, seed))
+
     def comparisons(self) -> Iterator[dict[str, Any]]:
         """Every pairwise vote in the store, oldest first, page after page."""
         after: int | None = 0
@@ -495,6 +513,12 @@ class AsyncAlpacaClient(_ClientBase):
     async def comparisons_page(self, after: int = 0, limit: int | None = None) -> dict[str, Any]:
         """As `AlpacaClient.comparisons_page`."""
         return await self._call(_comparisons_page(after, limit))
+
+    async def leaderboard(
+        self, voter: str = "human", rounds: int | None = None, seed: int | None = None
+    ) -> dict[str, Any]:
+        """As `AlpacaClient.leaderboard`."""
+        return await self._call(_leaderboard(voter, rounds, seed))
 
     async def comparisons(self) -> AsyncIterator[dict[str, Any]]:
         """As `AlpacaClient.comparisons`."""

@@ -1,13 +1,13 @@
-"""The Gradio demo: chat with ratings, and a blind side-by-side Compare tab.
+"""The Gradio demo: chat with ratings, a blind side-by-side Compare tab, and a Leaderboard.
 
 Usage:
     blocks = build_demo(DemoSettings(server_url="http://127.0.0.1:8000"))
     blocks.launch()                                    # or: alpaca-demo --server-url URL
 
-`build_demo` lays the page out and wires its events to the handlers of `alpaca_serve.demo.chat` and
-`alpaca_serve.demo.compare`. Everything goes through the server's HTTP API
-(`alpaca_serve.client.api`): `POST /generate`
-streamed, `POST /feedback`.
+`build_demo` lays the page out and wires its events to the handlers of `alpaca_serve.demo.chat`,
+`alpaca_serve.demo.compare` and `alpaca_serve.demo.leaderboard`. Everything goes through the
+server's HTTP API (`alpaca_serve.client.api`): `POST /generate` streamed, `POST /feedback`,
+`GET /feedback/leaderboard`.
 """
 
 import gradio as gr
@@ -15,6 +15,7 @@ import gradio as gr
 from alpaca_serve.client.api import AsyncAlpacaClient
 from alpaca_serve.demo.chat import FLAGS, ChatHandlers
 from alpaca_serve.demo.compare import VOTES, CompareHandlers
+from alpaca_serve.demo.leaderboard import EXPLANATION, TABLE_HEADERS, LeaderboardHandlers
 from alpaca_serve.demo.settings import DemoSettings, load_examples
 from alpaca_serve.evaluation.comparison import load_comparison
 
@@ -44,8 +45,9 @@ def build_handlers(settings: DemoSettings) -> tuple[ChatHandlers, CompareHandler
 
 
 def build_demo(settings: DemoSettings) -> gr.Blocks:
-    """The page: the Chat and Compare tabs, wired to their handlers."""
+    """The page: the Chat, Compare and Leaderboard tabs, wired to their handlers."""
     chat, compare = build_handlers(settings)
+    leaderboard = LeaderboardHandlers(_client_of(settings.server_url, settings))
     examples = load_examples(settings.example_source(), settings.max_examples)
 
     with gr.Blocks(title="Alpaca demo") as blocks:
@@ -132,6 +134,18 @@ def build_demo(settings: DemoSettings) -> gr.Blocks:
                 )
             for key, button in zip(VOTES, votes, strict=True):
                 button.click(compare.vote_on(key), [compare_state], [*votes, reveal, compare_state])
+        with gr.Tab("Leaderboard", elem_id="leaderboard-tab"):
+            gr.Markdown(EXPLANATION)
+            board = gr.Dataframe(
+                headers=TABLE_HEADERS,
+                datatype=["number", "str", "number", "str", "number"],
+                interactive=False,
+                elem_id="leaderboard-table",
+            )
+            board_status = gr.Markdown(elem_id="leaderboard-status")
+            refresh = gr.Button("Refresh", elem_id="leaderboard-refresh")
+            refresh.click(leaderboard.refresh, None, [board, board_status])
+            blocks.load(leaderboard.refresh, None, [board, board_status])
     # A bounded queue: past max_queue waiting events, Gradio answers "queue full" at once.
     blocks.queue(max_size=settings.max_queue)
     return blocks

@@ -6,6 +6,8 @@ Usage:
     alpaca-eval vote --comparison comparison.json --pair-id pair-000 --winner left
     alpaca-eval judge --comparison comparison.json --judge-url http://judge:8000
     alpaca-eval report --comparison comparison.json --chart report.png
+    alpaca-eval leaderboard --server-url http://127.0.0.1:8000     # every model, all votes
+    alpaca-eval annotations --comparison comparison.json --out annotations.json  # AlpacaEval's
 
 The evaluation set and text-davinci-003's answers to it ship with the package (`evaluation/data/`,
 paths in `alpaca_serve.evaluation.datasets`). Answers and votes live in the server's feedback

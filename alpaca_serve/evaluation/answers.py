@@ -12,7 +12,12 @@ Instruction files: the self-instruct user-oriented JSON lines (`instruction`,
 Answer files: what `generate_answers` writes (JSON lines `{id, instruction, input,
 motivation_app, output, generation_id, model}`), self-instruct prediction files such as the
 text-davinci-003 one (`{prompt, instruction, input, response, target}`: the answer is `response`),
-or an Alpaca JSON list with `output`.
+an Alpaca JSON list with `output`, or AlpacaEval model outputs (a JSON list of `{instruction,
+output, generator}`, told apart by `generator`, one model's per file: the generator becomes the
+answers' `model`).
+
+AlpacaEval's instructions have no input: an instruction with an input is the two joined by a
+blank line (`join_instruction`), as AlpacaEval's own file holds the self-instruct ones.
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ from typing import Any
 
 from alpaca_serve.client.api import AsyncAlpacaClient, Retries
 from alpaca_serve.client.errors import APIRequestError
-from alpaca_serve.core.records import DataFormatError, RawRecord, read_raw_records
+from alpaca_serve.core.records import DataFormatError, RawRecord, json_type, read_raw_records
 
 # A busy (429) or loading (503) server is asked again, in all up to six times per answer.
 MAX_ATTEMPTS = 6
+# Between an instruction and its input in AlpacaEval's files: its evaluation set holds the 252
+# self-instruct instructions so (tatsu-lab/alpaca_eval, results/*/model_outputs.json).
+INPUT_SEPARATOR = "\n\n"
 
 
 class EvaluationError(Exception):
@@ -73,8 +81,11 @@ def load_instructions(path: Path, limit: int | None = None) -> list[dict[str, An
 def load_answers(path: Path) -> list[dict[str, Any]]:
     """Answers as `{id, instruction, input, motivation_app, output, generation_id, model}`, from
     any of the answer file formats (see the module docstring)."""
+    records = _read_records(path)
+    if any("generator" in raw.fields for raw in records):
+        return _model_outputs(path, records)
     answers = []
-    for number, raw in enumerate(_read_records(path), 1):
+    for number, raw in enumerate(records, 1):
         record = raw.fields
         if "output" in record:
             output = record["output"]
@@ -100,6 +111,12 @@ def load_answers(path: Path) -> list[dict[str, Any]]:
             }
         )
     return answers
+
+
+def join_instruction(instruction: str, input_text: str) -> str:
+    """An instruction and its input as one text, as AlpacaEval's files hold them: joined by a
+    blank line; an instruction without input stays as it is."""
+    return f"{instruction}{INPUT_SEPARATOR}{input_text}" if input_text else instruction
 
 
 def generate_answers(
@@ -188,6 +205,47 @@ async def _generate_all(
         finally:
             bar.close()
     return [r for r in results if r is not None], failures
+
+
+def _model_outputs(path: Path, records: list[RawRecord]) -> list[dict[str, Any]]:
+    """The answers of an AlpacaEval model-outputs file, every item checked: a non-empty
+    `instruction`, an `output` and a `generator`, all text, one generator in the file; other keys
+    (`dataset`, `datasplit`, ...) are left alone."""
+    answers = []
+    for number, raw in enumerate(records, 1):
+        for key in ("instruction", "output", "generator"):
+            value = raw.fields.get(key)
+            if isinstance(value, str) and (key == "output" or value.strip()):
+                continue
+            if key not in raw.fields:
+                problem = f"no `{key}`"
+            elif isinstance(value, str):
+                problem = f"`{key}` is empty"
+            else:
+                problem = f"`{key}` is {json_type(value)}, not text"
+            raise EvaluationError(
+                f"{raw.where}: {problem} (an AlpacaEval model-outputs file is a list of "
+                "{instruction, output, generator})"
+            )
+        answers.append(
+            {
+                "id": str(raw.fields.get("id", f"item-{number - 1}")),
+                "instruction": raw.fields["instruction"],
+                "input": raw.fields.get("input", "") or "",
+                "motivation_app": raw.fields.get("motivation_app"),
+                "output": raw.fields["output"].strip(),
+                "generation_id": None,
+                "model": raw.fields["generator"],
+            }
+        )
+    generators = sorted({answer["model"] for answer in answers})
+    if len(generators) > 1:
+        raise EvaluationError(
+            f"{path}: outputs of {len(generators)} generators ({', '.join(generators[:5])}"
+            f"{', ...' if len(generators) > 5 else ''}); a side of a comparison is one model's "
+            "outputs"
+        )
+    return answers
 
 
 def _read_records(path: Path) -> list[RawRecord]:

@@ -2,8 +2,11 @@
 
 Usage:
     alpaca-eval answer --server-url http://127.0.0.1:8000 --limit 20 --out ours.jsonl
+    alpaca-eval answer --format alpaca-eval [--generator NAME] --out model_outputs.json
     alpaca-eval compare --a ours.jsonl --label-a ours --seed 7 --out comparison.json
         # side B: text-davinci-003's answers, shipped with the project (--b FILE for others)
+    alpaca-eval compare --a ours.jsonl --b model_outputs.json --out comparison.json
+        # --a/--b also take AlpacaEval model outputs: labelled by their generator
     alpaca-eval vote --comparison comparison.json --pair-id pair-000 --winner left \
         [--session-id alice]
     alpaca-eval judge --comparison comparison.json --judge-url http://127.0.0.1:8001 \
@@ -12,6 +15,10 @@ Usage:
     alpaca-eval judge --comparison comparison.json --reference --metric rouge-l
     alpaca-eval agreement --comparison comparison.json          # judges against each other
     alpaca-eval report --comparison comparison.json --chart report.png [--include-machine]
+    alpaca-eval leaderboard --server-url http://127.0.0.1:8000 [--include-machine] \
+        [--chart leaderboard.png] [--json leaderboard.json]  # every model, from all the votes
+    alpaca-eval annotations --comparison comparison.json --out annotations.json \
+        [--include-machine]                                 # the votes as AlpacaEval annotations
 
 Votes live in the feedback store of the server the comparison was built against (its URL is in
 the comparison file; `--server-url` overrides it): `compare` imports the answers that server did
@@ -28,12 +35,19 @@ import json
 import os
 import secrets
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import cast
 
 from alpaca_serve.client.api import API_KEY_VARIABLE, JUDGE_API_KEY_VARIABLE, AlpacaClient
 from alpaca_serve.client.errors import APIRequestError
 from alpaca_serve.evaluation.agreement import format_agreement, judge_agreement
+from alpaca_serve.evaluation.alpaca_eval_files import (
+    NO_PREFERENCE,
+    model_outputs,
+    vote_annotations,
+    write_json_list,
+)
 from alpaca_serve.evaluation.answers import (
     MAX_ATTEMPTS,
     EvaluationError,
@@ -54,6 +68,7 @@ from alpaca_serve.evaluation.comparison import (
     votes_in_store,
 )
 from alpaca_serve.evaluation.datasets import DAVINCI_ANSWERS, EVALUATION_SET
+from alpaca_serve.evaluation.leaderboard import format_leaderboard, write_leaderboard_chart
 from alpaca_serve.evaluation.reference_judge import (
     METRICS,
     judge_by_reference,
@@ -61,6 +76,7 @@ from alpaca_serve.evaluation.reference_judge import (
     reference_answers,
 )
 from alpaca_serve.evaluation.report import format_report, tally_votes, write_chart
+from alpaca_serve.feedback.leaderboard import DEFAULT_ROUNDS, MAX_ROUNDS
 
 # The Alpaca evaluation set (user-oriented self-instruct instructions) and the reference side of
 # Alpaca's comparison, text-davinci-003's answers to it: both shipped with the project.
@@ -68,6 +84,7 @@ DEFAULT_INSTRUCTIONS = EVALUATION_SET
 DEFAULT_REFERENCE = DAVINCI_ANSWERS
 DEFAULT_REFERENCE_LABEL = "text-davinci-003"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+ANSWER_FORMATS = ("jsonl", "alpaca-eval")
 STORE_TIMEOUT_S = 60.0  # feedback-store calls are quick; answers have their own --timeout
 
 
@@ -151,7 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         required=True,
         help="answers file to write: JSON lines {id, instruction, input, "
-        "motivation_app, output, generation_id, model}",
+        "motivation_app, output, generation_id, model}, or with --format alpaca-eval "
+        "AlpacaEval's model outputs",
+    )
+    answer.add_argument(
+        "--format",
+        choices=ANSWER_FORMATS,
+        default="jsonl",
+        help="jsonl: this project's answer records, which keep the generation ids; alpaca-eval: "
+        "AlpacaEval's model outputs, a JSON list of {instruction, output, generator}, an "
+        "instruction with an input joined to it by a blank line (default: jsonl)",
+    )
+    answer.add_argument(
+        "--generator",
+        default=None,
+        metavar="NAME",
+        help="with --format alpaca-eval: the model's name in the file (default: the served "
+        "model that answered, as the server named it)",
     )
     answer.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -163,19 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         required=True,
         help="answer file of side A (from `answer`, a self-instruct predictions "
-        "file such as the text-davinci-003 one, or an Alpaca JSON list)",
+        "file such as the text-davinci-003 one, an Alpaca JSON list, or AlpacaEval model "
+        "outputs: a JSON list of {instruction, output, generator})",
     )
     compare.add_argument(
         "--b",
         type=Path,
         default=DEFAULT_REFERENCE,
-        help="answer file of side B (default: text-davinci-003's answers to the Alpaca "
-        f"evaluation set, shipped with the project, {DEFAULT_REFERENCE})",
+        help="answer file of side B, in any format --a takes (default: text-davinci-003's "
+        f"answers to the Alpaca evaluation set, shipped with the project, {DEFAULT_REFERENCE})",
     )
     compare.add_argument(
         "--label-a",
         default=None,
-        help="name of side A in reports (default: the model named in the file, else the file name)",
+        help="name of side A in reports (default: the model named in the file, an AlpacaEval "
+        "file's generator, else the file name)",
     )
     compare.add_argument(
         "--label-b",
@@ -347,6 +382,75 @@ def build_parser() -> argparse.ArgumentParser:
         "the alpaca-serve whose feedback store holds the votes (default: "
         "the one recorded in the comparison file)",
     )
+
+    annotations = _command(
+        commands,
+        "annotations",
+        run_annotations,
+        "write the votes on a comparison as AlpacaEval annotations: a JSON list of {instruction, "
+        "output_1, generator_1, output_2, generator_2, annotator, preference}, one per vote, "
+        "output_1 being side B and output_2 side A; preference 1.0 (B), 2.0 (A) or 1.5 (a tie, "
+        "and both_bad too)",
+    )
+    annotations.add_argument("--comparison", type=Path, required=True, help="comparison file")
+    annotations.add_argument(
+        "--out", type=Path, required=True, help="annotations JSON file to write"
+    )
+    annotations.add_argument(
+        "--include-machine",
+        action="store_true",
+        help="also write the automatic judges' votes, each under its session as the annotator "
+        "(judge-MODEL, reference-judge-token-f1, ...); default: people's votes only, annotator "
+        "human",
+    )
+    _store_options(annotations, STORE_HELP)
+    leaderboard = _command(
+        commands,
+        "leaderboard",
+        run_leaderboard,
+        "rank every model from all the pairwise votes in a server's feedback store: "
+        "Bradley-Terry scores on Chatbot Arena's Elo-like scale, with bootstrap 95% intervals "
+        "and the vote counts; people's votes, and with --include-machine the automatic judges' "
+        "on a board of their own",
+    )
+    leaderboard.add_argument(
+        "--include-machine",
+        action="store_true",
+        help="also print the board of the automatic judges' votes (machine votes), separately",
+    )
+    leaderboard.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help=f"bootstrap rounds for the 95%% intervals, 0 to {MAX_ROUNDS}; 0: no intervals "
+        f"(default: {DEFAULT_ROUNDS})",
+    )
+    leaderboard.add_argument(
+        "--seed", type=int, default=0, help="seed of the bootstrap (default: 0)"
+    )
+    leaderboard.add_argument(
+        "--chart", type=Path, default=None, help="PNG chart to write: score and interval per model"
+    )
+    leaderboard.add_argument(
+        "--json", type=Path, default=None, help="also write the boards as JSON to this file"
+    )
+    _store_options(
+        leaderboard,
+        f"the alpaca-serve whose feedback store holds the votes (default: {DEFAULT_SERVER_URL})",
+        default=DEFAULT_SERVER_URL,
+    )
+    leaderboard.add_argument(
+        "--database",
+        metavar="URL",
+        help="read the votes from this store instead of a server (sqlite:///ABSOLUTE/PATH or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE): a stopped server's, a loop run's",
+    )
+    leaderboard.add_argument(
+        "--data-dir",
+        type=Path,
+        help="read the votes from the SQLite store (alpaca.sqlite3) in this folder instead of a "
+        "server (a server's ALPACA_DATA_DIR)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
@@ -390,6 +494,8 @@ def run_answer(args: argparse.Namespace) -> None:
         raise EvaluationError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise EvaluationError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.generator is not None and args.format != "alpaca-eval":
+        raise EvaluationError("--generator is for --format alpaca-eval")
     items = load_instructions(args.instructions, args.limit)
     answers, failures = generate_answers(
         args.server_url,
@@ -405,8 +511,14 @@ def run_answer(args: argparse.Namespace) -> None:
     if not answers:
         first = failures[0].reason if failures else "no instructions"
         raise EvaluationError(f"all {len(items)} instructions failed; the first: {first}")
-    write_jsonl(args.out, answers)
-    print(f"wrote {len(answers)} answers to {args.out} ({len(failures)} failed)")
+    if args.format == "alpaca-eval":
+        generator = args.generator or _default_label(answers, args.out)
+        write_json_list(args.out, model_outputs(answers, generator))
+        written = f"AlpacaEval model outputs of {generator}"
+    else:
+        write_jsonl(args.out, answers)
+        written = "answers"
+    print(f"wrote {len(answers)} {written} to {args.out} ({len(failures)} failed)")
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -547,6 +659,93 @@ def run_report(args: argparse.Namespace) -> None:
     if args.chart is not None:
         write_chart(args.chart, comparison, tallies, args.top_categories)
         print(f"chart written to {args.chart}")
+
+
+def run_annotations(args: argparse.Namespace) -> None:
+    comparison = load_comparison(args.comparison)
+    with _open_store(args, comparison) as store:
+        votes = votes_in_store(store, comparison)
+    machine = [vote for vote in votes if vote.voter == "machine"]
+    chosen = votes if args.include_machine else [vote for vote in votes if vote.voter == "human"]
+    if not chosen:
+        raise EvaluationError(
+            f"no votes of people on the pairs of {args.comparison}"
+            + (f" ({len(machine)} machine votes: add --include-machine)" if machine else "")
+        )
+    annotations = vote_annotations(comparison, chosen)
+    write_json_list(args.out, annotations)
+    people = sum(1 for vote in chosen if vote.voter == "human")
+    judges = Counter(vote.session_id for vote in chosen if vote.voter == "machine")
+    both_bad = sum(1 for vote in chosen if vote.winner == "both_bad")
+    label_a, label_b = comparison["labels"]
+    print(
+        f"wrote {len(annotations)} annotations to {args.out} (output_1: {label_b}, output_2: "
+        f"{label_a}): {people} by people (annotator human)"
+        + (
+            "; by machines: " + ", ".join(f"{judge} {n}" for judge, n in sorted(judges.items()))
+            if judges
+            else ""
+        )
+        + (
+            f"; {both_bad} both_bad votes written as preference {NO_PREFERENCE}, as ties"
+            if both_bad
+            else ""
+        )
+    )
+    if not args.include_machine and machine:
+        print(f"({len(machine)} machine votes left out; add --include-machine)")
+
+
+def run_leaderboard(args: argparse.Namespace) -> None:
+    if not 0 <= args.rounds <= MAX_ROUNDS:
+        raise EvaluationError(f"--rounds must be 0 to {MAX_ROUNDS}, got {args.rounds}")
+    if not 0 <= args.seed < 2**32:
+        raise EvaluationError(f"--seed must be 0 to {2**32 - 1}, got {args.seed}")
+    if args.chart is not None and args.chart.suffix.lower() != ".png":
+        raise EvaluationError(f"--chart must name a .png file, got {args.chart}")
+    voters = ["human", "machine"] if args.include_machine else ["human"]
+    if args.database is not None or args.data_dir is not None:
+        boards = _boards_from_store(args, voters)
+    else:
+        with AlpacaClient(args.server_url, args.api_key, timeout_s=STORE_TIMEOUT_S) as store:
+            boards = {voter: store.leaderboard(voter, args.rounds, args.seed) for voter in voters}
+    print("\n\n".join(format_leaderboard(board) for board in boards.values()))
+    target = args.json
+    try:
+        if args.json is not None:
+            args.json.write_text(json.dumps(boards, indent=1) + "\n", encoding="utf-8")
+            print(f"boards written to {args.json}")
+        target = args.chart
+        if args.chart is not None:
+            write_leaderboard_chart(args.chart, boards)
+            print(f"chart written to {args.chart}")
+    except OSError as err:
+        raise EvaluationError(f"cannot write {target}: {err.strerror or err}") from err
+
+
+def _boards_from_store(args: argparse.Namespace, voters: list[str]) -> dict[str, dict]:
+    """The boards computed here from the votes of --database or --data-dir's store, as a
+    server's GET /feedback/leaderboard would answer them."""
+    from alpaca_serve.feedback import open_store
+    from alpaca_serve.feedback.leaderboard import compute_leaderboard
+    from alpaca_serve.feedback.records import StoreError
+    from alpaca_serve.feedback.store import DATABASE_FILENAME
+
+    url = args.database
+    if url is None:
+        path = args.data_dir / DATABASE_FILENAME
+        if not path.is_file():  # opening would create an empty store
+            raise EvaluationError(f"no feedback store at {path}")
+        url = f"sqlite:///{path.resolve()}"
+    try:
+        with open_store(url) as store:
+            battles = store.battles()
+    except (StoreError, ValueError) as err:
+        raise EvaluationError(f"--database: {' '.join(str(err).split())}") from err
+    return {
+        voter: compute_leaderboard(battles, voter, args.rounds, args.seed).as_dict()
+        for voter in voters
+    }
 
 
 def _command(commands, name: str, run, help_text: str) -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from alpaca_serve.client.api import RETRY_STATUSES, AsyncAlpacaClient, Retries
 from alpaca_serve.client.errors import APIRequestError
-from alpaca_serve.evaluation.answers import MAX_ATTEMPTS, EvaluationError
+from alpaca_serve.evaluation.answers import MAX_ATTEMPTS, EvaluationError, join_instruction
 
 if TYPE_CHECKING:
     from alpaca_serve.client.api import AlpacaClient, AsyncAlpacaClient
@@ -86,10 +86,12 @@ class Vote:
             raise EvaluationError(f"voter must be human or machine, got {self.voter!r}")
 
 
-def match_key(instruction: str, input_text: str) -> tuple[str, str]:
-    """What makes two answers answers to the same question: the instruction and input text,
-    with white space runs collapsed (the davinci file's spacing differs from the eval set's)."""
-    return (" ".join(instruction.split()), " ".join((input_text or "").split()))
+def match_key(instruction: str, input_text: str) -> str:
+    """What makes two answers answers to the same question: the instruction and input as one
+    text (`join_instruction`, so an AlpacaEval file's joined instruction meets the same
+    instruction and input of an answer file), with white space runs collapsed (the davinci
+    file's spacing differs from the eval set's)."""
+    return " ".join(join_instruction(instruction, input_text or "").split())
 
 
 def build_comparison(
@@ -99,13 +101,14 @@ def build_comparison(
     label_b: str,
     seed: int,
 ) -> dict[str, Any]:
-    """Pair the answers of A and B to the same instruction (+ input), in a shuffled order with
-    sides placed at random; answers with no partner are counted under `unmatched`."""
-    by_key_b: dict[tuple[str, str], dict[str, Any]] = {}
+    """Pair the answers of A and B to the same instruction (+ input, `match_key`), in a
+    shuffled order with sides placed at random; answers with no partner are counted under
+    `unmatched`."""
+    by_key_b: dict[str, dict[str, Any]] = {}
     for answer in answers_b:
         by_key_b.setdefault(match_key(answer["instruction"], answer["input"]), answer)
     matched: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     for answer in answers_a:
         key = match_key(answer["instruction"], answer["input"])
         if key in by_key_b and key not in seen:

@@ -90,7 +90,7 @@ def judge_session(metric: str) -> str:
     return f"reference-judge-{metric}"
 
 
-def reference_answers(path: Path) -> dict[tuple[str, str], str]:
+def reference_answers(path: Path) -> dict[str, str]:
     """The reference answer of each instruction (+ input) of a self-instruct evaluation file
     (`instances[0].output`), an Alpaca JSON list (`output`) or a predictions file such as
     text-davinci-003's (`response`), by `match_key`."""
@@ -113,7 +113,7 @@ def reference_answers(path: Path) -> dict[tuple[str, str], str]:
 
 
 def reference_verdict(
-    pair: dict[str, Any], references: dict[tuple[str, str], str], metric: str = "token-f1"
+    pair: dict[str, Any], references: dict[str, str], metric: str = "token-f1"
 ) -> str | None:
     """`left` or `right` for the side of `pair` closer to its reference answer by `metric`, `tie`
     when both are as close, None when the pair's instruction has no reference."""
@@ -128,7 +128,7 @@ def reference_verdict(
 
 def judge_by_reference(
     comparison: dict[str, Any],
-    references: dict[tuple[str, str], str],
+    references: dict[str, str],
     store: AlpacaClient,
     progress: bool = True,
     metric: str = "token-f1",

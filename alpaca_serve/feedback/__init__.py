@@ -15,6 +15,7 @@ Modules, each owning one thing:
     postgres.py   the PostgreSQL backend (several server replicas)
     store.py      FeedbackStore and open_store: every read and write, one transaction each
     recorder.py   GenerationRecorder: finished generations written in batches, off the request path
+    leaderboard.py  compute_leaderboard: Bradley-Terry scores of every model from the votes
     training_data.py  sft_records, dpo_pairs: training data chosen from the feedback, with counts
     export.py     `alpaca-export`: rated generations as JSON lines (feedback, sft or dpo)
 """

@@ -7,6 +7,7 @@ Usage:
     row_id, created = store.save_rating(RatingFeedback("gen-1", "up", session_id="s-42"))
     store.summary()                     # thumbs and flags per model, pairwise wins
     store.list_comparisons(after=0)     # every pairwise vote, oldest first, a page at a time
+    store.battles(voter="human")        # every vote as (model of a, model of b, outcome, voter)
     store.generations_by_id(["gen-1"])  # {"gen-1": {"prompt", "response", ...}}
     for row in store.export_rows():     # Alpaca records (instruction, input, output) + feedback
         ...
@@ -277,6 +278,22 @@ class FeedbackStore:
             "pairwise": [pairs[key] for key in sorted(pairs) if key[0] == "human"],
             "pairwise_machine": [pairs[key] for key in sorted(pairs) if key[0] == "machine"],
         }
+
+    def battles(self, voter: str | None = None) -> list[tuple[str, str, str, str]]:
+        """Every pairwise vote, by row id, as (model of a, model of b, outcome, voter): outcome
+        "a" or "b" (whose answer won), "tie" or "both_bad"; only `voter`'s ("human" or
+        "machine") when given. What the leaderboard (`compute_leaderboard`) is computed from."""
+        where, params = ("WHERE c.voter = ? ", (voter,)) if voter is not None else ("", ())
+        with self._transaction(write=False) as tx:
+            rows = tx.rows(
+                "SELECT ga.model, gb.model, CASE WHEN c.winner = c.generation_a THEN 'a' "
+                "WHEN c.winner = c.generation_b THEN 'b' ELSE c.winner END, c.voter "
+                "FROM comparisons c "
+                "JOIN generations ga ON ga.id = c.generation_a "
+                "JOIN generations gb ON gb.id = c.generation_b " + where + "ORDER BY c.id",
+                params,
+            )
+        return [(model_a, model_b, outcome, who) for model_a, model_b, outcome, who in rows]
 
     def export_rows(self, include_unrated: bool = False) -> Iterator[dict]:
         """Generations joined with their ratings, oldest first: one dict per (generation,

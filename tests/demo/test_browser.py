@@ -242,3 +242,73 @@ def test_the_compare_tab_pits_the_base_against_a_trained_adapter_blind(
     for side in ("a", "b"):  # each side's answer is the one its revealed model gave
         assert models[model_of[labels[side]]]["response"].strip() == shown[side].strip()
     assert vote["winner"] == models[model_of[labels["a"]]]["id"]
+
+
+# The Leaderboard table's rows as the page shows them: one list of cell texts per model (the
+# header row, and rows not filled yet, left out). Gradio draws the cells as a table's or, once
+# the table is laid out for scrolling, as grid cells.
+LEADERBOARD_ROWS = """() => [...document.querySelectorAll('#leaderboard-table [role=row]')]
+    .filter(row => Number(row.getAttribute('aria-rowindex')) > 1)
+    .map(row => [...row.querySelectorAll('[role=gridcell], td')].map(cell => cell.innerText.trim()))
+    .filter(cells => cells.length === 5 && cells[1])"""
+
+
+def test_the_leaderboard_tab_ranks_models_from_peoples_votes_and_refreshes(browser, tiny_server):
+    """Votes between two imported models' answers reach the Leaderboard tab when the page opens:
+    the better model first, the interval around each score, the vote count under the table; an
+    automatic judge's votes (for the other model) are not counted; Refresh shows new votes."""
+    import uuid
+
+    from alpaca_serve.client.api import AlpacaClient
+
+    suffix = uuid.uuid4().hex[:6]
+    leader, challenger = f"alpaca-lora-{suffix}", f"davinci-{suffix}"
+    answers = [{"instruction": f"Leaderboard question {n}?", "output": f"A{n}."} for n in range(9)]
+    api = AlpacaClient(tiny_server.url)  # a connection per call
+    ids = {model: api.import_generations(model, answers) for model in (leader, challenger)}
+
+    def vote(winner: str, loser: str, questions, voter: str = "human") -> None:
+        for n in questions:
+            pair = [ids[winner][n], ids[loser][n]]
+            api.send_comparison(pair, pair[0], f"board-{voter}-{suffix}-{n}", voter)
+
+    vote(leader, challenger, range(3))
+    vote(challenger, leader, [3])
+    vote(challenger, leader, range(9), voter="machine")
+    votes = tiny_server.client.get("/feedback/leaderboard", params={"rounds": 0}).json()["votes"]
+
+    def shown() -> dict[str, list[str]]:
+        """The rows by model, once the table shows both of this test's models."""
+        page.wait_for_function(
+            f"names => names.every(name => ({LEADERBOARD_ROWS})().some(row => row[1] === name))",
+            arg=[leader, challenger],
+            timeout=30_000,
+        )
+        return {row[1]: row for row in page.evaluate(LEADERBOARD_ROWS)}
+
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(f"{tiny_server.url}/ui/")
+        page.get_by_role("tab", name="Leaderboard").click()
+        status = page.locator("#leaderboard-status")
+        status.filter(has_text=f"Made from {votes} votes by people").wait_for(timeout=30_000)
+        before = shown()
+        assert list(before).index(leader) < list(before).index(challenger)
+        for model in (leader, challenger):
+            rank, _, score, interval, count = before[model]
+            assert int(rank) >= 1
+            low, high = map(float, interval.split(" to "))
+            assert low <= float(score) <= high and count == "4"
+        assert float(before[leader][2]) > float(before[challenger][2])
+
+        vote(challenger, leader, range(4, 9))  # five more wins of the challenger, from people
+        page.locator("#leaderboard-refresh").click()
+        status.filter(has_text=f"Made from {votes + 5} votes by people").wait_for(timeout=30_000)
+        after = shown()
+        assert list(after).index(challenger) < list(after).index(leader)
+        assert (after[challenger][4], after[leader][4]) == ("9", "9")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "leaderboard-tab.png"), full_page=True)
+    finally:
+        context.close()

@@ -522,7 +522,16 @@ def test_every_option_of_every_command_has_help():
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"answer", "compare", "vote", "judge", "agreement", "report"}
+    assert set(commands) == {
+        "answer",
+        "compare",
+        "vote",
+        "judge",
+        "agreement",
+        "report",
+        "annotations",
+        "leaderboard",
+    }
     for name, command in commands.items():
         for action in command._actions:
             assert action.help, f"alpaca-eval {name} {action.option_strings} has no help"

@@ -10,6 +10,7 @@ from alpaca_serve.client.api import AlpacaClient
 from alpaca_serve.evaluation.comparison import (
     attach_generation_ids,
     build_comparison,
+    match_key,
     votes_in_store,
 )
 from alpaca_serve.evaluation.datasets import EVALUATION_SET
@@ -46,7 +47,7 @@ def test_rouge_l_counts_shared_words_only_in_the_references_order():
 
 
 def test_each_metric_judges_as_its_own_session_and_they_can_disagree():
-    references = {("Name the capital.", ""): "the capital of France is Paris"}
+    references = {match_key("Name the capital.", ""): "the capital of France is Paris"}
     in_order = "capital of France"  # 3 shared words, in order
     shuffled = "Paris France capital the"  # 4 shared words, out of order
     both = pair(in_order, shuffled)
@@ -66,7 +67,7 @@ def pair(left: str, right: str, instruction: str = "Name the capital.", input: s
     }
 
 
-REFERENCES = {("Name the capital.", ""): "The capital is Paris."}
+REFERENCES = {match_key("Name the capital.", ""): "The capital is Paris."}
 
 
 def test_the_answer_closer_to_the_reference_wins_on_either_side():
@@ -84,7 +85,7 @@ def test_the_shipped_evaluation_set_has_a_reference_for_every_instruction():
     references = reference_answers(EVALUATION_SET)
     assert len(references) == 252
     assert references[
-        ("Make a list of desirable Skills for software engineers to add to LinkedIn.", "")
+        match_key("Make a list of desirable Skills for software engineers to add to LinkedIn.", "")
     ]
 
 
@@ -96,7 +97,7 @@ def test_its_votes_are_machine_votes_of_a_named_session_in_the_store(scripted_se
     ]
     bad = [{**answer, "output": "no idea"} for answer in good]
     comparison = build_comparison(good, bad, "good", "bad", seed=3)
-    references = {**REFERENCES, ("Name a colour.", ""): "Red is a colour."}
+    references = {**REFERENCES, match_key("Name a colour.", ""): "Red is a colour."}
     with AlpacaClient(scripted_server.url) as store:
         attach_generation_ids(comparison, store)
         votes, unjudged = judge_by_reference(comparison, references, store, progress=False)

@@ -1,5 +1,6 @@
 """Feedback: `POST /feedback` (a rating, or a blind pairwise comparison by a person or an
-automatic judge), `GET /feedback/summary` and `GET /feedback/comparisons`."""
+automatic judge), `GET /feedback/summary`, `GET /feedback/comparisons` and
+`GET /feedback/leaderboard` (every model's Bradley-Terry score from the votes)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from alpaca_serve.feedback import (
     StoreError,
     UnknownGenerationError,
 )
+from alpaca_serve.feedback.leaderboard import DEFAULT_ROUNDS, MAX_ROUNDS, compute_leaderboard
 from alpaca_serve.server.errors import APIError, invalid
 from alpaca_serve.server.runtime import Runtime, RuntimeDep, store_unavailable
 from alpaca_serve.server.schemas import BODY_ERRORS, error_doc
@@ -80,6 +82,29 @@ class ComparisonPage(BaseModel):
     next_after: int | None = Field(
         description="pass as `after` for the next page; null when this page is the last"
     )
+
+
+class LeaderboardRow(BaseModel):
+    rank: int = Field(description="1 + the models whose interval lies wholly above this one's")
+    model: str
+    score: float = Field(description="Bradley-Terry score on Chatbot Arena's Elo-like scale")
+    lower: float | None = Field(description="95% bootstrap interval; null when rounds is 0")
+    upper: float | None
+    votes: int = Field(description="votes between this model and another one")
+    wins: int
+    losses: int
+    ties: int = Field(description="ties and 'both bad' votes")
+
+
+class LeaderboardResponse(BaseModel):
+    voter: Literal["human", "machine"]
+    rounds: int = Field(description="bootstrap rounds behind the intervals")
+    seed: int
+    votes: int = Field(description="votes between two different models: what the scores use")
+    same_model_votes: int = Field(description="votes between two answers of one model, left out")
+    groups: int = Field(description="groups of models connected by votes")
+    rows: list[LeaderboardRow] = Field(description="best score first")
+    message: str | None = Field(description="why the board is empty, or a caveat")
 
 
 @router.post(
@@ -177,6 +202,30 @@ async def list_comparisons(
     return ComparisonPage(
         comparisons=rows, next_after=rows[-1]["id"] if len(rows) == limit else None
     )
+
+
+@router.get(
+    "/feedback/leaderboard",
+    response_model=LeaderboardResponse,
+    responses={422: error_doc("a parameter is invalid")},
+)
+async def feedback_leaderboard(
+    runtime: RuntimeDep,
+    voter: Annotated[
+        Literal["human", "machine"],
+        Query(description="whose votes: people's or an automatic judge's (never mixed)"),
+    ] = "human",
+    rounds: Annotated[
+        int, Query(ge=0, le=MAX_ROUNDS, description="bootstrap rounds for the 95% intervals")
+    ] = DEFAULT_ROUNDS,
+    seed: Annotated[int, Query(ge=0, le=2**32 - 1, description="seed of the bootstrap")] = 0,
+) -> LeaderboardResponse:
+    """Every model ranked by its Bradley-Terry score from one kind of voter's pairwise votes,
+    with bootstrap 95% intervals and the vote counts (as Chatbot Arena's leaderboard)."""
+    assert runtime.store is not None  # opened by the lifespan before any request
+    battles = await runtime.in_store(runtime.store.battles, voter)
+    board = await asyncio.to_thread(compute_leaderboard, battles, voter, rounds, seed)
+    return LeaderboardResponse.model_validate(board.as_dict())
 
 
 def _parse(model: type[BaseModel], payload: dict[str, Any]):
