@@ -39,6 +39,14 @@ class Backend:
         """A cursor in one transaction: committed when the block ends, rolled back on error."""
         raise NotImplementedError
 
+    # What an INSERT that gives the {id} column its value says after its column list (restoring
+    # a backup keeps the ids), and what makes the next id follow the largest one written.
+    explicit_ids = ""
+
+    def continue_ids_after_insert(self, tx: Transaction, table: str) -> None:
+        """After rows were inserted with their ids, let new rows take ids above them (SQLite's
+        AUTOINCREMENT does so by itself)."""
+
 
 class Transaction:
     """A cursor inside one transaction; SQL is written with `?` and adapted to the backend."""

@@ -9,6 +9,8 @@ Usage:
     alpaca-export --format sft --out sft.jsonl              # for alpaca-train --data sft.jsonl
     alpaca-export --format dpo [--include-machine] --out pairs.jsonl
     alpaca-export --format kto --out thumbs.jsonl           # for alpaca-train --method kto
+    alpaca-export --backup /backups/alpaca.sqlite3           # a SQLite store, while it is used
+    alpaca-export --data-dir /srv/new --restore /backups/alpaca.sqlite3   # into an empty store
 
 Without --database or --data-dir it reads the store the server uses, through the server's own
 settings: ALPACA_DATABASE_URL when set, else alpaca.sqlite3 in ALPACA_DATA_DIR (default
@@ -43,6 +45,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO, cast
 
+from alpaca_serve.feedback.backup import backup_sqlite, restore
 from alpaca_serve.feedback.records import StoreError
 from alpaca_serve.feedback.settings import StoreSettings, database_location
 from alpaca_serve.feedback.store import (
@@ -103,12 +106,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="--format dpo: also count the votes of an automatic judge (alpaca-eval judge), "
         "which are left out by default",
     )
+    copies = parser.add_mutually_exclusive_group()
+    copies.add_argument(
+        "--backup",
+        type=Path,
+        metavar="FILE",
+        help="instead of exporting, copy the whole SQLite store into FILE as of one moment, "
+        "safely while the server writes to it (SQLite's online backup; a PostgreSQL store is "
+        "backed up with pg_dump)",
+    )
+    copies.add_argument(
+        "--restore",
+        type=Path,
+        metavar="FILE",
+        help="instead of exporting, put the backup FILE (made by --backup) back into the store "
+        "(SQLite or PostgreSQL), which must be empty; all of it or, on an error, nothing",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.backup is not None or args.restore is not None:
+        return copy_store(args)
     try:
         check_options(args)
         url, data_dir = database_location(args.database, args.data_dir, StoreSettings())
@@ -134,6 +155,45 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"alpaca-export: {describe(args, count, selection)}", file=sys.stderr)
     return 0
+
+
+def copy_store(args: argparse.Namespace) -> int:
+    """--backup or --restore: the whole store copied out or back in; one line saying what."""
+    try:
+        used = [flag for flag, on in _export_options(args).items() if on]
+        if used:
+            raise ValueError(f"{used[0]} is for exports, not --backup or --restore")
+        url, data_dir = database_location(args.database, args.data_dir, StoreSettings())
+        if args.backup is not None:
+            if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
+                raise StoreError(f"no database at {data_dir / DATABASE_FILENAME} to back up")
+            with open_store(url) as store:
+                counts = backup_sqlite(store, args.backup)
+                line = f"backed up {_described(counts)} from {store.backend.description} to "
+                line += str(args.backup)
+        else:
+            with open_store(url) as store:
+                counts = restore(store, args.restore)
+                line = f"restored {_described(counts)} from {args.restore} into "
+                line += store.backend.description
+    except (ValueError, StoreError, OSError) as err:
+        print(f"alpaca-export: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(f"alpaca-export: {line}", file=sys.stderr)
+    return 0
+
+
+def _export_options(args: argparse.Namespace) -> dict[str, bool]:
+    return {
+        "--out": args.out is not None,
+        "--format": args.format != "feedback",
+        "--include-unrated": args.include_unrated,
+        "--include-machine": args.include_machine,
+    }
+
+
+def _described(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {table}" for table, count in counts.items())
 
 
 def check_options(args: argparse.Namespace) -> None:

@@ -54,6 +54,14 @@ class PostgresBackend(Backend):
     def lock_schema(self, tx: Transaction) -> None:
         tx.execute("LOCK TABLE schema_version IN SHARE ROW EXCLUSIVE MODE")
 
+    explicit_ids = " OVERRIDING SYSTEM VALUE"
+
+    def continue_ids_after_insert(self, tx: Transaction, table: str) -> None:
+        tx.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+            f"COALESCE(MAX(id), 0) + 1, false) FROM {table}"
+        )
+
     @contextmanager
     def transaction(self, conn: Any, write: bool) -> Iterator[Any]:
         with conn.transaction(), conn.cursor() as cursor:

@@ -344,6 +344,62 @@ class FeedbackStore:
                 return
             after = (generations[-1]["created_at"], generations[-1]["id"])
 
+    @property
+    def backend(self) -> Backend:
+        """The database this store is kept in."""
+        return self._backend
+
+    def table_rows(self, tables: dict[str, tuple[str, ...]]) -> dict[str, list[tuple]]:
+        """Every row of each table, its columns in the order given, by id: what a backup
+        holds (alpaca_serve/feedback/backup.py). Read in one transaction: one moment's rows."""
+        try:
+            with self._transaction(write=False) as tx:
+                return {
+                    table: tx.rows(f"SELECT {', '.join(columns)} FROM {table} ORDER BY id")
+                    for table, columns in tables.items()
+                }
+        except self._backend.errors as err:
+            raise StoreError(f"cannot read {self._backend.description}: {one_line(err)}") from err
+
+    def insert_table_rows(
+        self, tables: dict[str, tuple[str, ...]], rows: dict[str, list[tuple]]
+    ) -> dict[str, int]:
+        """Write `rows` (as `table_rows` reads them, ids included) into this store, which must
+        hold no row of any of the tables, in one transaction; the rows written per table."""
+        try:
+            self._insert_table_rows(tables, rows)
+        except self._backend.errors as err:
+            raise StoreError(
+                f"cannot write to {self._backend.description}: {one_line(err)}"
+            ) from err
+        return {table: len(rows[table]) for table in tables}
+
+    def _insert_table_rows(
+        self, tables: dict[str, tuple[str, ...]], rows: dict[str, list[tuple]]
+    ) -> None:
+        with self._transaction() as tx:
+            held = {
+                table: tx.one(f"SELECT COUNT(*) FROM {table}")[0]  # type: ignore[index]
+                for table in tables
+            }
+            if any(held.values()):
+                found = ", ".join(f"{count} {table}" for table, count in held.items() if count)
+                raise StoreError(
+                    f"{self._backend.description} is not empty ({found}): restore only into an "
+                    "empty store, so that nothing already stored is mixed with or lost to the "
+                    "backup"
+                )
+            for table, columns in tables.items():
+                if rows[table]:
+                    marks = ", ".join("?" * len(columns))
+                    tx.executemany(
+                        f"INSERT INTO {table} ({', '.join(columns)})"
+                        f"{self._backend.explicit_ids} VALUES ({marks})",
+                        rows[table],
+                    )
+                if "id" in columns and table != "generations":
+                    self._backend.continue_ids_after_insert(tx, table)
+
     def close(self) -> None:
         """Close the connection; later calls raise StoreError. Closing twice is harmless."""
         with self._lock:
