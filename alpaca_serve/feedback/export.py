@@ -11,6 +11,7 @@ Usage:
     alpaca-export --format kto --out thumbs.jsonl           # for alpaca-train --method kto
     alpaca-export --backup /backups/alpaca.sqlite3           # a SQLite store, while it is used
     alpaca-export --data-dir /srv/new --restore /backups/alpaca.sqlite3   # into an empty store
+    alpaca-export --delete-session ui-3f9a...                # a person's ratings and votes, gone
 
 Without --database or --data-dir it reads the store the server uses, through the server's own
 settings: ALPACA_DATABASE_URL when set, else alpaca.sqlite3 in ALPACA_DATA_DIR (default
@@ -122,13 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of exporting, put the backup FILE (made by --backup) back into the store "
         "(SQLite or PostgreSQL), which must be empty; all of it or, on an error, nothing",
     )
+    copies.add_argument(
+        "--delete-session",
+        metavar="ID",
+        help="instead of exporting, remove everything session ID stored (its ratings, flags, "
+        "comments, preferred responses and pairwise votes), as when a person asks for their "
+        "data to be deleted; prints how many of each were removed",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.backup is not None or args.restore is not None:
+    if args.backup is not None or args.restore is not None or args.delete_session is not None:
         return copy_store(args)
     try:
         check_options(args)
@@ -158,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def copy_store(args: argparse.Namespace) -> int:
-    """--backup or --restore: the whole store copied out or back in; one line saying what."""
+    """--backup, --restore or --delete-session: the whole store copied out or back in, or one
+    session's records removed; one line saying what."""
     try:
         used = [flag for flag, on in _export_options(args).items() if on]
         if used:
-            raise ValueError(f"{used[0]} is for exports, not --backup or --restore")
+            raise ValueError(
+                f"{used[0]} is for exports, not --backup, --restore or --delete-session"
+            )
         url, data_dir = database_location(args.database, args.data_dir, StoreSettings())
         if args.backup is not None:
             if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
@@ -171,6 +182,13 @@ def copy_store(args: argparse.Namespace) -> int:
                 counts = backup_sqlite(store, args.backup)
                 line = f"backed up {_described(counts)} from {store.backend.description} to "
                 line += str(args.backup)
+        elif args.delete_session is not None:
+            if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
+                raise StoreError(f"no database at {data_dir / DATABASE_FILENAME}")
+            with open_store(url) as store:
+                counts = store.delete_session(args.delete_session)
+                line = f"deleted {_described(counts)} of session {args.delete_session!r} from "
+                line += store.backend.description
         else:
             with open_store(url) as store:
                 counts = restore(store, args.restore)

@@ -344,6 +344,27 @@ class FeedbackStore:
                 return
             after = (generations[-1]["created_at"], generations[-1]["id"])
 
+    def delete_session(self, session_id: str) -> dict[str, int]:
+        """Remove everything `session_id` stored (its ratings and its pairwise votes), in one
+        transaction; how many of each were removed. Generations are not a session's: the
+        server's log of what it answered stays."""
+        if not session_id.strip():
+            raise ValueError("a session id is needed: it must not be empty")
+        try:
+            with self._transaction() as tx:
+                removed = {}
+                for table in ("ratings", "comparisons"):
+                    (count,) = tx.one(  # type: ignore[misc]  # COUNT(*) always gives one row
+                        f"SELECT COUNT(*) FROM {table} WHERE session_id = ?", (session_id,)
+                    )
+                    tx.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+                    removed[table] = int(count)
+        except self._backend.errors as err:
+            raise StoreError(
+                f"cannot write to {self._backend.description}: {one_line(err)}"
+            ) from err
+        return removed
+
     @property
     def backend(self) -> Backend:
         """The database this store is kept in."""
