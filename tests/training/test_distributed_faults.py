@@ -109,10 +109,17 @@ def test_a_killed_machine_stops_the_other_at_once_and_resume_continues(tmp_path,
 
     assert took < STOPS_WITHIN, f"the run took {took:.0f} s to stop"
     assert all(launcher.returncode != 0 for launcher in launchers)
-    [line] = [line for line in logs[0].splitlines() if "alpaca-train: error:" in line] or [
-        line for line in logs[1].splitlines() if "alpaca-train: error:" in line
+    # The survivor fails at its next collective step, or, when its own launcher sees the lost
+    # machine first (the rendezvous), is stopped by it with SIGTERM: one line either way.
+    stops = [
+        line
+        for log in logs
+        for line in log.splitlines()
+        if "alpaca-train: error: process 0 lost the other processes at step" in line
+        or "alpaca-train: stopped by SIGTERM" in line
     ]
-    assert "process 0 lost the other processes at step" in line
+    assert stops, "\n".join(logs)[-3000:]
+    line = stops[0]
     assert "run the same command with --resume to continue from" in line
     saved = line.rsplit(" ", 1)[-1]
     assert Path(saved).parent == out / "checkpoints"
