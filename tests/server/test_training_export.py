@@ -1,5 +1,6 @@
 """`alpaca-export --format sft|dpo|kto`: training data chosen from what people said about
-server really gave, on SQLite and on PostgreSQL, and counted by what was kept and left out."""
+answers the server really gave, on SQLite and on PostgreSQL, and counted by what was kept and
+left out; the thumbs' file trains a KTO adapter as it is."""
 
 from __future__ import annotations
 
@@ -133,7 +134,10 @@ def test_an_answer_someone_flagged_is_never_an_sft_target(served, tmp_path, caps
     assert summary.endswith("nothing; dropped: 1 flagged answer"), summary
 
 
-def test_kto_labels_each_rated_answer_by_its_thumbs_as_the_model_saw_it(served, tmp_path, capsys):
+def test_kto_labels_each_rated_answer_by_its_thumbs_as_the_model_saw_it(
+    served, tmp_path, capsys, tiny_model_dir
+):
+    from alpaca_serve.training.cli import main as train_main
     from alpaca_serve.training.preferences import UnpairedExample, load_unpaired_examples
 
     server, url = served
@@ -170,8 +174,17 @@ def test_kto_labels_each_rated_answer_by_its_thumbs_as_the_model_saw_it(served, 
         "(desirable), 2 answers rated down (undesirable); dropped: 1 flagged answer, 1 answer "
         "rated up and down equally"
     )
-    # alpaca-train --method kto's reader takes the file as it is.
+    # alpaca-train --method kto's reader takes the file as it is, and trains on it.
     assert load_unpaired_examples(out) == [UnpairedExample(**row) for row in rows]
+    trained = tmp_path / "kto-adapter"
+    status = train_main(
+        ["--method", "kto", "--model", str(tiny_model_dir), "--data", str(out)]
+        + ["--out", str(trained), "--preset", "tiny", "--model-max-length", "64", "--no-merge"]
+        + ["--max-steps", "1", "--global-batch-size", "2", "--micro-batch-size", "2"]
+        + ["--eval-fraction", "0"]
+    )
+    assert status == 0, capsys.readouterr().err[-2000:]
+    assert (trained / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_dpo_pairs_come_from_votes_by_majority_and_from_preferred_responses(
