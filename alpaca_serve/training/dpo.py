@@ -25,7 +25,9 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from alpaca_serve.training.args import AlpacaTrainArgs
@@ -94,9 +96,26 @@ class PreferenceScores:
     margins: list[float] = field(default_factory=list, repr=False)
 
 
-def load_dpo_pairs(args: AlpacaTrainArgs) -> DpoData:
-    """The training and held-out pairs; every record checked (or, with --skip-invalid, the bad
-    ones dropped and counted)."""
+@dataclass
+class PreferenceFile:
+    """The records of --data (pairs or labelled answers), split into training and held out."""
+
+    records: list[Any]  # every valid record of --data
+    train: list[Any]
+    held_out: list[Any]
+    held_out_source: str  # where the held-out records come from, in words
+    skipped: int  # invalid records of --data dropped by --skip-invalid
+
+
+def read_preference_file(
+    args: AlpacaTrainArgs,
+    load: Callable[[Path], list[Any]],
+    load_valid: Callable[..., list[Any]],
+    what: str,
+) -> PreferenceFile:
+    """--data's one file read with `load` (or, with --skip-invalid, `load_valid`, the bad records
+    dropped and counted; `what` names the records when none is valid), and the held-out records:
+    --eval-data read with `load`, or a seeded share of --data's prompts."""
     skipped = 0
 
     def skip(err: DataFormatError) -> None:
@@ -106,28 +125,45 @@ def load_dpo_pairs(args: AlpacaTrainArgs) -> DpoData:
             log(f"skipping invalid record: {err}")
 
     assert args.data.data is not None  # required: AlpacaTrainArgs refuses to be built without it
-    [path] = args.data.data  # one file: AlpacaTrainArgs checks it for --method dpo
+    [path] = args.data.data  # one file: AlpacaTrainArgs checks it for --method dpo and kto
     if args.data.skip_invalid:
-        pairs = load_valid_preference_pairs(path, on_invalid=skip)
-        if not pairs:
-            raise DataFormatError(f"{path}: no valid preference pairs ({skipped} invalid)")
+        records = load_valid(path, on_invalid=skip)
+        if not records:
+            raise DataFormatError(f"{path}: no valid {what} ({skipped} invalid)")
     else:
-        pairs = load_preference_pairs(path)
+        records = load(path)
     if args.dpo.eval_data is not None:
-        train_pairs, held_out = pairs, load_preference_pairs(args.dpo.eval_data)
+        train, held_out = records, load(args.dpo.eval_data)
         source = str(args.dpo.eval_data)
     else:
-        train_pairs, held_out = split_pairs(pairs, args.dpo.eval_fraction, args.train.seed)
+        train, held_out = split_pairs(records, args.dpo.eval_fraction, args.train.seed)
         source = (
             f"{args.dpo.eval_fraction:g} of the prompts of {path} held out (seed {args.train.seed})"
         )
-    log(
-        f"data: {len(pairs)} preference pairs from {path}"
-        + (f", {skipped} invalid skipped" if args.data.skip_invalid else "")
-        + f"; {len(train_pairs)} to train on, {len(held_out)} held out"
+    return PreferenceFile(records, train, held_out, source, skipped)
+
+
+def describe_data(args: AlpacaTrainArgs, read: PreferenceFile, what: str, split: str) -> str:
+    """The log line of the data read: how many `what` from where, and `split` (the training and
+    held-out counts)."""
+    assert args.data.data is not None
+    return (
+        f"data: {len(read.records)} {what} from {args.data.data[0]}"
+        + (f", {read.skipped} invalid skipped" if args.data.skip_invalid else "")
+        + f"; {split}"
         + (f" ({args.dpo.eval_data})" if args.dpo.eval_data is not None else "")
     )
-    return DpoData(train_pairs, held_out, source, len(pairs), skipped)
+
+
+def load_dpo_pairs(args: AlpacaTrainArgs) -> DpoData:
+    """The training and held-out pairs; every record checked (or, with --skip-invalid, the bad
+    ones dropped and counted)."""
+    read = read_preference_file(
+        args, load_preference_pairs, load_valid_preference_pairs, "preference pairs"
+    )
+    split = f"{len(read.train)} to train on, {len(read.held_out)} held out"
+    log(describe_data(args, read, "preference pairs", split))
+    return DpoData(read.train, read.held_out, read.held_out_source, len(read.records), read.skipped)
 
 
 def train_dpo(args: AlpacaTrainArgs, data: DpoData) -> TrainSummary:

@@ -37,6 +37,8 @@ from alpaca_serve.training.dpo import (
     EVAL_FILE,
     PairStats,
     check_target_modules,
+    describe_data,
+    read_preference_file,
     response_logprobs,
     tokenize_response,
 )
@@ -44,7 +46,6 @@ from alpaca_serve.training.preferences import (
     UnpairedExample,
     load_unpaired_examples,
     load_valid_unpaired_examples,
-    split_pairs,
 )
 from alpaca_serve.training.train import (
     PROG,
@@ -104,44 +105,22 @@ class AnswerScores:
 def load_kto_examples(args: AlpacaTrainArgs) -> KtoData:
     """The training and held-out answers; every record checked (or, with --skip-invalid, the bad
     ones dropped and counted)."""
-    skipped = 0
-
-    def skip(err: DataFormatError) -> None:
-        nonlocal skipped
-        skipped += 1
-        if skipped <= 5:
-            log(f"skipping invalid record: {err}")
-
-    assert args.data.data is not None  # required: AlpacaTrainArgs refuses to be built without it
-    [path] = args.data.data  # one file: AlpacaTrainArgs checks it for --method kto
-    if args.data.skip_invalid:
-        examples = load_valid_unpaired_examples(path, on_invalid=skip)
-        if not examples:
-            raise DataFormatError(f"{path}: no valid labelled answers ({skipped} invalid)")
-    else:
-        examples = load_unpaired_examples(path)
-    if args.dpo.eval_data is not None:
-        train_examples, held_out = examples, load_unpaired_examples(args.dpo.eval_data)
-        source = str(args.dpo.eval_data)
-    else:
-        train_examples, held_out = split_pairs(examples, args.dpo.eval_fraction, args.train.seed)
-        source = (
-            f"{args.dpo.eval_fraction:g} of the prompts of {path} held out (seed {args.train.seed})"
-        )
-    desirable = sum(example.label for example in train_examples)
-    log(
-        f"data: {len(examples)} labelled answers from {path}"
-        + (f", {skipped} invalid skipped" if args.data.skip_invalid else "")
-        + f"; {len(train_examples)} to train on ({desirable} desirable, "
-        f"{len(train_examples) - desirable} undesirable), {len(held_out)} held out"
-        + (f" ({args.dpo.eval_data})" if args.dpo.eval_data is not None else "")
+    read = read_preference_file(
+        args, load_unpaired_examples, load_valid_unpaired_examples, "labelled answers"
     )
-    if len(train_examples) < 2:
+    desirable = sum(example.label for example in read.train)
+    split = (
+        f"{len(read.train)} to train on ({desirable} desirable, "
+        f"{len(read.train) - desirable} undesirable), {len(read.held_out)} held out"
+    )
+    log(describe_data(args, read, "labelled answers", split))
+    if len(read.train) < 2:
+        assert args.data.data is not None  # read above
         raise DataFormatError(
-            f"{path}: KTO needs at least 2 answers to train on (its KL estimate pairs each "
-            f"answer with another), got {len(train_examples)}"
+            f"{args.data.data[0]}: KTO needs at least 2 answers to train on (its KL estimate "
+            f"pairs each answer with another), got {len(read.train)}"
         )
-    return KtoData(train_examples, held_out, source, len(examples), skipped)
+    return KtoData(read.train, read.held_out, read.held_out_source, len(read.records), read.skipped)
 
 
 def train_kto(args: AlpacaTrainArgs, data: KtoData) -> TrainSummary:
