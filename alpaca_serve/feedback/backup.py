@@ -55,6 +55,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "updated_at",
         "voter",
     ),
+    "excluded_sessions": ("id", "session_id", "reason", "excluded_by", "created_at"),
 }
 PAGES_PER_STEP = 256  # the online backup copies this many pages, then lets writers in
 

@@ -49,6 +49,8 @@ class GenerationRecord:
     latency_s: float
     filter_verdicts: list[dict]
     source: str = "served"  # or "imported"
+    session_id: str | None = None  # the feedback session it was shown to, if the request named one
+    purged_at: float | None = None  # when retention emptied its prompt and answer (never, if None)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

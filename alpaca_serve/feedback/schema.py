@@ -71,6 +71,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE comparisons ADD COLUMN voter TEXT NOT NULL DEFAULT 'human' "
         "CHECK (voter IN ('human', 'machine'))",
     ),
+    (  # 3: the session a generation was shown to, purged logs (retention), excluded sessions
+        "ALTER TABLE generations ADD COLUMN session_id TEXT",
+        "ALTER TABLE generations ADD COLUMN purged_at {real}",
+        "CREATE INDEX generations_by_session ON generations (session_id)",
+        """CREATE TABLE excluded_sessions (
+            id {id},
+            session_id TEXT NOT NULL UNIQUE,
+            reason TEXT,
+            excluded_by TEXT,
+            created_at {real} NOT NULL
+        )""",
+    ),
 )
 
 # The generations table's columns, in GenerationRecord's field order.
@@ -89,6 +101,8 @@ GENERATION_COLUMNS = (
     "latency_s",
     "filter_verdicts",
     "source",
+    "session_id",
+    "purged_at",
 )
 
 

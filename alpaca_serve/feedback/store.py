@@ -118,6 +118,8 @@ class FeedbackStore:
                 r.latency_s,
                 json.dumps(_text(r.filter_verdicts)),
                 r.source,
+                _text(r.session_id),
+                r.purged_at,
             )
             for r in records
         ]
