@@ -352,20 +352,59 @@ class FeedbackStore:
         server's log of what it answered stays."""
         if not session_id.strip():
             raise ValueError("a session id is needed: it must not be empty")
-        try:
-            with self._transaction() as tx:
-                removed = {}
-                for table in ("ratings", "comparisons"):
-                    (count,) = tx.one(  # type: ignore[misc]  # COUNT(*) always gives one row
-                        f"SELECT COUNT(*) FROM {table} WHERE session_id = ?", (session_id,)
-                    )
-                    tx.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
-                    removed[table] = int(count)
-        except self._backend.errors as err:
-            raise StoreError(
-                f"cannot write to {self._backend.description}: {one_line(err)}"
-            ) from err
+        with self._writing() as tx:
+            removed = _session_votes(tx, session_id)
+            for table in ("ratings", "comparisons"):
+                tx.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
         return removed
+
+    def exclude_session(
+        self, session_id: str, reason: str | None = None, by: str | None = None
+    ) -> tuple[bool, dict[str, int]]:
+        """Leave `session_id`'s votes out of every summary, leaderboard, report and training
+        export from now on (they stay stored: `include_session` counts them again). Returns
+        (newly excluded, its ratings and comparisons now left out)."""
+        if not session_id.strip():
+            raise ValueError("a session id is needed: it must not be empty")
+        with self._writing() as tx:
+            inserted = tx.one(
+                "INSERT INTO excluded_sessions (session_id, reason, excluded_by, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO NOTHING RETURNING id",
+                (_text(session_id), _text(reason), _text(by), time.time()),
+            )
+            return inserted is not None, _session_votes(tx, session_id)
+
+    def include_session(self, session_id: str) -> bool:
+        """Count `session_id`'s votes again; whether it was excluded."""
+        with self._writing() as tx:
+            row = tx.one(
+                "DELETE FROM excluded_sessions WHERE session_id = ? RETURNING id", (session_id,)
+            )
+            return row is not None
+
+    def session_votes(self, session_id: str) -> dict[str, int]:
+        """How many ratings and comparisons `session_id` stored."""
+        with self._transaction(write=False) as tx:
+            return _session_votes(tx, session_id)
+
+    def excluded_sessions(self) -> list[dict]:
+        """Every excluded session, oldest exclusion first: session_id, reason, excluded_by,
+        created_at, and its ratings and comparisons (left out)."""
+        with self._transaction(write=False) as tx:
+            rows = tx.rows(
+                "SELECT session_id, reason, excluded_by, created_at FROM excluded_sessions "
+                "ORDER BY id"
+            )
+            return [
+                {
+                    "session_id": session_id,
+                    "reason": reason,
+                    "excluded_by": by,
+                    "created_at": created_at,
+                    **_session_votes(tx, session_id),
+                }
+                for session_id, reason, by, created_at in rows
+            ]
 
     @property
     def backend(self) -> Backend:
@@ -437,6 +476,17 @@ class FeedbackStore:
         self.close()
 
     @contextmanager
+    def _writing(self) -> Iterator[Transaction]:
+        """A write transaction whose database errors become a one-line StoreError."""
+        try:
+            with self._transaction() as tx:
+                yield tx
+        except self._backend.errors as err:
+            raise StoreError(
+                f"cannot write to {self._backend.description}: {one_line(err)}"
+            ) from err
+
+    @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[Transaction]:
         with self._lock:
             if self._conn is None:
@@ -477,6 +527,16 @@ def _export_page(
         ):
             ratings[generation_id].append(tuple(feedback))
     return generations, ratings
+
+
+def _session_votes(tx: Transaction, session_id: str) -> dict[str, int]:
+    """How many ratings and comparisons `session_id` stored."""
+    counts = {}
+    for table in ("ratings", "comparisons"):
+        row = tx.one(f"SELECT COUNT(*) FROM {table} WHERE session_id = ?", (session_id,))
+        assert row is not None  # an aggregate query returns one row
+        counts[table] = int(row[0])
+    return counts
 
 
 def _existing_ids(tx: Transaction, ids: Iterable[str]) -> set[str]:

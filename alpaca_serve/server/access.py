@@ -1,29 +1,38 @@
-"""Access control: API keys (`Authorization: Bearer <key>`, as OpenAI clients send them) and an
-optional per-key rate limit.
+"""Access control: API keys (`Authorization: Bearer <key>`, as OpenAI clients send them), the
+role each route asks for (alpaca_serve/server/route_roles.py), and per-key limits.
 
-Keys are compared in constant time, against every configured key. `/health` and `/ready` are
-always open (probes carry no secrets); `/metrics` is open unless ALPACA_METRICS_REQUIRE_KEY is set;
-the demo at /ui does its own login (Gradio's, with an API key as the password) unless
-ALPACA_UI_PUBLIC is set, and its calls to the API carry a key of its own, with its own rate limit.
+With keys configured (server/keys.py): an open route answers anyone; a user route wants a valid
+key (401 without); an admin route an admin key (403 with a user key). Keys are compared in
+constant time, against every configured key. `/metrics` is open unless
+ALPACA_METRICS_REQUIRE_KEY is set; the demo at /ui does its own login (Gradio's, with an API key
+as the password) unless ALPACA_UI_PUBLIC is set, and its calls to the API carry a user key of its
+own, with its own rate limit. Without any key configured the server has no roles: every route
+answers everyone, but `/admin/*` (which changes what is served or deletes data) answers callers
+on this machine (loopback) only.
+
+Who called is put in the request's state (`request.state.caller`, an ApiKey), for the routes'
+own checks (`is_admin`) and the audit trail (server/audit.py).
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from alpaca_serve.core.asgi_errors import send_json_error
+from alpaca_serve.server.keys import ApiKey, KeyRing
+from alpaca_serve.server.route_roles import ROUTE_ROLES, UNMATCHED_ROLE, RouteRole, route_keys
 
-if TYPE_CHECKING:
-    from alpaca_serve.server.settings import ServerSettings
-
-ALWAYS_OPEN = ("/health", "/ready")
+# The caller when no key is configured: on this machine, the operator; elsewhere, anybody.
+LOCAL_CALLER = ApiKey("local", "admin")
+REMOTE_CALLER = ApiKey("anonymous", "user")
+ROLE_RANK = {"open": 0, "user": 1, "admin": 2}
 
 
 class RateLimiter:
@@ -46,39 +55,84 @@ class RateLimiter:
         return False, (1 - tokens) / self.rate
 
 
+def route_role(scope: Scope) -> RouteRole:
+    """The role the route that will answer `scope` asks for (server/route_roles.py): the strictest
+    of its methods' when the method is not one it takes (a 405 to come)."""
+    app = scope.get("app")
+    method = "GET" if scope.get("method") == "HEAD" else scope.get("method", "GET")
+    for route in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.NONE:
+            continue
+        keys = route_keys(route)
+        if match == Match.FULL:
+            wanted = f"{method} {route.path}" if keys[0].split()[0] != "MOUNT" else keys[0]
+            if wanted in ROUTE_ROLES:
+                return ROUTE_ROLES[wanted]
+        # Unlisted (the route table test fails for it) or the wrong method: the strictest.
+        return max((ROUTE_ROLES.get(key, "admin") for key in keys), key=ROLE_RANK.__getitem__)
+    return UNMATCHED_ROLE
+
+
 class AccessMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        keys: Iterable[str],
+        keys: KeyRing,
         open_prefixes: Iterable[str] = (),
         rate_limit_per_minute: int | None = None,
         own_limits: dict[str, int] | None = None,
         max_in_flight_per_key: int | None = None,
     ):
-        """`own_limits`: keys (accepted too) with a rate limit of their own, such as the demo's.
-        `max_in_flight_per_key`: requests one key may have open at once (streams included)."""
+        """`open_prefixes`: paths answered as open whatever the table says (unprotected
+        /metrics, a demo with its own login). `own_limits`: keys (in `keys` already) with a
+        rate limit of their own, such as the demo's. `max_in_flight_per_key`: requests one key
+        may have open at once (streams included)."""
         self.app = app
+        self.keys = keys
         self.max_in_flight = max_in_flight_per_key
         self._in_flight: dict[bytes, int] = {}
-        own = own_limits or {}
-        self.keys = [key.encode() for key in [*keys, *own]]
         self.open_prefixes = tuple(open_prefixes)
         self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute else None
-        self.own_limiters = {key.encode(): RateLimiter(limit) for key, limit in own.items()}
+        self.own_limiters = {
+            key.encode(): RateLimiter(limit) for key, limit in (own_limits or {}).items()
+        }
 
-    def _is_open(self, path: str) -> bool:
-        return path in ALWAYS_OPEN or any(
+    def _role(self, scope: Scope) -> RouteRole:
+        path = scope["path"]
+        if any(
             path == prefix or path.startswith(prefix.rstrip("/") + "/")
             for prefix in self.open_prefixes
-        )
+        ):
+            return "open"
+        return route_role(scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self._is_open(scope["path"]):
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        role = self._role(scope)
+        state = scope.setdefault("state", {})
+        if not self.keys.configured:
+            caller = LOCAL_CALLER if _is_loopback_scope(scope) else REMOTE_CALLER
+            state["caller"] = caller
+            if role == "admin" and scope["path"].startswith("/admin/") and not caller.is_admin:
+                await send_json_error(
+                    send,
+                    403,
+                    "with no API keys configured, /admin routes answer only callers on this "
+                    "machine: set ALPACA_ADMIN_KEYS to call them from elsewhere",
+                    "forbidden",
+                )
+                return
+            await self.app(scope, receive, send)
+            return
+        if role == "open":
             await self.app(scope, receive, send)
             return
         presented = presented_key(scope)
-        if presented is None or not matches_any(presented, self.keys):
+        found = self.keys.lookup(presented) if presented is not None else None
+        if found is None:
             message = (
                 "missing API key: send Authorization: Bearer <key>"
                 if presented is None
@@ -88,6 +142,21 @@ class AccessMiddleware:
                 send, 401, message, "unauthorized", [(b"www-authenticate", b"Bearer")]
             )
             return
+        state["caller"] = found
+        if role == "admin" and not found.is_admin:
+            hint = "" if self.keys.has_admin else " (none is configured: set ALPACA_ADMIN_KEYS)"
+            await send_json_error(
+                send,
+                403,
+                f"{scope.get('method', 'GET')} {scope['path']} needs an admin key{hint}; the key "
+                f"{found.name!r} is a user key",
+                "forbidden",
+            )
+            return
+        assert presented is not None  # a caller was found for it
+        await self._limited(presented, scope, receive, send)
+
+    async def _limited(self, presented: bytes, scope: Scope, receive: Receive, send: Send) -> None:
         limiter = self.own_limiters.get(presented, self.limiter)
         if limiter is not None:
             allowed, wait_s = limiter.allow(presented.decode(errors="replace"))
@@ -135,34 +204,39 @@ def presented_key(scope: Scope) -> bytes | None:
     return None
 
 
-def matches_any(presented: bytes, keys: Iterable[bytes]) -> bool:
-    """Whether `presented` is one of `keys`, compared with every key, so that the time taken does
-    not tell which (or whether) one matched."""
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    return matched
-
-
 def is_loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
+    return _is_loopback_scope(request.scope)
+
+
+def _is_loopback_scope(scope: Scope) -> bool:
+    client = scope.get("client")
+    host = client[0] if client else ""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
 
 
-def is_admin(request: Request, settings: ServerSettings) -> bool:
-    """Whether the caller may see folder paths and training arguments (and reload adapters when
-    admin keys are set): an admin key when admin_keys is set; nobody when only api_keys is;
-    a caller on this machine when no key is configured at all."""
-    admin_keys = settings.admin_key_list
-    if admin_keys:
-        presented = presented_key(request.scope) or b""
-        return matches_any(presented, (key.encode() for key in admin_keys))
-    if settings.api_key_list:
-        return False
-    return is_loopback(request)
+def caller_of(request: Request) -> ApiKey:
+    """Who made `request`, as AccessMiddleware found (an ApiKey: name and role)."""
+    caller = request.scope.get("state", {}).get("caller")
+    if caller is None:  # an open route: no key was looked at
+        key = presented_key(request.scope)
+        keys: KeyRing | None = getattr(request.app.state, "keys", None)
+        found = keys.lookup(key) if keys is not None and key is not None else None
+        if found is not None:
+            return found
+        if keys is not None and not keys.configured and is_loopback(request):
+            return LOCAL_CALLER
+        return REMOTE_CALLER
+    return caller
+
+
+def is_admin(request: Request) -> bool:
+    """Whether the caller may see folder paths and training arguments: an admin key; with no
+    key configured, a caller on this machine (behind a proxy on the same machine, that is
+    everyone: set keys there)."""
+    return caller_of(request).is_admin
 
 
 # What /info and /v1/models show an admin only: where files are, and how a model was trained.

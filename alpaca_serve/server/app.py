@@ -26,13 +26,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from alpaca_serve.core.provenance import made_at
 from alpaca_serve.feedback import FeedbackStore, GenerationRecorder, open_store
 from alpaca_serve.server import __version__
-from alpaca_serve.server.access import AccessMiddleware, matches_any
+from alpaca_serve.server.access import AccessMiddleware
 from alpaca_serve.server.adapters import AdapterRegistry, watch_adapters
 from alpaca_serve.server.admission import Admission
 from alpaca_serve.server.default_model import ensure_default_model
 from alpaca_serve.server.engine import Engine, SamplingOptions, build_engine
 from alpaca_serve.server.errors import install_error_handlers
 from alpaca_serve.server.filters import build_filter_chain
+from alpaca_serve.server.keys import ApiKey, KeyRing, split_keys
 from alpaca_serve.server.lifecycle import watch_engine
 from alpaca_serve.server.metrics import ServerMetrics
 from alpaca_serve.server.request_context import BodyLimitMiddleware, RequestContextMiddleware
@@ -42,6 +43,7 @@ from alpaca_serve.server.routes import (
     generate,
     generations,
     openai_api,
+    sessions,
     status,
     tokenize,
 )
@@ -122,24 +124,26 @@ def create_app(
     # carries no key), the key check, then the body limit, which reads the body: a request
     # without a valid key is refused before any of its body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    keys = settings.api_key_list
+    keys = _key_ring(settings)
     mounts_ui = settings.ui and ui is not None
-    # With keys, the demo calls the API with a key of its own (made for this process, never
+    # With keys, the demo calls the API with a user key of its own (made for this process, never
     # shown), rate-limited on its own: no configured key is handed to the page's visitors.
-    demo_key = secrets.token_urlsafe(32) if keys and mounts_ui else None
-    if keys:
-        open_prefixes = [] if settings.metrics_require_key else ["/metrics"]
-        if mounts_ui and not settings.ui_require_key:
-            open_prefixes.append(UI_PATH)  # the demo's own login guards it (or it is public)
-        app.add_middleware(
-            AccessMiddleware,
-            keys=keys,
-            open_prefixes=open_prefixes,
-            rate_limit_per_minute=settings.rate_limit_per_minute,
-            own_limits={demo_key: settings.ui_rate_limit_per_minute} if demo_key else None,
-            max_in_flight_per_key=settings.max_in_flight_per_key
-            or max(1, (settings.max_concurrent + settings.max_queue) // 2),
-        )
+    demo_key = secrets.token_urlsafe(32) if keys.configured and mounts_ui else None
+    if demo_key is not None:
+        keys = _key_ring(settings, extra={demo_key: ApiKey("demo", "user")})
+    app.state.keys = keys
+    open_prefixes = [] if settings.metrics_require_key else ["/metrics"]
+    if mounts_ui and not settings.ui_require_key:
+        open_prefixes.append(UI_PATH)  # the demo's own login guards it (or it is public)
+    app.add_middleware(
+        AccessMiddleware,
+        keys=keys,
+        open_prefixes=open_prefixes,
+        rate_limit_per_minute=settings.rate_limit_per_minute,
+        own_limits={demo_key: settings.ui_rate_limit_per_minute} if demo_key else None,
+        max_in_flight_per_key=settings.max_in_flight_per_key
+        or max(1, (settings.max_concurrent + settings.max_queue) // 2),
+    )
     if settings.cors_origin_list:
         wildcard = "*" in settings.cors_origin_list
         app.add_middleware(
@@ -157,18 +161,29 @@ def create_app(
     app.include_router(generations.router)
     app.include_router(openai_api.router)
     app.include_router(adapters.router)
+    app.include_router(sessions.router)
     app.include_router(tokenize.router)
     if mounts_ui:
         assert ui is not None  # mounts_ui says so
-        login = partial(_is_a_key, keys) if keys and not settings.ui_public else None
+        login = partial(_is_a_key, keys) if keys.configured and not settings.ui_public else None
         app = ui(app, path=UI_PATH, server_url=settings.local_url, api_key=demo_key, login=login)
         runtime.ui_mounted = True
     return app
 
 
-def _is_a_key(keys: list[str], username: str, password: str) -> bool:
-    """The demo's login: any name, an API key of this server as the password."""
-    return matches_any(password.encode(), (key.encode() for key in keys))
+def _key_ring(settings: ServerSettings, extra: dict[str, ApiKey] | None = None) -> KeyRing:
+    return KeyRing(
+        split_keys(settings.api_keys),
+        split_keys(settings.admin_keys),
+        settings.api_keys_file,
+        extra,
+    )
+
+
+def _is_a_key(keys: KeyRing, username: str, password: str) -> bool:
+    """The demo's login: any name, an API key of this server as the password (the keys file
+    as it is now: a key added there logs in at once, a removed one no longer does)."""
+    return keys.lookup(password.encode()) is not None
 
 
 async def _start_engine(runtime: Runtime, engine: Engine | None) -> None:

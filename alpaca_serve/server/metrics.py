@@ -141,6 +141,12 @@ class ServerMetrics:
             ["model_name", "kind"],
             registry=self.registry,
         )
+        self.admin_actions = Counter(
+            "alpaca_admin_actions",
+            "Admin actions done (the audit trail), by action and the key's name.",
+            ["model_name", "action", "key"],
+            registry=self.registry,
+        )
         self.admission_queue = gauge(
             "alpaca_admission_queue", "Requests admitted and waiting for a generation slot."
         )
@@ -162,6 +168,9 @@ class ServerMetrics:
         self.filter_failures.labels(
             model_name=self._model_name, filter=filter, hook=hook, kind=kind
         ).inc()
+
+    def count_admin_action(self, action: str, key: str) -> None:
+        self.admin_actions.labels(model_name=self._model_name, action=action, key=key).inc()
 
     def count_feedback(self, kind: str) -> None:
         self.feedback.labels(model_name=self._model_name, kind=kind).inc()

@@ -28,6 +28,7 @@ from alpaca_serve.core.project_model import (
 from alpaca_serve.feedback import DEFAULT_DATA_DIR, default_database_url
 from alpaca_serve.feedback.settings import DatabaseUrl, DataDir, none_if_blank
 from alpaca_serve.server.default_model import DEFAULT_MODEL_NAME
+from alpaca_serve.server.keys import KeysFileError, parse_keys_file, split_keys
 
 
 def parse_adapter_list(text: str | None) -> dict[str, Path]:
@@ -174,19 +175,22 @@ class ServerSettings(BaseSettings):
     ui: bool = Field(default=True, description="mount the Gradio demo at /ui")
     api_keys: str | None = Field(
         default=None,
-        description="comma-separated API keys; when set (or api_keys_file is), every route but "
-        "/health and /ready needs `Authorization: Bearer <key>`",
+        description="comma-separated user API keys; when any key is set (here, in admin_keys "
+        "or in api_keys_file), every route but /health and /ready needs "
+        "`Authorization: Bearer <key>`, and admin routes an admin key",
     )
     admin_keys: str | None = Field(
         default=None,
-        description="comma-separated admin keys (API keys too): with them set, only they see "
-        "/info's and /v1/models' folder paths and training arguments and may call "
-        "/admin/adapters/reload; unset, with api_keys set, no caller sees those details; with "
-        "no keys at all, callers on this machine (loopback) do, which behind a proxy on the "
-        "same machine is everyone: set keys there",
+        description="comma-separated admin keys: they may call every route, user keys all but "
+        "the admin ones (adapters, imports, everyone's feedback, deletion, exclusion, protected "
+        "metrics; see the operations docs), and only they see /info's folder paths and training "
+        "arguments; with no key configured at all, every route answers everyone but /admin/*, "
+        "which answers callers on this machine (loopback) only",
     )
     api_keys_file: Path | None = Field(
-        default=None, description="file of API keys, one a line (`#` starts a comment)"
+        default=None,
+        description="file of API keys, one a line: KEY [role=user|admin] [name=NAME] (`#` "
+        "starts a comment); read again when it changes, no restart needed",
     )
     metrics_require_key: bool = Field(default=False, description="also require a key on /metrics")
     ui_require_key: bool = Field(
@@ -294,6 +298,10 @@ class ServerSettings(BaseSettings):
             )
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ValueError(f"api_keys_file {self.api_keys_file} does not exist")
+        try:
+            self.api_key_list  # noqa: B018  # reads the keys file: a malformed line stops here
+        except KeysFileError as err:
+            raise ValueError(str(err)) from None
         if self.admin_keys is not None and not self.admin_key_list:
             raise ValueError("admin_keys set but no key read: give a key, or unset it")
         if (self.api_keys is not None or self.api_keys_file is not None) and not self.api_key_list:
@@ -346,18 +354,18 @@ class ServerSettings(BaseSettings):
 
     @property
     def admin_key_list(self) -> list[str]:
-        """The admin keys (admin_keys)."""
-        return [key.strip() for key in (self.admin_keys or "").split(",") if key.strip()]
+        """The admin keys given in the environment (admin_keys)."""
+        return split_keys(self.admin_keys)
 
     @property
     def api_key_list(self) -> list[str]:
-        """Every configured key, from api_keys, api_keys_file and admin_keys."""
-        keys = [key.strip() for key in (self.api_keys or "").split(",")]
-        keys += self.admin_key_list
+        """Every configured key as the settings are now, from api_keys, admin_keys and
+        api_keys_file (whatever its role); the server itself holds a KeyRing (server/keys.py),
+        which reads the file again when it changes."""
+        keys = split_keys(self.api_keys) + self.admin_key_list
         if self.api_keys_file is not None and self.api_keys_file.is_file():
-            for line in self.api_keys_file.read_text().splitlines():
-                keys.append(line.split("#", 1)[0].strip())
-        return [key for key in keys if key]
+            keys += parse_keys_file(self.api_keys_file, self.api_keys_file.read_text())
+        return list(dict.fromkeys(keys))
 
     @property
     def cors_origin_list(self) -> list[str]:

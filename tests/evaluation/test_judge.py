@@ -170,7 +170,7 @@ def test_a_rate_limited_store_is_waited_out_and_gets_every_vote(request, judge, 
     store = start_server(
         request,
         "scripted",
-        {"ALPACA_API_KEYS": "judge-key", "ALPACA_RATE_LIMIT_PER_MINUTE": "60"},
+        {"ALPACA_ADMIN_KEYS": "judge-key", "ALPACA_RATE_LIMIT_PER_MINUTE": "60"},
         tmp_path,
     )
     try:

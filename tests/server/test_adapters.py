@@ -284,16 +284,15 @@ def test_reload_takes_up_a_copied_adapter_at_once(serve, adapters_dir):
     assert served_names(client) == ["tiny-base", "now"]
 
 
-def test_reload_needs_a_key_when_keys_are_set(serve):
+def test_reload_needs_an_admin_key_when_keys_are_set(serve):
     server = serve(ALPACA_API_KEYS="sesame")
 
-    refused = server.client.post("/admin/adapters/reload")
-    allowed = server.client.post(
-        "/admin/adapters/reload", headers={"Authorization": "Bearer sesame"}
-    )
+    without = server.client.post("/admin/adapters/reload")
+    user = server.client.post("/admin/adapters/reload", headers={"Authorization": "Bearer sesame"})
 
-    assert refused.status_code == 401
-    assert allowed.status_code == 200
+    assert without.status_code == 401
+    assert user.status_code == 403
+    assert "set ALPACA_ADMIN_KEYS" in user.json()["error"]["message"]
 
 
 def test_with_admin_keys_only_an_admin_reloads_and_sees_paths_and_training(serve, adapters_dir):

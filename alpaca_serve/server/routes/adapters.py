@@ -5,17 +5,17 @@ Usage:
 
 New and changed adapter folders are taken up at once (calling it says the copy is done; the
 watcher itself waits until two scans see the same files), removed ones stop being offered. The
-answer lists the served and refused adapters, as /info does. With admin keys configured
-(ALPACA_ADMIN_KEYS) it needs one; with API keys only, any of them; with none configured it
-answers only clients on this machine (loopback), so that an open server cannot be made to load
-files by anyone who reaches it (behind a proxy on the same machine, that is everyone: set keys).
+answer lists the served and refused adapters, as /info does. An admin route
+(server/route_roles.py): with keys configured it needs an admin key; with none it answers only
+clients on this machine (loopback), so that an open server cannot be made to load files by
+anyone who reaches it (behind a proxy on the same machine, that is everyone: set keys).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from alpaca_serve.server.access import is_admin, is_loopback
+from alpaca_serve.server.audit import audit
 from alpaca_serve.server.errors import APIError
 from alpaca_serve.server.runtime import RuntimeDep
 from alpaca_serve.server.schemas import error_doc
@@ -26,21 +26,13 @@ router = APIRouter(prefix="/admin")
 @router.post(
     "/adapters/reload",
     responses={
-        403: error_doc("no API keys are configured and the client is not on this machine"),
+        403: error_doc("not an admin key, or no keys configured and the client is elsewhere"),
         404: error_doc("this server serves no adapters (none configured)"),
         503: error_doc("the model is still loading or the engine died"),
     },
 )
 async def reload_adapters(request: Request, runtime: RuntimeDep) -> dict:
-    settings = runtime.settings
-    if settings.admin_key_list and not is_admin(request, settings):
-        raise APIError(403, "adapters can be reloaded with an admin key only", "forbidden")
-    if not settings.api_key_list and not is_loopback(request):
-        raise APIError(
-            403,
-            "adapters can be reloaded only from this machine when no API keys are configured",
-            "forbidden",
-        )
+    audit(request, "adapters.reload")
     if runtime.adapters is None and not runtime.settings.serves_adapters:
         raise APIError(
             404,

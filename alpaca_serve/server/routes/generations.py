@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from alpaca_serve.core.prompts import format_prompt
 from alpaca_serve.feedback import GenerationRecord
+from alpaca_serve.server.audit import audit
 from alpaca_serve.server.errors import invalid
 from alpaca_serve.server.request_context import new_request_id
 from alpaca_serve.server.runtime import RuntimeDep
@@ -58,11 +59,13 @@ class ImportResponse(BaseModel):
     status_code=201,
     responses={
         **BODY_ERRORS,
+        403: error_doc("not an admin key (an admin route: see the operations docs)"),
         422: error_doc("a field is invalid"),
         503: error_doc("the feedback store is unavailable"),
     },
 )
 async def import_generations(
+    request: Request,
     runtime: RuntimeDep,
     body: Annotated[ImportRequest, Body()],
 ) -> ImportResponse:
@@ -99,4 +102,5 @@ async def import_generations(
     ]
     assert runtime.store is not None  # opened by the lifespan before any request
     await runtime.in_store(runtime.store.record_generations, records)
+    audit(request, "generations.import", model=body.model, answers=len(records))
     return ImportResponse(generation_ids=[record.id for record in records])

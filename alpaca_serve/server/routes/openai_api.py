@@ -169,7 +169,7 @@ async def list_models(request: Request, runtime: RuntimeDep) -> dict:
     """The base model, then every served LoRA adapter (`parent`: the base, as vLLM says); an
     adapter's folder (`root`) only for an admin."""
     body = {"object": "list", "data": runtime.list_models()}
-    return body if is_admin(request, runtime.settings) else without_admin_details(body)
+    return body if is_admin(request) else without_admin_details(body)
 
 
 @router.post("/completions", responses=ERRORS)

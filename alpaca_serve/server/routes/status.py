@@ -45,7 +45,7 @@ async def info(request: Request, runtime: RuntimeDep) -> dict:
     """The model, where it came from and its prompt template, its limits and the request
     defaults. Folder paths and training arguments only for an admin (server/access.py)."""
     body = _info(runtime)
-    return body if is_admin(request, runtime.settings) else without_admin_details(body)
+    return body if is_admin(request) else without_admin_details(body)
 
 
 def _info(runtime: Runtime) -> dict:
