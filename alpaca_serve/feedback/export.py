@@ -12,6 +12,7 @@ Usage:
     alpaca-export --backup /backups/alpaca.sqlite3           # a SQLite store, while it is used
     alpaca-export --data-dir /srv/new --restore /backups/alpaca.sqlite3   # into an empty store
     alpaca-export --delete-session ui-3f9a...                # a person's ratings and votes, gone
+    alpaca-export --purge-older-than 30                      # retention: old prompts and answers
 
 Without --database or --data-dir it reads the store the server uses, through the server's own
 settings: ALPACA_DATABASE_URL when set, else alpaca.sqlite3 in ALPACA_DATA_DIR (default
@@ -31,7 +32,9 @@ Formats (--format):
               (true); flagged answers left out.
 What is kept and why: alpaca_serve/feedback/training_data.py.
 For sft, dpo and kto the summary on standard error counts what was kept and left out, by reason.
-Generations sent as raw prompts are left out: they have no instruction.
+Generations sent as raw prompts are left out: they have no instruction. So are generations
+purged by retention (--purge-older-than, ALPACA_LOG_RETENTION_DAYS): their text is gone; the
+summary counts them.
 """
 
 from __future__ import annotations
@@ -39,10 +42,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import sys
 import tempfile
+import time
+from collections import Counter
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO, cast
 
@@ -52,6 +59,7 @@ from alpaca_serve.feedback.settings import StoreSettings, database_location
 from alpaca_serve.feedback.store import (
     DATABASE_FILENAME,
     DEFAULT_DATA_DIR,
+    SECONDS_PER_DAY,
     FeedbackStore,
     open_store,
 )
@@ -130,13 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
         "comments, preferred responses and pairwise votes), as when a person asks for their "
         "data to be deleted; prints how many of each were removed",
     )
+    copies.add_argument(
+        "--purge-older-than",
+        metavar="DAYS",
+        help="instead of exporting, empty the prompts and answers of generations recorded more "
+        "than DAYS days ago (a positive number; what ALPACA_LOG_RETENTION_DAYS makes the server "
+        "do hourly), for a stopped server or a cron job; their ratings and votes stay, so "
+        "counts and leaderboards do not change; prints how many were purged",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.backup is not None or args.restore is not None or args.delete_session is not None:
+    maintenance = (args.backup, args.restore, args.delete_session, args.purge_older_than)
+    if any(option is not None for option in maintenance):
         return copy_store(args)
     try:
         check_options(args)
@@ -149,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         with open_store(url) as store:
             selection = select(store, args)
+            skipped: Counter = Counter()  # the feedback format's generations left out, by reason
             rows = (
-                store.export_rows(args.include_unrated) if selection is None else selection.records
+                store.export_rows(args.include_unrated, skipped)
+                if selection is None
+                else selection.records
             )
             if args.out is None:
                 # JSON lines are UTF-8 whatever the locale (typeshed's sys.stdout is a TextIO).
@@ -161,19 +181,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, StoreError, OSError) as err:
         print(f"alpaca-export: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    print(f"alpaca-export: {describe(args, count, selection)}", file=sys.stderr)
+    print(f"alpaca-export: {describe(args, count, selection, skipped)}", file=sys.stderr)
     return 0
 
 
 def copy_store(args: argparse.Namespace) -> int:
-    """--backup, --restore or --delete-session: the whole store copied out or back in, or one
-    session's records removed; one line saying what."""
+    """--backup, --restore, --delete-session or --purge-older-than: the whole store copied out
+    or back in, one session's records removed, or old generations' text purged; one line
+    saying what."""
     try:
         used = [flag for flag, on in _export_options(args).items() if on]
         if used:
             raise ValueError(
-                f"{used[0]} is for exports, not --backup, --restore or --delete-session"
+                f"{used[0]} is for exports, not --backup, --restore, --delete-session or "
+                "--purge-older-than"
             )
+        days = None if args.purge_older_than is None else retention_days(args.purge_older_than)
         url, data_dir = database_location(args.database, args.data_dir, StoreSettings())
         if args.backup is not None:
             if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
@@ -189,6 +212,15 @@ def copy_store(args: argparse.Namespace) -> int:
                 counts = store.delete_session(args.delete_session)
                 line = f"deleted {_described(counts)} of session {args.delete_session!r} from "
                 line += store.backend.description
+        elif days is not None:
+            if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
+                raise StoreError(f"no database at {data_dir / DATABASE_FILENAME}")
+            before = time.time() - days * SECONDS_PER_DAY
+            cutoff = datetime.fromtimestamp(before, timezone.utc).isoformat(timespec="seconds")
+            with open_store(url) as store:
+                purged = store.purge_generations(before)
+                line = f"purged {purged} generation{'' if purged == 1 else 's'} recorded before "
+                line += f"{cutoff} (older than {days:g} days) in {store.backend.description}"
         else:
             with open_store(url) as store:
                 counts = restore(store, args.restore)
@@ -199,6 +231,20 @@ def copy_store(args: argparse.Namespace) -> int:
         return 2
     print(f"alpaca-export: {line}", file=sys.stderr)
     return 0
+
+
+def retention_days(text: str) -> float:
+    """--purge-older-than's DAYS as a number; ValueError, in words, for anything but a positive,
+    finite number of days."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not math.isfinite(days) or days <= 0:
+        raise ValueError(
+            f"--purge-older-than takes a positive number of days (such as 30), got {text!r}"
+        )
+    return days
 
 
 def _export_options(args: argparse.Namespace) -> dict[str, bool]:
@@ -233,12 +279,20 @@ def select(store: FeedbackStore, args: argparse.Namespace) -> Selection | None:
     return None
 
 
-def describe(args: argparse.Namespace, count: int, selection: Selection | None) -> str:
-    """The line that ends an export: how many written where, and for sft, dpo and kto, why."""
+def describe(
+    args: argparse.Namespace, count: int, selection: Selection | None, skipped: Counter
+) -> str:
+    """The line that ends an export: how many written where, and for sft, dpo and kto, why;
+    for the feedback format, how many generations retention had purged (left out)."""
     nouns = {"feedback": "record", "sft": "sft record", "dpo": "dpo pair", "kto": "kto answer"}
     noun = nouns[args.format] + ("" if count == 1 else "s")
     line = f"wrote {count} {noun} to {args.out or 'standard output'}"
-    return line if selection is None else f"{line}: {selection.summary()}"
+    if selection is not None:
+        return f"{line}: {selection.summary()}"
+    purged = skipped["purged"]
+    if purged:
+        line += f"; left out {purged} generation{'' if purged == 1 else 's'} purged by retention"
+    return line
 
 
 def write_file(rows: Iterable[dict], out: Path) -> int:

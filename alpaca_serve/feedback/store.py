@@ -11,12 +11,18 @@ Usage:
     store.generations_by_id(["gen-1"])  # {"gen-1": {"prompt", "response", ...}}
     for row in store.export_rows():     # Alpaca records (instruction, input, output) + feedback
         ...
+    store.purge_generations(before=time.time() - 30 * 86400)   # retention: empties old text
     store.close()
 
 Every method is synchronous and thread-safe (one connection behind a lock), so the server calls
 them through `asyncio.to_thread`. Each write is one transaction, committed durably before the
 method returns: SQLite runs in WAL mode with `synchronous=FULL`; PostgreSQL commits as configured
 (durable by default). Opening a store creates the schema and applies any pending migrations.
+
+Retention (`purge_generations`) empties the text of old generations (instruction, input, prompt,
+answer, filter verdicts) and marks them `purged_at`; their ratings and votes stay, so counts and
+leaderboards do not change. Whatever reads the text (`export_rows`, the training data) leaves
+purged generations out and counts them.
 
 No client address is stored anywhere. NUL characters, which PostgreSQL cannot store in text, are
 replaced with U+FFFD on both backends so that the two keep the same data.
@@ -27,7 +33,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +58,8 @@ DATABASE_FILENAME = "alpaca.sqlite3"
 EXPORT_PAGE_SIZE = 500  # generations read per transaction while exporting
 ID_CHUNK = 500  # ids per `IN (...)` list, well under SQLite's limit on bound parameters
 COMPARISON_PAGE_LIMIT = 1000  # most comparisons one `list_comparisons` call returns
+SECONDS_PER_DAY = 86_400  # retention is set in days
+PURGE_BATCH_SIZE = 2000  # generations purged per transaction, so no purge holds a lock for long
 
 
 def open_store(url: str) -> FeedbackStore:
@@ -297,21 +305,29 @@ class FeedbackStore:
             )
         return [(model_a, model_b, outcome, who) for model_a, model_b, outcome, who in rows]
 
-    def export_rows(self, include_unrated: bool = False) -> Iterator[dict]:
+    def export_rows(
+        self, include_unrated: bool = False, skipped: Counter | None = None
+    ) -> Iterator[dict]:
         """Generations joined with their ratings, oldest first: one dict per (generation,
         rating), or per generation with rating None for unrated ones when `include_unrated`.
 
         Keys: instruction, input, output (the response), then rating, comment, flag,
         preferred_response, generation_id, model, source, created_at, finish_reason, prompt,
         params, filter_verdicts, prompt_tokens, completion_tokens, latency_s. Raw-prompt generations
-        (instruction None) are always skipped: they cannot become Alpaca records. Rows are read
-        in pages, each in its own transaction, so no lock is held while the caller works;
+        (instruction None) are always skipped: they cannot become Alpaca records. Generations
+        purged by retention are skipped too (their text is gone); each one that would have been
+        written (rated, or any with `include_unrated`) adds one to `skipped["purged"]`. Rows are
+        read in pages, each in its own transaction, so no lock is held while the caller works;
         generations recorded during an export may or may not be included."""
         after: tuple[float, str] | None = None
         while True:
             with self._transaction(write=False) as tx:
                 generations, ratings = _export_page(tx, after)
             for generation in generations:
+                if generation["purged_at"] is not None:
+                    if skipped is not None and (include_unrated or generation["id"] in ratings):
+                        skipped["purged"] += 1
+                    continue
                 row = {
                     "instruction": generation["instruction"],
                     "input": generation["input"],
@@ -345,6 +361,47 @@ class FeedbackStore:
             if len(generations) < EXPORT_PAGE_SIZE:
                 return
             after = (generations[-1]["created_at"], generations[-1]["id"])
+
+    def purge_generations(self, before: float) -> int:
+        """Empty the text of every generation recorded before `before` (unix seconds) and not
+        purged yet: instruction, input, prompt and response become "" (a raw prompt's instruction
+        stays None), filter verdicts [], and `purged_at` is set to now; how many were purged.
+
+        Model, sampling parameters, token counts, latency and the generation's ratings and votes
+        stay, so `summary()` and `battles()` count what they counted. Purged in batches of
+        PURGE_BATCH_SIZE, each its own transaction, so a large log never holds the database
+        for long; a purge that fails part-way leaves whole batches done and the rest to the next
+        call. Purging again purges nothing more."""
+        now = time.time()
+        purged = 0
+        try:
+            while True:
+                with self._transaction() as tx:
+                    ids = [
+                        row[0]
+                        for row in tx.rows(
+                            "SELECT id FROM generations WHERE created_at < ? AND purged_at IS NULL "
+                            "ORDER BY created_at, id LIMIT ?",
+                            (before, PURGE_BATCH_SIZE),
+                        )
+                    ]
+                    for chunk in _chunks(ids):
+                        # `purged_at IS NULL` again: another process purging at the same time
+                        # (a PostgreSQL replica) may have purged some of these already.
+                        cursor = tx.execute(
+                            "UPDATE generations SET instruction = CASE WHEN instruction IS NULL "
+                            "THEN NULL ELSE '' END, input = '', prompt = '', response = '', "
+                            "filter_verdicts = '[]', purged_at = ? "
+                            f"WHERE id IN ({', '.join('?' * len(chunk))}) AND purged_at IS NULL",
+                            (now, *chunk),
+                        )
+                        purged += cursor.rowcount
+                if len(ids) < PURGE_BATCH_SIZE:
+                    return purged
+        except self._backend.errors as err:
+            raise StoreError(
+                f"cannot purge generations in {self._backend.description}: {one_line(err)}"
+            ) from err
 
     def delete_session(self, session_id: str) -> dict[str, int]:
         """Remove everything `session_id` stored (its ratings and its pairwise votes), in one

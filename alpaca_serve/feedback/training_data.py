@@ -29,8 +29,10 @@ What is kept:
   Several votes on one pair are resolved by majority (tie and "both bad" are outcomes too); a pair
   whose votes split evenly between two outcomes is left out, as are pairs decided a tie or both
   bad. Votes of an automatic judge (voter "machine") count only with `include_machine`.
-Generations sent as raw prompts are never used: they have no instruction. Identical records are
-written once. Everything left out is counted, by reason, in `Selection.dropped`.
+Generations sent as raw prompts are never used: they have no instruction. Nor are generations
+purged by retention (`FeedbackStore.purge_generations`): their text is gone, so they are left out
+and counted (a rated answer, or a pair with such an answer). Identical records are written once.
+Everything left out is counted, by reason, in `Selection.dropped`.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ REASONS = {
     "same_text": ("pair of identical answers", "pairs of identical answers"),
     "empty_answer": ("pair with an empty answer", "pairs with an empty answer"),
     "empty_completion": ("empty answer", "empty answers"),
+    "purged": ("rated answer purged by retention", "rated answers purged by retention"),
+    "purged_pair": (
+        "pair with an answer purged by retention",
+        "pairs with an answer purged by retention",
+    ),
     "duplicate": ("duplicate", "duplicates"),
 }
 
@@ -95,7 +102,7 @@ def sft_records(store: FeedbackStore) -> Selection:
     """Answers rated up (more ups than downs) and preferred responses, as Alpaca records
     `{instruction, input, output}`, oldest generation first."""
     selection = Selection()
-    for generation, ratings in _rated_generations(store):
+    for generation, ratings in _rated_generations(store, selection.dropped):
         record = {"instruction": generation["instruction"], "input": generation["input"]}
         ups = sum(row["rating"] == "up" for row in ratings)
         downs = sum(row["rating"] == "down" for row in ratings)
@@ -128,7 +135,9 @@ def dpo_pairs(store: FeedbackStore, include_machine: bool = False) -> Selection:
             continue
         chosen = generations[outcome]
         rejected = generations[pair[1] if outcome == pair[0] else pair[0]]
-        if chosen["instruction"] is None or rejected["instruction"] is None:
+        if chosen["purged_at"] is not None or rejected["purged_at"] is not None:
+            selection.dropped["purged_pair"] += 1
+        elif chosen["instruction"] is None or rejected["instruction"] is None:
             selection.dropped["raw_prompt"] += 1
         elif chosen["prompt"] != rejected["prompt"]:
             selection.dropped["different_prompts"] += 1
@@ -144,7 +153,7 @@ def dpo_pairs(store: FeedbackStore, include_machine: bool = False) -> Selection:
                 "rejected": rejected["response"],
             }
             selection.add(record, "unanimous" if len(tally) == 1 else "majority")
-    for generation, ratings in _rated_generations(store):
+    for generation, ratings in _rated_generations(store, selection.dropped):
         for preferred in _preferred_responses(ratings):
             if preferred == generation["output"]:
                 selection.dropped["same_text"] += 1
@@ -166,7 +175,7 @@ def kto_examples(store: FeedbackStore) -> Selection:
     by the majority of its thumbs, and each preferred response as desirable, oldest generation
     first."""
     selection = Selection()
-    for generation, ratings in _rated_generations(store):
+    for generation, ratings in _rated_generations(store, selection.dropped):
         prompt = generation["prompt"]
         ups = sum(row["rating"] == "up" for row in ratings)
         downs = sum(row["rating"] == "down" for row in ratings)
@@ -191,10 +200,11 @@ def _flagged(ratings: list[dict]) -> bool:
     return any(row["flag"] for row in ratings)
 
 
-def _rated_generations(store: FeedbackStore) -> Iterator[tuple[dict, list[dict]]]:
-    """Each rated instruction generation (an export row) with all its ratings' rows."""
+def _rated_generations(store: FeedbackStore, dropped: Counter) -> Iterator[tuple[dict, list[dict]]]:
+    """Each rated instruction generation (an export row) with all its ratings' rows; those
+    purged by retention are left out and counted in `dropped`."""
     current: list[dict] = []
-    for row in store.export_rows():
+    for row in store.export_rows(skipped=dropped):
         if current and row["generation_id"] != current[0]["generation_id"]:
             yield current[0], current
             current = []

@@ -37,6 +37,7 @@ from alpaca_serve.server.keys import ApiKey, KeyRing, split_keys
 from alpaca_serve.server.lifecycle import watch_engine
 from alpaca_serve.server.metrics import ServerMetrics
 from alpaca_serve.server.request_context import BodyLimitMiddleware, RequestContextMiddleware
+from alpaca_serve.server.retention import purge_periodically
 from alpaca_serve.server.routes import (
     adapters,
     feedback,
@@ -100,6 +101,11 @@ def create_app(
         tasks = [loading, watching]
         if settings.serves_adapters:
             tasks.append(asyncio.create_task(_watch_adapters(runtime)))
+        if settings.log_retention_days is not None:
+            purging = purge_periodically(
+                opened, settings.log_retention_days, metrics.generations_purged.inc
+            )
+            tasks.append(asyncio.create_task(purging))
         try:
             yield
         finally:

@@ -147,6 +147,12 @@ class ServerMetrics:
             ["model_name", "action", "key"],
             registry=self.registry,
         )
+        self.generations_purged = Counter(
+            "alpaca_generations_purged",
+            "Generations whose prompt and answer retention emptied (ALPACA_LOG_RETENTION_DAYS).",
+            ["model_name"],
+            registry=self.registry,
+        ).labels(**labels)
         self.admission_queue = gauge(
             "alpaca_admission_queue", "Requests admitted and waiting for a generation slot."
         )

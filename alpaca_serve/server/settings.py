@@ -172,6 +172,15 @@ class ServerSettings(BaseSettings):
     )
     data_dir: DataDir = DEFAULT_DATA_DIR
     database_url: DatabaseUrl = None
+    log_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="days the generation log keeps prompts and answers: older ones are emptied "
+        "(instruction, input, prompt, answer, filter verdicts) at start and then hourly, and "
+        "left out of exports; their ratings and votes stay, so counts and leaderboards do not "
+        "change; a positive number (fractions allowed); empty: kept forever",
+    )
     ui: bool = Field(default=True, description="mount the Gradio demo at /ui")
     api_keys: str | None = Field(
         default=None,
@@ -278,6 +287,7 @@ class ServerSettings(BaseSettings):
         "cors_origins",
         "adapters_dir",
         "adapters",
+        "log_retention_days",
         mode="before",
     )
     @classmethod
