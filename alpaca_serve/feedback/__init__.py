@@ -29,6 +29,7 @@ from alpaca_serve.feedback.records import (
     GenerationRecord,
     RatingFeedback,
     StoreError,
+    StoreFullError,
     UnknownGenerationError,
 )
 from alpaca_serve.feedback.store import (
@@ -53,6 +54,7 @@ __all__ = [
     "GenerationRecorder",
     "RatingFeedback",
     "StoreError",
+    "StoreFullError",
     "UnknownGenerationError",
     "default_database_url",
     "open_store",

@@ -12,10 +12,14 @@ SQL is written once, with `?` placeholders; `Transaction` adapts it to the backe
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any
+
+# What the operating system says when a write finds no room: the disk, or the user's quota.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class Backend:
@@ -31,6 +35,11 @@ class Backend:
 
     def is_broken(self, conn: Any) -> bool:
         return False
+
+    def is_full(self, err: BaseException) -> bool:
+        """Whether `err` says the database has no room for a write (a full disk, a quota, a
+        size limit); each backend adds its driver's own way of saying so."""
+        return isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS
 
     def lock_schema(self, tx: Transaction) -> None:
         """Keep other processes from migrating at the same time, until the transaction ends."""

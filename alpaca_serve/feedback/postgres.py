@@ -17,6 +17,8 @@ from typing import Any
 from alpaca_serve.feedback.backend import Backend, Transaction, one_line, redact
 from alpaca_serve.feedback.records import StoreError
 
+DISK_FULL = "53100"  # SQLSTATE disk_full: "could not extend file", "could not write"
+
 
 class PostgresBackend(Backend):
     placeholder = "%s"
@@ -50,6 +52,9 @@ class PostgresBackend(Backend):
 
     def is_broken(self, conn: Any) -> bool:
         return conn.closed or conn.broken
+
+    def is_full(self, err: BaseException) -> bool:
+        return getattr(err, "sqlstate", None) == DISK_FULL or super().is_full(err)
 
     def lock_schema(self, tx: Transaction) -> None:
         tx.execute("LOCK TABLE schema_version IN SHARE ROW EXCLUSIVE MODE")

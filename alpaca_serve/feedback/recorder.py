@@ -11,6 +11,11 @@ Usage:
 in one transaction, so answers never wait on the database. `flush()` writes at once (the feedback
 route calls it so a just-finished generation can be rated), and `close()` writes the rest on
 shutdown, so a normal stop loses nothing.
+
+While the database cannot take them (it is down, or out of space), answers go on: their records
+wait in memory, retried every RETRY_DELAY_S, up to a bound past which the oldest are dropped and
+handed to `on_drop` (the server counts them in a metric). Each such episode is logged once when it
+begins, once when records are first dropped, and once when the writes work again.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 
 from alpaca_serve.feedback.records import GenerationRecord
 from alpaca_serve.feedback.store import FeedbackStore
@@ -47,20 +53,29 @@ class GenerationRecorder:
         store: FeedbackStore,
         max_pending: int = MAX_PENDING,
         max_pending_bytes: int = MAX_PENDING_BYTES,
+        on_drop: Callable[[int], None] | None = None,
     ):
+        """`on_drop(count)` is called with the number of records given up on: dropped past the
+        bounds, or still unwritten at shutdown."""
         self.store = store
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
+        self.on_drop = on_drop
         self._pending: list[tuple[GenerationRecord, int]] = []  # (record, its size)
         self._pending_bytes = 0
+        self._writing = 0  # records in the write under way
+        # An episode of failed writes is under way, and records were dropped in it (each logged
+        # once); both reset when a write succeeds.
+        self._failing = False
+        self._dropping = False
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
 
     @property
     def pending(self) -> int:
-        """Records waiting to be written."""
-        return len(self._pending)
+        """Records not yet stored: waiting, or being written now."""
+        return len(self._pending) + self._writing
 
     @property
     def pending_bytes(self) -> int:
@@ -88,7 +103,19 @@ class GenerationRecorder:
         if drop:
             del self._pending[:drop]
             self._pending_bytes = total
-            log.error("generation log: database unavailable, dropped %d records", drop)
+            if not self._dropping:
+                self._dropping = True
+                log.error(
+                    "generation log: more records wait than the %d (%d MiB) kept in memory; "
+                    "the oldest are dropped, never stored, until the database takes writes again",
+                    self.max_pending,
+                    self.max_pending_bytes // (1024 * 1024),
+                )
+            self._give_up(drop)
+
+    def _give_up(self, count: int) -> None:
+        if self.on_drop is not None:
+            self.on_drop(count)
 
     async def flush(self) -> None:
         """Write every submitted record now; raises if the database refuses them."""
@@ -97,13 +124,30 @@ class GenerationRecorder:
             self._pending_bytes = 0
             if not batch:
                 return
+            self._writing = len(batch)
             try:
                 await asyncio.to_thread(self.store.record_generations, [r for r, _ in batch])
-            except BaseException:
+            except BaseException as err:
                 self._pending[:0] = batch  # keep them for the next try
                 self._pending_bytes = sum(size for _, size in self._pending)
+                if not self._failing and isinstance(err, Exception):
+                    self._failing = True
+                    log.warning(
+                        "generation log: cannot write (%s); answers go on, their records wait "
+                        "in memory (at most %d) and are retried every %g s",
+                        err,
+                        self.max_pending,
+                        RETRY_DELAY_S,
+                    )
                 self._trim()
                 raise
+            finally:
+                self._writing = 0
+            if self._failing:
+                log.info(
+                    "generation log: writes work again; %d waiting records written", len(batch)
+                )
+                self._failing = self._dropping = False
 
     async def _run(self) -> None:
         while True:
@@ -113,8 +157,8 @@ class GenerationRecorder:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
-            except Exception as err:
-                log.error("generation log: write failed, retrying: %s", err)
+            except Exception:
+                # Logged by flush, once per episode.
                 await asyncio.sleep(RETRY_DELAY_S)
                 self._wake.set()
 
@@ -129,3 +173,4 @@ class GenerationRecorder:
             log.error(
                 "generation log: %d records not written at shutdown: %s", len(self._pending), err
             )
+            self._give_up(len(self._pending))

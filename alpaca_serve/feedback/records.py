@@ -27,6 +27,12 @@ class StoreError(RuntimeError):
     """The database cannot be reached, opened or migrated; the message says why, in one line."""
 
 
+class StoreFullError(StoreError):
+    """The database has no room for a write: its disk is full (SQLite's "database or disk is
+    full", ENOSPC, PostgreSQL's disk_full) or it reached a size limit. Nothing of that write was
+    stored; reads still work, and writes work again once space is freed, without a restart."""
+
+
 class UnknownGenerationError(LookupError):
     """Feedback names a generation id the store has not recorded."""
 

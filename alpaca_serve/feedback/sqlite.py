@@ -19,6 +19,8 @@ from pathlib import Path
 from alpaca_serve.feedback.backend import Backend, one_line
 from alpaca_serve.feedback.records import StoreError
 
+SQLITE_FULL = 13  # the primary result code of "database or disk is full" (sqlite3.h)
+
 
 class SqliteBackend(Backend):
     placeholder = "?"
@@ -56,6 +58,14 @@ class SqliteBackend(Backend):
             raise
         return conn
 
+    def is_full(self, err: BaseException) -> bool:
+        # A full disk (ENOSPC) and a reached max_page_count both end as SQLITE_FULL. Python
+        # gives the code from 3.11 on; before, only the message says it.
+        code = getattr(err, "sqlite_errorcode", None)
+        if isinstance(err, sqlite3.Error) and code is not None:
+            return code & 0xFF == SQLITE_FULL
+        return "database or disk is full" in str(err) or super().is_full(err)
+
     @contextmanager
     def transaction(self, conn: sqlite3.Connection, write: bool) -> Iterator[sqlite3.Cursor]:
         # IMMEDIATE takes the write lock up front, so a read-then-write never has to upgrade.
@@ -63,10 +73,12 @@ class SqliteBackend(Backend):
         cursor = conn.cursor()
         try:
             yield cursor
+            # Inside the try: a COMMIT that fails (a full disk) must not leave the transaction
+            # open, or every later BEGIN on this connection would fail.
+            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # SQLite ends some failed transactions by itself
                 conn.execute("ROLLBACK")
             raise
         finally:
             cursor.close()
-        conn.execute("COMMIT")

@@ -9,6 +9,8 @@ Usage:
     store.list_comparisons(after=0)     # every pairwise vote, oldest first, a page at a time
     store.battles(voter="human")        # every vote as (model of a, model of b, outcome, voter)
     store.generations_by_id(["gen-1"])  # {"gen-1": {"prompt", "response", ...}}
+    store.out_of_space                  # why the last write found no room; None once one works
+    store.check_writable()              # a write that leaves nothing: StoreFullError while full
     for row in store.export_rows():     # Alpaca records (instruction, input, output) + feedback
         ...
     store.purge_generations(before=time.time() - 30 * 86400)   # retention: empties old text
@@ -23,6 +25,9 @@ Retention (`purge_generations`) empties the text of old generations (instruction
 answer, filter verdicts) and marks them `purged_at`; their ratings and votes stay, so counts and
 leaderboards do not change. Whatever reads the text (`export_rows`, the training data) leaves
 purged generations out and counts them.
+A write that finds no room (a full disk, a size limit) raises StoreFullError and stores nothing
+of itself; what was committed before is untouched, reads keep working, and writes work again once
+space is freed. `out_of_space` remembers the last such failure until a write commits.
 
 No client address is stored anywhere. NUL characters, which PostgreSQL cannot store in text, are
 replaced with U+FFFD on both backends so that the two keep the same data.
@@ -31,6 +36,7 @@ replaced with U+FFFD on both backends so that the two keep the same data.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter, defaultdict
@@ -47,10 +53,13 @@ from alpaca_serve.feedback.records import (
     GenerationRecord,
     RatingFeedback,
     StoreError,
+    StoreFullError,
     UnknownGenerationError,
 )
 from alpaca_serve.feedback.schema import GENERATION_COLUMNS, migrate
 from alpaca_serve.feedback.sqlite import SqliteBackend
+
+log = logging.getLogger("alpaca.feedback")
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "alpaca-serve"
 DATABASE_FILENAME = "alpaca.sqlite3"
@@ -60,6 +69,8 @@ ID_CHUNK = 500  # ids per `IN (...)` list, well under SQLite's limit on bound pa
 COMPARISON_PAGE_LIMIT = 1000  # most comparisons one `list_comparisons` call returns
 SECONDS_PER_DAY = 86_400  # retention is set in days
 PURGE_BATCH_SIZE = 2000  # generations purged per transaction, so no purge holds a lock for long
+# The id of the row `check_writable` writes and removes in one transaction (never committed).
+PROBE_GENERATION_ID = "alpaca-store-probe"
 
 
 def open_store(url: str) -> FeedbackStore:
@@ -97,6 +108,8 @@ class FeedbackStore:
     def __init__(self, backend: Backend):
         self._backend = backend
         self._lock = threading.Lock()
+        # Why the last write found no room (StoreFullError's message); None once a write commits.
+        self.out_of_space: str | None = None
         self._conn: Any = backend.connect()
         try:
             with self._transaction() as tx:
@@ -463,6 +476,20 @@ class FeedbackStore:
                 for session_id, reason, by, created_at in rows
             ]
 
+    def check_writable(self) -> None:
+        """Insert a generation and delete it again, in one transaction: a real write of the
+        generations table (SQLite appends it to its journal, PostgreSQL runs the table's
+        triggers), which leaves nothing behind. StoreFullError while the database has no room;
+        what `watch_store` probes with to notice that space is back."""
+        with self._transaction() as tx:
+            tx.execute(
+                "INSERT INTO generations (id, created_at, model, params, input, prompt, response, "
+                "finish_reason, prompt_tokens, completion_tokens, latency_s, filter_verdicts) "
+                "VALUES (?, ?, '', '{}', '', '', '', 'probe', 0, 0, 0, '[]')",
+                (PROBE_GENERATION_ID, time.time()),
+            )
+            tx.execute("DELETE FROM generations WHERE id = ?", (PROBE_GENERATION_ID,))
+
     @property
     def backend(self) -> Backend:
         """The database this store is kept in."""
@@ -554,8 +581,24 @@ class FeedbackStore:
                 fresh = self._backend.connect()
                 self._conn.close()
                 self._conn = fresh
-            with self._backend.transaction(self._conn, write) as cursor:
-                yield Transaction(cursor, self._backend.placeholder)
+            # The driver's errors, and the operating system's (a full disk may say ENOSPC).
+            errors: tuple[type[BaseException], ...] = (*self._backend.errors, OSError)
+            try:
+                with self._backend.transaction(self._conn, write) as cursor:
+                    yield Transaction(cursor, self._backend.placeholder)
+            except errors as err:
+                if not self._backend.is_full(err):
+                    raise
+                full = StoreFullError(
+                    f"{self._backend.description} is out of space: {one_line(err)}"
+                )
+                if self.out_of_space is None:
+                    log.warning("feedback store: %s; writes are refused until space is freed", full)
+                self.out_of_space = str(full)
+                raise full from err
+            if write and self.out_of_space is not None:
+                log.info("feedback store: writes work again")
+                self.out_of_space = None
 
 
 def _export_page(

@@ -50,6 +50,7 @@ from alpaca_serve.server.routes import (
 )
 from alpaca_serve.server.runtime import Runtime
 from alpaca_serve.server.settings import ServerSettings
+from alpaca_serve.server.store_watch import watch_store
 
 log = logging.getLogger("alpaca.server")
 
@@ -93,12 +94,16 @@ def create_app(
         opened = (
             store if store is not None else await asyncio.to_thread(open_store, settings.store_url)
         )
-        recorder = GenerationRecorder(opened)
+        recorder = GenerationRecorder(
+            opened,
+            max_pending=settings.generation_backlog,
+            on_drop=metrics.generation_log_dropped.inc,
+        )
         runtime.store, runtime.recorder = opened, recorder
         recorder.start()
         loading = asyncio.create_task(_start_engine(runtime, engine))
         watching = asyncio.create_task(watch_engine(runtime, partial(_engine_died, runtime)))
-        tasks = [loading, watching]
+        tasks = [loading, watching, asyncio.create_task(watch_store(opened))]
         if settings.serves_adapters:
             tasks.append(asyncio.create_task(_watch_adapters(runtime)))
         if settings.log_retention_days is not None:

@@ -159,6 +159,21 @@ class ServerMetrics:
         self.engine_ready = gauge(
             "alpaca_engine_ready", "1 when the engine is loaded and answering, else 0."
         )
+        self.store_full = gauge(
+            "alpaca_feedback_store_full",
+            "1 while the feedback store has no room for writes (a full disk), else 0.",
+        )
+        self.generation_log_backlog = gauge(
+            "alpaca_generation_log_backlog",
+            "Finished generations whose log entries wait in memory, not yet stored.",
+        )
+        self.generation_log_dropped = Counter(
+            "alpaca_generation_log_dropped",
+            "Generation log entries never stored: dropped from the full backlog, or unwritten "
+            "at shutdown.",
+            ["model_name"],
+            registry=self.registry,
+        ).labels(**labels)
 
     def for_model(self, model_name: str) -> ServerMetrics | ModelMetrics:
         """The per-request metrics labelled with `model_name` (a served adapter's name); the

@@ -12,7 +12,7 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 
-from alpaca_serve.feedback import FeedbackStore, GenerationRecorder, StoreError
+from alpaca_serve.feedback import FeedbackStore, GenerationRecorder, StoreError, StoreFullError
 from alpaca_serve.server.adapters import AdapterRegistry
 from alpaca_serve.server.admission import Admission
 from alpaca_serve.server.engine import Engine
@@ -99,17 +99,19 @@ class Runtime:
 
     async def in_store(self, call: Callable[..., Any], *args: Any) -> Any:
         """`call(*args)`, a method of the feedback store, off the event loop; a store that cannot
-        be reached or used is a 503."""
+        be reached or used is a 503, one out of space a 507 (`store_error`)."""
         try:
             return await asyncio.to_thread(call, *args)
         except StoreError as err:
-            raise store_unavailable(err) from err
+            raise store_error(err) from err
 
     def refresh_gauges(self) -> None:
         engine = self.engine
         alive = engine is not None and self.ready and engine.alive
         self.metrics.engine_ready.set(1 if alive else 0)
         self.metrics.admission_queue.set(self.admission.waiting)
+        self.metrics.store_full.set(1 if self.store and self.store.out_of_space else 0)
+        self.metrics.generation_log_backlog.set(self.recorder.pending if self.recorder else 0)
         if engine is None:
             return
         if engine.num_unfinished_requests() == 0:
@@ -129,6 +131,24 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 __all__ = ["Runtime", "RuntimeDep", "get_runtime"]
+
+
+def store_error(err: StoreError) -> APIError:
+    """The HTTP answer to a store that refused a call: 507 when it is out of space, else 503."""
+    return store_full() if isinstance(err, StoreFullError) else store_unavailable(err)
+
+
+# Said to clients (the 507's message, /ready's `store`): the cause, not the database's name or
+# host, which go to the log.
+OUT_OF_SPACE = "the feedback store is out of space (its disk is full or it reached a size limit)"
+
+
+def store_full() -> APIError:
+    """The 507 for a write the store had no room for. The store logs the cause once, when it
+    runs out of space, not here for every refused request."""
+    return APIError(
+        507, f"{OUT_OF_SPACE}: nothing was saved; send it again once space is freed", "store_full"
+    )
 
 
 def store_unavailable(err: StoreError) -> APIError:

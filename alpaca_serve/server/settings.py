@@ -26,6 +26,7 @@ from alpaca_serve.core.project_model import (
     project_model_available,
 )
 from alpaca_serve.feedback import DEFAULT_DATA_DIR, default_database_url
+from alpaca_serve.feedback.recorder import MAX_PENDING
 from alpaca_serve.feedback.settings import DatabaseUrl, DataDir, none_if_blank
 from alpaca_serve.server.default_model import DEFAULT_MODEL_NAME
 from alpaca_serve.server.keys import KeysFileError, parse_keys_file, split_keys
@@ -180,6 +181,13 @@ class ServerSettings(BaseSettings):
         "(instruction, input, prompt, answer, filter verdicts) at start and then hourly, and "
         "left out of exports; their ratings and votes stay, so counts and leaderboards do not "
         "change; a positive number (fractions allowed); empty: kept forever",
+    )
+    generation_backlog: int = Field(
+        default=MAX_PENDING,
+        ge=1,
+        description="generation log entries kept in memory while the feedback store cannot take "
+        "them (full or down), retried until it can; past this many (or 64 MiB) the oldest are "
+        "dropped and counted in alpaca_generation_log_dropped_total",
     )
     ui: bool = Field(default=True, description="mount the Gradio demo at /ui")
     api_keys: str | None = Field(

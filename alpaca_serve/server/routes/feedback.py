@@ -22,7 +22,7 @@ from alpaca_serve.feedback import (
 )
 from alpaca_serve.feedback.leaderboard import DEFAULT_ROUNDS, MAX_ROUNDS, compute_leaderboard
 from alpaca_serve.server.errors import APIError, invalid
-from alpaca_serve.server.runtime import Runtime, RuntimeDep, store_unavailable
+from alpaca_serve.server.runtime import Runtime, RuntimeDep, store_error
 from alpaca_serve.server.schemas import BODY_ERRORS, error_doc
 
 router = APIRouter()
@@ -131,6 +131,8 @@ class LeaderboardResponse(BaseModel):
         200: {"model": FeedbackSaved, "description": "an earlier rating by this session updated"},
         404: error_doc("no such generation"),
         422: error_doc("a field is invalid"),
+        503: error_doc("the feedback store is unavailable; nothing was saved"),
+        507: error_doc("the feedback store is out of space (a full disk); nothing was saved"),
     },
 )
 async def post_feedback(
@@ -138,7 +140,7 @@ async def post_feedback(
     payload: Annotated[dict[str, Any], Body(description="a rating or a comparison")],
     x_session_id: Annotated[str | None, Header(max_length=MAX_ID_CHARS)] = None,
 ):
-    """Record feedback; 201 only once it is durably committed.
+    """Record feedback; 201 only once it is durably committed (507 when the store has no room).
 
     The session (`session_id`, or the `X-Session-Id` header) makes a second rating of the same
     answer update the first instead of adding one.
@@ -239,7 +241,8 @@ def _parse(model: type[BaseModel], payload: dict[str, Any]):
 
 async def _save(runtime: Runtime, save, feedback) -> tuple[int, bool]:
     try:
-        # A generation that finished a moment ago may still be waiting to be written.
+        # A generation that finished a moment ago may still be waiting to be written; while the
+        # store is full it stays waiting, and this raises StoreFullError (507, not 404).
         assert runtime.recorder is not None  # started by the lifespan before any request
         await runtime.recorder.flush()
         return await asyncio.to_thread(save, feedback)
@@ -247,4 +250,4 @@ async def _save(runtime: Runtime, save, feedback) -> tuple[int, bool]:
         param = "generation_ids" if isinstance(feedback, ComparisonFeedback) else "generation_id"
         raise APIError(404, str(err), "not_found", param) from err
     except StoreError as err:
-        raise store_unavailable(err) from err
+        raise store_error(err) from err

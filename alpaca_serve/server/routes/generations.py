@@ -62,6 +62,7 @@ class ImportResponse(BaseModel):
         403: error_doc("not an admin key (an admin route: see the operations docs)"),
         422: error_doc("a field is invalid"),
         503: error_doc("the feedback store is unavailable"),
+        507: error_doc("the feedback store is out of space (a full disk); nothing was stored"),
     },
 )
 async def import_generations(

@@ -11,7 +11,7 @@ from alpaca_serve.server import __version__
 from alpaca_serve.server.access import is_admin, without_admin_details
 from alpaca_serve.server.engine import EngineUnavailableError
 from alpaca_serve.server.errors import error_body
-from alpaca_serve.server.runtime import Runtime, RuntimeDep
+from alpaca_serve.server.runtime import OUT_OF_SPACE, Runtime, RuntimeDep
 from alpaca_serve.server.schemas import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
 router = APIRouter()
@@ -25,7 +25,9 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(runtime: RuntimeDep):
-    """Readiness: 200 once the engine has loaded and answered a warm-up; 503 before and after."""
+    """Readiness: 200 once the engine has loaded and answered a warm-up; 503 before and after.
+    While the feedback store has no room to write, still 200 (answers go on) with
+    `"status": "degraded"` and why under `store`."""
     if runtime.draining:
         return JSONResponse(error_body("the server is shutting down", "shutting_down"), 503)
     if runtime.load_error:
@@ -37,6 +39,8 @@ async def ready(runtime: RuntimeDep):
         await runtime.engine.check_health()
     except EngineUnavailableError as err:
         return JSONResponse(error_body(str(err), "engine_unavailable"), status_code=503)
+    if runtime.store is not None and runtime.store.out_of_space is not None:
+        return {"status": "degraded", "model": runtime.engine.model_name, "store": OUT_OF_SPACE}
     return {"status": "ready", "model": runtime.engine.model_name}
 
 
