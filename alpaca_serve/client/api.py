@@ -75,6 +75,7 @@ class _Call:
     path: str
     json: dict[str, Any] | None = None
     params: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
@@ -88,17 +89,29 @@ _DONE = object()  # the `[DONE]` that ends an event stream
 # --- the requests, built once for both clients ------------------------------------------------
 
 
+SESSION_HEADER = "X-Session-Id"  # the feedback session an answer is shown to
+VISITOR_HEADER = "X-Forwarded-For"  # whom the demo asks for (the server trusts it from the demo)
+
+
 def _generate(instruction: str, input: str, options: dict[str, Any], stream: bool) -> _Call:
+    options = dict(options)
+    session_id = options.pop("session_id", None)
     body = {
         "instruction": instruction,
         "input": input,
         **{name: value for name, value in options.items() if value is not None},
     }
-    return _Call("POST", "/generate", {**body, "stream": True} if stream else body)
+    headers = {SESSION_HEADER: session_id} if session_id is not None else None
+    return _Call("POST", "/generate", {**body, "stream": True} if stream else body, None, headers)
 
 
 def _rating(
-    generation_id: str, rating: str, session_id: str | None, flag: str | None, comment: str | None
+    generation_id: str,
+    rating: str,
+    session_id: str | None,
+    flag: str | None,
+    comment: str | None,
+    visitor: str | None = None,
 ) -> _Call:
     body = {
         "generation_id": generation_id,
@@ -107,16 +120,25 @@ def _rating(
         "flag": flag,
         "comment": comment,
     }
-    return _Call("POST", "/feedback", {k: v for k, v in body.items() if v is not None})
+    body = {k: v for k, v in body.items() if v is not None}
+    return _Call("POST", "/feedback", body, None, _visitor(visitor))
 
 
 def _comparison(
-    generation_ids: list[str], winner: str, session_id: str | None, voter: str
+    generation_ids: list[str],
+    winner: str,
+    session_id: str | None,
+    voter: str,
+    visitor: str | None = None,
 ) -> _Call:
     body = {"generation_ids": list(generation_ids), "winner": winner, "voter": voter}
     if session_id is not None:
         body["session_id"] = session_id
-    return _Call("POST", "/feedback", body)
+    return _Call("POST", "/feedback", body, None, _visitor(visitor))
+
+
+def _visitor(visitor: str | None) -> dict[str, str] | None:
+    return {VISITOR_HEADER: visitor} if visitor else None
 
 
 def _import_batches(model: str, answers: list[dict[str, Any]]) -> Iterator[_Call]:
@@ -291,7 +313,8 @@ class AlpacaClient(_ClientBase):
     def generate(self, instruction: str, input: str = "", **options: Any) -> dict[str, Any]:
         """`POST /generate`: one answer, `{"id", "model", "text", "finish_reason", "usage"}`.
         `options` are the sampling fields (temperature, max_new_tokens, ...); None leaves one
-        to the server's default."""
+        to the server's default. `session_id=` shows the answer to that feedback session
+        (X-Session-Id): only that session may then rate it or vote on it."""
         return self._call(_generate(instruction, input, options, stream=False))
 
     def stream_generate(
@@ -322,10 +345,13 @@ class AlpacaClient(_ClientBase):
         *,
         flag: str | None = None,
         comment: str | None = None,
+        visitor: str | None = None,
     ) -> dict[str, Any]:
         """`POST /feedback` with a rating ("up" or "down"): `{"id", "created"}`; created is
-        False when it replaced this session's earlier rating."""
-        return self._call(_rating(generation_id, rating, session_id, flag, comment))
+        False when it replaced this session's earlier rating. `visitor`: for a front end such
+        as the demo, the address of the person it rates for (the server counts its feedback
+        limit per visitor when the front end's key is the demo's own)."""
+        return self._call(_rating(generation_id, rating, session_id, flag, comment, visitor))
 
     def send_comparison(
         self,
@@ -333,10 +359,12 @@ class AlpacaClient(_ClientBase):
         winner: str,
         session_id: str | None = None,
         voter: str = "human",
+        *,
+        visitor: str | None = None,
     ) -> dict[str, Any]:
         """`POST /feedback` with a pairwise vote (`winner`: one of the ids, "tie" or
-        "both_bad"): `{"id", "created"}`."""
-        return self._call(_comparison(generation_ids, winner, session_id, voter))
+        "both_bad"): `{"id", "created"}`. `visitor`: as for send_rating."""
+        return self._call(_comparison(generation_ids, winner, session_id, voter, visitor))
 
     def import_generations(self, model: str, answers: list[dict[str, Any]]) -> list[str]:
         """`POST /generations/import` (in batches): store `answers` (instruction, input, output)
@@ -406,7 +434,9 @@ class AlpacaClient(_ClientBase):
         attempt = 0
         while True:
             attempt += 1
-            request = http.build_request(call.method, call.path, json=call.json, params=call.params)
+            request = http.build_request(
+                call.method, call.path, json=call.json, params=call.params, headers=call.headers
+            )
             try:
                 response = http.send(request, stream=stream)
             except httpx.TransportError as err:
@@ -485,9 +515,10 @@ class AsyncAlpacaClient(_ClientBase):
         *,
         flag: str | None = None,
         comment: str | None = None,
+        visitor: str | None = None,
     ) -> dict[str, Any]:
         """As `AlpacaClient.send_rating`."""
-        return await self._call(_rating(generation_id, rating, session_id, flag, comment))
+        return await self._call(_rating(generation_id, rating, session_id, flag, comment, visitor))
 
     async def send_comparison(
         self,
@@ -495,9 +526,11 @@ class AsyncAlpacaClient(_ClientBase):
         winner: str,
         session_id: str | None = None,
         voter: str = "human",
+        *,
+        visitor: str | None = None,
     ) -> dict[str, Any]:
         """As `AlpacaClient.send_comparison`."""
-        return await self._call(_comparison(generation_ids, winner, session_id, voter))
+        return await self._call(_comparison(generation_ids, winner, session_id, voter, visitor))
 
     async def import_generations(self, model: str, answers: list[dict[str, Any]]) -> list[str]:
         """As `AlpacaClient.import_generations`."""
@@ -566,7 +599,9 @@ class AsyncAlpacaClient(_ClientBase):
         attempt = 0
         while True:
             attempt += 1
-            request = http.build_request(call.method, call.path, json=call.json, params=call.params)
+            request = http.build_request(
+                call.method, call.path, json=call.json, params=call.params, headers=call.headers
+            )
             try:
                 response = await http.send(request, stream=stream)
             except httpx.TransportError as err:

@@ -30,8 +30,16 @@ KEY_HINT = "set ALPACA_DEMO_API_KEY"  # where the demo's API key comes from
 
 
 def session_of(request: gr.Request | None) -> str:
-    """The feedback session of the browser tab behind `request`."""
+    """The feedback session of the browser tab behind `request`: its answers are asked under it
+    (only it may then rate them or vote on them) and its feedback is sent under it."""
     return f"ui-{request.session_hash}" if request is not None and request.session_hash else "ui"
+
+
+def visitor_of(request: gr.Request | None) -> str | None:
+    """The address of the person behind `request`, which the server counts feedback limits by
+    (it believes the demo's key only, which the server made)."""
+    client = getattr(request, "client", None) if request is not None else None
+    return getattr(client, "host", None) or None
 
 
 def sentence(err: APIRequestError) -> str:
@@ -55,6 +63,7 @@ class ChatHandlers:
         history: list[dict[str, str]] | None,
         ids: dict[int, str] | None,
         model: str | None = None,
+        request: gr.Request | None = None,
     ) -> AsyncIterator[tuple[list[dict[str, str]], dict[int, str], str]]:
         """Stream the answer to `instruction` into the chat: yields (history, ids, the
         instruction box's new text) as the answer grows; an error becomes the answer's text.
@@ -76,6 +85,7 @@ class ChatHandlers:
                 top_p=float(top_p),
                 max_new_tokens=int(max_new_tokens),
                 model=model or None,
+                session_id=session_of(request),
             ):
                 ids[answer] = event["id"]
                 if event.get("text"):
@@ -109,7 +119,9 @@ class ChatHandlers:
             return "Only answers that finished can be rated."
         rating = "up" if data.liked is True or data.liked == "Like" else "down"
         try:
-            await self.client.send_rating(generation_id, rating, session_of(request))
+            await self.client.send_rating(
+                generation_id, rating, session_of(request), visitor=visitor_of(request)
+            )
         except APIRequestError as err:
             return f"⚠️ Your rating was not saved: {sentence(err)}"
         return f"Thanks: your {'like' if rating == 'up' else 'dislike'} was saved."
@@ -125,7 +137,11 @@ class ChatHandlers:
         generation_id = ids[max(ids)]
         try:
             await self.client.send_rating(
-                generation_id, "down", session_of(request), flag=FLAGS[choice]
+                generation_id,
+                "down",
+                session_of(request),
+                flag=FLAGS[choice],
+                visitor=visitor_of(request),
             )
         except APIRequestError as err:
             return f"⚠️ Your flag was not saved: {sentence(err)}"

@@ -33,7 +33,7 @@ import gradio as gr
 
 from alpaca_serve.client.api import AsyncAlpacaClient
 from alpaca_serve.client.errors import APIRequestError
-from alpaca_serve.demo.chat import sentence, session_of
+from alpaca_serve.demo.chat import sentence, session_of, visitor_of
 from alpaca_serve.demo.settings import DEFAULT_ARMS, CompareArm, default_arms
 from alpaca_serve.evaluation.comparison import pairwise_feedback
 
@@ -79,7 +79,11 @@ class CompareHandlers:
         texts, ids, failed = ["", ""], [None, None], [False, False]
         queue: asyncio.Queue = asyncio.Queue()
         tasks = [
-            asyncio.create_task(_stream_into(queue, slot, clients[slot], arms[slot], instruction))
+            asyncio.create_task(
+                _stream_into(
+                    queue, slot, clients[slot], arms[slot], instruction, session_of(request)
+                )
+            )
             for slot in range(2)
         ]
         try:
@@ -151,7 +155,9 @@ class CompareHandlers:
             client = self.arm_clients[0]  # both arms' answers are in its store
             labels = state["labels"]
         try:
-            await client.send_comparison(ids, winner, session_of(request))
+            await client.send_comparison(
+                ids, winner, session_of(request), visitor=visitor_of(request)
+            )
         except APIRequestError as err:
             # The state stays, so the same vote can be sent again.
             return *_votes(None), f"⚠️ Your vote was not saved: {sentence(err)}", state
@@ -168,10 +174,15 @@ class CompareHandlers:
 
 
 async def _stream_into(
-    queue: asyncio.Queue, slot: int, client: AsyncAlpacaClient, arm: CompareArm, instruction: str
+    queue: asyncio.Queue,
+    slot: int,
+    client: AsyncAlpacaClient,
+    arm: CompareArm,
+    instruction: str,
+    session_id: str,
 ) -> None:
-    """Put `(slot, event)` for each event of the arm's answer, `(slot, error)` if it fails, and
-    `(slot, None)` at the end."""
+    """Put `(slot, event)` for each event of the arm's answer (asked under the tab's feedback
+    session), `(slot, error)` if it fails, and `(slot, None)` at the end."""
     try:
         async for event in client.stream_generate(
             instruction,
@@ -179,6 +190,7 @@ async def _stream_into(
             top_p=arm.top_p,
             max_new_tokens=arm.max_new_tokens,
             model=arm.model,
+            session_id=session_id,
         ):
             await queue.put((slot, event))
     except APIRequestError as err:

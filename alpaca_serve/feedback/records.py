@@ -37,6 +37,10 @@ class UnknownGenerationError(LookupError):
     """Feedback names a generation id the store has not recorded."""
 
 
+class NotShownError(PermissionError):
+    """Feedback names a generation that was asked under another feedback session."""
+
+
 @dataclass
 class GenerationRecord:
     """One answered request, as kept for feedback and export."""

@@ -51,6 +51,7 @@ from alpaca_serve.feedback.postgres import PostgresBackend
 from alpaca_serve.feedback.records import (
     ComparisonFeedback,
     GenerationRecord,
+    NotShownError,
     RatingFeedback,
     StoreError,
     StoreFullError,
@@ -182,7 +183,7 @@ class FeedbackStore:
         now = time.time()
         details = (fb.rating, _text(fb.comment), _text(fb.flag), _text(fb.preferred_response))
         with self._transaction() as tx:
-            _require_generations(tx, [fb.generation_id])
+            _require_shown(tx, [fb.generation_id], fb.session_id)
             inserted = tx.one(
                 "INSERT INTO ratings (rating, comment, flag, preferred_response, generation_id, "
                 "session_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -206,7 +207,7 @@ class FeedbackStore:
         now = time.time()
         first, second = sorted(fb.generation_ids)
         with self._transaction() as tx:
-            _require_generations(tx, [first, second])
+            _require_shown(tx, [first, second], fb.session_id)
             inserted = tx.one(
                 "INSERT INTO comparisons (winner, voter, generation_a, generation_b, session_id, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -417,15 +418,27 @@ class FeedbackStore:
             ) from err
 
     def delete_session(self, session_id: str) -> dict[str, int]:
-        """Remove everything `session_id` stored (its ratings and its pairwise votes), in one
-        transaction; how many of each were removed. Generations are not a session's: the
-        server's log of what it answered stays."""
+        """Remove everything `session_id` stored, in one transaction: its ratings (with their
+        comments, flags and better answers), its pairwise votes, and the generations asked under
+        it (its prompts and the answers it was shown); how many of each were removed. Answers
+        asked without a session are the server's log, not the session's: they stay."""
         if not session_id.strip():
             raise ValueError("a session id is needed: it must not be empty")
         with self._writing() as tx:
             removed = _session_votes(tx, session_id)
             for table in ("ratings", "comparisons"):
                 tx.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+            # Only that session may give feedback on them, so no other row refers to them; the
+            # NOT IN guards the rule's past (a store written before it).
+            row = tx.one(
+                "SELECT COUNT(*) FROM generations WHERE session_id = ?" + _UNREFERENCED,
+                (session_id,),
+            )
+            assert row is not None  # an aggregate query returns one row
+            tx.execute(
+                "DELETE FROM generations WHERE session_id = ?" + _UNREFERENCED, (session_id,)
+            )
+            removed["generations"] = int(row[0])
         return removed
 
     def exclude_session(
@@ -629,6 +642,14 @@ def _export_page(
     return generations, ratings
 
 
+# Generations no rating or comparison names.
+_UNREFERENCED = (
+    " AND id NOT IN (SELECT generation_id FROM ratings)"
+    " AND id NOT IN (SELECT generation_a FROM comparisons)"
+    " AND id NOT IN (SELECT generation_b FROM comparisons)"
+)
+
+
 def _session_votes(tx: Transaction, session_id: str) -> dict[str, int]:
     """How many ratings and comparisons `session_id` stored."""
     counts = {}
@@ -649,11 +670,27 @@ def _existing_ids(tx: Transaction, ids: Iterable[str]) -> set[str]:
     return found
 
 
-def _require_generations(tx: Transaction, ids: list[str]) -> None:
-    found = _existing_ids(tx, ids)
-    missing = [i for i in ids if i not in found]
-    if missing:
-        raise UnknownGenerationError(f"no generation recorded with id {missing[0]!r}")
+def _require_shown(tx: Transaction, ids: list[str], session_id: str | None) -> None:
+    """Feedback by `session_id` may name only recorded generations (UnknownGenerationError),
+    and of those asked under a session (X-Session-Id) only that session's (NotShownError).
+    Answers asked without a session and imported ones take feedback from any session."""
+    marks = ", ".join("?" * len(ids))
+    shown_to = dict(
+        tx.rows(
+            f"SELECT id, CASE WHEN source = 'served' THEN session_id END FROM generations "
+            f"WHERE id IN ({marks})",
+            ids,
+        )
+    )
+    for generation_id in ids:
+        if generation_id not in shown_to:
+            raise UnknownGenerationError(f"no generation recorded with id {generation_id!r}")
+        owner = shown_to[generation_id]
+        if owner is not None and owner != _text(session_id):
+            raise NotShownError(
+                f"generation {generation_id!r} was shown to another feedback session: only the "
+                "session it was asked under (X-Session-Id) may rate it or vote on it"
+            )
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:

@@ -232,6 +232,21 @@ def caller_of(request: Request) -> ApiKey:
     return caller
 
 
+def client_of(request: Request) -> str:
+    """Who a per-client limit counts a request against: the key's name; for the demo's own key,
+    the visitor it forwards (X-Forwarded-For); with no key configured, the client's address
+    (behind a proxy, the proxy's: set keys there)."""
+    caller = caller_of(request)
+    if caller.forwards_visitors:
+        visitor = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
+        if visitor:
+            return f"visitor:{visitor[:64]}"
+    keys: KeyRing | None = getattr(request.app.state, "keys", None)
+    if keys is not None and keys.configured:
+        return f"key:{caller.name}"
+    return f"address:{request.client.host if request.client else '-'}"
+
+
 def is_admin(request: Request) -> bool:
     """Whether the caller may see folder paths and training arguments: an admin key; with no
     key configured, a caller on this machine (behind a proxy on the same machine, that is

@@ -32,6 +32,7 @@ from alpaca_serve.server.admission import Admission
 from alpaca_serve.server.default_model import ensure_default_model
 from alpaca_serve.server.engine import Engine, SamplingOptions, build_engine
 from alpaca_serve.server.errors import install_error_handlers
+from alpaca_serve.server.feedback_limits import FeedbackLimits
 from alpaca_serve.server.filters import build_filter_chain
 from alpaca_serve.server.keys import ApiKey, KeyRing, split_keys
 from alpaca_serve.server.lifecycle import watch_engine
@@ -85,6 +86,9 @@ def create_app(
         metrics=metrics,
         filters=filters,
         admission=Admission(settings.max_concurrent, settings.max_queue),
+        feedback_limits=FeedbackLimits(
+            settings.feedback_per_session_per_minute, settings.feedback_per_client_per_minute
+        ),
     )
 
     @asynccontextmanager
@@ -141,7 +145,7 @@ def create_app(
     # shown), rate-limited on its own: no configured key is handed to the page's visitors.
     demo_key = secrets.token_urlsafe(32) if keys.configured and mounts_ui else None
     if demo_key is not None:
-        keys = _key_ring(settings, extra={demo_key: ApiKey("demo", "user")})
+        keys = _key_ring(settings, extra={demo_key: ApiKey("demo", "user", forwards_visitors=True)})
     app.state.keys = keys
     open_prefixes = [] if settings.metrics_require_key else ["/metrics"]
     if mounts_ui and not settings.ui_require_key:

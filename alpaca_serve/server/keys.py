@@ -50,6 +50,9 @@ class ApiKey:
 
     name: str
     role: Role
+    # A front end that asks for its visitors (the demo): its X-Forwarded-For is believed, so that
+    # per-client limits count each visitor, not the front end.
+    forwards_visitors: bool = False
 
     @property
     def is_admin(self) -> bool:

@@ -141,6 +141,12 @@ class ServerMetrics:
             ["model_name", "kind"],
             registry=self.registry,
         )
+        self.feedback_refused = Counter(
+            "alpaca_feedback_refused",
+            "Feedback refused for going past a per-session or per-client limit, by limit.",
+            ["model_name", "limit"],
+            registry=self.registry,
+        )
         self.admin_actions = Counter(
             "alpaca_admin_actions",
             "Admin actions done (the audit trail), by action and the key's name.",
@@ -189,6 +195,9 @@ class ServerMetrics:
         self.filter_failures.labels(
             model_name=self._model_name, filter=filter, hook=hook, kind=kind
         ).inc()
+
+    def count_feedback_refused(self, limit: str) -> None:
+        self.feedback_refused.labels(model_name=self._model_name, limit=limit).inc()
 
     def count_admin_action(self, action: str, key: str) -> None:
         self.admin_actions.labels(model_name=self._model_name, action=action, key=key).inc()

@@ -59,6 +59,7 @@ from alpaca_serve.server.engine import (
 from alpaca_serve.server.filters import FilterChain, FilterInput, FilterOutcome, Verdict
 from alpaca_serve.server.json_schemas import SchemaBounds, SchemaRefused, check_json_schema
 from alpaca_serve.server.metrics import ModelMetrics, ServerMetrics
+from alpaca_serve.server.request_context import session_id_var
 from alpaca_serve.server.schemas import GenerateRequest
 from alpaca_serve.server.settings import ServerSettings
 from alpaca_serve.server.stop_strings import StopMatcher
@@ -242,6 +243,7 @@ class Pipeline:
             raise
         # Used only when there is an adapter, which was resolved from it: then not None.
         registry = cast(AdapterRegistry, self.adapters)
+        session = session_id_var.get()  # the request's X-Session-Id: its answers are shown to it
         generations = []
         for index, (request_id, ticket) in enumerate(zip(request_ids, tickets, strict=True)):
             choice_options = options
@@ -257,7 +259,7 @@ class Pipeline:
                 request_id,
                 arrival,
                 filters=self.filters,
-                on_finish=lambda done: self.record(_generation_record(done, body, prompt)),
+                on_finish=lambda done: self.record(_generation_record(done, body, prompt, session)),
                 deadline=deadline,
                 stop_event=self.stop_event,
                 ticket=ticket,
@@ -663,10 +665,10 @@ def _structured_param(options: SamplingOptions) -> str:
 
 
 def _generation_record(
-    generation: Generation, body: GenerateRequest, prompt: str
+    generation: Generation, body: GenerateRequest, prompt: str, session_id: str | None
 ) -> GenerationRecord:
     """Step 6: what the generation log keeps of a finished generation (never the client's
-    address)."""
+    address): the feedback session it was shown to among it."""
     options = generation.options
     return GenerationRecord(
         id=generation.request_id,
@@ -691,6 +693,7 @@ def _generation_record(
         completion_tokens=generation.completion_tokens,
         latency_s=generation.latency_s,
         filter_verdicts=[outcome.as_record() for outcome in generation.filter_outcomes],
+        session_id=session_id,
     )
 
 

@@ -22,8 +22,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from alpaca_serve.core.asgi_errors import send_json_error
 
 REQUEST_ID_HEADER = "X-Request-Id"
+SESSION_HEADER = "X-Session-Id"  # the feedback session a request's answers are shown to
+MAX_SESSION_CHARS = 128
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+# The request's feedback session (X-Session-Id, 1-128 characters), or None: its answers are
+# recorded as shown to it, and only it may rate them or vote on them.
+session_id_var: ContextVar[str | None] = ContextVar("session_id", default=None)
 log = logging.getLogger("alpaca.server")
 # One JSON line per request: id, route, status, timings, token counts. Never the prompt, the
 # answer or the client's address.
@@ -73,6 +78,11 @@ class RequestContextMiddleware:
         state["generation_id"] = generation_id  # the id a generation of this request gets
         state["arrival"] = arrival = time.perf_counter()
         token = request_id_var.set(request_id)
+        session = dict(scope.get("headers", ())).get(SESSION_HEADER.lower().encode())
+        session_id = session.decode("latin-1").strip() if session is not None else ""
+        session_token = session_id_var.set(
+            session_id if 0 < len(session_id) <= MAX_SESSION_CHARS else None
+        )
         started = False
         status = 500
 
@@ -104,6 +114,7 @@ class RequestContextMiddleware:
                     )
                 )
             request_id_var.reset(token)
+            session_id_var.reset(session_token)
 
 
 def _access_record(request_id: str, scope: Scope, status: int, seconds: float) -> dict:

@@ -17,6 +17,7 @@ from alpaca_serve.server.adapters import AdapterRegistry
 from alpaca_serve.server.admission import Admission
 from alpaca_serve.server.engine import Engine
 from alpaca_serve.server.errors import APIError
+from alpaca_serve.server.feedback_limits import FeedbackLimits
 from alpaca_serve.server.filters import FilterChain
 from alpaca_serve.server.metrics import ServerMetrics
 from alpaca_serve.server.pipeline import Pipeline
@@ -32,6 +33,7 @@ class Runtime:
     metrics: ServerMetrics
     filters: FilterChain = field(default_factory=lambda: FilterChain([]))
     admission: Admission = field(default_factory=lambda: Admission(64, 256))
+    feedback_limits: FeedbackLimits = field(default_factory=lambda: FeedbackLimits(0, 0))
     engine: Engine | None = None
     # The served model folder, once known (the default model's after its conversion); /info
     # reads where the model came from and its prompt template from the markers in it.

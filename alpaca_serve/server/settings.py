@@ -237,6 +237,20 @@ class ServerSettings(BaseSettings):
     rate_limit_per_minute: int | None = Field(
         default=None, ge=1, description="requests a minute allowed per API key (bursts up to that)"
     )
+    feedback_per_session_per_minute: int = Field(
+        default=30,
+        ge=0,
+        description="POST /feedback calls a minute per feedback session (bursts up to that; 429 "
+        "with Retry-After past it); admin keys (and local callers when no key is set) are not "
+        "limited; 0: no limit",
+    )
+    feedback_per_client_per_minute: int = Field(
+        default=120,
+        ge=0,
+        description="POST /feedback calls a minute per client: per API key, per visitor of the "
+        "demo, per address when no key is set (behind a proxy, the proxy's); admin keys and "
+        "local callers without keys are not limited; 0: no limit",
+    )
     cors_origins: str | None = Field(
         default=None,
         description="comma-separated origins allowed to call the API from a browser; `*` for "

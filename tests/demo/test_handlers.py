@@ -94,21 +94,23 @@ def test_an_empty_instruction_sends_nothing(chat):
 
 
 def test_a_like_and_a_flag_are_saved_and_reported(chat, tiny_server):
-    *_, (history, ids, _) = collect(chat.respond("Say hello.", "", 0.1, 0.75, 8, [], {}))
+    tab = browser_tab()
+    *_, (history, ids, _) = collect(chat.respond("Say hello.", "", 0.1, 0.75, 8, [], {}, None, tab))
     model = tiny_server.client.get("/info").json()["model"]
     before = summary(tiny_server)["models"].get(model, {"up": 0, "down": 0, "flags": {}})
-    tab = browser_tab()
 
     liked_status = run(chat.on_like(ids, liked(1), tab))
-    disliked_status = run(chat.on_like(ids, liked(1, like=False), browser_tab()))
+    stranger_status = run(chat.on_like(ids, liked(1, like=False), browser_tab()))
     flagged_status = run(chat.on_flag("false information", ids, tab))
 
     assert liked_status == "Thanks: your like was saved."
-    assert disliked_status == "Thanks: your dislike was saved."
+    # The answer was asked in `tab`: another tab (a script making up sessions) cannot rate it.
+    assert stranger_status.startswith("⚠️ Your rating was not saved")
+    assert "shown to another feedback session" in stranger_status
     assert flagged_status == "Thanks: the last answer was flagged as false information."
     after = summary(tiny_server)["models"][model]
     # The flag replaced the same tab's like: one rating per browser tab and answer.
-    assert (after["up"], after["down"]) == (before["up"], before["down"] + 2)
+    assert (after["up"], after["down"]) == (before["up"], before["down"] + 1)
     assert after["flags"]["incorrect"] == before["flags"].get("incorrect", 0) + 1
 
 
@@ -125,14 +127,14 @@ def test_rating_or_flagging_without_a_finished_answer_says_so(chat):
 def test_compare_yields_two_answers_enables_the_votes_and_a_vote_reveals_the_sources(
     compare, tiny_server
 ):
-    seen = collect(compare.compare("Write a short poem.", browser_tab()))
+    tab = browser_tab()
+    seen = collect(compare.compare("Write a short poem.", tab))
 
     answer_a, answer_b, *votes, message, state = seen[-1]
     assert answer_a.strip() and answer_b.strip()
     assert interactive(votes) == [True] * 4 and message == ASK_FOR_VOTE
     assert all(interactive(update[2:6]) == [False] * 4 for update in seen[:-1])
     assert sorted(state["labels"]) == sorted(arm.label for arm in DEFAULT_ARMS)
-    tab = browser_tab()
 
     *votes, reveal, state_after = run(compare.vote("b", state, tab))
 

@@ -184,37 +184,41 @@ def test_a_postgresql_store_is_backed_up_with_pg_dump_and_restored_with_pg_resto
         assert [row["rating"] for row in store.export_rows()] == ["up"]
 
 
-def test_deleting_a_session_removes_its_ratings_and_votes_and_nothing_else(
+def test_deleting_a_session_removes_its_ratings_votes_and_prompts_and_nothing_else(
     tmp_path, capsys, database_url
 ):
     from alpaca_serve.feedback.records import ComparisonFeedback
 
-    records = [
-        GenerationRecord(
-            *(f"gen-{n}", float(n), "m", {}, "Say hi.", "", "p", f"Hi {n}.", "stop", 3, 1, 0.1, [])
-        )
-        for n in range(3)
-    ]
+    def answer(name: str, session: str | None = None) -> GenerationRecord:
+        fields = (name, 1.0, "m", {}, "Say hi.", "", "p", f"Hi {name}.", "stop", 3, 1, 0.1, [])
+        return GenerationRecord(*fields, session_id=session)
+
+    records = [answer(f"gen-{n}") for n in range(3)]
+    records += [answer("asked-by-alice", "alice"), answer("asked-by-bob", "bob")]
     with open_store(database_url) as store:
         store.record_generations(records)
         for session in ("alice", "bob"):
             store.save_rating(RatingFeedback("gen-0", "up", session, comment=f"{session} here"))
             store.save_rating(RatingFeedback("gen-1", "down", session, flag="incorrect"))
             store.save_comparison(ComparisonFeedback(("gen-0", "gen-1"), "gen-0", session))
+            store.save_rating(RatingFeedback(f"asked-by-{session}", "up", session))
         store.save_comparison(ComparisonFeedback(("gen-1", "gen-2"), "tie", "alice", "human"))
 
     status, line = export(capsys, "--database", database_url, "--delete-session", "alice")
 
     assert status == 0, line
-    assert line.startswith("alpaca-export: deleted 2 ratings, 2 comparisons of session 'alice' ")
+    assert line.startswith(
+        "alpaca-export: deleted 3 ratings, 2 comparisons, 1 generations of session 'alice' "
+    )
     with open_store(database_url) as store:
         rows = list(store.export_rows())
         assert {row["comment"] for row in rows if row["comment"]} == {"bob here"}
-        assert len(rows) == 2  # bob's two ratings
+        assert len(rows) == 3  # bob's three ratings
         assert [vote["session_id"] for vote in store.list_comparisons()] == ["bob"]
-        assert len(store.generations_by_id(["gen-0", "gen-1", "gen-2"])) == 3
+        kept = store.generations_by_id([record.id for record in records])
+        assert sorted(kept) == ["asked-by-bob", "gen-0", "gen-1", "gen-2"]  # alice's prompt: gone
     status, line = export(capsys, "--database", database_url, "--delete-session", "alice")
-    assert status == 0 and "deleted 0 ratings, 0 comparisons" in line
+    assert status == 0 and "deleted 0 ratings, 0 comparisons, 0 generations" in line
     status, line = export(capsys, "--database", database_url, "--delete-session", " ")
     assert (
         status == 2 and line == "alpaca-export: error: a session id is needed: it must not be empty"

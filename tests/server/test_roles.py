@@ -168,12 +168,20 @@ def test_admin_actions_are_audited_by_the_keys_name_never_the_key(keyed):
     )
     assert imported.status_code == 201
     wait_for(lambda: keyed.client.get("/info", headers=as_(FILE_ADMIN)).status_code == 200, 5)
+    asked = keyed.client.post(
+        "/generate",
+        json={"instruction": "Where do I live?", "max_new_tokens": 2},
+        headers={**as_(USER), "X-Session-Id": "ui-someone"},
+    ).json()["id"]
+    rated = {"generation_id": asked, "rating": "down", "session_id": "ui-someone"}
+    assert keyed.client.post("/feedback", json=rated, headers=as_(USER)).status_code == 201
     deleted = keyed.client.delete("/admin/sessions/ui-someone", headers=as_(FILE_ADMIN))
     assert deleted.status_code == 200
     assert deleted.json() == {
         "session_id": "ui-someone",
-        "deleted": {"ratings": 0, "comparisons": 0},
+        "deleted": {"ratings": 1, "comparisons": 0, "generations": 1},
     }
+    assert keyed.client.post("/feedback", json=rated, headers=as_(USER)).status_code == 404
     log = keyed.log_text()
     assert 'audit: generations.import by operator (admin) model="elsewhere" answers=1' in log
     assert 'audit: sessions.delete by operator (admin) session_id="ui-someone"' in log

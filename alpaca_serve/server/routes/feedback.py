@@ -5,9 +5,10 @@ automatic judge), `GET /feedback/summary`, `GET /feedback/comparisons` and
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Query
+from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,11 +17,13 @@ from alpaca_serve.feedback import (
     COMPARISON_OUTCOMES,
     COMPARISON_PAGE_LIMIT,
     ComparisonFeedback,
+    NotShownError,
     RatingFeedback,
     StoreError,
     UnknownGenerationError,
 )
 from alpaca_serve.feedback.leaderboard import DEFAULT_ROUNDS, MAX_ROUNDS, compute_leaderboard
+from alpaca_serve.server.access import caller_of, client_of
 from alpaca_serve.server.errors import APIError, invalid
 from alpaca_serve.server.runtime import Runtime, RuntimeDep, store_error
 from alpaca_serve.server.schemas import BODY_ERRORS, error_doc
@@ -129,13 +132,16 @@ class LeaderboardResponse(BaseModel):
     responses={
         **BODY_ERRORS,
         200: {"model": FeedbackSaved, "description": "an earlier rating by this session updated"},
+        403: error_doc("a generation was asked under another feedback session"),
         404: error_doc("no such generation"),
+        429: error_doc("past the feedback limit of this session or client (see Retry-After)"),
         422: error_doc("a field is invalid"),
         503: error_doc("the feedback store is unavailable; nothing was saved"),
         507: error_doc("the feedback store is out of space (a full disk); nothing was saved"),
     },
 )
 async def post_feedback(
+    http: Request,
     runtime: RuntimeDep,
     payload: Annotated[dict[str, Any], Body(description="a rating or a comparison")],
     x_session_id: Annotated[str | None, Header(max_length=MAX_ID_CHARS)] = None,
@@ -143,9 +149,13 @@ async def post_feedback(
     """Record feedback; 201 only once it is durably committed (507 when the store has no room).
 
     The session (`session_id`, or the `X-Session-Id` header) makes a second rating of the same
-    answer update the first instead of adding one.
+    answer update the first instead of adding one. An answer asked under a session (its
+    request's X-Session-Id, as the demo asks) takes feedback from that session only (403 from
+    another). Feedback is limited per session and per client (429 with Retry-After), but from
+    an admin key.
     """
     feedback: ComparisonFeedback | RatingFeedback
+    _check_limits(http, runtime, payload.get("session_id") or x_session_id)
     if "generation_ids" in payload:
         request = _parse(ComparisonRequest, payload)
         first, second = request.generation_ids
@@ -230,6 +240,31 @@ async def feedback_leaderboard(
     return LeaderboardResponse.model_validate(board.as_dict())
 
 
+def _check_limits(request: Request, runtime: Runtime, session_id: Any) -> None:
+    """429 with Retry-After for a session or a client past its feedback limit (not an admin)."""
+    if caller_of(request).is_admin:
+        return
+    session = session_id if isinstance(session_id, str) else None
+    refused = runtime.feedback_limits.take(session, client_of(request))
+    if refused is None:
+        return
+    which, wait_s = refused
+    runtime.metrics.count_feedback_refused(which)
+    settings = runtime.settings
+    limit = (
+        settings.feedback_per_session_per_minute
+        if which == "session"
+        else settings.feedback_per_client_per_minute
+    )
+    raise APIError(
+        429,
+        f"this {which} has given {limit} feedbacks in the last minute, this server's limit "
+        f"(ALPACA_FEEDBACK_PER_{which.upper()}_PER_MINUTE); retry later",
+        "rate_limited",
+        headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+    )
+
+
 def _parse(model: type[BaseModel], payload: dict[str, Any]):
     try:
         return model.model_validate(payload)
@@ -249,5 +284,8 @@ async def _save(runtime: Runtime, save, feedback) -> tuple[int, bool]:
     except UnknownGenerationError as err:
         param = "generation_ids" if isinstance(feedback, ComparisonFeedback) else "generation_id"
         raise APIError(404, str(err), "not_found", param) from err
+    except NotShownError as err:
+        param = "generation_ids" if isinstance(feedback, ComparisonFeedback) else "generation_id"
+        raise APIError(403, str(err), "forbidden", param) from err
     except StoreError as err:
         raise store_error(err) from err

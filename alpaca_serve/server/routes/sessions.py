@@ -37,9 +37,13 @@ class VoteCounts(BaseModel):
     comparisons: int
 
 
+class DeletedCounts(VoteCounts):
+    generations: int = Field(description="answers asked under the session, with their prompts")
+
+
 class Deleted(BaseModel):
     session_id: str
-    deleted: VoteCounts = Field(description="what was removed")
+    deleted: DeletedCounts = Field(description="what was removed")
 
 
 class ExcludeRequest(BaseModel):
@@ -71,11 +75,12 @@ class ExcludedList(BaseModel):
 @router.delete("/{session_id}", response_model=Deleted, responses=ADMIN_ERRORS)
 async def delete_session(request: Request, runtime: RuntimeDep, session_id: SessionId) -> Deleted:
     """Remove everything the session stored (its ratings, with their comments, flags and
-    better answers, and its votes), in one transaction; how many of each."""
+    better answers, its votes, and the answers asked under it with their prompts), in one
+    transaction; how many of each."""
     assert runtime.store is not None  # opened by the lifespan before any request
     removed = await runtime.in_store(runtime.store.delete_session, session_id)
     audit(request, "sessions.delete", session_id=session_id, **removed)
-    return Deleted(session_id=session_id, deleted=VoteCounts(**removed))
+    return Deleted(session_id=session_id, deleted=DeletedCounts(**removed))
 
 
 @router.post(
