@@ -379,7 +379,8 @@ class AlpacaClient(_ClientBase):
         return self._call(_SUMMARY)
 
     def comparisons_page(self, after: int = 0, limit: int | None = None) -> dict[str, Any]:
-        """`GET /feedback/comparisons`: `{"comparisons": [...], "next_after"}`."""
+        """`GET /feedback/comparisons`: `{"comparisons": [...], "next_after", "excluded_votes",
+        "excluded_sessions"}` (votes of excluded sessions are not listed, only counted)."""
         return self._call(_comparisons_page(after, limit))
 
     def leaderboard(

@@ -59,6 +59,8 @@ class LeaderboardHandlers:
             status += (
                 f" ({_votes(board['same_model_votes'])} between two answers of one model left out)"
             )
+        if board.get("excluded_votes"):  # absent from a server older than exclusion
+            status += f"; {_votes(board['excluded_votes'])} of excluded sessions left out"
         status += "."
         if board["message"]:
             status += f" Note: {board['message']}."

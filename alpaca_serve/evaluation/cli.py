@@ -22,7 +22,9 @@ Usage:
 
 Votes live in the feedback store of the server the comparison was built against (its URL is in
 the comparison file; `--server-url` overrides it): `compare` imports the answers that server did
-not give, `vote` and `judge` send votes to it, and `report` reads them back.
+not give, `vote` and `judge` send votes to it, and `report` reads them back. The votes of excluded
+sessions (`alpaca-export --exclude-session`) are left out of `report`, `annotations`,
+`agreement` and `leaderboard`, each of which says how many.
 
 Every subcommand has `--help`. Errors are one line, `alpaca-eval SUBCOMMAND: error: ...`, with
 a non-zero exit status.
@@ -61,6 +63,7 @@ from alpaca_serve.evaluation.comparison import (
     attach_generation_ids,
     build_comparison,
     cast_vote,
+    excluded_in_store,
     find_pair,
     judge_comparison,
     load_comparison,
@@ -75,7 +78,12 @@ from alpaca_serve.evaluation.reference_judge import (
     judge_session,
     reference_answers,
 )
-from alpaca_serve.evaluation.report import format_report, tally_votes, write_chart
+from alpaca_serve.evaluation.report import (
+    format_exclusions,
+    format_report,
+    tally_votes,
+    write_chart,
+)
 from alpaca_serve.feedback.leaderboard import DEFAULT_ROUNDS, MAX_ROUNDS
 
 # The Alpaca evaluation set (user-oriented self-instruct instructions) and the reference side of
@@ -625,7 +633,10 @@ def run_agreement(args: argparse.Namespace) -> None:
     comparison = load_comparison(args.comparison)
     with _open_store(args, comparison) as store:
         votes = votes_in_store(store, comparison)
+        excluded = excluded_in_store(store)
     print(format_agreement(judge_agreement(votes)))
+    if excluded[0]:
+        print(f"\n{format_exclusions(*excluded)}")
 
 
 def run_report(args: argparse.Namespace) -> None:
@@ -636,6 +647,7 @@ def run_report(args: argparse.Namespace) -> None:
     comparison = load_comparison(args.comparison)
     with _open_store(args, comparison) as store:
         votes = votes_in_store(store, comparison)
+        excluded_votes, excluded_sessions = excluded_in_store(store)
     if args.judge is not None:
         votes = [vote for vote in votes if vote.voter == "human" or vote.session_id == args.judge]
     judges = sorted({vote.session_id for vote in votes if vote.voter == "machine"})
@@ -650,10 +662,13 @@ def run_report(args: argparse.Namespace) -> None:
     machine_left_out = sum(1 for vote in votes if vote.voter == "machine")
     if not args.include_machine and machine_left_out:
         print(f"\n({machine_left_out} machine votes not shown; add --include-machine)")
+    if excluded_votes:
+        print(f"\n{format_exclusions(excluded_votes, excluded_sessions)}")
     if args.json is not None:
         summary = {
             "labels": comparison["labels"],
             **{voter: tally.as_dict() for voter, tally in tallies.items()},
+            "excluded": {"votes": excluded_votes, "sessions": excluded_sessions},
         }
         args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     if args.chart is not None:
@@ -665,12 +680,14 @@ def run_annotations(args: argparse.Namespace) -> None:
     comparison = load_comparison(args.comparison)
     with _open_store(args, comparison) as store:
         votes = votes_in_store(store, comparison)
+        excluded = excluded_in_store(store)
     machine = [vote for vote in votes if vote.voter == "machine"]
     chosen = votes if args.include_machine else [vote for vote in votes if vote.voter == "human"]
     if not chosen:
         raise EvaluationError(
             f"no votes of people on the pairs of {args.comparison}"
             + (f" ({len(machine)} machine votes: add --include-machine)" if machine else "")
+            + (f" {format_exclusions(*excluded)}" if excluded[0] else "")
         )
     annotations = vote_annotations(comparison, chosen)
     write_json_list(args.out, annotations)
@@ -694,6 +711,8 @@ def run_annotations(args: argparse.Namespace) -> None:
     )
     if not args.include_machine and machine:
         print(f"({len(machine)} machine votes left out; add --include-machine)")
+    if excluded[0]:
+        print(format_exclusions(*excluded))
 
 
 def run_leaderboard(args: argparse.Namespace) -> None:
@@ -737,13 +756,16 @@ def _boards_from_store(args: argparse.Namespace, voters: list[str]) -> dict[str,
         if not path.is_file():  # opening would create an empty store
             raise EvaluationError(f"no feedback store at {path}")
         url = f"sqlite:///{path.resolve()}"
+    excluded: Counter = Counter()  # votes of excluded sessions, by voter
     try:
         with open_store(url) as store:
-            battles = store.battles()
+            battles = store.battles(excluded=excluded)
     except (StoreError, ValueError) as err:
         raise EvaluationError(f"--database: {' '.join(str(err).split())}") from err
     return {
-        voter: compute_leaderboard(battles, voter, args.rounds, args.seed).as_dict()
+        voter: compute_leaderboard(
+            battles, voter, args.rounds, args.seed, excluded[voter]
+        ).as_dict()
         for voter in voters
     }
 

@@ -9,6 +9,7 @@ Usage:
         pair = find_pair(comparison, "pair-000")
         cast_vote(store, pair, Vote("pair-000", "left", "human", "alice"))
         votes = votes_in_store(store, comparison)
+        left_out, sessions = excluded_in_store(store)  # excluded sessions' votes, not listed
     judged = judge_comparison(comparison, "http://127.0.0.1:8001", "http://127.0.0.1:8000")
 
 A comparison file is `{"labels": [label_a, label_b], "seed", "server_url", "pairs": [{"pair_id",
@@ -21,7 +22,8 @@ from.
 Votes live in the server's feedback store, as pairwise feedback on the generation ids of the two
 sides, written and read through `alpaca_serve.client.api.AlpacaClient`. Answers the server did not
 give itself (another model's file) are imported into the store first, so every side has an id
-there. A session voting again on a pair replaces its earlier vote.
+there. A session voting again on a pair replaces its earlier vote. The store leaves the votes of
+excluded sessions out of what it lists (`excluded_in_store` says how many there are).
 
 The automatic judge (`judge_comparison`) asks several pairs at once, sends each pair's vote to the
 store as soon as it is decided, and skips the pairs its session has already voted on, so a run
@@ -235,6 +237,14 @@ def votes_in_store(store: AlpacaClient, comparison: dict[str, Any]) -> list[Vote
             )
         )
     return votes
+
+
+def excluded_in_store(store: AlpacaClient) -> tuple[int, int]:
+    """(votes, sessions): how many votes the store leaves out of every listing because their
+    session is excluded, on any pair, and how many sessions are excluded; (0, 0) from a server
+    older than exclusion."""
+    page = store.comparisons_page(limit=1)
+    return page.get("excluded_votes", 0), page.get("excluded_sessions", 0)
 
 
 @dataclass

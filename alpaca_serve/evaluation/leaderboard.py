@@ -9,7 +9,8 @@ Usage:
 A board is what `GET /feedback/leaderboard` answers: the server computes it from all the votes in
 its feedback store (`alpaca_serve.feedback.leaderboard`: Bradley-Terry scores on Chatbot Arena's
 Elo-like scale, bootstrap 95% intervals, vote counts). People's and an automatic judge's votes
-make separate boards, never one.
+make separate boards, never one. Votes of excluded sessions are not on a board; its first line
+says how many were left out.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def _votes_line(board: dict[str, Any]) -> str:
     text = f"{board['votes']} votes between two models"
     if board["same_model_votes"]:
         text += f" ({board['same_model_votes']} of a model against itself left out)"
+    excluded = board.get("excluded_votes", 0)  # absent from a server older than exclusion
+    if excluded:
+        text += f"; left out {excluded} vote{'' if excluded == 1 else 's'} of excluded sessions"
     if board["rounds"]:
         text += f"; 95% intervals from {board['rounds']} bootstrap rounds, seed {board['seed']}"
     return text

@@ -4,12 +4,14 @@ Usage:
     comparison = load_comparison(Path("comparison.json"))
     tally = tally_votes(comparison, votes_in_store(store, comparison), voter="human")
     print(format_report(comparison, {"human": tally}))
+    print(format_exclusions(*excluded_in_store(store)))   # "" when the store excludes nothing
     write_chart(Path("report.png"), comparison, {"human": tally})
     low, high = wilson_interval(9, 16)          # 95% Wilson score interval of 9 wins in 16
 
 Each vote counts once (the feedback store keeps a session's latest vote on a pair). The win
 rate of A is taken over decided votes (A or B won); ties and "both bad" are shown beside it.
-Human and machine (automatic judge) votes are never mixed.
+Human and machine (automatic judge) votes are never mixed. Votes of excluded sessions never
+reach a tally (the store does not list them); `format_exclusions` says how many were left out.
 """
 
 from __future__ import annotations
@@ -83,6 +85,17 @@ def tally_votes(comparison: dict[str, Any], votes: list[Vote], voter: str) -> Ta
         category = pair.get("motivation_app") or NO_CATEGORY
         tally.by_category.setdefault(category, Counter())[outcome] += 1
     return tally
+
+
+def format_exclusions(votes: int, sessions: int) -> str:
+    """The line that says how many votes of excluded sessions the store left out; "" for none."""
+    if not votes:
+        return ""
+    return (
+        f"(left out {votes} vote{'' if votes == 1 else 's'} of {sessions} excluded "
+        f"session{'' if sessions == 1 else 's'}, on any pair of the feedback store; "
+        "GET /admin/sessions/excluded or alpaca-export --list-excluded lists them)"
+    )
 
 
 def format_report(

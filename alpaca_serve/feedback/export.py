@@ -12,6 +12,9 @@ Usage:
     alpaca-export --backup /backups/alpaca.sqlite3           # a SQLite store, while it is used
     alpaca-export --data-dir /srv/new --restore /backups/alpaca.sqlite3   # into an empty store
     alpaca-export --delete-session ui-3f9a...                # a person's ratings and votes, gone
+    alpaca-export --exclude-session ui-77d0... --reason "one script, 400 votes"   # left out
+    alpaca-export --include-session ui-77d0...               # counted again
+    alpaca-export --list-excluded                            # JSON lines, one per session
     alpaca-export --purge-older-than 30                      # retention: old prompts and answers
 
 Without --database or --data-dir it reads the store the server uses, through the server's own
@@ -34,7 +37,8 @@ What is kept and why: alpaca_serve/feedback/training_data.py.
 For sft, dpo and kto the summary on standard error counts what was kept and left out, by reason.
 Generations sent as raw prompts are left out: they have no instruction. So are generations
 purged by retention (--purge-older-than, ALPACA_LOG_RETENTION_DAYS): their text is gone; the
-summary counts them.
+summary counts them. So are the ratings and votes of excluded sessions (--exclude-session, or
+POST /admin/sessions/ID/exclude): kept in the store, left out of every export, and counted.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from alpaca_serve.feedback.settings import StoreSettings, database_location
 from alpaca_serve.feedback.store import (
     DATABASE_FILENAME,
     DEFAULT_DATA_DIR,
+    MAX_REASON_CHARS,
     SECONDS_PER_DAY,
     FeedbackStore,
     open_store,
@@ -146,14 +151,37 @@ def build_parser() -> argparse.ArgumentParser:
         "do hourly), for a stopped server or a cron job; their ratings and votes stay, so "
         "counts and leaderboards do not change; prints how many were purged",
     )
+    copies.add_argument(
+        "--exclude-session",
+        metavar="ID",
+        help="instead of exporting, leave session ID's ratings and votes out of every summary, "
+        "leaderboard, report and export from now on (a script stuffed them); they stay stored "
+        "and --include-session counts them again; prints how many are left out",
+    )
+    copies.add_argument(
+        "--include-session",
+        metavar="ID",
+        help="instead of exporting, count an excluded session's ratings and votes again",
+    )
+    copies.add_argument(
+        "--list-excluded",
+        action="store_true",
+        help="instead of exporting, write every excluded session as a JSON line (session_id, "
+        "reason, excluded_by, created_at, ratings, comparisons) to standard output",
+    )
+    parser.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help=f"with --exclude-session: why, kept with the exclusion (at most {MAX_REASON_CHARS} "
+        "characters)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    maintenance = (args.backup, args.restore, args.delete_session, args.purge_older_than)
-    if any(option is not None for option in maintenance):
+    if _maintenance(args) is not None:
         return copy_store(args)
     try:
         check_options(args)
@@ -186,35 +214,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def copy_store(args: argparse.Namespace) -> int:
-    """--backup, --restore, --delete-session or --purge-older-than: the whole store copied out
-    or back in, one session's records removed, or old generations' text purged; one line
-    saying what."""
+    """--backup, --restore, --delete-session, --purge-older-than, --exclude-session,
+    --include-session or --list-excluded: the whole store copied out or back in, one session's
+    records removed, old generations' text purged, a session left out or counted again, or the
+    excluded sessions listed; one line saying what."""
     try:
         used = [flag for flag, on in _export_options(args).items() if on]
         if used:
-            raise ValueError(
-                f"{used[0]} is for exports, not --backup, --restore, --delete-session or "
-                "--purge-older-than"
-            )
+            raise ValueError(f"{used[0]} is for exports, not {_maintenance(args)}")
+        check_exclusion(args)
         days = None if args.purge_older_than is None else retention_days(args.purge_older_than)
         url, data_dir = database_location(args.database, args.data_dir, StoreSettings())
+        if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
+            if args.restore is None:  # opening would create an empty store
+                purpose = " to back up" if args.backup is not None else ""
+                raise StoreError(f"no database at {data_dir / DATABASE_FILENAME}{purpose}")
         if args.backup is not None:
-            if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
-                raise StoreError(f"no database at {data_dir / DATABASE_FILENAME} to back up")
             with open_store(url) as store:
                 counts = backup_sqlite(store, args.backup)
                 line = f"backed up {_described(counts)} from {store.backend.description} to "
                 line += str(args.backup)
         elif args.delete_session is not None:
-            if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
-                raise StoreError(f"no database at {data_dir / DATABASE_FILENAME}")
             with open_store(url) as store:
                 counts = store.delete_session(args.delete_session)
                 line = f"deleted {_described(counts)} of session {args.delete_session!r} from "
                 line += store.backend.description
+        elif args.exclude_session is not None or args.include_session is not None:
+            with open_store(url) as store:
+                line = change_exclusion(store, args)
+        elif args.list_excluded:
+            with open_store(url) as store:
+                sessions = store.excluded_sessions()
+                cast(io.TextIOWrapper, sys.stdout).reconfigure(encoding="utf-8")
+                write_rows(sessions, sys.stdout)
+                line = f"{_plural(len(sessions), 'excluded session')} in "
+                line += store.backend.description
         elif days is not None:
-            if data_dir is not None and not (data_dir / DATABASE_FILENAME).is_file():
-                raise StoreError(f"no database at {data_dir / DATABASE_FILENAME}")
             before = time.time() - days * SECONDS_PER_DAY
             cutoff = datetime.fromtimestamp(before, timezone.utc).isoformat(timespec="seconds")
             with open_store(url) as store:
@@ -233,6 +268,41 @@ def copy_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_exclusion(args: argparse.Namespace) -> None:
+    """Refuse, before the store is opened, what --exclude-session, --include-session and
+    --reason cannot do."""
+    if args.reason is not None and args.exclude_session is None:
+        raise ValueError(f"--reason goes with --exclude-session, not {_maintenance(args)}")
+    if args.reason is not None and len(args.reason) > MAX_REASON_CHARS:
+        raise ValueError(
+            f"--reason takes at most {MAX_REASON_CHARS} characters, got {len(args.reason)}"
+        )
+    for session in (args.exclude_session, args.include_session):
+        if session is not None and not session.strip():
+            raise ValueError("a session id is needed: it must not be empty")
+
+
+def change_exclusion(store: FeedbackStore, args: argparse.Namespace) -> str:
+    """--exclude-session or --include-session on `store`; the line that says what changed."""
+    if args.exclude_session is not None:
+        session = args.exclude_session
+        created, counts = store.exclude_session(session, args.reason, "alpaca-export")
+        state = "excluded" if created else "already excluded"
+        return (
+            f"session {session!r} {state}: {_described(counts)} left out of every count and "
+            f"export in {store.backend.description}"
+        )
+    session = args.include_session
+    was_excluded = store.include_session(session)
+    counts = store.session_votes(session)
+    if not was_excluded:
+        return (
+            f"session {session!r} was not excluded: nothing changed in "
+            f"{store.backend.description} ({_described(counts)} counted)"
+        )
+    return f"session {session!r} counted again: {_described(counts)} in {store.backend.description}"
+
+
 def retention_days(text: str) -> float:
     """--purge-older-than's DAYS as a number; ValueError, in words, for anything but a positive,
     finite number of days."""
@@ -245,6 +315,25 @@ def retention_days(text: str) -> float:
             f"--purge-older-than takes a positive number of days (such as 30), got {text!r}"
         )
     return days
+
+
+def _maintenance(args: argparse.Namespace) -> str | None:
+    """The store-maintenance option given instead of an export (they exclude each other), or
+    None for an export."""
+    chosen = {
+        "--backup": args.backup is not None,
+        "--restore": args.restore is not None,
+        "--delete-session": args.delete_session is not None,
+        "--purge-older-than": args.purge_older_than is not None,
+        "--exclude-session": args.exclude_session is not None,
+        "--include-session": args.include_session is not None,
+        "--list-excluded": args.list_excluded,
+    }
+    return next((flag for flag, on in chosen.items() if on), None)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _export_options(args: argparse.Namespace) -> dict[str, bool]:
@@ -262,6 +351,8 @@ def _described(counts: dict[str, int]) -> str:
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse options that do not go with the chosen format."""
+    if args.reason is not None:
+        raise ValueError("--reason goes with --exclude-session")
     if args.include_unrated and args.format != "feedback":
         raise ValueError(f"--include-unrated goes with --format feedback, not {args.format}")
     if args.include_machine and args.format != "dpo":
@@ -283,16 +374,20 @@ def describe(
     args: argparse.Namespace, count: int, selection: Selection | None, skipped: Counter
 ) -> str:
     """The line that ends an export: how many written where, and for sft, dpo and kto, why;
-    for the feedback format, how many generations retention had purged (left out)."""
+    for the feedback format, how many generations retention had purged and how many ratings of
+    excluded sessions there were (left out)."""
     nouns = {"feedback": "record", "sft": "sft record", "dpo": "dpo pair", "kto": "kto answer"}
     noun = nouns[args.format] + ("" if count == 1 else "s")
     line = f"wrote {count} {noun} to {args.out or 'standard output'}"
     if selection is not None:
         return f"{line}: {selection.summary()}"
-    purged = skipped["purged"]
-    if purged:
-        line += f"; left out {purged} generation{'' if purged == 1 else 's'} purged by retention"
-    return line
+    left_out = []
+    if skipped["excluded_rating"]:
+        ratings = _plural(skipped["excluded_rating"], "rating")
+        left_out.append(f"{ratings} from excluded sessions")
+    if skipped["purged"]:
+        left_out.append(f"{_plural(skipped['purged'], 'generation')} purged by retention")
+    return line + (f"; left out {', '.join(left_out)}" if left_out else "")
 
 
 def write_file(rows: Iterable[dict], out: Path) -> int:

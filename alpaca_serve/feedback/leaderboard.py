@@ -2,14 +2,18 @@
 Elo-like scale, with bootstrap 95% intervals and the vote counts.
 
 Usage:
-    battles = store.battles()       # (model of a, model of b, outcome, voter) per vote
-    board = compute_leaderboard(battles, voter="human", rounds=200, seed=0)
+    excluded = Counter()            # votes of excluded sessions, left out, by voter
+    battles = store.battles(excluded=excluded)  # (model of a, model of b, outcome, voter) per vote
+    board = compute_leaderboard(battles, voter="human", rounds=200, seed=0,
+                                excluded_votes=excluded["human"])
     for row in board.rows:          # best first
         print(row.rank, row.model, round(row.score), row.lower, row.upper, row.votes)
     board.as_dict()                 # what GET /feedback/leaderboard answers
 
 How the scores are computed, as Chatbot Arena's notebook does it:
 - Only one kind of voter at a time: people's and an automatic judge's votes are never mixed.
+- Votes of excluded sessions (`alpaca-export --exclude-session`) never reach the board: the store
+  leaves them out, and the board says how many (`excluded_votes`).
 - A vote between two answers of the same model says nothing about ranking models: it is left out
   (counted in `same_model_votes`).
 - Bradley-Terry: P(i beats j) = 1 / (1 + 10 ** ((score_j - score_i) / 400)), that is
@@ -71,6 +75,7 @@ class Leaderboard:
     votes: int  # votes between two different models: what the scores are made from
     same_model_votes: int  # votes between two answers of one model, left out
     groups: int  # groups of models connected by votes; scores compare within a group only
+    excluded_votes: int  # votes of excluded sessions, left out by the store
     rows: list[LeaderboardRow] = field(default_factory=list)
     message: str | None = None  # why the board is empty, or what to keep in mind reading it
 
@@ -83,16 +88,21 @@ def compute_leaderboard(
     voter: str = "human",
     rounds: int = DEFAULT_ROUNDS,
     seed: int = 0,
+    excluded_votes: int = 0,
 ) -> Leaderboard:
     """The leaderboard of `voter`'s battles (model_a, model_b, outcome "a"/"b"/"tie"/"both_bad",
-    voter); the other voter's battles are ignored. Rows are sorted by score, best first."""
+    voter); the other voter's battles are ignored. Rows are sorted by score, best first.
+    `excluded_votes`: how many of `voter`'s votes the store left out (excluded sessions'), which
+    the board reports."""
     if not 0 <= rounds <= MAX_ROUNDS:
         raise ValueError(f"rounds must be 0 to {MAX_ROUNDS}, got {rounds}")
     mine = [(a, b, outcome) for a, b, outcome, who in battles if who == voter]
     between = [(a, b, outcome) for a, b, outcome in mine if a != b]
-    board = Leaderboard(voter, rounds, seed, len(between), len(mine) - len(between), 0)
+    board = Leaderboard(
+        voter, rounds, seed, len(between), len(mine) - len(between), 0, excluded_votes
+    )
     if not between:
-        board.message = _empty_message(voter, board.same_model_votes)
+        board.message = _empty_message(voter, board.same_model_votes, excluded_votes)
         return board
 
     # 1. The models, and the battles as categories (a, b, outcome) with how often each occurred.
@@ -210,11 +220,15 @@ def _groups(n: int, first: np.ndarray, second: np.ndarray) -> int:
     return len({root(i) for i in range(n)})
 
 
-def _empty_message(voter: str, same_model_votes: int) -> str:
+def _empty_message(voter: str, same_model_votes: int, excluded_votes: int) -> str:
     who = "people" if voter == "human" else "an automatic judge (machine votes)"
+    besides = (
+        f" (besides {excluded_votes} of excluded sessions, left out)" if excluded_votes else ""
+    )
     if same_model_votes:
         return (
-            f"no votes of {who} between two different models yet: the {same_model_votes} "
-            "votes so far each compare two answers of one model, which ranks nothing"
+            f"no votes of {who} between two different models yet{besides}: the "
+            f"{same_model_votes} votes so far each compare two answers of one model, which "
+            "ranks nothing"
         )
-    return f"no votes of {who} yet"
+    return f"no votes of {who} yet{besides}"

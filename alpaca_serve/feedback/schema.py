@@ -83,6 +83,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at {real} NOT NULL
         )""",
     ),
+    (  # 4: feedback by session (exclusions and deletions read it on every count)
+        "CREATE INDEX ratings_by_session ON ratings (session_id)",
+        "CREATE INDEX comparisons_by_session ON comparisons (session_id)",
+    ),
 )
 
 # The generations table's columns, in GenerationRecord's field order.

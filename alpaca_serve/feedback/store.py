@@ -8,6 +8,8 @@ Usage:
     store.summary()                     # thumbs and flags per model, pairwise wins
     store.list_comparisons(after=0)     # every pairwise vote, oldest first, a page at a time
     store.battles(voter="human")        # every vote as (model of a, model of b, outcome, voter)
+    store.exclude_session("s-42", reason="a script")   # its votes leave every count below
+    store.excluded_counts()             # {"sessions", "ratings", "comparisons"} left out
     store.generations_by_id(["gen-1"])  # {"gen-1": {"prompt", "response", ...}}
     store.out_of_space                  # why the last write found no room; None once one works
     store.check_writable()              # a write that leaves nothing: StoreFullError while full
@@ -25,6 +27,13 @@ Retention (`purge_generations`) empties the text of old generations (instruction
 answer, filter verdicts) and marks them `purged_at`; their ratings and votes stay, so counts and
 leaderboards do not change. Whatever reads the text (`export_rows`, the training data) leaves
 purged generations out and counts them.
+
+An excluded session (`exclude_session`, until `include_session`) keeps its ratings and votes
+stored, but every read that counts or exports them leaves them out and says how many:
+`summary()` under "excluded", `battles()` and `export_rows()` through the counter they are
+handed, `list_comparisons()` unless asked to include them (flagged), `excluded_counts()` for the
+totals. A rating or vote without a session is never excluded.
+
 A write that finds no room (a full disk, a size limit) raises StoreFullError and stores nothing
 of itself; what was committed before is untouched, reads keep working, and writes work again once
 space is freed. `out_of_space` remembers the last such failure until a write commits.
@@ -69,9 +78,16 @@ EXPORT_PAGE_SIZE = 500  # generations read per transaction while exporting
 ID_CHUNK = 500  # ids per `IN (...)` list, well under SQLite's limit on bound parameters
 COMPARISON_PAGE_LIMIT = 1000  # most comparisons one `list_comparisons` call returns
 SECONDS_PER_DAY = 86_400  # retention is set in days
+MAX_REASON_CHARS = 500  # why a session was excluded: the admin route's and alpaca-export's limit
 PURGE_BATCH_SIZE = 2000  # generations purged per transaction, so no purge holds a lock for long
 # The id of the row `check_writable` writes and removes in one transaction (never committed).
 PROBE_GENERATION_ID = "alpaca-store-probe"
+
+
+def _excluded(row: str) -> str:
+    """SQL that is true when the session of `row` (a ratings or comparisons alias) is excluded;
+    never for a row without a session (NULL equals nothing)."""
+    return f"EXISTS (SELECT 1 FROM excluded_sessions x WHERE x.session_id = {row}.session_id)"
 
 
 def open_store(url: str) -> FeedbackStore:
@@ -225,39 +241,51 @@ class FeedbackStore:
             assert updated is not None  # the insert met the row it updates
             return updated[0], False
 
-    def list_comparisons(self, after: int = 0, limit: int = COMPARISON_PAGE_LIMIT) -> list[dict]:
+    def list_comparisons(
+        self, after: int = 0, limit: int = COMPARISON_PAGE_LIMIT, include_excluded: bool = False
+    ) -> list[dict]:
         """Up to `limit` comparisons with a row id above `after`, by row id: each a dict with
         id, generation_ids (sorted), winner, voter, session_id, created_at, updated_at. A vote
-        changed later keeps its id, so paging on with the last id seen reads every vote once."""
+        changed later keeps its id, so paging on with the last id seen reads every vote once.
+        Votes of excluded sessions are left out (`excluded_counts()` says how many), unless
+        `include_excluded`: then every vote is listed, each with `excluded` true or false."""
         if not 1 <= limit <= COMPARISON_PAGE_LIMIT:
             raise ValueError(f"limit must be 1 to {COMPARISON_PAGE_LIMIT}, got {limit}")
+        where = "c.id > ?" if include_excluded else f"c.id > ? AND NOT {_excluded('c')}"
         with self._transaction(write=False) as tx:
             rows = tx.rows(
-                "SELECT id, generation_a, generation_b, winner, voter, session_id, created_at, "
-                "updated_at FROM comparisons WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT c.id, c.generation_a, c.generation_b, c.winner, c.voter, c.session_id, "
+                f"c.created_at, c.updated_at, CASE WHEN {_excluded('c')} THEN 1 ELSE 0 END "
+                f"FROM comparisons c WHERE {where} ORDER BY c.id LIMIT ?",
                 (after, limit),
             )
-        return [
-            {
+        listed = []
+        for row_id, first, second, winner, voter, session_id, created, updated, excluded in rows:
+            vote = {
                 "id": row_id,
                 "generation_ids": [first, second],
                 "winner": winner,
                 "voter": voter,
                 "session_id": session_id,
-                "created_at": created_at,
-                "updated_at": updated_at,
+                "created_at": created,
+                "updated_at": updated,
             }
-            for row_id, first, second, winner, voter, session_id, created_at, updated_at in rows
-        ]
+            if include_excluded:
+                vote["excluded"] = bool(excluded)
+            listed.append(vote)
+        return listed
 
     def summary(self) -> dict:
         """Ratings and flags per model (models with at least one rating), and pairwise results
         per pair of models (model_a < model_b; a model compared with itself counts too): people's
-        votes under `pairwise`, an automatic judge's under `pairwise_machine`."""
+        votes under `pairwise`, an automatic judge's under `pairwise_machine`. Excluded sessions'
+        ratings and votes are left out of all of them and counted under `excluded`
+        (`excluded_counts()`)."""
         with self._transaction(write=False) as tx:
             rating_counts = tx.rows(
                 "SELECT g.model, r.rating, r.flag, COUNT(*) FROM ratings r "
                 "JOIN generations g ON g.id = r.generation_id "
+                f"WHERE NOT {_excluded('r')} "
                 "GROUP BY g.model, r.rating, r.flag"
             )
             comparison_counts = tx.rows(
@@ -269,8 +297,10 @@ class FeedbackStore:
                 "FROM comparisons c "
                 "JOIN generations ga ON ga.id = c.generation_a "
                 "JOIN generations gb ON gb.id = c.generation_b "
+                f"WHERE NOT {_excluded('c')} "
                 "GROUP BY c.voter, ga.model, gb.model"
             )
+            excluded = _excluded_counts(tx)
         models: dict[str, dict] = {}
         for model, rating, flag, count in rating_counts:
             entry = models.setdefault(model, {"up": 0, "down": 0, "flags": {}})
@@ -301,23 +331,41 @@ class FeedbackStore:
             "models": dict(sorted(models.items())),
             "pairwise": [pairs[key] for key in sorted(pairs) if key[0] == "human"],
             "pairwise_machine": [pairs[key] for key in sorted(pairs) if key[0] == "machine"],
+            "excluded": excluded,
         }
 
-    def battles(self, voter: str | None = None) -> list[tuple[str, str, str, str]]:
+    def excluded_counts(self) -> dict[str, int]:
+        """What exclusion leaves out, now: {"sessions": excluded sessions, "ratings": their
+        ratings, "comparisons": their pairwise votes (people's and machines')}."""
+        with self._transaction(write=False) as tx:
+            return _excluded_counts(tx)
+
+    def battles(
+        self, voter: str | None = None, excluded: Counter | None = None
+    ) -> list[tuple[str, str, str, str]]:
         """Every pairwise vote, by row id, as (model of a, model of b, outcome, voter): outcome
         "a" or "b" (whose answer won), "tie" or "both_bad"; only `voter`'s ("human" or
-        "machine") when given. What the leaderboard (`compute_leaderboard`) is computed from."""
+        "machine") when given. What the leaderboard (`compute_leaderboard`) is computed from.
+        A vote of an excluded session is left out and adds one to `excluded[its voter]`."""
         where, params = ("WHERE c.voter = ? ", (voter,)) if voter is not None else ("", ())
         with self._transaction(write=False) as tx:
             rows = tx.rows(
                 "SELECT ga.model, gb.model, CASE WHEN c.winner = c.generation_a THEN 'a' "
-                "WHEN c.winner = c.generation_b THEN 'b' ELSE c.winner END, c.voter "
+                "WHEN c.winner = c.generation_b THEN 'b' ELSE c.winner END, c.voter, "
+                f"CASE WHEN {_excluded('c')} THEN 1 ELSE 0 END "
                 "FROM comparisons c "
                 "JOIN generations ga ON ga.id = c.generation_a "
                 "JOIN generations gb ON gb.id = c.generation_b " + where + "ORDER BY c.id",
                 params,
             )
-        return [(model_a, model_b, outcome, who) for model_a, model_b, outcome, who in rows]
+        battles = []
+        for model_a, model_b, outcome, who, left_out in rows:
+            if left_out:
+                if excluded is not None:
+                    excluded[who] += 1
+                continue
+            battles.append((model_a, model_b, outcome, who))
+        return battles
 
     def export_rows(
         self, include_unrated: bool = False, skipped: Counter | None = None
@@ -328,9 +376,11 @@ class FeedbackStore:
         Keys: instruction, input, output (the response), then rating, comment, flag,
         preferred_response, generation_id, model, source, created_at, finish_reason, prompt,
         params, filter_verdicts, prompt_tokens, completion_tokens, latency_s. Raw-prompt generations
-        (instruction None) are always skipped: they cannot become Alpaca records. Generations
-        purged by retention are skipped too (their text is gone); each one that would have been
-        written (rated, or any with `include_unrated`) adds one to `skipped["purged"]`. Rows are
+        (instruction None) are always skipped: they cannot become Alpaca records. Ratings of
+        excluded sessions are left out, each adding one to `skipped["excluded_rating"]` (a
+        generation left with none is unrated). Generations purged by retention are skipped too
+        (their text is gone); each one that would have been written (rated, or any with
+        `include_unrated`) adds one to `skipped["purged"]`. Rows are
         read in pages, each in its own transaction, so no lock is held while the caller works;
         generations recorded during an export may or may not be included."""
         after: tuple[float, str] | None = None
@@ -338,8 +388,12 @@ class FeedbackStore:
             with self._transaction(write=False) as tx:
                 generations, ratings = _export_page(tx, after)
             for generation in generations:
+                rated = ratings.get(generation["id"], [])
+                feedback = [tuple(details) for excluded, *details in rated if not excluded]
+                if skipped is not None and len(feedback) < len(rated):
+                    skipped["excluded_rating"] += len(rated) - len(feedback)
                 if generation["purged_at"] is not None:
-                    if skipped is not None and (include_unrated or generation["id"] in ratings):
+                    if skipped is not None and (include_unrated or feedback):
                         skipped["purged"] += 1
                     continue
                 row = {
@@ -360,7 +414,6 @@ class FeedbackStore:
                     "completion_tokens": generation["completion_tokens"],
                     "latency_s": generation["latency_s"],
                 }
-                feedback = ratings.get(generation["id"], [])
                 if not feedback and include_unrated:
                     feedback = [(None, None, None, None)]
                 for rating, comment, flag, preferred_response in feedback:
@@ -617,7 +670,8 @@ class FeedbackStore:
 def _export_page(
     tx: Transaction, after: tuple[float, str] | None
 ) -> tuple[list[dict], dict[str, list[tuple]]]:
-    """One page of instruction generations after `after` (created_at, id), and their ratings."""
+    """One page of instruction generations after `after` (created_at, id), and their ratings:
+    (excluded 1 or 0, rating, comment, flag, preferred_response) by generation id."""
     where = "instruction IS NOT NULL"
     params: tuple[float | str, ...] = ()
     if after is not None:
@@ -634,8 +688,9 @@ def _export_page(
     ratings: dict[str, list[tuple]] = defaultdict(list)
     for chunk in _chunks([g["id"] for g in generations]):
         for generation_id, *feedback in tx.rows(
-            "SELECT generation_id, rating, comment, flag, preferred_response FROM ratings "
-            f"WHERE generation_id IN ({', '.join('?' * len(chunk))}) ORDER BY id",
+            f"SELECT r.generation_id, CASE WHEN {_excluded('r')} THEN 1 ELSE 0 END, r.rating, "
+            "r.comment, r.flag, r.preferred_response FROM ratings r "
+            f"WHERE r.generation_id IN ({', '.join('?' * len(chunk))}) ORDER BY r.id",
             chunk,
         ):
             ratings[generation_id].append(tuple(feedback))
@@ -648,6 +703,19 @@ _UNREFERENCED = (
     " AND id NOT IN (SELECT generation_a FROM comparisons)"
     " AND id NOT IN (SELECT generation_b FROM comparisons)"
 )
+
+
+def _excluded_counts(tx: Transaction) -> dict[str, int]:
+    """How many sessions are excluded, and how many ratings and comparisons they hold."""
+    row = tx.one("SELECT COUNT(*) FROM excluded_sessions")
+    assert row is not None  # an aggregate query returns one row
+    counts = {"sessions": int(row[0]), "ratings": 0, "comparisons": 0}
+    if counts["sessions"]:  # none excluded, the usual case: no table to scan
+        for table in ("ratings", "comparisons"):
+            row = tx.one(f"SELECT COUNT(*) FROM {table} t WHERE {_excluded('t')}")
+            assert row is not None  # an aggregate query returns one row
+            counts[table] = int(row[0])
+    return counts
 
 
 def _session_votes(tx: Transaction, session_id: str) -> dict[str, int]:

@@ -31,8 +31,10 @@ What is kept:
   bad. Votes of an automatic judge (voter "machine") count only with `include_machine`.
 Generations sent as raw prompts are never used: they have no instruction. Nor are generations
 purged by retention (`FeedbackStore.purge_generations`): their text is gone, so they are left out
-and counted (a rated answer, or a pair with such an answer). Identical records are written once.
-Everything left out is counted, by reason, in `Selection.dropped`.
+and counted (a rated answer, or a pair with such an answer). The ratings and votes of excluded
+sessions (`alpaca-export --exclude-session`) are left out and counted, each rating and each vote.
+Identical records are written once. Everything left out is counted, by reason, in
+`Selection.dropped`.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ REASONS = {
         "pair with an answer purged by retention",
         "pairs with an answer purged by retention",
     ),
+    "excluded_rating": ("rating from an excluded session", "ratings from excluded sessions"),
+    "excluded_vote": ("vote from an excluded session", "votes from excluded sessions"),
     "duplicate": ("duplicate", "duplicates"),
 }
 
@@ -202,7 +206,8 @@ def _flagged(ratings: list[dict]) -> bool:
 
 def _rated_generations(store: FeedbackStore, dropped: Counter) -> Iterator[tuple[dict, list[dict]]]:
     """Each rated instruction generation (an export row) with all its ratings' rows; those
-    purged by retention are left out and counted in `dropped`."""
+    purged by retention, and the ratings of excluded sessions, are left out and counted in
+    `dropped`."""
     current: list[dict] = []
     for row in store.export_rows(skipped=dropped):
         if current and row["generation_id"] != current[0]["generation_id"]:
@@ -224,12 +229,16 @@ def _votes_by_pair(
     store: FeedbackStore, include_machine: bool, dropped: Counter
 ) -> dict[tuple[str, str], list[str]]:
     """The winner of every vote counted, by pair (its two generation ids, sorted), in the order
-    of each pair's first vote; machine votes left out are counted in `dropped`."""
+    of each pair's first vote; votes of excluded sessions and machine votes left out are counted
+    in `dropped`."""
     votes: dict[tuple[str, str], list[str]] = {}
     after = 0
     while True:
-        page = store.list_comparisons(after=after)
+        page = store.list_comparisons(after=after, include_excluded=True)
         for row in page:
+            if row["excluded"]:
+                dropped["excluded_vote"] += 1
+                continue
             if row["voter"] == "machine" and not include_machine:
                 dropped["machine"] += 1
                 continue

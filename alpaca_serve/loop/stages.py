@@ -46,6 +46,7 @@ from alpaca_serve.evaluation.answers import (
 from alpaca_serve.evaluation.comparison import (
     attach_generation_ids,
     build_comparison,
+    excluded_in_store,
     judge_comparison,
     save_comparison,
 )
@@ -55,6 +56,7 @@ from alpaca_serve.evaluation.reference_judge import (
     judge_by_reference,
     reference_answers,
 )
+from alpaca_serve.evaluation.report import format_exclusions
 from alpaca_serve.feedback.records import StoreError
 from alpaca_serve.feedback.settings import StoreSettings, database_location
 from alpaca_serve.feedback.store import open_store
@@ -369,8 +371,9 @@ def run_report(ctx: LoopContext) -> tuple[dict[str, Any], str]:
     out = ctx.folder("report")
     with ctx.server() as store:
         rows, details = collect_rows(files, store)
+        excluded = format_exclusions(*excluded_in_store(store))
     charts = write_reports(details, out)
-    table = format_table(rows)
+    table = format_table(rows) + (f"\n{excluded}" if excluded else "")
     (out / "report.txt").write_text(table + "\n", encoding="utf-8")
     (out / "report.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     outputs = {

@@ -1,5 +1,6 @@
 """The Leaderboard tab's handler called directly, as Gradio calls it, against a server on the
-scripted engine: the table and the line under it come from `GET /feedback/leaderboard`."""
+scripted engine: the table and the line under it come from `GET /feedback/leaderboard`, which
+leaves excluded sessions' votes out and says how many."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from alpaca_serve.client.api import AlpacaClient, AsyncAlpacaClient
 from alpaca_serve.demo.leaderboard import TABLE_HEADERS, LeaderboardHandlers
+from alpaca_serve.feedback.records import ComparisonFeedback
 from tests.support import free_port, start_server
 
 
@@ -56,3 +58,19 @@ def test_a_server_that_cannot_be_reached_is_said_so_in_the_status_line():
     table, status = refresh(f"http://127.0.0.1:{free_port()}")
     assert table == []
     assert status.startswith("Could not read the leaderboard: ")
+
+
+def test_the_status_line_says_how_many_votes_of_excluded_sessions_were_left_out(server):
+    answers = [{"instruction": "Stuffed?", "output": "Yes."}]
+    with AlpacaClient(server.url) as client:
+        (mine,) = client.import_generations("stuffed-mine", answers)
+        (other,) = client.import_generations("stuffed-other", answers)
+    store = server.runtime.store
+    store.save_comparison(ComparisonFeedback((mine, other), other, "reader"))
+    store.save_comparison(ComparisonFeedback((mine, other), mine, "stuffer"))
+    store.exclude_session("stuffer")
+
+    table, status = refresh(server.url)
+
+    assert "stuffed-other" in {row[1] for row in table}
+    assert status.startswith("Made from ") and "; 1 vote of excluded sessions left out." in status

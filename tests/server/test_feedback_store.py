@@ -226,6 +226,7 @@ def test_summary_counts_ratings_flags_and_pairwise_wins_per_model(store):
             },
         ],
         "pairwise_machine": [],
+        "excluded": {"sessions": 0, "ratings": 0, "comparisons": 0},
     }
 
 
@@ -369,7 +370,12 @@ def test_feedback_on_an_unknown_generation_is_refused_and_stores_nothing(store):
     with pytest.raises(UnknownGenerationError, match="gen-missing"):
         store.save_comparison(ComparisonFeedback(("gen-1", "gen-missing"), "tie"))
 
-    assert store.summary() == {"models": {}, "pairwise": [], "pairwise_machine": []}
+    assert store.summary() == {
+        "models": {},
+        "pairwise": [],
+        "pairwise_machine": [],
+        "excluded": {"sessions": 0, "ratings": 0, "comparisons": 0},
+    }
 
 
 def test_nul_characters_in_user_text_are_stored_on_every_backend(store):

@@ -1,11 +1,14 @@
 """Feedback: `POST /feedback` (a rating, or a blind pairwise comparison by a person or an
 automatic judge), `GET /feedback/summary`, `GET /feedback/comparisons` and
-`GET /feedback/leaderboard` (every model's Bradley-Terry score from the votes)."""
+`GET /feedback/leaderboard` (every model's Bradley-Terry score from the votes). The three
+reads leave out the votes and ratings of excluded sessions (routes/sessions.py) and say how
+many they left out."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request
@@ -85,6 +88,10 @@ class ComparisonPage(BaseModel):
     next_after: int | None = Field(
         description="pass as `after` for the next page; null when this page is the last"
     )
+    excluded_votes: int = Field(
+        description="votes of excluded sessions in the store, left out of every page"
+    )
+    excluded_sessions: int = Field(description="sessions excluded (GET /admin/sessions/excluded)")
 
 
 class LeaderboardRow(BaseModel):
@@ -106,6 +113,7 @@ class LeaderboardResponse(BaseModel):
     votes: int = Field(description="votes between two different models: what the scores use")
     same_model_votes: int = Field(description="votes between two answers of one model, left out")
     groups: int = Field(description="groups of models connected by votes")
+    excluded_votes: int = Field(description="this voter's votes of excluded sessions, left out")
     rows: list[LeaderboardRow] = Field(description="best score first")
     message: str | None = Field(description="why the board is empty, or a caveat")
 
@@ -191,7 +199,8 @@ async def post_feedback(
 
 @router.get("/feedback/summary")
 async def feedback_summary(runtime: RuntimeDep) -> dict:
-    """Thumbs up/down and flags per model, and the pairwise win/tie/loss table."""
+    """Thumbs up/down and flags per model, and the pairwise win/tie/loss table; `excluded`:
+    the excluded sessions, and their ratings and comparisons left out of both."""
     assert runtime.store is not None  # opened by the lifespan before any request
     return await runtime.in_store(runtime.store.summary)
 
@@ -208,11 +217,16 @@ async def list_comparisons(
         int, Query(ge=1, le=COMPARISON_PAGE_LIMIT, description="most votes to return")
     ] = COMPARISON_PAGE_LIMIT,
 ) -> ComparisonPage:
-    """Every pairwise vote, by id, a page at a time (as `alpaca-eval report` reads them)."""
+    """Every pairwise vote, by id, a page at a time (as `alpaca-eval report` reads them), but
+    those of excluded sessions, which each page counts."""
     assert runtime.store is not None  # opened by the lifespan before any request
     rows = await runtime.in_store(runtime.store.list_comparisons, after, limit)
+    excluded = await runtime.in_store(runtime.store.excluded_counts)
     return ComparisonPage(
-        comparisons=rows, next_after=rows[-1]["id"] if len(rows) == limit else None
+        comparisons=rows,
+        next_after=rows[-1]["id"] if len(rows) == limit else None,
+        excluded_votes=excluded["comparisons"],
+        excluded_sessions=excluded["sessions"],
     )
 
 
@@ -233,10 +247,14 @@ async def feedback_leaderboard(
     seed: Annotated[int, Query(ge=0, le=2**32 - 1, description="seed of the bootstrap")] = 0,
 ) -> LeaderboardResponse:
     """Every model ranked by its Bradley-Terry score from one kind of voter's pairwise votes,
-    with bootstrap 95% intervals and the vote counts (as Chatbot Arena's leaderboard)."""
+    with bootstrap 95% intervals and the vote counts (as Chatbot Arena's leaderboard); votes of
+    excluded sessions are left out and counted."""
     assert runtime.store is not None  # opened by the lifespan before any request
-    battles = await runtime.in_store(runtime.store.battles, voter)
-    board = await asyncio.to_thread(compute_leaderboard, battles, voter, rounds, seed)
+    excluded: Counter = Counter()
+    battles = await runtime.in_store(runtime.store.battles, voter, excluded)
+    board = await asyncio.to_thread(
+        compute_leaderboard, battles, voter, rounds, seed, excluded[voter]
+    )
     return LeaderboardResponse.model_validate(board.as_dict())
 
 

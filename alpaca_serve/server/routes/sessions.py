@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from alpaca_serve.feedback.store import MAX_REASON_CHARS
 from alpaca_serve.server.audit import audit
 from alpaca_serve.server.runtime import RuntimeDep
 from alpaca_serve.server.schemas import BODY_ERRORS, error_doc
@@ -24,7 +25,6 @@ from alpaca_serve.server.schemas import BODY_ERRORS, error_doc
 router = APIRouter(prefix="/admin/sessions")
 
 MAX_SESSION_CHARS = 128  # as POST /feedback's session_id
-MAX_REASON_CHARS = 500
 SessionId = Annotated[str, Path(min_length=1, max_length=MAX_SESSION_CHARS)]
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     403: error_doc("not an admin key (an admin route: see the operations docs)"),
