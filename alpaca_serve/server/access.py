@@ -111,12 +111,15 @@ class AccessMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        role = self._role(scope)
         state = scope.setdefault("state", {})
         if not self.keys.configured:
             caller = LOCAL_CALLER if _is_loopback_scope(scope) else REMOTE_CALLER
             state["caller"] = caller
-            if role == "admin" and scope["path"].startswith("/admin/") and not caller.is_admin:
+            if (
+                not caller.is_admin
+                and scope["path"].startswith("/admin/")
+                and self._role(scope) == "admin"
+            ):
                 await send_json_error(
                     send,
                     403,
@@ -127,6 +130,7 @@ class AccessMiddleware:
                 return
             await self.app(scope, receive, send)
             return
+        role = self._role(scope)
         if role == "open":
             await self.app(scope, receive, send)
             return
