@@ -23,6 +23,10 @@ Beyond the original:
   written as a stream, the header first, since every shape is known before any arithmetic.
 - The output is written to a hidden folder beside `out` and renamed into place only after every
   check passed, so a failed or interrupted run never leaves something that looks complete.
+- A full disk stops a run with DiskFullError, one line; the shards already complete and checked
+  stay in the hidden folder with `resume.json` (each one's sha256, and the running sum where it
+  ends), and `resume=True` (`--resume`) checks them again and writes the rest. Without it, such a
+  folder is refused (`force=True` deletes it and starts over).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
+from alpaca_serve.core.full_disk import full_disk_cause
 from alpaca_serve.core.prompts import TEMPLATE_NAME
 from alpaca_serve.core.provenance import MADE_BY_RECOVER, MARKER_FILE, made_at
 from alpaca_serve.recover.folders import open_to_all
@@ -53,6 +58,8 @@ MANIFEST_VERSION = 1
 PUBLISHED_7B_SUM = 50637.1836
 SUM_TOLERANCE = 1e-2
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+# In the hidden folder of a run stopped by a full disk: what --resume keeps (_KeptShards).
+KEPT_FILE = "resume.json"
 
 # Files copied along with the weights: configuration, tokenizer, and this project's marker.
 COPIED_FILES = (
@@ -101,6 +108,11 @@ class WeightDiffError(RuntimeError):
     """A diff could not be made or applied; the message (one line) says why."""
 
 
+class DiskFullError(WeightDiffError):
+    """The disk filled while the output was written; the message (one line) names the cause, the
+    output folder, and what `--resume` continues from."""
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     """Where one tensor lives in a model folder, and what it is."""
@@ -141,6 +153,7 @@ class RecoverResult:
     total_sum: float
     expected_sum: float | None
     pad_row_added: bool
+    resumed_shards: int = 0  # shards kept from a run stopped by a full disk (resume=True)
 
 
 @dataclass
@@ -153,6 +166,7 @@ class MakeDiffResult:
     inexact_tensors: int  # recovering them gives float32 rounding, not the saved bits
     expected_sum: float
     pad_row_added: bool
+    resumed_shards: int = 0  # shards kept from a run stopped by a full disk (resume=True)
 
 
 @dataclass
@@ -234,10 +248,12 @@ def make_diff(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     force: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> MakeDiffResult:
     """Write `tuned - raw` (float32, per tensor) with the tuned model's config and tokenizer.
 
-    Also writes the manifest that `recover` checks every tensor against.
+    Also writes the manifest that `recover` checks every tensor against. `resume`: continue the
+    output a run stopped by a full disk left.
     """
     import torch
 
@@ -247,14 +263,20 @@ def make_diff(
     tuned = ModelFolder.open(tuned_dir, "tuned model")
     pairings = _pair_tensors(raw, tuned, "tuned model")
     specs = [(p.name, "float32", p.shape) for p in pairings]
-    _check_disk_space(out_dir, _output_bytes(specs))
+    plan = _plan("make-diff", [raw, tuned], specs, max_shard_bytes)
+    kept = _kept_shards(out_dir, plan, force, resume)
+    _check_disk_space(out_dir, _output_bytes(specs) - (kept.bytes if kept else 0))
+    kept = kept or _KeptShards.new(out_dir, plan)
 
-    with _staging_folder(out_dir, force) as staging:
-        manifest_tensors = []
-        inexact = 0
-        total = torch.zeros((), dtype=torch.float32)
-        with _ShardedWriter(staging, specs, max_shard_bytes, progress, "make-diff") as writer:
-            for pairing in pairings:
+    with _staging_folder(out_dir, force, kept) as staging:
+        manifest_tensors = list(kept.records)  # of the tensors in the kept shards
+        total = torch.tensor(kept.total, dtype=torch.float32)
+        with _ShardedWriter(
+            staging, specs, max_shard_bytes, progress, "make-diff", len(kept.shards)
+        ) as writer:
+            for index, pairing in enumerate(pairings):
+                if index < kept.tensors:
+                    continue  # in a kept shard
                 # 1. Read both tensors; the base gets the [PAD] row if the tuned vocabulary has it.
                 tuned_tensor = tuned.read(pairing.name)
                 base_tensor = _read_base(raw, pairing, tuned.config)
@@ -276,13 +298,13 @@ def make_diff(
                     "diff_sha256": tensor_sha256(diff),
                 }
                 if not exact:
-                    inexact += 1
                     record["recovered_sha256"] = tensor_sha256(recovered_saved)
                     error = recovered_saved.to(torch.float32) - tuned_tensor.to(torch.float32)
                     record["max_abs_error"] = float(error.abs().max())
                 manifest_tensors.append(record)
                 writer.write(pairing.name, diff)
                 del tuned_tensor, base_tensor, base32, diff, recovered, recovered_saved
+                kept.note(writer, index + 1, total, manifest_tensors)
 
         pad = any(p.add_pad_row for p in pairings)
         manifest = {
@@ -295,7 +317,16 @@ def make_diff(
         }
         _write_json(staging / MANIFEST_FILE, manifest)
         _copy_side_files(Path(tuned_dir), staging)
-    return MakeDiffResult(out_dir, len(pairings), writer.bytes_written, inexact, float(total), pad)
+    inexact = sum("recovered_sha256" in record for record in manifest_tensors)
+    return MakeDiffResult(
+        out_dir,
+        len(pairings),
+        writer.bytes_written,
+        inexact,
+        float(total),
+        pad,
+        resumed_shards=kept.resumed,
+    )
 
 
 def recover(
@@ -309,13 +340,15 @@ def recover(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     force: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> RecoverResult:
     """Write `raw + diff` (float32 arithmetic, per tensor) with the diff's config and tokenizer.
 
     `dtype`: the saved dtype of the output; "auto" is the tuned model's (from the manifest), or
     float32 for a diff without one (the published format). With a manifest every tensor is checked
     against it; the sum check runs when an expected sum is known (given, from the manifest, or the
-    published 7B value) unless `check_sum` is false.
+    published 7B value) unless `check_sum` is false. `resume`: continue the output a run stopped
+    by a full disk left (its shards checked again), then check the rest and the sum as always.
     """
     import torch
 
@@ -340,16 +373,25 @@ def recover(
     specs = [(p.name, output_dtype(p.name), p.shape) for p in written]
     if expected_sum is None and check_sum:
         expected_sum = _default_expected_sum(diff, manifest)
-    _check_disk_space(out_dir, _output_bytes(specs))
+    plan = _plan("recover", [raw, diff], specs, max_shard_bytes)
+    kept = _kept_shards(out_dir, plan, force, resume)
+    _check_disk_space(out_dir, _output_bytes(specs) - (kept.bytes if kept else 0))
+    kept = kept or _KeptShards.new(out_dir, plan)
 
-    with _staging_folder(out_dir, force) as staging:
-        total = torch.zeros((), dtype=torch.float32)
-        verified = inexact = 0
+    with _staging_folder(out_dir, force, kept) as staging:
+        total = torch.tensor(kept.total, dtype=torch.float32)
+        # The kept shards' tensors were checked against the manifest before they were kept.
+        done = [records[p.name] for p in pairings[: kept.tensors] if p.name in records]
+        verified, inexact = len(done), sum("recovered_sha256" in record for record in done)
         with (
-            _ShardedWriter(staging, specs, max_shard_bytes, progress, "recover") as writer,
+            _ShardedWriter(
+                staging, specs, max_shard_bytes, progress, "recover", len(kept.shards)
+            ) as writer,
             ThreadPoolExecutor(max_workers=1) as hasher,
         ):
-            for pairing in pairings:
+            for index, pairing in enumerate(pairings):
+                if index < kept.tensors:
+                    continue  # in a kept shard
                 # 1. Base (with the [PAD] row if the diff has it) plus diff, in float32. Inputs are
                 # dropped as soon as they are used: memory holds about two tensors at a time.
                 base_tensor = _read_base(raw, pairing, diff.config)
@@ -373,6 +415,7 @@ def recover(
                 if check is not None:
                     check.result()
                 del recovered
+                kept.note(writer, index + 1, total)
 
         total_sum = float(total)
         if check_sum and expected_sum is not None:
@@ -391,6 +434,7 @@ def recover(
         total_sum=total_sum,
         expected_sum=expected_sum if check_sum else None,
         pad_row_added=any(p.add_pad_row for p in pairings),
+        resumed_shards=kept.resumed,
     )
 
 
@@ -718,23 +762,25 @@ class _ShardedWriter:
 
     Each shard's header (names, dtypes, shapes, offsets) is written first, then tensor bytes as
     they come, so no shard is ever held in memory. Writes `model.safetensors.index.json` when
-    there is more than one shard. Tensors must come in the planned order.
+    there is more than one shard. Tensors must come in the planned order, from the first of
+    shard `start` (the shards before it are already written: a resumed run). Each shard is
+    closed, synced, and its sha256 noted in `done` as soon as its last tensor is written.
     """
 
-    def __init__(self, folder: Path, specs, max_shard_bytes: int, progress: bool, desc: str):
+    def __init__(
+        self, folder: Path, specs, max_shard_bytes: int, progress: bool, desc: str, start: int = 0
+    ):
         self.folder = folder
         self.shards = _plan_shards(specs, max_shard_bytes)
-        count = len(self.shards)
-        self.file_names = (
-            ["model.safetensors"]
-            if count == 1
-            else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-        )
+        self.file_names = _shard_file_names(len(self.shards))
         self.total = _output_bytes(specs)
-        self.bytes_written = 0
         self._order = [(i, spec) for i, shard in enumerate(self.shards) for spec in shard]
-        self._next = 0
+        self._next = sum(len(shard) for shard in self.shards[:start])
+        self.bytes_written = _output_bytes(spec for _, spec in self._order[: self._next])
+        self.done: list[dict[str, Any]] = []  # {"file", "bytes", "sha256"} of the shards closed
+        self.shards_done = start
         self._handle: BinaryIO | None = None
+        self._hash: Any = None
         self._shard = -1
         self._progress_on = progress
         self._desc = desc
@@ -744,6 +790,7 @@ class _ShardedWriter:
 
         self.bar = tqdm(
             total=self.total,
+            initial=self.bytes_written,
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
@@ -766,9 +813,12 @@ class _ShardedWriter:
         data = _tensor_bytes(tensor)
         assert self._handle is not None  # the shard of the first tensor was opened above
         self._handle.write(data)
+        self._hash.update(data)
         self._next += 1
         self.bytes_written += len(data)
         self.bar.update(len(data))
+        if self._next == len(self._order) or self._order[self._next][0] != shard:
+            self._close_shard()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -785,9 +835,11 @@ class _ShardedWriter:
                     index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
                     _write_json(self.folder / "model.safetensors.index.json", index)
         finally:
-            if self._handle is not None:
-                self._handle.close()
-            self.bar.close()
+            try:
+                if self._handle is not None:
+                    self._handle.close()  # after a full disk, this raises it again
+            finally:
+                self.bar.close()
 
     def _open_shard(self, shard: int) -> None:
         header: dict[str, dict[str, Any]] = {"__metadata__": {"format": "pt"}}
@@ -803,9 +855,10 @@ class _ShardedWriter:
             offset += size
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+        start = len(encoded).to_bytes(8, "little") + encoded
         self._handle = open(self.folder / self.file_names[shard], "wb")
-        self._handle.write(len(encoded).to_bytes(8, "little"))
-        self._handle.write(encoded)
+        self._handle.write(start)
+        self._hash = hashlib.sha256(start)
         self._shard = shard
 
     def _close_shard(self) -> None:
@@ -813,8 +866,18 @@ class _ShardedWriter:
             return
         self._handle.flush()
         os.fsync(self._handle.fileno())
+        size = self._handle.tell()
         self._handle.close()
         self._handle = None
+        name = self.file_names[self._shard]
+        self.done.append({"file": name, "bytes": size, "sha256": self._hash.hexdigest()})
+        self.shards_done = self._shard + 1
+
+
+def _shard_file_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
 
 
 def _plan_shards(specs, max_shard_bytes: int) -> list[list[tuple]]:
@@ -831,11 +894,15 @@ def _plan_shards(specs, max_shard_bytes: int) -> list[list[tuple]]:
 
 
 @contextmanager
-def _staging_folder(out_dir: Path, force: bool) -> Iterator[Path]:
-    """A hidden folder beside `out_dir`, renamed to `out_dir` only if the block completes."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.incomplete-", dir=out_dir.parent))
+def _staging_folder(out_dir: Path, force: bool, kept: _KeptShards) -> Iterator[Path]:
+    """The hidden folder beside `out_dir` that `kept` keeps (new, or one to continue), renamed to
+    `out_dir` only if the block completes. On a full disk, DiskFullError, and the shards complete
+    in it are kept for `--resume`; on any other failure it is removed."""
+    staging = kept.folder
+    keep = False
     try:
         yield staging
+        (staging / KEPT_FILE).unlink(missing_ok=True)
         open_to_all(staging)
         _fsync_dir(staging)
         old = None
@@ -846,8 +913,151 @@ def _staging_folder(out_dir: Path, force: bool) -> Iterator[Path]:
         _fsync_dir(out_dir.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except Exception as err:
+        cause = full_disk_cause(err, staging)
+        if cause is None:
+            raise
+        keep = kept.keep_only_shards()
+        where = f"{cause} in {out_dir.absolute().parent} while writing {out_dir}"
+        if not keep:
+            raise DiskFullError(
+                f"{where}: nothing was kept; free space and run the same command again"
+            ) from err
+        raise DiskFullError(
+            f"{where}: {len(kept.shards)} of {len(kept.plan['files'])} shards "
+            f"({_gb(kept.bytes)}) are written and checked in {staging}; free space and run the "
+            "same command with --resume to continue (or delete that folder)"
+        ) from err
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass
+class _KeptShards:
+    """The shards of a hidden output folder that are complete and checked, in its resume.json:
+    each one's file, size and sha256, with the number of tensors (of the pairing list) done where
+    it ends, the float32 running sum there and (make-diff) how many manifest records were made;
+    those records; and the plan (inputs, tensors, shard files) they were written for."""
+
+    folder: Path
+    plan: dict[str, Any]
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # make-diff's manifest so far
+    resumed: int = 0  # of `shards`, those a stopped run left
+
+    @classmethod
+    def new(cls, out_dir: Path, plan: dict[str, Any]) -> _KeptShards:
+        prefix = f".{out_dir.name}.incomplete-"
+        return cls(Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.absolute().parent)), plan)
+
+    @property
+    def tensors(self) -> int:
+        return self.shards[-1]["tensors"] if self.shards else 0
+
+    @property
+    def total(self) -> float:
+        return self.shards[-1]["total"] if self.shards else 0.0
+
+    @property
+    def bytes(self) -> int:
+        return sum(shard["bytes"] for shard in self.shards)
+
+    def note(
+        self,
+        writer: _ShardedWriter,
+        tensors: int,
+        total: torch.Tensor,
+        records: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """After the first `tensors` tensors are written and checked: keep the shard they
+        completed, if they did."""
+        if writer.shards_done == len(self.shards):
+            return
+        records = self.records if records is None else list(records)
+        shard = {**writer.done[-1], "tensors": tensors, "total": float(total)}
+        self.save([*self.shards, {**shard, "records": len(records)}], records)
+
+    def save(self, shards: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+        """Keep `shards` (and the manifest `records`): resume.json, written whole and then
+        renamed, so that a full disk while writing it leaves the last one, as this object."""
+        state = {"plan": self.plan, "shards": shards, "records": records}
+        _write_json(self.folder / f"{KEPT_FILE}.new", state)
+        (self.folder / f"{KEPT_FILE}.new").replace(self.folder / KEPT_FILE)
+        self.shards, self.records = shards, records
+
+    def keep_only_shards(self) -> bool:
+        """Delete what is not a kept shard (the one cut short, side files); whether any shard is
+        kept (otherwise the folder is worth nothing)."""
+        if not self.shards:
+            return False
+        keep = {shard["file"] for shard in self.shards} | {KEPT_FILE}
+        for path in self.folder.iterdir():
+            if path.name not in keep:
+                path.unlink()
+        return True
+
+
+def _plan(command: str, inputs: list[ModelFolder], specs, max_shard_bytes: int) -> dict:
+    """What a kept shard was written for: the command, its input files as they were (size and
+    time), every output tensor, and the shard files."""
+    files = sorted({entry.file for folder in inputs for entry in folder.entries.values()})
+    stats = [(str(file.absolute()), file.stat().st_size, file.stat().st_mtime_ns) for file in files]
+    plan = {
+        "command": command,
+        "inputs": stats,
+        "tensors": [[name, dtype, list(shape)] for name, dtype, shape in specs],
+        "max_shard_bytes": max_shard_bytes,
+        "files": _shard_file_names(len(_plan_shards(specs, max_shard_bytes))),
+    }
+    return json.loads(json.dumps(plan))  # as read back from resume.json
+
+
+def _kept_shards(out_dir: Path, plan: dict, force: bool, resume: bool) -> _KeptShards | None:
+    """The kept shards of a hidden folder a run stopped by a full disk left beside `out_dir`, to
+    continue (`resume`), checked again: those up to the first that changed. Without `resume`
+    such a folder is refused, or with `force` deleted."""
+    hidden = out_dir.absolute().parent.glob(f".{out_dir.name}.incomplete-*")
+    partials = sorted(
+        (path for path in hidden if (path / KEPT_FILE).is_file()),
+        key=lambda path: (path / KEPT_FILE).stat().st_mtime,
+    )
+    if force:
+        for path in partials:
+            shutil.rmtree(path, ignore_errors=True)
+        return None
+    if not partials:
+        return None
+    folder = partials[-1]
+    state = _read_json(folder / KEPT_FILE, "partial output")
+    if not resume:
+        raise WeightDiffError(
+            f"{folder} holds {_count(state.get('shards', []), 'shard')} of {out_dir}, written "
+            "before a full disk stopped the run: add --resume to continue it, or --force to "
+            "start over"
+        )
+    if state.get("plan") != plan:
+        raise WeightDiffError(
+            f"--resume: {folder} was written from other inputs or options (input files changed, "
+            "or another --dtype or --max-shard-size): run without --resume and with --force to "
+            "start over"
+        )
+    kept = _KeptShards(folder, plan)
+    for shard in state["shards"]:
+        path = folder / shard["file"]
+        if not path.is_file() or path.stat().st_size != shard["bytes"]:
+            break
+        if _file_sha256(path) != shard["sha256"]:
+            break
+        kept.shards.append(shard)
+    if not kept.shards:  # none left as it was written: start over
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    kept.records = state["records"][: kept.shards[-1]["records"]]
+    kept.resumed = len(kept.shards)
+    kept.keep_only_shards()
+    kept.save(kept.shards, kept.records)
+    return kept
 
 
 def _copy_side_files(source: Path, dest: Path, config_dtype: str | None = None) -> None:
@@ -930,6 +1140,14 @@ def _read_json(path: Path, role: str) -> dict:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -291,8 +291,9 @@ class TrainArgs:
     save_total_limit: int | None = _opt(2, "keep at most N checkpoints")
     resume: str | None = _opt(
         None,
-        "continue from a checkpoint: a checkpoint folder, or 'last' for the newest in "
-        "OUTPUT_DIR/checkpoints",
+        "continue from a checkpoint: a checkpoint folder, or 'last' for the newest complete "
+        "one in OUTPUT_DIR/checkpoints (after a run stopped by a signal, a lost process or a "
+        "full disk)",
         nargs="?",
         const="last",
     )
@@ -499,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(data parallel; on CPU too, over gloo), with --fsdp on GPUs, or accelerate launch "
         "--config_file alpaca_serve/training/configs/fsdp.yaml -m alpaca_serve.training.cli "
         "... --fsdp. Two machines: torchrun --nnodes 2 --nproc-per-node N --rdzv-backend c10d "
-        "--rdzv-endpoint HOST:PORT --rdzv-id RUN on each (see docs/training.md).",
+        "--rdzv-endpoint HOST:PORT --rdzv-id RUN on each (see docs/training.md). Exit status: "
+        "0 done; 2 bad input; 74 a full disk (free space, then the same command with --resume); "
+        "128 + N stopped by signal N (143: SIGTERM).",
     )
     for title, cls in GROUPS:
         group = parser.add_argument_group(title)

@@ -12,7 +12,9 @@ Usage:
 by `args.train.method`; bad input raises ArgsError, DataFormatError or TrainError, one line each.
 `main` turns those into `alpaca-train: error: ...` and exit status 2; SIGTERM or Ctrl-C during
 training (torchrun sends SIGTERM to every process when one fails) into one line naming the
-checkpoint `--resume` continues from, and exit status 128 + the signal's number.
+checkpoint `--resume` continues from, and exit status 128 + the signal's number; a full disk
+(checkpoints, output folder, alpaca_train.json) into one line naming the cause, the output folder
+and that checkpoint, after removing what was half-written, and exit status 74 (FULL_DISK_EXIT).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from alpaca_serve.core.default_model import (
     default_model_folder,
     is_converted,
 )
+from alpaca_serve.core.full_disk import FULL_DISK_EXIT
 from alpaca_serve.training.args import PROG, AlpacaTrainArgs, ArgsError, parse_args
 from alpaca_serve.training.data import DataFormatError
 from alpaca_serve.training.dpo import load_dpo_pairs, train_dpo
 from alpaca_serve.training.kto import load_kto_examples, train_kto
 from alpaca_serve.training.train import (
+    DiskFull,
     TrainError,
     TrainingStopped,
     TrainSummary,
@@ -40,10 +44,11 @@ from alpaca_serve.training.train import (
     check_trackers,
     load_training_data,
     log,
+    stops_on_full_disk,
     train,
 )
 
-__all__ = ["ArgsError", "DataFormatError", "TrainError", "fine_tune", "main"]
+__all__ = ["ArgsError", "DataFormatError", "DiskFull", "TrainError", "fine_tune", "main"]
 
 
 def fine_tune(args: AlpacaTrainArgs) -> TrainSummary:
@@ -52,6 +57,12 @@ def fine_tune(args: AlpacaTrainArgs) -> TrainSummary:
         args.train.model = default_model()
     check_sharding(args)
     check_paths(args)
+    with stops_on_full_disk(args):
+        return train_by_method(args)
+
+
+def train_by_method(args: AlpacaTrainArgs) -> TrainSummary:
+    """Load the data and train SFT, DPO or KTO, as `args.train.method` says."""
     if args.train.method == "dpo":
         data = load_dpo_pairs(args)
         check_trackers(args.train.trackers)
@@ -90,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run `alpaca-train`; returns the exit status."""
     try:
         fine_tune(parse_args(argv))
+    except DiskFull as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return FULL_DISK_EXIT
     except (ArgsError, DataFormatError, TrainError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,9 @@ OUTPUT_DIR/checkpoints; save a servable folder: weights (LoRA merged into plain 
 tokenizer, and alpaca_train.json naming the prompt template and the arguments. Progress: a bar
 of the optimizer steps and one line per logging step, on stderr; `--report-to` also sends the
 logged metrics to experiment trackers (TensorBoard, W&B, MLflow, ...). Exit status 2 and one
-`alpaca-train: error: ...` line for bad input, including a tracker that is not installed.
+`alpaca-train: error: ...` line for bad input, including a tracker that is not installed. A full
+disk (stops_on_full_disk): what was half written is removed, and one line names the checkpoint
+`--resume` continues from (exit status 74).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from alpaca_serve.core.full_disk import full_disk_cause
 from alpaca_serve.core.prompts import TEMPLATE_NAME
 from alpaca_serve.core.provenance import MADE_BY_TRAIN, TRAIN_INFO_FILE, made_at
 from alpaca_serve.training.args import PROG, AlpacaTrainArgs, ArgsError
@@ -330,8 +334,8 @@ def run_training(
 ) -> TrainSummary:
     """Train with the progress bar and log lines on; what the run did, from its step clock.
     `examples` is the size of the training set (SFT examples or DPO pairs)."""
-    progress_bar, log_lines, clock = make_callbacks()
-    for callback in (progress_bar, log_lines, clock):
+    end_check, progress_bar, log_lines, clock = make_callbacks()
+    for callback in (end_check, progress_bar, log_lines, clock):
         trainer.add_callback(callback)
     try:
         try:
@@ -341,6 +345,12 @@ def run_training(
             if progress_bar.bar is not None:
                 progress_bar.bar.close()  # now, so that the bar ends before the line saying why
             raise
+    except NothingLeftToTrain:
+        # Resumed from the run's last checkpoint (it stopped while saving its output): the
+        # Trainer would train one step past the end; the weights it loaded are the result.
+        step, last = trainer.state.global_step, trainer.state.max_steps
+        log(f"--resume: {resume_from} is step {step} of {last}: nothing left to train")
+        return TrainSummary(step, 0, 0, 0, 0.0, None)
     except TrainingStopped as stop:
         stop.where = where_to_resume(args, trainer.state.global_step)
         raise
@@ -369,6 +379,11 @@ def run_training(
             if "loss" in entry and entry.get("step", 0) > clock.first_step
         ],
     )
+
+
+class NothingLeftToTrain(Exception):
+    """Raised by make_callbacks' end check when a resumed run's checkpoint is already at its
+    last step: the Trainer has loaded it, and would otherwise train one step more."""
 
 
 class TrainingStopped(BaseException):
@@ -400,6 +415,79 @@ def signals_stop_training() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+class DiskFull(TrainError):
+    """The disk filled while the run wrote its checkpoints, output folder or provenance (shown as
+    one `alpaca-train: error:` line, exit status FULL_DISK_EXIT)."""
+
+
+@contextlib.contextmanager
+def stops_on_full_disk(args: AlpacaTrainArgs) -> Iterator[None]:
+    """Turn a full disk during the run into DiskFull, a line naming the cause, the output folder
+    and the checkpoint `--resume` continues from. First removes what was half-written, so that
+    nothing looks complete that is not: the checkpoint being saved (which --resume would skip
+    anyway), and the files of the output folder that this run had (re)written."""
+    out_dir = args.train.output_dir
+    assert out_dir is not None  # required
+    before = output_files(out_dir)
+    try:
+        yield
+    except Exception as err:
+        cause = full_disk_cause(err, out_dir)
+        if cause is None:
+            raise
+        removed = [
+            f"removed the half-written {path}"
+            for path in remove_incomplete_checkpoints(out_dir / CHECKPOINT_DIR)
+        ]
+        unfinished = remove_unfinished_output(out_dir, before)
+        if unfinished:
+            removed.append(f"removed the half-written output ({len(unfinished)} files)")
+        last = last_complete_checkpoint(out_dir / CHECKPOINT_DIR)
+        resume = (
+            f"run the same command with --resume to continue from {last}"
+            if last is not None
+            else "run the same command again (no checkpoint was complete)"
+        )
+        raise DiskFull(
+            f"{cause} in {out_dir}: " + "; ".join([*removed, f"free space and {resume}"])
+        ) from err
+
+
+def output_files(out_dir: Path) -> dict[Path, tuple[int, int]]:
+    """The files of the output folder, outside its checkpoints and batch records, with their
+    modification time and size."""
+    skip = {out_dir / CHECKPOINT_DIR, out_dir / BATCHES_DIR}
+    files = {}
+    for root, folders, names in os.walk(out_dir):
+        folders[:] = [name for name in folders if Path(root, name) not in skip]
+        for name in names:
+            with contextlib.suppress(OSError):
+                stat = Path(root, name).stat()
+                files[Path(root, name)] = (stat.st_mtime_ns, stat.st_size)
+    return files
+
+
+def remove_incomplete_checkpoints(folder: Path) -> list[Path]:
+    """Remove the checkpoint folders not saved to the end; the ones removed."""
+    removed = [path for path in sorted(folder.glob("checkpoint-*")) if path.is_dir()]
+    removed = [path for path in removed if not is_complete_checkpoint(path)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def remove_unfinished_output(out_dir: Path, before: dict[Path, tuple[int, int]]) -> list[Path]:
+    """Remove the files of the output folder written since `before` (what output_files said when
+    the run began) and the folders that leaves empty; the files removed."""
+    removed = [path for path, seen in output_files(out_dir).items() if before.get(path) != seen]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    for folder in sorted({path.parent for path in removed}, key=lambda p: -len(p.parts)):
+        if folder != out_dir and not any(folder.iterdir()):
+            folder.rmdir()
+    return removed
 
 
 def where_to_resume(args: AlpacaTrainArgs, step: int) -> str:
@@ -682,14 +770,23 @@ def find_resume_checkpoint(args: AlpacaTrainArgs) -> str | None:
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint-N in `folder` that was saved to the end (the Trainer writes its
-    trainer_state.json last), or None."""
+    """The newest checkpoint-N in `folder` that was saved to the end, or None."""
     complete = [
         (int(path.name.split("-")[1]), path)
         for path in folder.glob("checkpoint-*")
-        if path.name.split("-")[1].isdigit() and (path / "trainer_state.json").is_file()
+        if path.name.split("-")[1].isdigit() and is_complete_checkpoint(path)
     ]
     return str(max(complete)[1]) if complete else None
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """Whether the Trainer saved the checkpoint folder to the end: it writes trainer_state.json
+    last, so a folder cut off while saving lacks it, or holds it cut short (a full disk)."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
 
 
 def save_output(
@@ -801,11 +898,19 @@ def write_train_info(
     path.write_text(json.dumps(info, indent=2) + "\n")
 
 
-def make_callbacks() -> tuple[Any, Any, Any]:
-    """(progress bar, progress lines, run clock): Trainer callbacks, defined here so transformers
-    loads late."""
+def make_callbacks() -> tuple[Any, Any, Any, Any]:
+    """(end check, progress bar, progress lines, run clock): Trainer callbacks, defined here so
+    transformers loads late."""
     from tqdm import tqdm  # type: ignore[import-untyped]  # no types-tqdm installed
     from transformers import TrainerCallback
+
+    class EndCheck(TrainerCallback):
+        """Stops a run resumed from a checkpoint at its last step before the Trainer's loop,
+        which checks the step count only after training a step."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                raise NothingLeftToTrain
 
     class ProgressBar(TrainerCallback):
         """A bar of the optimizer steps on stderr, with the last logged loss and learning rate."""
@@ -896,7 +1001,7 @@ def make_callbacks() -> tuple[Any, Any, Any]:
             self.last_step = state.global_step
             self.tokens = state.num_input_tokens_seen - self.first_tokens
 
-    return ProgressBar(), LogLines(), RunClock()
+    return EndCheck(), ProgressBar(), LogLines(), RunClock()
 
 
 def log(message: str) -> None:
