@@ -7,11 +7,13 @@ changes. Admin actions leave an audit line with the key's name, never the key, a
 from __future__ import annotations
 
 import asyncio
+from contextlib import ExitStack, contextmanager
 
 import pytest
 
 from alpaca_serve.client.api import AsyncAlpacaClient
 from alpaca_serve.server.route_roles import ROUTE_ROLES, route_keys
+from tests.server.conftest import postgres_schema_url
 from tests.support import ScriptedServer, read_metrics, wait_for
 
 USER, ADMIN, FILE_ADMIN = "student-key-1", "teacher-key-1", "file-admin-key"
@@ -49,14 +51,25 @@ class CapturedMount:
         return app
 
 
-@pytest.fixture(scope="module")
-def keyed(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def keyed(request, tmp_path_factory):
+    with ExitStack() as stack:
+        if request.param == "postgresql":
+            database = stack.enter_context(postgres_schema_url())
+        else:
+            database = f"sqlite://{tmp_path_factory.mktemp('roles-store') / 'alpaca.sqlite3'}"
+        yield stack.enter_context(keyed_server(tmp_path_factory, database))
+
+
+@contextmanager
+def keyed_server(tmp_path_factory, database: str):
     folder = tmp_path_factory.mktemp("roles")
     keys_file = folder / "keys.txt"
     keys_file.write_text(f"# the operators\n{FILE_ADMIN}  role=admin  name=operator\n")
     mount = CapturedMount()
     server = ScriptedServer(
         {
+            "ALPACA_DATABASE_URL": database,
             "ALPACA_API_KEYS": USER,
             "ALPACA_ADMIN_KEYS": ADMIN,
             "ALPACA_API_KEYS_FILE": str(keys_file),
