@@ -25,6 +25,7 @@ from alpaca_serve.feedback import StoreError, open_store
 from alpaca_serve.server.app import create_app
 from alpaca_serve.server.filters import FilterConfigError
 from alpaca_serve.server.lifecycle import FINAL_EVENT_GRACE_S, DrainingServer
+from alpaca_serve.server.preload import preloaded, reexec_with_preload
 from alpaca_serve.server.request_context import RequestIdLogFilter
 from alpaca_serve.server.settings import ServerSettings
 
@@ -65,7 +66,22 @@ def configure_logging(level: str) -> None:
     access.propagate = False
 
 
+def describe_fast_path(settings: ServerSettings) -> str:
+    """Which parts of the fast path this process has: one line for the log."""
+    loaded = preloaded()
+    parts = [
+        f"{name} {'preloaded' if loaded[key] else 'not preloaded'}"
+        for key, name in (("tcmalloc", "tcmalloc"), ("intel_openmp", "Intel OpenMP"))
+    ]
+    if not all(loaded.values()):
+        parts[-1] += " (ALPACA_PRELOAD=false, or not installed: make setup installs both)"
+    parts.append("eager engine" if settings.enforce_eager else "compiled engine")
+    return ", ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command itself (not a caller in this process): preload, once
+        reexec_with_preload(sys.argv[1:])
     args = build_parser().parse_args(argv)
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     try:
@@ -81,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     configure_logging(settings.log_level)
+    logging.getLogger("alpaca.server").info("fast path: %s", describe_fast_path(settings))
     try:
         store = open_store(settings.store_url)
     except (StoreError, ValueError) as err:

