@@ -93,6 +93,10 @@ class EngineLoad:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
+    # With speculative decoding, totals since the engine started: tokens proposed, and of them
+    # the tokens the model accepted.
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 class Engine(Protocol):
@@ -426,6 +430,10 @@ def build_engine(
                 load.running = scheduler_stats.num_running_reqs
                 load.waiting = scheduler_stats.num_waiting_reqs
                 load.kv_cache_usage = scheduler_stats.kv_cache_usage
+                speculation = scheduler_stats.spec_decoding_stats
+                if speculation is not None:
+                    load.draft_tokens += speculation.num_draft_tokens
+                    load.accepted_tokens += speculation.num_accepted_tokens
             if iteration_stats is not None and on_queue_time is not None:
                 for finished in iteration_stats.finished_requests:
                     on_queue_time(finished.queued_time)
@@ -462,7 +470,29 @@ def build_engine(
             else {}
         ),
         **structured,
+        speculative_config=speculative_config(settings),
     )
     log.info("loading %s on %s (%s)", model_path, device, dtype)
+    if settings.speculative != "off":
+        log.info(
+            "speculative decoding on: %s, %d tokens proposed per step, prompt lookup %d to %d "
+            "tokens",
+            settings.speculative,
+            settings.speculative_tokens,
+            settings.prompt_lookup_min,
+            settings.prompt_lookup_max,
+        )
     llm = AsyncLLM.from_engine_args(args, stat_loggers=[LoadRecorder])
     return VllmEngine(llm, settings.served_model_name, device, dtype, load)
+
+
+def speculative_config(settings: ServerSettings) -> dict[str, Any] | None:
+    """vLLM's speculative_config for the settings: None when off; n-gram prompt lookup."""
+    if settings.speculative == "off":
+        return None
+    return {
+        "method": "ngram",
+        "num_speculative_tokens": settings.speculative_tokens,
+        "prompt_lookup_max": settings.prompt_lookup_max,
+        "prompt_lookup_min": settings.prompt_lookup_min,
+    }

@@ -123,6 +123,19 @@ class ServerMetrics:
         self.kv_cache_usage = gauge(
             "alpaca_kv_cache_usage_perc", "Share of the KV cache in use (1 = full)."
         )
+        self.draft_tokens = Counter(
+            "alpaca_spec_decode_num_draft_tokens",
+            "Tokens proposed by speculative decoding (ALPACA_SPECULATIVE).",
+            ["model_name"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.accepted_tokens = Counter(
+            "alpaca_spec_decode_num_accepted_tokens",
+            "Proposed tokens the model accepted (each saves one decoding step).",
+            ["model_name"],
+            registry=self.registry,
+        ).labels(**labels)
+        self._speculation_seen = (0, 0)
         self.filter_blocks = Counter(
             "alpaca_filter_blocks",
             "Requests blocked by a content filter, by hook and category.",
@@ -187,6 +200,16 @@ class ServerMetrics:
         if model_name == self._model_name:
             return self
         return ModelMetrics(self, model_name)
+
+    def count_speculation(self, draft_tokens: int, accepted_tokens: int) -> None:
+        """Bring the speculation counters up to the engine's totals."""
+        seen_drafts, seen_accepted = self._speculation_seen
+        self.draft_tokens.inc(max(0, draft_tokens - seen_drafts))
+        self.accepted_tokens.inc(max(0, accepted_tokens - seen_accepted))
+        self._speculation_seen = (
+            max(draft_tokens, seen_drafts),
+            max(accepted_tokens, seen_accepted),
+        )
 
     def count_block(self, hook: str, category: str) -> None:
         self.filter_blocks.labels(model_name=self._model_name, hook=hook, category=category).inc()

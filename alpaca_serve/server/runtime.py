@@ -124,6 +124,7 @@ class Runtime:
         self.metrics.running.set(running)
         self.metrics.waiting.set(waiting)
         self.metrics.kv_cache_usage.set(engine.load.kv_cache_usage if running else 0.0)
+        self.metrics.count_speculation(engine.load.draft_tokens, engine.load.accepted_tokens)
 
 
 def get_runtime(request: Request) -> Runtime:

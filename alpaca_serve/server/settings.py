@@ -113,6 +113,34 @@ class ServerSettings(BaseSettings):
         description="where a compiled engine (enforce_eager false) keeps vLLM's and torch's "
         "compilation caches, so that later starts reuse them; empty: `compile/` in cache_dir",
     )
+    speculative: Literal["off", "ngram"] = Field(
+        default="off",
+        description="speculative decoding: off, or ngram (prompt lookup: the engine proposes the "
+        "tokens that followed the last few generated ones where they occur earlier in the prompt "
+        "or answer, and the model checks them all in one step; greedy answers stay the same, "
+        "token for token); pays where the answer repeats its input (rewrite, summarise, extract)",
+    )
+    speculative_tokens: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="with speculative ngram: tokens proposed per step (vLLM's "
+        "num_speculative_tokens)",
+    )
+    prompt_lookup_max: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="with speculative ngram: the longest run of recent tokens looked up in the "
+        "prompt and answer so far",
+    )
+    prompt_lookup_min: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="with speculative ngram: the shortest run of recent tokens looked up (at most "
+        "prompt_lookup_max); shorter runs propose more often and are accepted less",
+    )
     cpu_kv_cache_gib: float = Field(default=2.0, gt=0, description="KV cache size on cpu, in GiB")
     cpu_reserved_cores: int = Field(
         default=0, ge=0, description="cores kept out of the cpu engine's compute threads"
@@ -322,6 +350,13 @@ class ServerSettings(BaseSettings):
     def _empty_means_unset(cls, value: object) -> object:
         return none_if_blank(value)
 
+    @field_validator("speculative", mode="before")
+    @classmethod
+    def _empty_means_off(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() or "off"
+        return value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> ServerSettings:
         if self.default_max_new_tokens > self.max_new_tokens_limit:
@@ -367,6 +402,11 @@ class ServerSettings(BaseSettings):
         if self.adapters_dir is not None and not self.adapters_dir.is_dir():
             raise ValueError(f"adapters_dir {self.adapters_dir} is not a folder")
         parse_adapter_list(self.adapters)  # a malformed list stops the server here
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError(
+                f"prompt_lookup_min ({self.prompt_lookup_min}) is above prompt_lookup_max "
+                f"({self.prompt_lookup_max})"
+            )
         return self
 
     @property
