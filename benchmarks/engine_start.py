@@ -58,8 +58,13 @@ def preload_libraries() -> list[str]:
 
 
 def variants(args) -> list[Variant]:
-    compiled = {"ALPACA_ENFORCE_EAGER": "false", **dict(args.compiled_env)}
-    chosen = [Variant("eager", {"ALPACA_ENFORCE_EAGER": "true"}), Variant("compiled", compiled)]
+    # The server preloads by default now; each variant says what it has, so none preloads itself.
+    plain = {"ALPACA_PRELOAD": "false"}
+    compiled = {**plain, "ALPACA_ENFORCE_EAGER": "false", **dict(args.compiled_env)}
+    chosen = [
+        Variant("eager", {**plain, "ALPACA_ENFORCE_EAGER": "true"}),
+        Variant("compiled", compiled),
+    ]
     # Other compiled variants, side by side in the same run, each with its settings in its name.
     for settings in args.also_compiled:
         label = ",".join(f"{name}={value}" for name, value in settings)

@@ -115,6 +115,8 @@ def start_servers(args, model: Path, workdir: Path) -> dict[str, ServerProcess]:
         "ALPACA_ENFORCE_EAGER": "true",
         "ALPACA_MAX_CONCURRENT": str(max(args.clients) + 2),
         "ALPACA_LOG_LEVEL": "info",
+        # The server preloads by default now: only --preload does here.
+        "ALPACA_PRELOAD": "false",
         **({"LD_PRELOAD": ":".join(args.preload)} if args.preload else {}),
     }
     servers = {}

@@ -45,8 +45,13 @@ def test_the_compiled_variant_gets_the_experiments_environment():
 
     eager, compiled = variants(args)
 
-    assert eager.env == {"ALPACA_ENFORCE_EAGER": "true"}
-    assert compiled.env == {"ALPACA_ENFORCE_EAGER": "false", "VLLM_USE_AOT_COMPILE": "0"}
+    # No variant preloads by itself (the server would by default): only +preload ones do.
+    assert eager.env == {"ALPACA_PRELOAD": "false", "ALPACA_ENFORCE_EAGER": "true"}
+    assert compiled.env == {
+        "ALPACA_PRELOAD": "false",
+        "ALPACA_ENFORCE_EAGER": "false",
+        "VLLM_USE_AOT_COMPILE": "0",
+    }
 
 
 def test_more_compiled_variants_are_measured_side_by_side_each_named_by_its_settings():
@@ -63,7 +68,12 @@ def test_more_compiled_variants_are_measured_side_by_side_each_named_by_its_sett
         "compiled[VLLM_USE_MEGA_AOT_ARTIFACT=0]",
         "compiled[A=1,B=2]",
     ]
-    assert names["compiled[A=1,B=2]"] == {"ALPACA_ENFORCE_EAGER": "false", "A": "1", "B": "2"}
+    assert names["compiled[A=1,B=2]"] == {
+        "ALPACA_PRELOAD": "false",
+        "ALPACA_ENFORCE_EAGER": "false",
+        "A": "1",
+        "B": "2",
+    }
 
 
 def test_the_report_gives_both_starts_whether_the_cache_was_reused_and_ratios_to_eager():
