@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     configure_logging(settings.log_level)
-    logging.getLogger("alpaca.server").info("fast path: %s", describe_fast_path(settings))
     try:
         store = open_store(settings.store_url)
     except (StoreError, ValueError) as err:
@@ -127,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
 
     app.state.runtime.on_fatal = stop
+    # Once the settings, the store and the app are known good: a bad setting is one line alone.
+    logging.getLogger("alpaca.server").info("fast path: %s", describe_fast_path(settings))
     url = settings.local_url
     print(
         f"alpaca-serve: API {url}/generate (docs {url}/docs)"
