@@ -14,9 +14,9 @@ other, then all kept up; only one is sent requests at a time):
   `--blocklist-entries` phrases and the length/repetition guard.
 
 The engine settings are the same for all three: dtype (float32 on CPU), `--max-model-len`,
-`--max-num-seqs`, eager mode, the CPU KV cache size, seed 0, and no core reserved out of the
-engine's compute threads (vLLM's own server reserves one by default; alpaca-serve none). Every
-request is the same `POST /v1/completions` to each (the Alpaca no-input prompt of one of 16
+`--max-num-seqs`, eager mode, the KV cache's size and block size, seed 0, and no core reserved out
+of the engine's compute threads (vLLM's own server reserves one by default; alpaca-serve none).
+Every request is the same `POST /v1/completions` to each (the Alpaca no-input prompt of one of 16
 instructions, greedy, streaming, `min_tokens` = `max_tokens`, so every answer has exactly
 `--max-new-tokens` tokens on every server and the header check never ends one early, while it still
 holds back text that could begin a header). Per concurrency (`--clients`) and round (`--rounds`),
@@ -62,6 +62,8 @@ SERVERS = ("vllm", "ours", "ours+filters")
 SERVED_NAME = "peer-model"
 WARMUP_REQUESTS = 2
 RESERVED_CORES = 0  # cores kept out of the engines' compute threads, the same for all three
+# KV cache block size, the same for all three: alpaca-serve's default on CPU (vLLM's own is 128).
+BLOCK_SIZE = 32
 TARGETS = {
     "ttft_p50_gap_ms_at_1": 15.0,  # ours - vllm, at 1 client
     "tokens_per_s_ratio": 0.97,  # ours / vllm, at 8 and 16 clients
@@ -99,6 +101,7 @@ def engine_flags(args) -> list[str]:
     return [
         *("--dtype", "float32", "--max-model-len", str(args.max_model_len)),
         *("--max-num-seqs", str(args.max_num_seqs), "--enforce-eager", "--seed", "0"),
+        *("--block-size", str(BLOCK_SIZE)),
         *("--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", "{port}"),
         "--disable-uvicorn-access-log",
     ]
@@ -113,6 +116,7 @@ def alpaca_env(args) -> dict[str, str]:
         "ALPACA_MAX_NUM_SEQS": str(args.max_num_seqs),
         "ALPACA_ENFORCE_EAGER": "true",
         "ALPACA_CPU_RESERVED_CORES": str(RESERVED_CORES),
+        "ALPACA_KV_BLOCK_SIZE": str(BLOCK_SIZE),
         # Room for the answers asked for, within the context (and the default answer within it).
         "ALPACA_MAX_NEW_TOKENS_LIMIT": str(limit),
         "ALPACA_DEFAULT_MAX_NEW_TOKENS": str(min(256, limit)),

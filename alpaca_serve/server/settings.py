@@ -141,6 +141,15 @@ class ServerSettings(BaseSettings):
         description="with speculative ngram: the shortest run of recent tokens looked up (at most "
         "prompt_lookup_max); shorter runs propose more often and are accepted less",
     )
+    kv_block_size: int | None = Field(
+        default=None,
+        ge=16,
+        description="tokens per KV cache block (vLLM's block_size); vLLM's prefix cache shares "
+        "whole blocks between requests; empty: 32 on cpu (vLLM's own there is 128), so that the "
+        "fixed preamble of the Alpaca prompt with an input (33 tokens with the default model) "
+        "fills a block every such request shares; vLLM's own on cuda; a multiple of 16, and of "
+        "32 on cpu",
+    )
     cpu_kv_cache_gib: float = Field(default=2.0, gt=0, description="KV cache size on cpu, in GiB")
     cpu_reserved_cores: int = Field(
         default=0, ge=0, description="cores kept out of the cpu engine's compute threads"
@@ -336,6 +345,7 @@ class ServerSettings(BaseSettings):
         "model",
         "model_name",
         "compile_cache_dir",
+        "kv_block_size",
         "blocklist",
         "api_keys",
         "admin_keys",
@@ -402,6 +412,8 @@ class ServerSettings(BaseSettings):
         if self.adapters_dir is not None and not self.adapters_dir.is_dir():
             raise ValueError(f"adapters_dir {self.adapters_dir} is not a folder")
         parse_adapter_list(self.adapters)  # a malformed list stops the server here
+        if self.kv_block_size is not None and self.kv_block_size % 16:
+            raise ValueError(f"kv_block_size ({self.kv_block_size}) is not a multiple of 16")
         if self.prompt_lookup_min > self.prompt_lookup_max:
             raise ValueError(
                 f"prompt_lookup_min ({self.prompt_lookup_min}) is above prompt_lookup_max "

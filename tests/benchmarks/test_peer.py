@@ -163,4 +163,5 @@ def test_the_servers_settings_are_valid_and_match_vllms_flags(
     flags = engine_flags(args)
     assert flags[flags.index("--max-model-len") + 1] == str(settings.max_model_len)
     assert flags[flags.index("--max-num-seqs") + 1] == str(settings.max_num_seqs)
+    assert flags[flags.index("--block-size") + 1] == str(settings.kv_block_size)
     assert flags[flags.index("--served-model-name") + 1] == settings.served_model_name
