@@ -75,7 +75,13 @@ def describe_fast_path(settings: ServerSettings) -> str:
     ]
     if not all(loaded.values()):
         parts[-1] += " (ALPACA_PRELOAD=false, or not installed: make setup installs both)"
-    parts.append("eager engine" if settings.enforce_eager else "compiled engine")
+    parts.append(
+        {
+            True: "eager engine",
+            False: "compiled engine",
+            "auto": "compiled engine once its cache is warm, eager until then",
+        }[settings.enforce_eager]
+    )
     return ", ".join(parts)
 
 
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alpaca-serve: error: feedback store: {err}", file=sys.stderr)
         return 2
     try:
-        app = create_app(settings, store=store, ui=mount_demo)
+        app = create_app(settings, store=store, ui=mount_demo, compile_in_background=argv is None)
     except (FilterConfigError, UIUnavailableError) as err:
         store.close()
         print(f"alpaca-serve: error: {err}", file=sys.stderr)

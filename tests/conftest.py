@@ -14,6 +14,7 @@ real one marked slow), so `pytest -m "not slow"` (`make test-fast`) is the quick
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -29,6 +30,11 @@ from tests.support import (
     tiny_server_env,
     write_pad_row_adapter,
 )
+
+# The servers the tests start (alpaca-serve processes, the Docker stack through compose) never
+# compile a model in the background: each would spend minutes of CPU beside the suite. The test
+# of that background compile turns it on for its own server (tests/server/test_compile_mode.py).
+os.environ.setdefault("ALPACA_COMPILE_IN_BACKGROUND", "false")
 
 
 @pytest.fixture(scope="session")

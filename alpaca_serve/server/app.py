@@ -29,6 +29,7 @@ from alpaca_serve.server import __version__
 from alpaca_serve.server.access import AccessMiddleware
 from alpaca_serve.server.adapters import AdapterRegistry, watch_adapters
 from alpaca_serve.server.admission import Admission
+from alpaca_serve.server.compile_cache import BackgroundCompile
 from alpaca_serve.server.default_model import ensure_default_model
 from alpaca_serve.server.engine import Engine, SamplingOptions, build_engine
 from alpaca_serve.server.errors import install_error_handlers
@@ -68,10 +69,12 @@ def create_app(
     engine: Engine | None = None,
     store: FeedbackStore | None = None,
     ui: UIMount | None = None,
+    compile_in_background: bool = False,
 ) -> FastAPI:
     """Build the app. Without `engine`, the lifespan loads the model and owns the engine; without
     `store`, it opens the configured feedback store and owns it. With `ui` and `settings.ui`, the
-    UI is mounted at /ui.
+    UI is mounted at /ui. With `compile_in_background` (alpaca-serve itself), a cold compile
+    cache is filled in the background (server/compile_cache.py).
 
     Raises FilterConfigError when a configured content filter cannot be built, and what `ui`
     raises when the UI cannot be (the demo's UIUnavailableError).
@@ -89,6 +92,7 @@ def create_app(
         feedback_limits=FeedbackLimits(
             settings.feedback_per_session_per_minute, settings.feedback_per_client_per_minute
         ),
+        may_compile_in_background=compile_in_background,
     )
 
     @asynccontextmanager
@@ -124,6 +128,8 @@ def create_app(
             await recorder.close()
             if store is None:
                 opened.close()
+            if runtime.compile_fill is not None:
+                runtime.compile_fill.stop()
             if engine is None and runtime.engine is not None:
                 runtime.engine.shutdown()
 
@@ -223,6 +229,7 @@ async def _start_engine(runtime: Runtime, engine: Engine | None) -> None:
             runtime.serve_adapters(registry)
         runtime.loaded_at = made_at()
         runtime.ready = True
+        _fill_compile_cache(runtime, engine)
         url = runtime.settings.local_url
         log.info(
             "ready: serving %s (context %d tokens) at %s/generate",
@@ -239,6 +246,24 @@ async def _start_engine(runtime: Runtime, engine: Engine | None) -> None:
         log.exception("the model failed to load")
         if runtime.on_fatal is not None:
             runtime.on_fatal(runtime.load_error)
+
+
+def _fill_compile_cache(runtime: Runtime, engine: Engine) -> None:
+    """Start the background compile when the engine is eager only because its cache is cold,
+    in `alpaca-serve` itself, with ALPACA_COMPILE_IN_BACKGROUND on."""
+    mode = getattr(engine, "mode", None)
+    if mode is None or not mode.fill or runtime.model_dir is None:
+        return
+    if not (runtime.may_compile_in_background and runtime.settings.compile_in_background):
+        log.info("fast path: the compiled engine's cache stays cold (no background compile)")
+        return
+    runtime.compile_fill = BackgroundCompile.start(runtime.settings, runtime.model_dir)
+    log.info(
+        "fast path: compiling the model in the background at the lowest priority, for the "
+        "next start to be compiled (minutes; log %s; ALPACA_COMPILE_IN_BACKGROUND=false "
+        "turns it off)",
+        runtime.compile_fill.log_path,
+    )
 
 
 async def _watch_adapters(runtime: Runtime) -> None:

@@ -16,11 +16,13 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from alpaca_serve.server.compile_cache import EngineMode, choose_mode, mark_warm
 from alpaca_serve.server.settings import ServerSettings
 
 log = logging.getLogger("alpaca.engine")
@@ -175,8 +177,17 @@ def resolve_dtype(settings: ServerSettings, device: str) -> str:
 class VllmEngine:
     """One vLLM `AsyncLLM`, seen through the few calls the server needs."""
 
-    def __init__(self, llm: Any, model_name: str, device: str, dtype: str, load: EngineLoad):
+    def __init__(
+        self,
+        llm: Any,
+        model_name: str,
+        device: str,
+        dtype: str,
+        load: EngineLoad,
+        mode: EngineMode | None = None,
+    ):
         self._llm = llm
+        self.mode = mode  # compiled or eager, and why (server/compile_cache.py)
         self._tokenizer = llm.get_tokenizer()
         self.model_name = model_name
         self.device = device
@@ -417,6 +428,8 @@ def build_engine(
     from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.metrics.loggers import StatLoggerBase
 
+    block_size = kv_block_size(settings, device)
+    mode = choose_mode(settings, model_path, device, dtype, block_size)
     load = EngineLoad()
 
     class LoadRecorder(StatLoggerBase):
@@ -454,12 +467,12 @@ def build_engine(
         served_model_name=settings.served_model_name,
         dtype=dtype,
         max_model_len=_context_length(model_path, settings.max_model_len),
-        enforce_eager=settings.enforce_eager,
+        enforce_eager=not mode.compiled,
         max_num_seqs=settings.max_num_seqs,
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         seed=0,
-        block_size=kv_block_size(settings, device),
+        block_size=block_size,
         # LoRA only when adapters are configured: it turns compilation off and costs speed.
         **(
             dict(
@@ -483,8 +496,12 @@ def build_engine(
             settings.prompt_lookup_min,
             settings.prompt_lookup_max,
         )
+    log.info("fast path: %s", mode.reason)
+    started = time.monotonic()
     llm = AsyncLLM.from_engine_args(args, stat_loggers=[LoadRecorder])
-    return VllmEngine(llm, settings.served_model_name, device, dtype, load)
+    if mode.compiled:
+        mark_warm(settings, mode.key, model_path, time.monotonic() - started)
+    return VllmEngine(llm, settings.served_model_name, device, dtype, load, mode)
 
 
 # On CPU, vLLM's blocks are 128 tokens, and its prefix cache shares whole blocks only: the Alpaca

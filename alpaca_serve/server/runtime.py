@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from alpaca_serve.feedback import FeedbackStore, GenerationRecorder, StoreError, StoreFullError
 from alpaca_serve.server.adapters import AdapterRegistry
 from alpaca_serve.server.admission import Admission
+from alpaca_serve.server.compile_cache import BackgroundCompile
 from alpaca_serve.server.engine import Engine
 from alpaca_serve.server.errors import APIError
 from alpaca_serve.server.feedback_limits import FeedbackLimits
@@ -55,6 +56,9 @@ class Runtime:
     unknown_fields: UnknownFields = field(default_factory=UnknownFields)  # /v1's, logged once
     # Called when the engine cannot be loaded, so the process can stop instead of idling unready.
     on_fatal: Callable[[str], None] | None = field(default=None, repr=False)
+    # `alpaca-serve` itself (not an in-process caller) may fill a cold compile cache.
+    may_compile_in_background: bool = False
+    compile_fill: BackgroundCompile | None = field(default=None, repr=False)
     _pipeline: Pipeline | None = field(default=None, init=False, repr=False)
 
     @property

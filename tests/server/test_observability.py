@@ -236,3 +236,12 @@ def test_the_server_runs_with_tcmalloc_and_intels_openmp_preloaded_and_says_so(t
     assert "fast path: tcmalloc preloaded, Intel OpenMP preloaded" in tiny_server.log_text()
     maps = Path(f"/proc/{tiny_server.process.pid}/maps").read_text()
     assert "libtcmalloc_minimal.so" in maps and "libiomp5.so" in maps
+
+
+def test_the_server_says_which_engine_it_chose_and_why(tiny_server):
+    """ALPACA_ENFORCE_EAGER=auto: the tiny model's compile cache is cold, so the engine is eager;
+    the tests' servers compile nothing in the background (tests/conftest.py), and say so."""
+    log = tiny_server.log_text()
+    assert "compiled engine once its cache is warm, eager until then" in log
+    assert "fast path: eager engine (the compiled engine's cache is cold)" in log
+    assert "the compiled engine's cache stays cold (no background compile)" in log
