@@ -354,17 +354,17 @@ async def targets_of(session, servers: dict[str, ServerProcess], args) -> dict[s
         target = Target(servers[variant.server].url, variant.endpoint, names[variant.server])
         if name in LLAMA_CPP:
             # No min_tokens there: the end-of-sequence tokens are banned instead.
-            target.extra = {"logit_bias": {str(t): -100.0 for t in end_of_sequence_ids()}}
+            target.extra = {"logit_bias": {str(t): -100.0 for t in args.end_of_sequence_ids}}
             target.counts_chunks = True
         found[name] = target
     return found
 
 
-def end_of_sequence_ids() -> list[int]:
-    """The default model's tokens that end an answer (<|endoftext|>, <|im_end|>)."""
+def end_of_sequence_ids(model: Path) -> list[int]:
+    """The model's tokens that end an answer (its EOS, <|endoftext|>, <|im_end|>)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(default_model()))
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
     ids = {
         tokenizer.eos_token_id,
         *tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"]),
@@ -740,6 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     model_path = args.model or default_model()
     if "ours-model" in args.variants and not args.no_warm_compile:
         warm_compile(args, model_path, workdir)
+    args.end_of_sequence_ids = end_of_sequence_ids(model_path)
     specs = server_specs(args, args.model, workdir, model_path)
     servers = {name: spec.start() for name, spec in specs.items()}
     try:

@@ -111,9 +111,10 @@ def failed_marker(settings: ServerSettings, key: str) -> Path:
 
 def is_warm(settings: ServerSettings, key: str) -> bool:
     """A compiled engine of this key has started with this cache folder, and the cache is there."""
-    # On CPU the compiled kernels are torch inductor's (vLLM keeps no graph cache of its own there).
-    kernels = settings.compile_cache_root / "inductor"
-    return warm_marker(settings, key).is_file() and kernels.is_dir()
+    # On CPU the compiled kernels are torch inductor's (vLLM keeps no graph cache of its own
+    # there), in the folder configure_compile_caches names unless the operator named another.
+    kernels = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or settings.compile_cache_root / "inductor"
+    return warm_marker(settings, key).is_file() and Path(kernels).is_dir()
 
 
 def mark_warm(settings: ServerSettings, key: str, model_path: Path, seconds: float) -> None:

@@ -196,6 +196,9 @@ def test_the_fill_compiles_the_model_and_the_next_start_is_compiled(tiny_model_d
         "ALPACA_CACHE_DIR": str(tmp_path / "cache"),
         "ALPACA_CPU_KV_CACHE_GIB": "1",
     }
+    # Torch, imported by this process, names its own kernel folder: the server's default here.
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT"):
+        env.pop(name, None)
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "alpaca_serve.server.compile_fill"],
@@ -216,3 +219,4 @@ def test_the_fill_compiles_the_model_and_the_next_start_is_compiled(tiny_model_d
         config = ServerSettings()
     chosen = choose_mode(config, tiny_model_dir, "cpu", "float32", 32)
     assert chosen.compiled, (chosen.reason, time.monotonic() - started)
+    assert (config.compile_cache_root / "inductor").is_dir()  # the kernels, in the cache folder
