@@ -538,7 +538,10 @@ class Generation:
         adapter = {"adapter": self.adapter} if self.adapter is not None else {}
         # The stop strings are matched here, not in the engine: vLLM would hold back the last
         # characters of every piece until it could rule a match out (server/stop_strings.py).
-        stops = StopMatcher(self.options.stop)
+        # They count only after min_tokens tokens, so an answer that may not end before
+        # max_new_tokens never ends at one: then no text waits for them.
+        can_stop = self.options.min_tokens < self.options.max_new_tokens
+        stops = StopMatcher(self.options.stop if can_stop else ())
         options = dataclasses.replace(self.options, stop=())
         pieces = self.engine.generate(self.prompt_ids, options, self.request_id, **adapter)
         try:

@@ -303,6 +303,23 @@ def test_stop_strings_count_only_after_min_tokens(scripted):
     assert (answer["text"], answer["finish"], answer["tokens"]) == ("a END b", "stop", 4)
 
 
+@pytest.mark.parametrize("route", ROUTES)
+def test_an_answer_that_cannot_end_before_max_tokens_streams_header_text_at_once(scripted, route):
+    """Stop strings count only after min_tokens tokens: with min_tokens = max_new_tokens none
+    can end the answer, so text that begins one waits for nothing (only trailing white space
+    waits, for the text after it)."""
+    scripted.engine.reply = lambda prompt: SPLIT_HEADER
+    tokens = len(SPLIT_HEADER)
+    answer = ask(scripted, route, True, min_tokens=tokens, max_new_tokens=tokens)
+    assert answer["text"] == "The answer.\n\n### Instruction: Now more."
+    assert answer["pieces"] == ["The answer.", "\n\n###", " Inst", "ruction:", " Now", " more."]
+    assert answer["tokens"] == tokens
+
+    # The header ends in the 5th token: past min_tokens 4, it still ends the answer.
+    cut = ask(scripted, route, True, min_tokens=4, max_new_tokens=tokens)
+    assert (cut["pieces"], cut["finish"], cut["tokens"]) == (["The answer."], "stop", 5)
+
+
 def test_every_choice_is_cut_at_its_stop_string_and_counted_to_it(scripted):
     scripted.engine.reply = lambda prompt: SPLIT_HEADER
     model = scripted.settings.served_model_name
