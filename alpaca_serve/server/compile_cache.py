@@ -137,7 +137,8 @@ def compiler_missing(device: str) -> bool:
 def choose_mode(
     settings: ServerSettings, model_path: Path, device: str, dtype: str, block_size: int | None
 ) -> EngineMode:
-    """Compiled or eager, from ALPACA_ENFORCE_EAGER (true, false or auto) and the cache."""
+    """Compiled or eager, from ALPACA_ENFORCE_EAGER (true, false or auto) and the cache of the
+    compiled engine, which runs in `dtype`."""
     key = cache_key(settings, model_path, device, dtype, block_size)
     if settings.enforce_eager is True:
         return EngineMode(False, "eager engine (ALPACA_ENFORCE_EAGER=true)", key)

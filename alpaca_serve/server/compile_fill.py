@@ -34,7 +34,7 @@ def fill(settings: ServerSettings, model_path: Path) -> int:
         settings,
         model_path,
         device,
-        resolve_dtype(settings, device),
+        resolve_dtype(settings, device, compiled=True),
         kv_block_size(settings, device),
     )
     if is_warm(settings, key):

@@ -167,11 +167,13 @@ def resolve_device(settings: ServerSettings) -> str:
     return "cuda" if shutil.which("nvidia-smi") else "cpu"
 
 
-def resolve_dtype(settings: ServerSettings, device: str) -> str:
+def resolve_dtype(settings: ServerSettings, device: str, compiled: bool = False) -> str:
+    """The dtype setting, or for `auto`: bfloat16, except for an eager engine on CPU. There
+    bfloat16 is emulated, and slower than float32 without compilation; compiled, it decodes
+    faster than float32 (vLLM's own default on CPU; benchmarks/peer.py)."""
     if settings.dtype != "auto":
         return settings.dtype
-    # bfloat16 is emulated on these CPUs and slower than float32.
-    return "float32" if device == "cpu" else "bfloat16"
+    return "float32" if device == "cpu" and not compiled else "bfloat16"
 
 
 class VllmEngine:
@@ -418,7 +420,6 @@ def build_engine(
 ) -> VllmEngine:
     """Load the model into a new vLLM engine (blocking: tens of seconds on CPU)."""
     device = resolve_device(settings)
-    dtype = resolve_dtype(settings, device)
     if device == "cpu":
         configure_cpu_environment(settings)
     configure_compile_caches(settings)
@@ -429,7 +430,10 @@ def build_engine(
     from vllm.v1.metrics.loggers import StatLoggerBase
 
     block_size = kv_block_size(settings, device)
-    mode = choose_mode(settings, model_path, device, dtype, block_size)
+    mode = choose_mode(
+        settings, model_path, device, resolve_dtype(settings, device, compiled=True), block_size
+    )
+    dtype = resolve_dtype(settings, device, compiled=mode.compiled)
     load = EngineLoad()
 
     class LoadRecorder(StatLoggerBase):
@@ -496,7 +500,12 @@ def build_engine(
             settings.prompt_lookup_min,
             settings.prompt_lookup_max,
         )
-    log.info("fast path: %s", mode.reason)
+    log.info(
+        "fast path: %s; KV blocks of %s%s",
+        mode.reason,
+        f"{block_size} tokens" if block_size else "vLLM's default size",
+        " (prompts share the cached Alpaca preamble)" if block_size and block_size <= 32 else "",
+    )
     started = time.monotonic()
     llm = AsyncLLM.from_engine_args(args, stat_loggers=[LoadRecorder])
     if mode.compiled:

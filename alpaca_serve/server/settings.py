@@ -86,7 +86,8 @@ class ServerSettings(BaseSettings):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="weights and activations; auto: float32 on cpu, bfloat16 on cuda",
+        description="weights and activations; auto: bfloat16, but float32 for an eager engine "
+        "on cpu (bfloat16 is emulated there: slower than float32 unless compiled)",
     )
     max_model_len: int = Field(
         default=2048, ge=16, description="context length: prompt plus new tokens, at most"
