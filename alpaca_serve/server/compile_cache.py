@@ -146,7 +146,12 @@ def choose_mode(
         warmth = "its cache is warm" if is_warm(settings, key) else "compiling first: minutes"
         return EngineMode(True, f"compiled engine (ALPACA_ENFORCE_EAGER=false, {warmth})", key)
     if settings.serves_adapters:
-        return EngineMode(False, "eager engine (adapters turn compilation off)", key)
+        hint = (
+            "; ALPACA_PROJECT_MODEL=false serves the base model alone, compiled"
+            if settings.serves_project_model
+            else ""
+        )
+        return EngineMode(False, f"eager engine (adapters turn compilation off{hint})", key)
     if is_warm(settings, key):
         return EngineMode(True, "compiled engine (its cache is warm)", key)
     if failed_marker(settings, key).is_file():

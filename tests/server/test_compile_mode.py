@@ -142,7 +142,8 @@ def test_adapters_keep_the_engine_eager_as_vllm_compiles_nothing_with_lora(tmp_p
     ):
         chosen = mode(config, model)
         assert not chosen.compiled and not chosen.fill
-        assert "adapters" in chosen.reason
+        assert "adapters turn compilation off" in chosen.reason
+    assert "ALPACA_PROJECT_MODEL=false serves the base model alone" in chosen.reason
 
 
 def test_a_failed_fill_is_not_tried_again(tmp_path):
