@@ -29,9 +29,9 @@ then kept up; only one is sent requests at a time):
 
 Every request is a streamed greedy completion of the Alpaca no-input prompt of one of 16
 instructions, with exactly `--max-new-tokens` new tokens on every variant (`min_tokens` =
-`max_tokens`; llama.cpp, which has no min_tokens, gets its end-of-sequence tokens banned by
-logit_bias), so every answer is as long on every server and the header check never ends one
-early (it still holds back text that could begin a header). Per concurrency (`--clients`) and
+`max_tokens`; llama.cpp's server, whose min_tokens ended answers early, is asked for none and
+gets its end-of-sequence tokens banned by logit_bias instead), so every answer is as long on
+every server and the header check never ends one early. Per concurrency (`--clients`) and
 round (`--rounds`), the variants take turns, in an order that alternates from round to round;
 each turn is a couple of uncounted warm-up requests, then N clients each sending
 `--requests-per-client` requests one after the other.
@@ -142,6 +142,7 @@ class Target:
     model: str | None = SERVED_NAME
     extra: dict = field(default_factory=dict)
     counts_chunks: bool = False  # no usage in its stream: one chunk is one token
+    min_tokens: bool = True  # asks for min_tokens (llama.cpp's ends answers early with it)
 
 
 # --- the servers ----------------------------------------------------------------------------
@@ -286,7 +287,9 @@ def server_specs(
             gguf = gguf_file(args, "F32" if name.endswith("f32") else "Q4_1")
             argv = [str(args.llama_cpp_python), "-m", "llama_cpp.server", "--model", str(gguf)]
             argv += ["--n_ctx", str(args.max_model_len), "--n_threads", str(os.cpu_count() or 1)]
-            argv += ["--host", "127.0.0.1", "--port", "{port}"]
+            # One request at a time, each to its end (its default cuts a stream short when
+            # another request arrives).
+            argv += ["--interrupt_requests", "False", "--host", "127.0.0.1", "--port", "{port}"]
             specs[name] = ServerSpec(argv, folder, {}, "/v1/models")
     return specs
 
@@ -356,19 +359,18 @@ async def targets_of(session, servers: dict[str, ServerProcess], args) -> dict[s
             # No min_tokens there: the end-of-sequence tokens are banned instead.
             target.extra = {"logit_bias": {str(t): -100.0 for t in args.end_of_sequence_ids}}
             target.counts_chunks = True
+            target.min_tokens = False
         found[name] = target
     return found
 
 
 def end_of_sequence_ids(model: Path) -> list[int]:
-    """The model's tokens that end an answer (its EOS, <|endoftext|>, <|im_end|>)."""
+    """The model's tokens that can end an answer in llama.cpp (which ends at any of its
+    end-of-generation tokens): its EOS and every special token."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model))
-    ids = {
-        tokenizer.eos_token_id,
-        *tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"]),
-    }
+    ids = {tokenizer.eos_token_id, *tokenizer.all_special_ids}
     return sorted(i for i in ids if isinstance(i, int) and i >= 0)
 
 
@@ -381,7 +383,9 @@ def request_body(prompt: str, tokens: int, target: Target) -> dict:
     else:
         body = {"model": target.model, "prompt": prompt, "max_tokens": tokens}
         body["stream_options"] = {"include_usage": True}
-    return {**body, "min_tokens": tokens, "temperature": 0.0, "stream": True, **target.extra}
+    if target.min_tokens:
+        body["min_tokens"] = tokens
+    return {**body, "temperature": 0.0, "stream": True, **target.extra}
 
 
 async def complete(
