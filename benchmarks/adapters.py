@@ -47,6 +47,7 @@ from pathlib import Path
 
 from benchmarks.options import count_list, default_model, positive_int
 from benchmarks.processes import ServerProcess, alpaca_server
+from benchmarks.sse import sse_events
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTIONS = [
@@ -140,11 +141,7 @@ async def stream_one(
         if response.status != 200:
             stream.error = f"{response.status} {(await response.text())[:200]}"
             return stream
-        async for raw in response.content:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[len("data: ") :])
+        async for event in sse_events(response):
             if "error" in event:
                 stream.error = str(event["error"])
             if event.get("text"):

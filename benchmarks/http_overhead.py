@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.sse import sse_events
+
 # Fewer vLLM log lines; set before vLLM is first imported (by build_engine).
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
@@ -183,14 +185,7 @@ class HttpClient:
         async with self.session.post(self.url, json=body) as response:
             if response.status != 200:
                 raise RuntimeError(f"POST /generate: {response.status} {await response.text()}")
-            async for raw in response.content:
-                line = raw.decode().strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
-                    break
-                event = json.loads(data)
+            async for event in sse_events(response):
                 if "error" in event:
                     raise RuntimeError(f"POST /generate: error event {event['error']}")
                 if ttft is None and event.get("text"):

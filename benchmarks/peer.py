@@ -69,6 +69,7 @@ from pathlib import Path
 from benchmarks.http_overhead import INSTRUCTIONS, percentile
 from benchmarks.options import count_list, default_model, positive_int
 from benchmarks.processes import ServerProcess
+from benchmarks.sse import event_text, sse_events
 
 SERVED_NAME = "peer-model"  # the name the engine-matched servers serve the model under
 WARMUP_REQUESTS = 2
@@ -404,16 +405,10 @@ async def complete(
         if response.status != 200:
             turn.errors.append(f"{response.status} {(await response.text())[:200]}")
             return
-        async for raw in response.content:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[len("data: ") :])
+        async for event in sse_events(response):
             if "error" in event:
                 turn.errors.append(str(event["error"])[:200])
-            text = event.get("text") or "".join(
-                choice.get("text") or "" for choice in event.get("choices", [])
-            )
+            text = event_text(event)
             if event.get("choices") and not event["choices"][0].get("finish_reason"):
                 chunks += 1
             if text:

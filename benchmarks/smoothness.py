@@ -44,6 +44,7 @@ from pathlib import Path
 
 from benchmarks.http_overhead import INSTRUCTIONS, percentile
 from benchmarks.options import count_list, default_model, positive_int
+from benchmarks.sse import event_text, sse_events
 
 TARGET_P99_RATIO = 1.5  # ours / vllm, the p99 of the gaps between visible chunks
 
@@ -79,13 +80,6 @@ def p99_ratio(ours: dict[str, float], vllm: dict[str, float]) -> float:
     return ours["p99_ms"] / vllm["p99_ms"] if vllm["p99_ms"] else float("nan")
 
 
-def chunk_texts(event: dict) -> str:
-    """The text of one streamed event: `/generate`'s `text`, or `/v1/completions`' choices'."""
-    if "choices" in event:
-        return "".join(choice.get("text") or "" for choice in event["choices"])
-    return event.get("text") or ""
-
-
 async def stream_once(session, base_url: str, path: str, body: dict) -> Stream:
     """POST `body` (streamed) to `base_url + path`, recording each text chunk as it arrives."""
     stream = Stream(time.perf_counter())
@@ -93,14 +87,10 @@ async def stream_once(session, base_url: str, path: str, body: dict) -> Stream:
         if response.status != 200:
             stream.error = f"{response.status} {(await response.text())[:200]}"
             return stream
-        async for raw in response.content:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[len("data: ") :])
+        async for event in sse_events(response):
             if "error" in event:
                 stream.error = str(event["error"])[:200]
-            text = chunk_texts(event)
+            text = event_text(event)
             if text:
                 stream.chunks.append((time.perf_counter(), text))
     return stream

@@ -13,13 +13,13 @@ from alpaca_serve.core.prompts import SECTION_HEADERS
 from benchmarks.smoothness import (
     Stream,
     build_parser,
-    chunk_texts,
     gap_figures,
     p99_ratio,
     request_bodies,
     stream_prompts,
     visible_gaps_ms,
 )
+from benchmarks.sse import event_text
 
 
 def test_gaps_are_measured_between_chunks_with_visible_text_only():
@@ -60,9 +60,9 @@ def test_pinned_length_sends_peers_requests_to_both():
 
 
 def test_text_is_read_from_both_routes_event_shapes():
-    assert chunk_texts({"id": "gen-1", "text": " sky"}) == " sky"
-    assert chunk_texts({"choices": [{"index": 0, "text": " sky"}]}) == " sky"
-    assert chunk_texts({"choices": [], "usage": {"completion_tokens": 3}}) == ""
+    assert event_text({"id": "gen-1", "text": " sky"}) == " sky"
+    assert event_text({"choices": [{"index": 0, "text": " sky"}]}) == " sky"
+    assert event_text({"choices": [], "usage": {"completion_tokens": 3}}) == ""
 
 
 def test_the_client_records_each_streamed_chunk_as_it_arrives():
