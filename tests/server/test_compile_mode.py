@@ -21,8 +21,17 @@ from alpaca_serve.server.compile_cache import (
     mark_warm,
     warm_marker,
 )
+from alpaca_serve.server.engine import resolve_dtype
 from alpaca_serve.server.settings import ServerSettings
 from tests.support import tiny_server_env
+
+
+@pytest.fixture(autouse=True)
+def no_cache_folders_of_the_environment(monkeypatch):
+    """Torch, once transformers is imported in the process, names its kernel folder in
+    TORCHINDUCTOR_CACHE_DIR (the server sets its own before it looks): the cache folder's here."""
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def settings(tmp_path: Path, **values) -> ServerSettings:
@@ -197,9 +206,6 @@ def test_the_fill_compiles_the_model_and_the_next_start_is_compiled(tiny_model_d
         "ALPACA_CACHE_DIR": str(tmp_path / "cache"),
         "ALPACA_CPU_KV_CACHE_GIB": "1",
     }
-    # Torch, imported by this process, names its own kernel folder: the server's default here.
-    for name in ("TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT"):
-        env.pop(name, None)
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "alpaca_serve.server.compile_fill"],
@@ -218,6 +224,17 @@ def test_the_fill_compiles_the_model_and_the_next_start_is_compiled(tiny_model_d
             if name.startswith("ALPACA_"):
                 patch.setenv(name, value)
         config = ServerSettings()
-    chosen = choose_mode(config, tiny_model_dir, "cpu", "float32", 32)
+    # The compiled engine's dtype on CPU (bfloat16, with ALPACA_DTYPE=auto), as the server asks.
+    chosen = choose_mode(
+        config, tiny_model_dir, "cpu", resolve_dtype(config, "cpu", compiled=True), 32
+    )
     assert chosen.compiled, (chosen.reason, time.monotonic() - started)
     assert (config.compile_cache_root / "inductor").is_dir()  # the kernels, in the cache folder
+
+
+def test_auto_dtype_on_cpu_is_bfloat16_compiled_and_float32_eager(tmp_path):
+    config = settings(tmp_path)
+    assert resolve_dtype(config, "cpu", compiled=True) == "bfloat16"
+    assert resolve_dtype(config, "cpu", compiled=False) == "float32"
+    assert resolve_dtype(config, "cuda") == "bfloat16"
+    assert resolve_dtype(settings(tmp_path, dtype="float32"), "cpu", compiled=True) == "float32"
