@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -35,6 +36,9 @@ from tests.support import (
 # compile a model in the background: each would spend minutes of CPU beside the suite. The test
 # of that background compile turns it on for its own server (tests/server/test_compile_mode.py).
 os.environ.setdefault("ALPACA_COMPILE_IN_BACKGROUND", "false")
+# Nor do they find this machine's warm compile caches (a developer's `make run` fills them): every
+# engine the tests start is eager unless a test compiles one itself, on any machine alike.
+os.environ.setdefault("ALPACA_COMPILE_CACHE_DIR", tempfile.mkdtemp(prefix="alpaca-test-compile-"))
 
 
 @pytest.fixture(scope="session")

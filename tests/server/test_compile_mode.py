@@ -29,8 +29,9 @@ from tests.support import tiny_server_env
 @pytest.fixture(autouse=True)
 def no_cache_folders_of_the_environment(monkeypatch):
     """Torch, once transformers is imported in the process, names its kernel folder in
-    TORCHINDUCTOR_CACHE_DIR (the server sets its own before it looks): the cache folder's here."""
-    for name in ("TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT"):
+    TORCHINDUCTOR_CACHE_DIR (the server sets its own before it looks), and tests/conftest.py names
+    a compile cache folder for the whole session: each test here has its own."""
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT", "ALPACA_COMPILE_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
 
 
