@@ -163,7 +163,6 @@ def engine_flags(args) -> list[str]:
 
 def alpaca_env(args) -> dict[str, str]:
     """alpaca-serve's settings for an engine-matched comparison with `engine_flags`."""
-    limit = new_tokens_limit(args.max_new_tokens, args.max_model_len)
     return {
         "ALPACA_MODEL_NAME": SERVED_NAME,
         "ALPACA_DTYPE": "float32",
@@ -174,7 +173,6 @@ def alpaca_env(args) -> dict[str, str]:
         "ALPACA_CPU_RESERVED_CORES": "0",
         "ALPACA_KV_BLOCK_SIZE": str(BLOCK_SIZE),
         **limits_env(args),
-        "ALPACA_MAX_NEW_TOKENS_LIMIT": str(limit),
     }
 
 
